@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Install the build and test dependencies, build quorumfs, run the unit
+# tests and the mount tests.
+#
+#   scripts/test.sh [--sanitize] [-- PYTEST-ARGS...]
+#
+# --sanitize builds into build-asan with AddressSanitizer and
+# UndefinedBehaviorSanitizer and runs the same tests against that binary:
+# the mount fixtures fail a test whose daemon does not exit 0 after
+# unmount or prints a sanitizer report, so leaks fail too.
+#
+# Environment: QFS_SKIP_INSTALL=1 skips apt-get; CI=true builds with
+# -Werror; QFS_WRAPPER (e.g. "valgrind --error-exitcode=99 -q") prefixes
+# the daemon; PYTHON picks the interpreter that has pytest (default: the
+# system one, which the python3-pytest package installs into).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+sanitize=0
+pytest_args=()
+while [ $# -gt 0 ]; do
+	case $1 in
+	--sanitize) sanitize=1 ;;
+	--) shift; pytest_args=("$@"); break ;;
+	-h|--help) sed -n '2,17s/^# \{0,1\}//p' "$0"; exit 0 ;;
+	*) echo "test.sh: unknown argument: $1" >&2; exit 2 ;;
+	esac
+	shift
+done
+
+packages=(build-essential cmake pkg-config libfuse3-dev fuse3 libssl-dev
+	libjson-c-dev python3-pytest python3-pytest-timeout qemu-utils attr
+	e2fsprogs util-linux fio)
+
+if [ "${QFS_SKIP_INSTALL:-0}" != 1 ]; then
+	sudo=()
+	[ "$(id -u)" -eq 0 ] || sudo=(sudo)
+	"${sudo[@]}" apt-get update
+	DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y \
+		--no-install-recommends "${packages[@]}"
+fi
+
+cmake_args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo)
+[ "${CI:-}" = true ] && cmake_args+=(-DQFS_WERROR=ON)
+build=build
+if [ "$sanitize" = 1 ]; then
+	build=build-asan
+	cmake_args+=(-DQFS_SANITIZE=ON)
+	# Leaks and undefined behaviour must fail the run, not scroll by.
+	export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}"
+	export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+fi
+
+cmake -S . -B "$build" "${cmake_args[@]}"
+cmake --build "$build" -j "$(nproc)"
+ctest --test-dir "$build" --output-on-failure
+
+export QFS_BIN="$PWD/$build/quorumfs"
+python="${PYTHON:-/usr/bin/python3}"
+"$python" -m pytest test "${pytest_args[@]}"
