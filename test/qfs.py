@@ -243,6 +243,20 @@ class Mount:
                             "\nstderr:\n%s" % (rc, self.stderr()))
         self.check_stderr()
 
+    def wait_exit(self, timeout=10):
+        """For a test in which the daemon is expected to exit on its own:
+        wait for it, detach whatever mount it left, and return its exit
+        status. Teardown then does not check this mount."""
+        self.killed = True
+        try:
+            rc = self.proc.wait(timeout * deadline_scale())
+        except subprocess.TimeoutExpired:
+            self.cleanup()
+            pytest.fail("quorumfs did not exit within %.0fs\nstderr:\n%s" % (
+                timeout, self.stderr()))
+        lazy_unmount(self.mnt)
+        return rc
+
     def kill(self, sig=signal.SIGKILL):
         """Kill the daemon (a crash, as far as the children can tell) and
         detach the dead mount. Teardown then does not check this mount."""

@@ -45,6 +45,7 @@ def assert_refused(result, *names, mnt=None):
     rc, err = result
     lines = err.strip("\n").split("\n")
     assert rc != 0, "quorumfs exited 0 on a bad command line"
+    assert rc > 0, "quorumfs died of signal %d" % -rc
     assert len(lines) == 1 and lines[0], \
         "expected one line on stderr, got %r" % err
     assert lines[0].startswith("quorumfs: "), lines[0]
