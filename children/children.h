@@ -1,0 +1,122 @@
+/*
+ * children: the set of child directories and the pool that fans I/O out
+ * to them.
+ *
+ * A child is one replica directory: its name (default: its absolute path),
+ * an open handle of its root, a fixed slot number and a state. The set
+ * publishes its configuration as immutable, reference-counted *views*: an
+ * operation takes the current view once and uses it from start to end, so
+ * a membership or threshold change never alters an operation half way. A
+ * change builds a new view and swaps it in; children and views are freed
+ * by their last user.
+ *
+ * The pool runs the per-child parts of one operation in parallel. The
+ * calling thread runs one part itself, so an operation on N children costs
+ * N - 1 hand-offs, and a pool task never waits for another pool task, so
+ * the pool cannot deadlock on itself.
+ */
+#ifndef QFS_CHILDREN_H
+#define QFS_CHILDREN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Most children one set holds, matching VOTE_MAX_BALLOTS. */
+#define CHILDREN_MAX 32
+
+enum child_state {
+	CHILD_OK,      /* votes and receives everything */
+	CHILD_SYNCING, /* receives writes, does not vote, is being filled */
+	CHILD_FAILED,  /* I/O errors or timeouts past the limit */
+	CHILD_STALE,   /* missed writes; must resync before voting */
+};
+
+enum read_pattern {
+	READ_PATTERN_QUORUM,
+	READ_PATTERN_FIFO,
+};
+
+enum child_op {
+	CHILD_OP_READ,
+	CHILD_OP_WRITE,
+	CHILD_OP_FLUSH,
+};
+
+struct child;
+struct child_set;
+
+/*
+ * A snapshot of the set: the children that receive I/O, in configured
+ * order (the order of the command line, then of `add`), and the voting
+ * rules in force. Read-only for callers; valid until children_view_put().
+ */
+struct child_view {
+	int n; /* children receiving I/O */
+	struct child *child[CHILDREN_MAX];
+	bool votes[CHILDREN_MAX]; /* child[i] is ok: it votes */
+	int voters;		  /* how many votes[] are true */
+	int threshold;
+	enum read_pattern read_pattern;
+	bool rewrite_corrupted;
+	bool blkverify;
+};
+
+/* What a new set starts with; a plain value the caller fills. */
+struct children_config {
+	int n;
+	const char *path[CHILDREN_MAX]; /* absolute, already validated */
+	const char *name[CHILDREN_MAX]; /* NULL: the path is the name */
+	int threshold;
+	enum read_pattern read_pattern;
+	bool rewrite_corrupted;
+	bool blkverify;
+};
+
+/*
+ * Open every child's root directory and build the first view. Returns 0
+ * and *out (owned by the caller, freed with children_free()), or -errno
+ * with nothing allocated.
+ */
+int children_new(const struct children_config *cfg, struct child_set **out);
+
+/* Free the set. No view may still be held. NULL is accepted. */
+void children_free(struct child_set *set);
+
+/*
+ * The current view, with a reference the caller must drop with
+ * children_view_put(). Never fails. Takes the set's lock briefly.
+ */
+const struct child_view *children_view_get(struct child_set *set);
+void children_view_put(const struct child_view *view);
+
+/* A child's fixed properties; valid while a view holding it is held. */
+const char *child_name(const struct child *c);
+const char *child_path(const struct child *c);
+int child_root_fd(const struct child *c); /* O_PATH directory handle */
+int child_slot(const struct child *c);	  /* 0..CHILDREN_MAX-1, stable */
+
+/* Count an I/O error of the given kind against the child. Lock-free. */
+void child_count_error(struct child *c, enum child_op op);
+uint64_t child_errors(const struct child *c, enum child_op op);
+
+struct pool;
+
+/*
+ * Start a pool of `threads` workers named qfs-io<N>. Returns 0 and *out,
+ * or -errno.
+ */
+int pool_new(int threads, struct pool **out);
+
+/* Stop the workers and free the pool. No pool_run() may be running. */
+void pool_free(struct pool *pool);
+
+typedef void pool_fn(void *arg, int i);
+
+/*
+ * Run fn(arg, i) for every i in 0..n-1, in parallel, and return when all
+ * have returned. The caller runs i == 0 itself. fn must not call
+ * pool_run() on the same pool.
+ */
+void pool_run(struct pool *pool, int n, pool_fn *fn, void *arg);
+
+#endif

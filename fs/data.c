@@ -1,0 +1,720 @@
+/*
+ * Open files and their I/O: voted reads, quorum writes.
+ *
+ * Ordering. Every request holds a claim on its byte range of the node for
+ * as long as any child works on it: reads shared, writes exclusive. So two
+ * overlapping writes reach every child in the same order, and a read never
+ * votes on a write that some children have applied and others not. A
+ * request that may change the file's size claims from the smallest size any
+ * child may have (node->size_hint) to the end of the file, because a read
+ * past the old end would otherwise see some children grown and others not.
+ *
+ * Buffers. Each child reads into its own FS_ALIGN-aligned buffer (children
+ * opened with O_DIRECT on ext4 or xfs refuse anything else; a child that
+ * checksums in the buffer must not share it), and the reply is sent from
+ * the winning buffer without a copy. Writes are copied to an aligned
+ * buffer only when the file is O_DIRECT and libfuse's buffer is not.
+ */
+#define _GNU_SOURCE
+#include "fs/fs_i.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "vote/vote.h"
+
+struct fs_file {
+	struct node *node;
+	bool direct;
+	int fd[CHILDREN_MAX];  /* by slot; -1 where the open failed */
+	int err[CHILDREN_MAX]; /* by slot: why fd is -1 */
+};
+
+int fs_file_fd(struct fs_file *f, int slot);
+int fs_file_fd(struct fs_file *f, int slot)
+{
+	return f->fd[slot];
+}
+
+static int errno_of(int r)
+{
+	return r < 0 ? -errno : 0;
+}
+
+/* The child's handle for this file, or its open error. */
+static int file_fd(const struct fs_file *f, const struct child_view *v, int i,
+		   int *fd)
+{
+	int slot = child_slot(v->child[i]);
+
+	*fd = f->fd[slot];
+	if (*fd >= 0)
+		return 0;
+	return f->err[slot] ? f->err[slot] : -EBADF;
+}
+
+/* ---- open / release ---- */
+
+struct open_op {
+	struct fs_file *file;
+	int flags;
+};
+
+static void open_body(struct fanout *fo, int i)
+{
+	struct open_op *op = fo->arg;
+	int slot = child_slot(fo->view->child[i]);
+	int pfd = atomic_load(&op->file->node->fd[slot]);
+	char proc[64];
+	int fd = -1;
+
+	fo->ret[i] = -ENOENT;
+	if (pfd >= 0) {
+		fd_proc_path(pfd, proc);
+		fd = open(proc, op->flags);
+		fo->ret[i] = fd < 0 ? -errno : 0;
+	}
+	op->file->fd[slot] = fd;
+	op->file->err[slot] = fo->ret[i];
+}
+
+static void file_close(struct fs_file *f)
+{
+	for (int s = 0; s < CHILDREN_MAX; s++)
+		if (f->fd[s] >= 0)
+			close(f->fd[s]);
+	free(f);
+}
+
+int fs_open(struct fs *fs, uint64_t ino, int flags, struct fs_file **out)
+{
+	const struct child_view *view = children_view_get(fs->set);
+	struct node *n = node_get(fs, ino);
+	struct fs_file *f = calloc(1, sizeof(*f));
+	struct open_op op = {.file = f};
+	struct fanout fo = {
+		.fs = fs, .view = view, .body = open_body, .arg = &op};
+	struct range_claim claim;
+	int ret;
+
+	if (!f) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (int s = 0; s < CHILDREN_MAX; s++)
+		f->fd[s] = -1;
+	f->node = n;
+	f->direct = flags & O_DIRECT;
+	/* The kernel gives offsets even for O_APPEND: never let a child
+	 * pick its own end of file. */
+	op.flags =
+		(flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_APPEND)) | O_CLOEXEC;
+	if (!S_ISREG(n->type)) {
+		ret = S_ISDIR(n->type) ? -EISDIR : -ENXIO;
+		goto out;
+	}
+	if (flags & O_TRUNC)
+		range_lock(&n->ranges, &claim, 0, FS_OFF_MAX, true);
+	fanout_run(&fo);
+	ret = fanout_tally(&fo,
+			   (flags & O_ACCMODE) == O_RDONLY ? "read" : "write",
+			   n, 0, 0);
+	if (flags & O_TRUNC) {
+		if (!ret)
+			atomic_store(&n->size_hint, 0);
+		range_unlock(&n->ranges, &claim);
+	}
+	if (ret)
+		goto out;
+	node_ref(fs, n);
+	*out = f;
+	f = NULL;
+out:
+	if (f)
+		file_close(f);
+	children_view_put(view);
+	return ret;
+}
+
+int fs_create(struct fs *fs, uint64_t parent, const char *name, mode_t mode,
+	      int flags, const struct fs_caller *who, struct fs_entry *e,
+	      struct fs_file **f)
+{
+	int ret =
+		fs_mknod(fs, parent, name, S_IFREG | (mode & 07777), 0, who, e);
+
+	if (ret == -EEXIST && !(flags & O_EXCL))
+		ret = fs_lookup(fs, parent, name, e);
+	if (ret)
+		return ret;
+	ret = fs_open(fs, e->ino, flags & ~O_TRUNC, f);
+	if (ret)
+		fs_forget(fs, e->ino, 1);
+	return ret;
+}
+
+void fs_release(struct fs *fs, struct fs_file *f)
+{
+	struct node *n = f->node;
+
+	file_close(f);
+	node_unref(fs, n);
+}
+
+/* ---- ranges ---- */
+
+/*
+ * Claim [off, end) exclusively, or from the smallest possible size to the
+ * end of file when the request may grow the file. The hint may move while
+ * we wait, so check again once granted.
+ */
+static void lock_for_change(struct node *n, struct range_claim *c, off_t off,
+			    off_t end)
+{
+	for (;;) {
+		off_t hint = atomic_load(&n->size_hint);
+		bool grows = end > hint;
+
+		range_lock(&n->ranges, c, grows && hint < off ? hint : off,
+			   grows ? FS_OFF_MAX : end, true);
+		hint = atomic_load(&n->size_hint);
+		if (end <= hint || (grows && c->start <= hint))
+			return;
+		range_unlock(&n->ranges, c);
+	}
+}
+
+static void grow_hint(struct node *n, off_t end)
+{
+	int64_t hint = atomic_load(&n->size_hint);
+
+	while (hint < end &&
+	       !atomic_compare_exchange_weak(&n->size_hint, &hint, end))
+		;
+}
+
+/* ---- read ---- */
+
+struct read_op {
+	struct fs_file *file;
+	off_t off;
+	size_t size;
+	char *buf[CHILDREN_MAX];
+	size_t len[CHILDREN_MAX];
+};
+
+/*
+ * Read the whole range or up to end of file. With O_DIRECT a short read
+ * means end of file: reading on from an unaligned offset would fail.
+ */
+static int read_full(int fd, bool direct, char *buf, size_t size, off_t off,
+		     size_t *got)
+{
+	size_t done = 0;
+
+	while (done < size) {
+		ssize_t r = pread(fd, buf + done, size - done, off + done);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		done += r;
+		if (r == 0 || (direct && done < size))
+			break;
+	}
+	*got = done;
+	return 0;
+}
+
+static int read_child(struct read_op *op, const struct child_view *v, int i)
+{
+	size_t cap = (op->size + FS_ALIGN - 1) / FS_ALIGN * FS_ALIGN;
+	int fd, ret;
+
+	op->len[i] = 0;
+	ret = file_fd(op->file, v, i, &fd);
+	if (ret)
+		return ret;
+	op->buf[i] = aligned_alloc_or_null(cap);
+	if (!op->buf[i])
+		return -ENOMEM;
+	return read_full(fd, op->file->direct, op->buf[i], op->size, op->off,
+			 &op->len[i]);
+}
+
+static void read_body(struct fanout *fo, int i)
+{
+	fo->ret[i] = 0;
+	if (fo->view->votes[i])
+		fo->ret[i] = read_child(fo->arg, fo->view, i);
+}
+
+struct read_answer {
+	char *buf[CHILDREN_MAX]; /* every buffer the answer may point into */
+	struct iovec iov[];
+};
+
+static int answer_new(struct fs_read *r, struct read_op *op, int iovcnt)
+{
+	struct read_answer *a;
+
+	a = malloc(sizeof(*a) + iovcnt * sizeof(struct iovec));
+	if (!a)
+		return -ENOMEM;
+	memcpy(a->buf, op->buf, sizeof(a->buf));
+	memset(op->buf, 0, sizeof(op->buf));
+	r->owner = a;
+	r->iov = a->iov;
+	r->iovcnt = 0;
+	r->len = 0;
+	return 0;
+}
+
+static void answer_add(struct fs_read *r, const char *p, size_t len)
+{
+	struct iovec *last = r->iovcnt ? &r->iov[r->iovcnt - 1] : NULL;
+
+	if (!len)
+		return;
+	if (last && (char *)last->iov_base + last->iov_len == p)
+		last->iov_len += len;
+	else
+		r->iov[r->iovcnt++] = (struct iovec){(void *)p, len};
+	r->len += len;
+}
+
+void fs_read_release(struct fs_read *r)
+{
+	struct read_answer *a = r->owner;
+
+	if (!a)
+		return;
+	for (int i = 0; i < CHILDREN_MAX; i++)
+		free(a->buf[i]);
+	free(a);
+	r->owner = NULL;
+}
+
+static void report_read(struct fs *fs, const struct child_view *v, int i,
+			const char *path, uint64_t off, uint64_t len, int error)
+{
+	child_count_error(v->child[i], CHILD_OP_READ);
+	event_log_report_bad(fs->log, "read", child_name(v->child[i]), off, len,
+			     error, path ? path : "");
+}
+
+/*
+ * rewrite-corrupted: write the winning bytes over a child that lost the
+ * vote, before the read returns (QEMU waits too). A correction attempt:
+ * its failure is not the reader's.
+ */
+static void rewrite_child(struct read_op *op, const struct child_view *v, int i,
+			  const char *data, size_t len, off_t off)
+{
+	int slot = child_slot(v->child[i]);
+	int pfd = atomic_load(&op->file->node->fd[slot]);
+	char proc[64];
+	int fd;
+
+	if (pfd < 0)
+		return;
+	fd_proc_path(pfd, proc);
+	fd = open(proc, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	if (pwrite(fd, data, len, off) < 0)
+		child_count_error(v->child[i], CHILD_OP_WRITE);
+	close(fd);
+}
+
+/* Fill ballots from the voting children; map[k] is the view index. */
+static int read_ballots(struct fanout *fo, struct read_op *op,
+			struct vote_ballot *b, int *map)
+{
+	int n = 0;
+
+	for (int i = 0; i < fo->view->n; i++) {
+		if (!fo->view->votes[i])
+			continue;
+		map[n] = i;
+		b[n++] = (struct vote_ballot){.error = fo->ret[i],
+					      .data = op->buf[i],
+					      .len = op->len[i]};
+	}
+	return n;
+}
+
+static int blkverify_mismatch(struct fs *fs, struct read_op *op,
+			      const struct vote_ballot *b)
+{
+	ssize_t at =
+		vote_first_difference(b[0].data, b[0].len, b[1].data, b[1].len);
+
+	fprintf(stderr,
+		"quorum: offset=%lld bytes=%zu contents mismatch at offset "
+		"%lld\n",
+		(long long)op->off, op->size, (long long)(op->off + at));
+	atomic_store(&fs->fatal, true);
+	return -EIO;
+}
+
+static int answer_whole(struct fanout *fo, struct read_op *op,
+			const struct vote_result *vr, const int *map,
+			const char *path, struct fs_read *r)
+{
+	int w = map[vr->winner];
+
+	for (int k = 0; k < fo->view->voters && !vr->unanimous; k++) {
+		if (!vr->loser[k])
+			continue;
+		report_read(fo->fs, fo->view, map[k], path, op->off, op->size,
+			    0);
+		if (fo->view->rewrite_corrupted)
+			rewrite_child(op, fo->view, map[k], op->buf[w],
+				      op->len[w], op->off);
+	}
+	if (answer_new(r, op, 1))
+		return -ENOMEM;
+	answer_add(r, ((struct read_answer *)r->owner)->buf[w], op->len[w]);
+	return 0;
+}
+
+/* Beyond QEMU: vote each block, when the whole request found no quorum. */
+static int answer_blocks(struct fanout *fo, struct read_op *op,
+			 const struct vote_ballot *b, int n, const int *map,
+			 const char *path, struct fs_read *r)
+{
+	size_t nblocks = (op->size + FS_VOTE_BLOCK - 1) / FS_VOTE_BLOCK;
+	struct vote_blocks_result vb;
+	struct read_answer *a;
+	int *winner, ret;
+
+	winner = malloc((nblocks ? nblocks : 1) * sizeof(*winner));
+	if (!winner)
+		return -ENOMEM;
+	ret = vote_blocks(b, n, fo->view->threshold, FS_VOTE_BLOCK, winner,
+			  &vb);
+	if (ret || (ret = answer_new(r, op, (int)nblocks + 1)))
+		goto out;
+	a = r->owner;
+	for (size_t blk = 0; blk * FS_VOTE_BLOCK < vb.len; blk++) {
+		size_t off = blk * FS_VOTE_BLOCK;
+		size_t len = vb.len - off < FS_VOTE_BLOCK ? vb.len - off
+							  : FS_VOTE_BLOCK;
+
+		answer_add(r, a->buf[map[winner[blk]]] + off, len);
+	}
+	for (int k = 0; k < n; k++) {
+		if (!vb.bad[k])
+			continue;
+		report_read(fo->fs, fo->view, map[k], path,
+			    op->off + vb.bad_start[k],
+			    vb.bad_end[k] - vb.bad_start[k], 0);
+	}
+out:
+	free(winner);
+	return ret;
+}
+
+static int read_quorum(struct fanout *fo, struct read_op *op, struct fs_read *r)
+{
+	struct vote_ballot b[CHILDREN_MAX];
+	int map[CHILDREN_MAX], n, ret;
+	struct vote_result vr;
+	char *path = NULL;
+
+	fanout_run(fo);
+	n = read_ballots(fo, op, b, map);
+	ret = vote_whole(b, n, fo->view->threshold, &vr);
+	if (!vr.unanimous || vr.successes < n)
+		path = node_path(fo->fs, op->file->node);
+	for (int k = 0; k < n; k++)
+		if (b[k].error)
+			report_read(fo->fs, fo->view, map[k], path, op->off,
+				    op->size, b[k].error);
+	if (!ret)
+		ret = answer_whole(fo, op, &vr, map, path, r);
+	else if (vr.successes >= fo->view->threshold && fo->view->blkverify)
+		ret = blkverify_mismatch(fo->fs, op, b);
+	else if (vr.successes >= fo->view->threshold)
+		ret = answer_blocks(fo, op, b, n, map, path, r);
+	if (ret && ret != -ENOMEM)
+		event_log_quorum_failure(fo->fs->log, path ? path : "", op->off,
+					 op->size);
+	free(path);
+	return ret;
+}
+
+/* read-pattern=fifo: the first voting child that answers; no vote. */
+static int read_fifo(struct fanout *fo, struct read_op *op, struct fs_read *r)
+{
+	int ret = -EIO;
+
+	for (int i = 0; i < fo->view->n; i++) {
+		char *path;
+
+		if (!fo->view->votes[i])
+			continue;
+		ret = read_child(op, fo->view, i);
+		if (!ret) {
+			if (answer_new(r, op, 1))
+				return -ENOMEM;
+			answer_add(r, ((struct read_answer *)r->owner)->buf[i],
+				   op->len[i]);
+			return 0;
+		}
+		path = node_path(fo->fs, op->file->node);
+		report_read(fo->fs, fo->view, i, path, op->off, op->size, ret);
+		free(path);
+	}
+	return ret; /* the last child's error, as QEMU's fifo does */
+}
+
+int fs_read(struct fs *fs, struct fs_file *f, off_t off, size_t size,
+	    struct fs_read *r)
+{
+	const struct child_view *view = children_view_get(fs->set);
+	struct read_op op = {.file = f, .off = off, .size = size};
+	struct fanout fo = {
+		.fs = fs, .view = view, .body = read_body, .arg = &op};
+	struct range_claim claim;
+	int ret;
+
+	memset(r, 0, sizeof(*r));
+	range_lock(&f->node->ranges, &claim, off, off + size, false);
+	if (view->read_pattern == READ_PATTERN_FIFO)
+		ret = read_fifo(&fo, &op, r);
+	else
+		ret = read_quorum(&fo, &op, r);
+	range_unlock(&f->node->ranges, &claim);
+	for (int i = 0; i < CHILDREN_MAX; i++)
+		free(op.buf[i]);
+	children_view_put(view);
+	return ret;
+}
+
+/* ---- write ---- */
+
+struct write_op {
+	struct fs_file *file;
+	const char *buf;
+	size_t size;
+	off_t off;
+};
+
+static int write_full(int fd, bool direct, const char *buf, size_t size,
+		      off_t off)
+{
+	size_t done = 0;
+
+	while (done < size) {
+		ssize_t r = pwrite(fd, buf + done, size - done, off + done);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		done += r;
+		/* An O_DIRECT write stops short when space runs out; going
+		 * on from an unaligned offset would say EINVAL instead. */
+		if (r == 0 || (direct && done < size))
+			return -ENOSPC;
+	}
+	return 0;
+}
+
+static void write_body(struct fanout *fo, int i)
+{
+	struct write_op *op = fo->arg;
+	int fd;
+
+	fo->ret[i] = file_fd(op->file, fo->view, i, &fd);
+	if (!fo->ret[i])
+		fo->ret[i] = write_full(fd, op->file->direct, op->buf, op->size,
+					op->off);
+}
+
+ssize_t fs_write(struct fs *fs, struct fs_file *f, const void *buf, size_t size,
+		 off_t off)
+{
+	const struct child_view *view = children_view_get(fs->set);
+	struct write_op op = {.file = f, .buf = buf, .size = size, .off = off};
+	struct fanout fo = {
+		.fs = fs, .view = view, .body = write_body, .arg = &op};
+	struct range_claim claim;
+	char *copy = NULL;
+	ssize_t ret;
+
+	if (f->direct && (uintptr_t)buf % FS_ALIGN) {
+		copy = aligned_alloc_or_null(size);
+		if (!copy) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		memcpy(copy, buf, size);
+		op.buf = copy;
+	}
+	lock_for_change(f->node, &claim, off, off + size);
+	fanout_run(&fo);
+	ret = fanout_tally(&fo, "write", f->node, off, size);
+	if (!ret) {
+		grow_hint(f->node, off + size);
+		ret = size;
+	}
+	range_unlock(&f->node->ranges, &claim);
+out:
+	free(copy);
+	children_view_put(view);
+	return ret;
+}
+
+/* ---- fallocate, fsync, flush ---- */
+
+struct fd_op {
+	struct fs_file *file;
+	int (*call)(int fd, const struct fd_op *op);
+	int mode;
+	off_t off, len;
+	bool datasync;
+};
+
+static void fd_body(struct fanout *fo, int i)
+{
+	struct fd_op *op = fo->arg;
+	int fd;
+
+	fo->ret[i] = file_fd(op->file, fo->view, i, &fd);
+	if (!fo->ret[i])
+		fo->ret[i] = op->call(fd, op);
+}
+
+static int fd_run(struct fs *fs, struct fd_op *op, const char *type)
+{
+	const struct child_view *view = children_view_get(fs->set);
+	struct fanout fo = {.fs = fs, .view = view, .body = fd_body, .arg = op};
+	int ret;
+
+	fanout_run(&fo);
+	ret = fanout_tally(&fo, type, op->file->node, op->off, op->len);
+	children_view_put(view);
+	return ret;
+}
+
+static int call_fallocate(int fd, const struct fd_op *op)
+{
+	return errno_of(fallocate(fd, op->mode, op->off, op->len));
+}
+
+int fs_fallocate(struct fs *fs, struct fs_file *f, int mode, off_t off,
+		 off_t len)
+{
+	struct fd_op op = {.file = f,
+			   .call = call_fallocate,
+			   .mode = mode,
+			   .off = off,
+			   .len = len};
+	struct range_claim claim;
+	int ret;
+
+	if (mode & FALLOC_FL_KEEP_SIZE)
+		range_lock(&f->node->ranges, &claim, off, off + len, true);
+	else
+		lock_for_change(f->node, &claim, off, off + len);
+	ret = fd_run(fs, &op, "write");
+	if (!ret && !(mode & FALLOC_FL_KEEP_SIZE))
+		grow_hint(f->node, off + len);
+	range_unlock(&f->node->ranges, &claim);
+	return ret;
+}
+
+static int call_fsync(int fd, const struct fd_op *op)
+{
+	return errno_of(op->datasync ? fdatasync(fd) : fsync(fd));
+}
+
+int fs_fsync(struct fs *fs, struct fs_file *f, bool datasync)
+{
+	struct fd_op op = {.file = f, .call = call_fsync, .datasync = datasync};
+
+	return fd_run(fs, &op, "flush");
+}
+
+/* close() of a duplicate reports what the child's close would (NFS). */
+static int call_flush(int fd, const struct fd_op *op)
+{
+	int dup_fd = dup(fd);
+
+	(void)op;
+	if (dup_fd < 0)
+		return -errno;
+	return errno_of(close(dup_fd));
+}
+
+int fs_flush(struct fs *fs, struct fs_file *f)
+{
+	struct fd_op op = {.file = f, .call = call_flush};
+
+	return fd_run(fs, &op, "flush");
+}
+
+/* ---- SEEK_DATA / SEEK_HOLE ---- */
+
+/*
+ * Data is wherever any voting child has data, so SEEK_DATA is the
+ * smallest answer, and a hole starts only where every child has one:
+ * SEEK_HOLE moves forward until all children agree on the same offset.
+ */
+static off_t seek_voters(const struct fs_file *f, const struct child_view *v,
+			 off_t off, int whence, bool *all_same)
+{
+	off_t best = -ENXIO;
+
+	*all_same = true;
+	for (int i = 0; i < v->n; i++) {
+		off_t r;
+		int fd;
+
+		if (!v->votes[i] || file_fd(f, v, i, &fd))
+			continue;
+		r = lseek(fd, off, whence);
+		if (r < 0)
+			r = -errno;
+		if (r == -ENXIO && whence == SEEK_HOLE)
+			r = off; /* past a child's end is a hole */
+		if (r < 0 && r != -ENXIO)
+			return r;
+		*all_same &= r == off;
+		if (whence == SEEK_DATA && r >= 0 && (best < 0 || r < best))
+			best = r;
+		if (whence == SEEK_HOLE && r > best)
+			best = r;
+	}
+	return best;
+}
+
+off_t fs_lseek(struct fs *fs, struct fs_file *f, off_t off, int whence)
+{
+	const struct child_view *view = children_view_get(fs->set);
+	struct range_claim claim;
+	bool same;
+	off_t r;
+
+	range_lock(&f->node->ranges, &claim, off, FS_OFF_MAX, false);
+	r = seek_voters(f, view, off, whence, &same);
+	for (int round = 0; whence == SEEK_HOLE && r >= 0 && round < 1024;
+	     round++) {
+		off_t next = seek_voters(f, view, r, SEEK_HOLE, &same);
+
+		if (same || next < 0)
+			break;
+		r = next;
+	}
+	range_unlock(&f->node->ranges, &claim);
+	children_view_put(view);
+	return r;
+}

@@ -1,0 +1,247 @@
+/*
+ * Directory listings.
+ *
+ * At opendir every voting child's listing is read whole, the names are
+ * merged, and a name is listed when at least threshold children have it.
+ * Names only some children have are reported. Reading the listing once
+ * keeps readdir offsets stable however the children order their entries.
+ */
+#define _GNU_SOURCE
+#include "fs/fs_i.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct dir_name {
+	char *name;
+	unsigned char type; /* DT_* */
+	ino_t ino;
+	int child; /* view index of the child that listed it */
+};
+
+struct fs_dir {
+	size_t count;
+	struct dir_name *entry;
+};
+
+struct list_op {
+	struct node *node;
+	struct dir_name *names[CHILDREN_MAX];
+	size_t count[CHILDREN_MAX];
+};
+
+static int list_add(struct list_op *op, int i, size_t *cap,
+		    const struct dirent *de)
+{
+	if (op->count[i] == *cap) {
+		size_t grown = *cap ? *cap * 2 : 64;
+		struct dir_name *p = realloc(op->names[i], grown * sizeof(*p));
+
+		if (!p)
+			return -ENOMEM;
+		op->names[i] = p;
+		*cap = grown;
+	}
+	op->names[i][op->count[i]] =
+		(struct dir_name){.name = strdup(de->d_name),
+				  .type = de->d_type,
+				  .ino = de->d_ino,
+				  .child = i};
+	if (!op->names[i][op->count[i]].name)
+		return -ENOMEM;
+	op->count[i]++;
+	return 0;
+}
+
+static int list_child(struct list_op *op, int i, int fd)
+{
+	struct dirent *de;
+	size_t cap = 0;
+	int ret = 0;
+	DIR *d;
+
+	d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return -errno;
+	}
+	errno = 0;
+	while (!ret && (de = readdir(d))) {
+		bool hidden = op->node->parent == NULL &&
+			      fs_reserved_name(FS_ROOT_INO, de->d_name);
+
+		if (!hidden)
+			ret = list_add(op, i, &cap, de);
+	}
+	if (!ret && errno)
+		ret = -errno;
+	closedir(d);
+	return ret;
+}
+
+static void list_body(struct fanout *fo, int i)
+{
+	struct list_op *op = fo->arg;
+	int pfd = atomic_load(&op->node->fd[child_slot(fo->view->child[i])]);
+	int fd;
+
+	fo->ret[i] = 0;
+	if (!fo->view->votes[i])
+		return;
+	if (pfd < 0) {
+		fo->ret[i] = -ENOENT;
+		return;
+	}
+	fd = openat(pfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	fo->ret[i] = fd < 0 ? -errno : list_child(op, i, fd);
+}
+
+static int by_name(const void *a, const void *b)
+{
+	const struct dir_name *x = a, *y = b;
+	int c = strcmp(x->name, y->name);
+
+	return c ? c : x->child - y->child;
+}
+
+/* Keep names that threshold children list; report the others. */
+static size_t merge(struct fanout *fo, struct dir_name *all, size_t total,
+		    struct dir_name *out)
+{
+	size_t kept = 0;
+
+	qsort(all, total, sizeof(*all), by_name);
+	for (size_t i = 0, j; i < total; i = j) {
+		for (j = i + 1; j < total && !strcmp(all[i].name, all[j].name);
+		     j++)
+			free(all[j].name);
+		if ((int)(j - i) >= fo->view->threshold) {
+			out[kept++] = all[i];
+			continue;
+		}
+		event_log_report_bad(fo->fs->log, "read",
+				     child_name(fo->view->child[all[i].child]),
+				     0, 0, 0, all[i].name);
+		free(all[i].name);
+	}
+	return kept;
+}
+
+static int listing_vote(struct fanout *fo, struct list_op *op, struct fs_dir *d)
+{
+	size_t total = 0, pos = 0, good = 0;
+	struct dir_name *all;
+
+	for (int i = 0; i < fo->view->n; i++) {
+		total += op->count[i];
+		good += fo->view->votes[i] && !fo->ret[i];
+	}
+	if ((int)good < fo->view->threshold)
+		return fanout_error_vote(fo);
+	all = malloc((total ? total : 1) * sizeof(*all));
+	d->entry = malloc((total ? total : 1) * sizeof(*d->entry));
+	if (!all || !d->entry) {
+		free(all);
+		return -ENOMEM;
+	}
+	for (int i = 0; i < fo->view->n; i++) {
+		if (op->count[i])
+			memcpy(all + pos, op->names[i],
+			       op->count[i] * sizeof(*all));
+		pos += op->count[i];
+		op->count[i] = 0; /* the names now belong to all[] */
+	}
+	d->count = merge(fo, all, total, d->entry);
+	free(all);
+	return 0;
+}
+
+int fs_opendir(struct fs *fs, uint64_t ino, struct fs_dir **out)
+{
+	const struct child_view *view = children_view_get(fs->set);
+	struct list_op op = {.node = node_get(fs, ino)};
+	struct fanout fo = {
+		.fs = fs, .view = view, .body = list_body, .arg = &op};
+	struct fs_dir *d = calloc(1, sizeof(*d));
+	int ret = -ENOMEM;
+
+	if (d) {
+		fanout_run(&fo);
+		ret = listing_vote(&fo, &op, d);
+	}
+	for (int i = 0; i < view->n; i++) {
+		for (size_t k = 0; k < op.count[i]; k++)
+			free(op.names[i][k].name);
+		free(op.names[i]);
+	}
+	if (!ret)
+		*out = d;
+	else
+		fs_releasedir(d);
+	children_view_put(view);
+	return ret;
+}
+
+bool fs_dir_entry(const struct fs_dir *d, size_t i, const char **name,
+		  struct stat *st)
+{
+	if (i >= d->count)
+		return false;
+	*name = d->entry[i].name;
+	memset(st, 0, sizeof(*st));
+	st->st_ino = d->entry[i].ino;
+	st->st_mode = DTTOIF(d->entry[i].type);
+	return true;
+}
+
+void fs_releasedir(struct fs_dir *d)
+{
+	if (!d)
+		return;
+	for (size_t i = 0; d->entry && i < d->count; i++)
+		free(d->entry[i].name);
+	free(d->entry);
+	free(d);
+}
+
+struct dirsync_op {
+	struct node *node;
+	bool datasync;
+};
+
+static void dirsync_body(struct fanout *fo, int i)
+{
+	struct dirsync_op *op = fo->arg;
+	int pfd = atomic_load(&op->node->fd[child_slot(fo->view->child[i])]);
+	int fd;
+
+	fo->ret[i] = -ENOENT;
+	if (pfd < 0)
+		return;
+	fd = openat(pfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0) {
+		fo->ret[i] = -errno;
+		return;
+	}
+	fo->ret[i] = (op->datasync ? fdatasync(fd) : fsync(fd)) ? -errno : 0;
+	close(fd);
+}
+
+int fs_fsyncdir(struct fs *fs, uint64_t ino, bool datasync)
+{
+	const struct child_view *view = children_view_get(fs->set);
+	struct dirsync_op op = {.node = node_get(fs, ino),
+				.datasync = datasync};
+	struct fanout fo = {
+		.fs = fs, .view = view, .body = dirsync_body, .arg = &op};
+	int ret;
+
+	fanout_run(&fo);
+	ret = fanout_tally(&fo, "flush", op.node, 0, 0);
+	children_view_put(view);
+	return ret;
+}

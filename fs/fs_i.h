@@ -1,0 +1,151 @@
+/*
+ * Private to the fs module: the inode table, range locks and the fan-out
+ * helper shared by the fs sources.
+ *
+ * Lock order, outermost first:
+ *   1. a node's range lock (held across child I/O: it orders that I/O);
+ *   2. fs->table_lock (node table, node parent/name/lookup counts);
+ *   3. a range lock set's internal mutex, the pool's and the set's locks
+ *      (leaves).
+ * No lock but a range lock is held while waiting for children.
+ */
+#ifndef QFS_FS_I_H
+#define QFS_FS_I_H
+
+#include "fs/fs.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "children/children.h"
+#include "events/events.h"
+
+/* Alignment of every buffer handed to a child (O_DIRECT on ext4/xfs). */
+#define FS_ALIGN 4096
+/* Block size of the per-block rescue vote. */
+#define FS_VOTE_BLOCK 4096
+#define FS_OFF_MAX INT64_MAX
+
+/* ---- range locks (rangelock.c) ---- */
+
+/*
+ * One request's claim on [start, end) of a file. Claims are granted in
+ * arrival order: a claim waits while any earlier claim, granted or not,
+ * overlaps it and either of the two is exclusive. That keeps writes to a
+ * range in one order on every child and lets no reader starve a writer.
+ * The struct lives on the requester's stack.
+ */
+struct range_claim {
+	off_t start, end;
+	bool exclusive;
+	struct range_claim *next; /* guarded by the set's mutex */
+};
+
+struct range_locks {
+	pthread_mutex_t mutex;
+	pthread_cond_t changed;
+	struct range_claim *head, *tail; /* guarded by mutex */
+};
+
+void range_locks_init(struct range_locks *rl);
+void range_locks_destroy(struct range_locks *rl);
+/* Blocks until granted. end may be FS_OFF_MAX for "to end of file". */
+void range_lock(struct range_locks *rl, struct range_claim *c, off_t start,
+		off_t end, bool exclusive);
+void range_unlock(struct range_locks *rl, struct range_claim *c);
+
+/* ---- nodes (nodes.c) ---- */
+
+struct node {
+	uint64_t key_dev, key_ino; /* identity: a child's dev+ino */
+	mode_t type;		   /* S_IFMT bits; never changes */
+	/* O_PATH handle per child slot, -1 where the child lacks it. Only
+	 * ever set from -1 to a handle (under table_lock), so readers need no
+	 * lock. */
+	atomic_int fd[CHILDREN_MAX];
+	struct node *parent;	/* guarded by table_lock; holds a ref */
+	char *name;		/* guarded by table_lock */
+	uint64_t nlookup;	/* guarded by table_lock */
+	int refs;		/* guarded by table_lock: open files and
+				   nodes naming this one as parent */
+	struct node *hash_next; /* guarded by table_lock */
+	struct range_locks ranges;
+	/* A size no child is below, kept so that writes growing the file can
+	 * lock everything past it (see data.c). */
+	_Atomic int64_t size_hint;
+};
+
+struct fs {
+	struct child_set *set;
+	struct pool *pool;
+	struct event_log *log;
+	atomic_bool fatal;
+	bool as_root; /* daemon may chown new entries to the caller */
+
+	pthread_mutex_t table_lock;
+	struct node root;
+	struct node **hash; /* guarded by table_lock */
+	size_t hash_size;   /* guarded by table_lock */
+	size_t nodes;	    /* guarded by table_lock */
+};
+
+int nodes_init(struct fs *fs);
+void nodes_destroy(struct fs *fs);
+/* The node for an ino. No reference is taken: the kernel's lookup keeps
+ * it alive for the duration of the request. */
+struct node *node_get(struct fs *fs, uint64_t ino);
+uint64_t node_ino(const struct fs *fs, const struct node *n);
+/*
+ * Find or create the node for a set of per-child O_PATH handles that were
+ * just resolved under parent/name. Takes ownership of every handle in
+ * fd[] (installing or closing it) and adds one lookup. key_slot names the
+ * child whose st[] gives the identity.
+ */
+struct node *node_install(struct fs *fs, struct node *parent, const char *name,
+			  int fd[CHILDREN_MAX], const struct stat *key_st);
+/* Open files take a reference so the node outlives its last forget. */
+void node_ref(struct fs *fs, struct node *n);
+void node_unref(struct fs *fs, struct node *n);
+void node_forget(struct fs *fs, struct node *n, uint64_t nlookup);
+/* Record a rename so event paths follow the file. */
+void node_moved(struct fs *fs, const struct stat *key_st,
+		struct node *newparent, const char *newname);
+/* The node's path relative to the mount, for events; caller frees. */
+char *node_path(struct fs *fs, struct node *n);
+/* The child-local path of a handle, for calls that take no fd. */
+void fd_proc_path(int fd, char buf[64]);
+
+/* ---- fan-out and write vote (fs.c) ---- */
+
+/*
+ * One operation sent to every child of a view. body() runs on the pool
+ * for each index i in 0..view->n-1 and stores its result (0 or -errno) in
+ * ret[i]; arg is the operation's own state.
+ */
+struct fanout {
+	struct fs *fs;
+	const struct child_view *view;
+	void (*body)(struct fanout *fo, int i);
+	void *arg;
+	int ret[CHILDREN_MAX];
+};
+
+void fanout_run(struct fanout *fo);
+/*
+ * The write rule: success when at least threshold voting children
+ * succeeded, else the error vote's errno. Each failing child gets
+ * QUORUM_REPORT_BAD of the given type; a failure below threshold gets
+ * QUORUM_FAILURE unless type is "flush" (QEMU never sends it for flush).
+ */
+int fanout_tally(struct fanout *fo, const char *type, struct node *n,
+		 uint64_t off, uint64_t len);
+/* The error vote over the voting children that failed. */
+int fanout_error_vote(const struct fanout *fo);
+
+/* Voted attributes of a node (meta.c). Takes no range lock. */
+int attr_vote(struct fs *fs, const struct child_view *view, struct node *n,
+	      struct stat *st);
+
+void *aligned_alloc_or_null(size_t size);
+
+#endif

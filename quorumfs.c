@@ -1,0 +1,733 @@
+/*
+ * quorumfs: main() and the FUSE low-level operations.
+ *
+ * Each handler decodes its request, makes one call into the fs module
+ * (where every rule lives) and replies exactly once, holding no lock.
+ * Regular files are opened in direct-I/O mode: every read reaches the
+ * daemon and is voted, never served from the kernel's page cache, and the
+ * writeback cache stays off so a failed quorum write reaches the writer.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "children/children.h"
+#include "config/config.h"
+#include "events/events.h"
+#include "fs/fs.h"
+
+/* Largest request the kernel sends us whole: QEMU issues 1 MiB I/O. */
+#define QFS_MAX_IO (1024 * 1024)
+/* Kernel's default of 12 in-flight background requests starves QD16+. */
+#define QFS_MAX_BACKGROUND 128
+
+/* The open reply's kernel layout (struct fuse_open_out), so flags that
+ * libfuse 3.14 has no field for can be set. */
+struct open_reply {
+	uint64_t fh;
+	uint32_t open_flags;
+	uint32_t padding;
+};
+#define QFS_FOPEN_DIRECT_IO (1u << 0)
+/* Kernel 6.2+: writers to one file run in parallel; our range locks
+ * order them. */
+#define QFS_FOPEN_PARALLEL_DIRECT_WRITES (1u << 6)
+
+struct qfs {
+	struct fs *fs;
+	struct fuse_session *se;
+	double timeout; /* entry and attribute cache time, seconds */
+};
+
+static struct qfs *qfs_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static struct fs *fs_of(fuse_req_t req)
+{
+	return qfs_of(req)->fs;
+}
+
+static struct fs_file *file_of(struct fuse_file_info *fi)
+{
+	return (struct fs_file *)(uintptr_t)fi->fh;
+}
+
+static struct fs_caller caller_of(fuse_req_t req)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+
+	return (struct fs_caller){.uid = ctx->uid, .gid = ctx->gid};
+}
+
+static void reply_entry(fuse_req_t req, int ret, const struct fs_entry *e)
+{
+	struct fuse_entry_param p = {0};
+
+	if (ret) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	p.ino = e->ino;
+	p.attr = e->attr;
+	p.attr_timeout = qfs_of(req)->timeout;
+	p.entry_timeout = qfs_of(req)->timeout;
+	fuse_reply_entry(req, &p);
+}
+
+static void reply_attr(fuse_req_t req, int ret, const struct stat *st)
+{
+	if (ret)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_attr(req, st, qfs_of(req)->timeout);
+}
+
+static void qfs_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	conn->max_write = QFS_MAX_IO;
+	conn->max_background = QFS_MAX_BACKGROUND;
+	conn->congestion_threshold = QFS_MAX_BACKGROUND * 3 / 4;
+	/* Cached writes would be acknowledged before any child took them. */
+	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+	if (conn->capable & FUSE_CAP_ASYNC_DIO)
+		conn->want |= FUSE_CAP_ASYNC_DIO;
+}
+
+static void qfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs_entry e;
+
+	reply_entry(req, fs_lookup(fs_of(req), parent, name, &e), &e);
+}
+
+static void qfs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	fs_forget(fs_of(req), ino, nlookup);
+	fuse_reply_none(req);
+}
+
+static void qfs_forget_multi(fuse_req_t req, size_t count,
+			     struct fuse_forget_data *forgets)
+{
+	for (size_t i = 0; i < count; i++)
+		fs_forget(fs_of(req), forgets[i].ino, forgets[i].nlookup);
+	fuse_reply_none(req);
+}
+
+static void qfs_getattr(fuse_req_t req, fuse_ino_t ino,
+			struct fuse_file_info *fi)
+{
+	struct stat st;
+
+	(void)fi;
+	reply_attr(req, fs_getattr(fs_of(req), ino, &st), &st);
+}
+
+static int setattr_flags(int to_set)
+{
+	static const struct {
+		int fuse, fs;
+	} map[] = {
+		{FUSE_SET_ATTR_MODE, FS_SET_MODE},
+		{FUSE_SET_ATTR_UID, FS_SET_UID},
+		{FUSE_SET_ATTR_GID, FS_SET_GID},
+		{FUSE_SET_ATTR_SIZE, FS_SET_SIZE},
+		{FUSE_SET_ATTR_ATIME, FS_SET_ATIME},
+		{FUSE_SET_ATTR_MTIME, FS_SET_MTIME},
+		{FUSE_SET_ATTR_ATIME_NOW, FS_SET_ATIME_NOW},
+		{FUSE_SET_ATTR_MTIME_NOW, FS_SET_MTIME_NOW},
+		{FUSE_SET_ATTR_CTIME, FS_SET_CTIME},
+	};
+	int out = 0;
+
+	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+		if (to_set & map[i].fuse)
+			out |= map[i].fs;
+	return out;
+}
+
+static void qfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+			int to_set, struct fuse_file_info *fi)
+{
+	struct stat st;
+	int ret = fs_setattr(fs_of(req), ino, fi ? file_of(fi) : NULL, attr,
+			     setattr_flags(to_set), &st);
+
+	reply_attr(req, ret, &st);
+}
+
+static void qfs_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	char buf[PATH_MAX + 1];
+	ssize_t len = fs_readlink(fs_of(req), ino, buf, sizeof(buf));
+
+	if (len == (ssize_t)sizeof(buf))
+		len = -ENAMETOOLONG;
+	if (len < 0) {
+		fuse_reply_err(req, (int)-len);
+		return;
+	}
+	buf[len] = '\0';
+	fuse_reply_readlink(req, buf);
+}
+
+static void qfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
+		      mode_t mode, dev_t rdev)
+{
+	struct fs_caller who = caller_of(req);
+	struct fs_entry e;
+
+	reply_entry(req,
+		    fs_mknod(fs_of(req), parent, name, mode, rdev, &who, &e),
+		    &e);
+}
+
+static void qfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
+		      mode_t mode)
+{
+	struct fs_caller who = caller_of(req);
+	struct fs_entry e;
+
+	reply_entry(req, fs_mkdir(fs_of(req), parent, name, mode, &who, &e),
+		    &e);
+}
+
+static void qfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
+			const char *name)
+{
+	struct fs_caller who = caller_of(req);
+	struct fs_entry e;
+
+	reply_entry(req, fs_symlink(fs_of(req), link, parent, name, &who, &e),
+		    &e);
+}
+
+static void qfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
+		     const char *newname)
+{
+	struct fs_entry e;
+
+	reply_entry(req, fs_link(fs_of(req), ino, newparent, newname, &e), &e);
+}
+
+static void qfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	fuse_reply_err(req, -fs_unlink(fs_of(req), parent, name));
+}
+
+static void qfs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	fuse_reply_err(req, -fs_rmdir(fs_of(req), parent, name));
+}
+
+static void qfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+		       fuse_ino_t newparent, const char *newname,
+		       unsigned int flags)
+{
+	fuse_reply_err(req, -fs_rename(fs_of(req), parent, name, newparent,
+				       newname, flags));
+}
+
+static void qfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct open_reply out = {0};
+	struct fs_file *f;
+	int ret = fs_open(fs_of(req), ino, fi->flags, &f);
+
+	if (ret) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	out.fh = (uintptr_t)f;
+	out.open_flags = QFS_FOPEN_DIRECT_IO | QFS_FOPEN_PARALLEL_DIRECT_WRITES;
+	if (fuse_reply_buf(req, (const char *)&out, sizeof(out)) == -ENOENT)
+		fs_release(fs_of(req), f); /* the open was interrupted */
+}
+
+static void qfs_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+		       mode_t mode, struct fuse_file_info *fi)
+{
+	struct fs_caller who = caller_of(req);
+	struct fuse_entry_param p = {0};
+	struct fs_entry e;
+	struct fs_file *f;
+	int ret = fs_create(fs_of(req), parent, name, mode, fi->flags, &who, &e,
+			    &f);
+
+	if (ret) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	p.ino = e.ino;
+	p.attr = e.attr;
+	p.attr_timeout = p.entry_timeout = qfs_of(req)->timeout;
+	fi->fh = (uintptr_t)f;
+	fi->direct_io = 1;
+	if (fuse_reply_create(req, &p, fi) == -ENOENT) {
+		fs_release(fs_of(req), f);
+		fs_forget(fs_of(req), e.ino, 1);
+	}
+}
+
+static void qfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	struct qfs *q = qfs_of(req);
+	struct fs_read r;
+	int ret = fs_read(q->fs, file_of(fi), off, size, &r);
+
+	(void)ino;
+	if (ret)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_iov(req, r.iov, r.iovcnt);
+	fs_read_release(&r);
+	if (fs_fatal(q->fs))
+		fuse_session_exit(q->se); /* blkverify: stop like QEMU */
+}
+
+static void qfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
+		      size_t size, off_t off, struct fuse_file_info *fi)
+{
+	ssize_t ret = fs_write(fs_of(req), file_of(fi), buf, size, off);
+
+	(void)ino;
+	if (ret < 0)
+		fuse_reply_err(req, (int)-ret);
+	else
+		fuse_reply_write(req, (size_t)ret);
+}
+
+static void qfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	fuse_reply_err(req, -fs_flush(fs_of(req), file_of(fi)));
+}
+
+static void qfs_release(fuse_req_t req, fuse_ino_t ino,
+			struct fuse_file_info *fi)
+{
+	(void)ino;
+	fs_release(fs_of(req), file_of(fi));
+	fuse_reply_err(req, 0);
+}
+
+static void qfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
+		      struct fuse_file_info *fi)
+{
+	(void)ino;
+	fuse_reply_err(req, -fs_fsync(fs_of(req), file_of(fi), datasync));
+}
+
+static void qfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
+			  off_t len, struct fuse_file_info *fi)
+{
+	(void)ino;
+	fuse_reply_err(req,
+		       -fs_fallocate(fs_of(req), file_of(fi), mode, off, len));
+}
+
+static void qfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+		      struct fuse_file_info *fi)
+{
+	off_t ret;
+
+	(void)ino;
+	if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+		fuse_reply_err(req, EINVAL); /* the kernel handles the rest */
+		return;
+	}
+	ret = fs_lseek(fs_of(req), file_of(fi), off, whence);
+	if (ret < 0)
+		fuse_reply_err(req, (int)-ret);
+	else
+		fuse_reply_lseek(req, ret);
+}
+
+static void qfs_opendir(fuse_req_t req, fuse_ino_t ino,
+			struct fuse_file_info *fi)
+{
+	struct fs_dir *d;
+	int ret = fs_opendir(fs_of(req), ino, &d);
+
+	if (ret) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	fi->fh = (uintptr_t)d;
+	if (fuse_reply_open(req, fi) == -ENOENT)
+		fs_releasedir(d);
+}
+
+static void qfs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			struct fuse_file_info *fi)
+{
+	const struct fs_dir *d = (const struct fs_dir *)(uintptr_t)fi->fh;
+	char *buf = malloc(size);
+	size_t pos = 0;
+	const char *name;
+	struct stat st;
+
+	(void)ino;
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	for (size_t i = off; fs_dir_entry(d, i, &name, &st); i++) {
+		size_t len = fuse_add_direntry(req, buf + pos, size - pos, name,
+					       &st, (off_t)i + 1);
+
+		if (len > size - pos)
+			break;
+		pos += len;
+	}
+	fuse_reply_buf(req, buf, pos);
+	free(buf);
+}
+
+static void qfs_releasedir(fuse_req_t req, fuse_ino_t ino,
+			   struct fuse_file_info *fi)
+{
+	(void)ino;
+	fs_releasedir((struct fs_dir *)(uintptr_t)fi->fh);
+	fuse_reply_err(req, 0);
+}
+
+static void qfs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
+			 struct fuse_file_info *fi)
+{
+	(void)fi;
+	fuse_reply_err(req, -fs_fsyncdir(fs_of(req), ino, datasync));
+}
+
+static void qfs_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct statvfs st;
+	int ret = fs_statfs(fs_of(req), &st);
+
+	(void)ino;
+	if (ret)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_statfs(req, &st);
+}
+
+static void qfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			 const char *value, size_t size, int flags)
+{
+	fuse_reply_err(req,
+		       -fs_setxattr(fs_of(req), ino, name, value, size, flags));
+}
+
+/* get and list share the size protocol: 0 asks for the length. */
+static void reply_xattr(fuse_req_t req, ssize_t ret, const char *buf,
+			size_t size)
+{
+	if (ret < 0)
+		fuse_reply_err(req, (int)-ret);
+	else if (size == 0)
+		fuse_reply_xattr(req, (size_t)ret);
+	else
+		fuse_reply_buf(req, buf, (size_t)ret);
+}
+
+static void qfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			 size_t size)
+{
+	char *buf = size ? malloc(size) : NULL;
+	ssize_t ret = size && !buf
+			      ? -ENOMEM
+			      : fs_getxattr(fs_of(req), ino, name, buf, size);
+
+	reply_xattr(req, ret, buf, size);
+	free(buf);
+}
+
+static void qfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	char *buf = size ? malloc(size) : NULL;
+	ssize_t ret = size && !buf ? -ENOMEM
+				   : fs_listxattr(fs_of(req), ino, buf, size);
+
+	reply_xattr(req, ret, buf, size);
+	free(buf);
+}
+
+static void qfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	fuse_reply_err(req, -fs_removexattr(fs_of(req), ino, name));
+}
+
+static const struct fuse_lowlevel_ops qfs_ops = {
+	.init = qfs_init,
+	.lookup = qfs_lookup,
+	.forget = qfs_forget,
+	.forget_multi = qfs_forget_multi,
+	.getattr = qfs_getattr,
+	.setattr = qfs_setattr,
+	.readlink = qfs_readlink,
+	.mknod = qfs_mknod,
+	.mkdir = qfs_mkdir,
+	.symlink = qfs_symlink,
+	.link = qfs_link,
+	.unlink = qfs_unlink,
+	.rmdir = qfs_rmdir,
+	.rename = qfs_rename,
+	.open = qfs_open,
+	.create = qfs_create,
+	.read = qfs_read,
+	.write = qfs_write,
+	.flush = qfs_flush,
+	.release = qfs_release,
+	.fsync = qfs_fsync,
+	.fallocate = qfs_fallocate,
+	.lseek = qfs_lseek,
+	.opendir = qfs_opendir,
+	.readdir = qfs_readdir,
+	.releasedir = qfs_releasedir,
+	.fsyncdir = qfs_fsyncdir,
+	.statfs = qfs_statfs,
+	.setxattr = qfs_setxattr,
+	.getxattr = qfs_getxattr,
+	.listxattr = qfs_listxattr,
+	.removexattr = qfs_removexattr,
+};
+
+/* ---- command line ---- */
+
+#define QFS_OPT(t, p)                                                          \
+	{                                                                      \
+		t, offsetof(struct config_args, p), 1                          \
+	}
+static const struct fuse_opt qfs_opts[] = {
+	QFS_OPT("threshold=%s", threshold),
+	QFS_OPT("read-pattern=%s", read_pattern),
+	QFS_OPT("threads=%s", threads),
+	QFS_OPT("log=%s", log),
+	QFS_OPT("rewrite-corrupted", rewrite_corrupted),
+	QFS_OPT("blkverify", blkverify),
+	FUSE_OPT_END,
+};
+
+static int collect_path(void *data, const char *arg, int key,
+			struct fuse_args *outargs)
+{
+	struct config_args *a = data;
+
+	(void)outargs;
+	if (key != FUSE_OPT_KEY_NONOPT)
+		return 1; /* libfuse's own option: keep it */
+	if (a->npaths == CHILDREN_MAX + 2)
+		a->too_many_paths = true;
+	else
+		a->path[a->npaths++] = arg;
+	return 0;
+}
+
+static void usage(const char *prog)
+{
+	printf("usage: %s [options] CHILD... MOUNTPOINT\n\n"
+	       "quorumfs options:\n"
+	       "    -o threshold=N         votes a read needs and children a "
+	       "write needs\n"
+	       "                           (default: a majority)\n"
+	       "    -o read-pattern=P      quorum (vote every read) or fifo "
+	       "(first healthy child)\n"
+	       "    -o rewrite-corrupted   repair children that lose a read "
+	       "vote\n"
+	       "    -o blkverify           two children, threshold 2: stop on "
+	       "any difference\n"
+	       "    -o log=PATH            JSON event log (SIGHUP reopens "
+	       "it)\n"
+	       "    -o threads=N           I/O pool size (default %d)\n\n",
+	       prog, CONFIG_DEFAULT_THREADS);
+	fuse_cmdline_help();
+	fuse_lowlevel_help();
+}
+
+/* libfuse's messages are the daemon's own: one prefix for all. */
+static void log_line(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+	char msg[1024];
+	const char *text = msg;
+
+	(void)level;
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	if (strncmp(text, "fuse: ", 6) == 0)
+		text += 6;
+	fprintf(stderr, "quorumfs: %s", text);
+}
+
+/* ---- signals ---- */
+
+static struct event_log *hup_log; /* the log SIGHUP reopens */
+
+static void on_sighup(int sig)
+{
+	(void)sig;
+	event_log_request_reopen(hup_log);
+}
+
+static void set_sighup(bool reopen)
+{
+	struct sigaction sa = {0};
+
+	sa.sa_handler = reopen ? on_sighup : SIG_IGN;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGHUP, &sa, NULL);
+}
+
+/* ---- main ---- */
+
+static void emit_mount_event(struct event_log *log, const char *name,
+			     const struct config *cfg)
+{
+	struct json_object *data = json_object_new_object();
+	struct json_object *children = json_object_new_array();
+
+	for (int i = 0; i < cfg->children.n; i++)
+		json_object_array_add(children, json_object_new_string(
+							cfg->children.path[i]));
+	json_object_object_add(data, "mountpoint",
+			       json_object_new_string(cfg->mountpoint));
+	json_object_object_add(data, "children", children);
+	json_object_object_add(data, "threshold",
+			       json_object_new_int(cfg->children.threshold));
+	event_log_emit(log, name, data);
+}
+
+static int run_loop(struct fuse_session *se,
+		    const struct fuse_cmdline_opts *opts)
+{
+	struct fuse_loop_config *lc;
+	int ret;
+
+	if (opts->singlethread)
+		return fuse_session_loop(se);
+	lc = fuse_loop_cfg_create();
+	if (!lc)
+		return -ENOMEM;
+	fuse_loop_cfg_set_clone_fd(lc, opts->clone_fd);
+	/* UINT_MAX means "not given": keep libfuse's defaults. */
+	if (opts->max_threads != UINT_MAX)
+		fuse_loop_cfg_set_max_threads(lc, opts->max_threads);
+	if (opts->max_idle_threads != UINT_MAX)
+		fuse_loop_cfg_set_idle_threads(lc, opts->max_idle_threads);
+	ret = fuse_session_loop_mt(se, lc);
+	fuse_loop_cfg_destroy(lc);
+	return ret;
+}
+
+/* Mount, serve until unmounted, unmount. Returns the exit status. */
+static int serve(struct fuse_args *args, const struct fuse_cmdline_opts *opts,
+		 const struct config *cfg, struct qfs *q, struct event_log *log)
+{
+	int ret = 1;
+
+	q->se = fuse_session_new(args, &qfs_ops, sizeof(qfs_ops), q);
+	if (!q->se)
+		return 1;
+	if (fuse_set_signal_handlers(q->se))
+		goto out_destroy;
+	set_sighup(log != NULL);
+	if (fuse_session_mount(q->se, cfg->mountpoint))
+		goto out_signals;
+	emit_mount_event(log, "MOUNTED", cfg);
+	fuse_daemonize(opts->foreground);
+	ret = run_loop(q->se, opts) ? 1 : 0;
+	if (fs_fatal(q->fs))
+		ret = 1;
+	fuse_session_unmount(q->se);
+	emit_mount_event(log, "UNMOUNTED", cfg);
+out_signals:
+	set_sighup(false);
+	fuse_remove_signal_handlers(q->se);
+out_destroy:
+	fuse_session_destroy(q->se);
+	return ret;
+}
+
+static int start(struct fuse_args *args, const struct fuse_cmdline_opts *opts,
+		 const struct config *cfg)
+{
+	struct qfs q = {.timeout = 1.0};
+	struct event_log *log = NULL;
+	struct child_set *set = NULL;
+	struct pool *pool = NULL;
+	int ret;
+
+	ret = cfg->log_path ? event_log_open(cfg->log_path, &log) : 0;
+	if (ret) {
+		fprintf(stderr, "quorumfs: log=%s cannot be opened: %s\n",
+			cfg->log_path, strerror(-ret));
+		return 1;
+	}
+	hup_log = log;
+	ret = children_new(&cfg->children, &set);
+	if (!ret)
+		ret = pool_new(cfg->threads, &pool);
+	if (!ret)
+		ret = fs_new(set, pool, log, &q.fs);
+	if (ret) {
+		fprintf(stderr, "quorumfs: cannot start: %s\n", strerror(-ret));
+		ret = 1;
+	} else {
+		ret = serve(args, opts, cfg, &q, log);
+	}
+	fs_free(q.fs);
+	pool_free(pool);
+	children_free(set);
+	event_log_close(log);
+	return ret;
+}
+
+int main(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_cmdline_opts opts = {0};
+	struct config_args raw = {0};
+	struct config cfg;
+	char err[512];
+	int ret = 1;
+
+	fuse_set_log_func(log_line);
+	if (fuse_opt_parse(&args, &raw, qfs_opts, collect_path) ||
+	    fuse_parse_cmdline(&args, &opts))
+		goto out;
+	if (opts.show_help || opts.show_version) {
+		if (opts.show_help)
+			usage(argv[0]);
+		else
+			printf("quorumfs, libfuse %s\n", fuse_pkgversion());
+		ret = 0;
+		goto out;
+	}
+	if (config_from_args(&raw, &cfg, err, sizeof(err))) {
+		fprintf(stderr, "quorumfs: %s\n", err);
+		goto out;
+	}
+	/* Modes arrive with the caller's umask applied; don't apply ours. */
+	umask(0);
+	if (fuse_opt_add_arg(&args, "-ofsname=quorumfs,subtype=quorumfs,"
+				    "default_permissions") == 0)
+		ret = start(&args, &opts, &cfg);
+	config_release(&cfg);
+out:
+	free(opts.mountpoint);
+	fuse_opt_free_args(&args);
+	return ret;
+}
