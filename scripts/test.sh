@@ -58,4 +58,5 @@ ctest --test-dir "$build" --output-on-failure
 
 export QFS_BIN="$PWD/$build/quorumfs"
 python="${PYTHON:-/usr/bin/python3}"
-"$python" -m pytest test "${pytest_args[@]}"
+# With no arguments, pytest.ini's testpaths picks test/.
+"$python" -m pytest "${pytest_args[@]}"

@@ -100,9 +100,10 @@ def test_blkverify_with_threshold_one_is_refused(run_daemon, dirs):
     assert_refused(r, "blkverify", "threshold", mnt=dirs.mnt)
 
 
-def test_blkverify_with_rewrite_corrupted_is_refused(run_daemon, dirs):
-    r = run_daemon("-f", "-o", "blkverify,rewrite-corrupted,threshold=2",
-                   *dirs.c[:2], dirs.mnt)
+@pytest.mark.parametrize("opts", ["blkverify,rewrite-corrupted",
+                                  "rewrite-corrupted,blkverify"])
+def test_blkverify_with_rewrite_corrupted_is_refused(run_daemon, dirs, opts):
+    r = run_daemon("-f", "-o", opts + ",threshold=2", *dirs.c[:2], dirs.mnt)
     assert_refused(r, "blkverify", "rewrite-corrupted", mnt=dirs.mnt)
 
 
