@@ -159,6 +159,45 @@ def test_append_mode_writes_go_to_end_on_every_child(quorum):
     assert_content(m, "f", b"one,two")
 
 
+def test_open_file_stays_usable_after_it_is_unlinked(backing, quorum):
+    m = quorum()
+    fd = os.open(m.path("f"), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"before")
+        os.unlink(m.path("f"))
+        assert os.pwrite(fd, b"AFTER", 0) == 5
+        assert os.pread(fd, 6, 0) == b"AFTERe"
+    finally:
+        os.close(fd)
+    assert_absent(m, "f")
+
+
+def test_open_file_follows_its_rename(backing, quorum):
+    m = quorum()
+    fd = os.open(m.path("a"), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"old")
+        os.rename(m.path("a"), m.path("b"))
+        os.pwrite(fd, b"new", 0)
+    finally:
+        os.close(fd)
+    assert_absent(m, "a")
+    assert_content(m, "b", b"new")
+
+
+def test_write_updates_mtime_on_the_mount(backing, quorum):
+    m = quorum()
+    write(m.path("f"), b"x")
+    before = os.stat(m.path("f")).st_mtime_ns
+    wait_for_clock_past(before)
+    fd = os.open(m.path("f"), os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"y", 0)
+    finally:
+        os.close(fd)
+    assert os.stat(m.path("f")).st_mtime_ns > before
+
+
 # --- directories -------------------------------------------------------
 
 def test_mkdir_creates_directory_on_every_child(backing, quorum):
@@ -272,6 +311,97 @@ def test_rename_updates_ctime_of_the_moved_file(backing, quorum):
     assert os.stat(m.path("g")).st_ctime_ns > before
     for p in children_of(m, "g"):
         assert os.stat(p).st_ctime_ns > before
+
+
+def test_rename_of_a_directory_over_an_empty_one_replaces_it(quorum):
+    m = quorum()
+    os.mkdir(m.path("src"))
+    write(m.path("src/f"), b"x")
+    os.mkdir(m.path("dst"))
+    os.rename(m.path("src"), m.path("dst"))
+    assert_absent(m, "src")
+    assert_content(m, "dst/f", b"x")
+
+
+def test_rename_of_a_directory_over_a_non_empty_one_fails(quorum):
+    m = quorum()
+    os.mkdir(m.path("src"))
+    os.mkdir(m.path("dst"))
+    write(m.path("dst/keep"), b"k")
+    with pytest.raises(OSError) as e:
+        os.rename(m.path("src"), m.path("dst"))
+    assert e.value.errno in (errno.ENOTEMPTY, errno.EEXIST)
+    assert stat.S_ISDIR(assert_same_metadata(m, "src").st_mode)
+    assert_content(m, "dst/keep", b"k")
+
+
+# --- names and paths -----------------------------------------------------
+
+def test_a_255_byte_name_works(backing, quorum):
+    m = quorum()
+    name = "n" * 255
+    write(m.path(name), b"long name")
+    assert_content(m, name, b"long name")
+    assert name in os.listdir(m.mnt)
+
+
+def test_a_name_longer_than_the_child_allows_fails_with_enametoolong(
+        backing, quorum):
+    m = quorum()
+    with pytest.raises(OSError) as e:
+        write(m.path("n" * 256), b"x")
+    assert e.value.errno == errno.ENAMETOOLONG
+    for c in m.children:
+        assert not [n for n in os.listdir(c) if n.startswith("nnn")], c
+
+
+def open_deep(root, names, create=False):
+    """Walk (or make) root/names[0]/names[1]/... with *at() calls, so the
+    whole path may be longer than PATH_MAX. Returns an O_DIRECTORY fd."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for name in names:
+        if create:
+            os.mkdir(name, dir_fd=fd)
+        nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    return fd
+
+
+def test_paths_longer_than_path_max_work_on_the_mount(backing, quorum):
+    # SPEC 9: no path-length ceiling of our own. 25 levels of 200-byte
+    # names make a path of over 5000 bytes below the mount.
+    m = quorum()
+    names = ["%02d" % i + "d" * 198 for i in range(25)]
+    fd = open_deep(m.mnt, names, create=True)
+    try:
+        f = os.open("f", os.O_CREAT | os.O_RDWR, 0o644, dir_fd=fd)
+        try:
+            os.write(f, b"deep")
+            assert os.pread(f, 4, 0) == b"deep"
+        finally:
+            os.close(f)
+    finally:
+        os.close(fd)
+    for c in m.children:
+        fd = open_deep(c, names)
+        try:
+            f = os.open("f", os.O_RDONLY, dir_fd=fd)
+            try:
+                assert os.read(f, 100) == b"deep", c
+            finally:
+                os.close(f)
+        finally:
+            os.close(fd)
+
+
+def test_a_symlink_target_of_4095_bytes_reads_back_whole(quorum):
+    m = quorum()
+    target = "t" * 4095
+    os.symlink(target, m.path("l"))
+    assert os.readlink(m.path("l")) == target
+    for p in children_of(m, "l"):
+        assert os.readlink(p) == target, p
 
 
 # --- symlinks ----------------------------------------------------------
@@ -700,6 +830,62 @@ def test_statvfs_reports_the_smallest_free_space_of_the_children(
     free = [os.statvfs(c) for c in children]
     smallest = min(s.f_frsize * s.f_bavail for s in free)
     assert abs(mnt.f_frsize * mnt.f_bavail - smallest) <= 64 * KiB
+
+
+# --- a child's errno reaches the caller ----------------------------------
+
+def test_write_to_full_children_fails_with_enospc(scratch_fs, quorum):
+    # ENOSPC must reach a VM unchanged: QEMU pauses the guest on ENOSPC
+    # but fails its disk on EIO.
+    m = quorum(children=[scratch_fs("tmpfs", "1M") for _ in range(3)])
+    chunk = b"z" * (64 * KiB)
+    fd = os.open(m.path("f"), os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        with pytest.raises(OSError) as e:
+            for _ in range(64):
+                os.write(fd, chunk)
+    finally:
+        os.close(fd)
+    assert e.value.errno == errno.ENOSPC, qfs.errno_name(e.value.errno)
+    m.wait_event("QUORUM_REPORT_BAD", lambda d: d.get("type") == "write" and
+                 d.get("error") == os.strerror(errno.ENOSPC) and
+                 d.get("file") == "f")
+
+
+@pytest.fixture
+def read_only_binds(tmp_path):
+    """Three bind mounts to use as children; ro() turns them read-only."""
+    binds = []
+    for i in range(3):
+        src, dst = tmp_path / ("src%d" % i), tmp_path / ("bind%d" % i)
+        src.mkdir()
+        dst.mkdir()
+        subprocess.run(["mount", "--bind", str(src), str(dst)], check=True)
+        binds.append(dst)
+
+    def ro():
+        for dst in binds:
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(dst)],
+                           check=True)
+
+    yield binds, ro
+    for dst in binds:
+        if qfs.is_mounted(dst):
+            subprocess.run(["umount", "-l", str(dst)], check=True)
+
+
+def test_create_on_read_only_children_fails_with_erofs(read_only_binds,
+                                                        quorum):
+    binds, ro = read_only_binds
+    m = quorum(children=binds)
+    write(m.path("existing"), b"x")
+    ro()
+    with pytest.raises(OSError) as e:
+        write(m.path("new"), b"x")
+    assert e.value.errno == errno.EROFS, qfs.errno_name(e.value.errno)
+    with pytest.raises(OSError) as e:
+        os.open(m.path("existing"), os.O_WRONLY | os.O_APPEND)
+    assert e.value.errno == errno.EROFS, qfs.errno_name(e.value.errno)
 
 
 # --- extended attributes -----------------------------------------------
