@@ -864,9 +864,14 @@ def read_only_binds(tmp_path):
         binds.append(dst)
 
     def ro():
+        # FUSE_RELEASE is asynchronous: the daemon may still hold a child
+        # file open for writing for a moment after close(), and until then
+        # the remount is refused as busy.
         for dst in binds:
-            subprocess.run(["mount", "-o", "remount,bind,ro", str(dst)],
-                           check=True)
+            qfs.wait_for(lambda: subprocess.run(
+                ["mount", "-o", "remount,bind,ro", str(dst)],
+                stderr=subprocess.DEVNULL).returncode == 0,
+                10 * qfs.deadline_scale(), "%s to turn read-only" % dst)
 
     yield binds, ro
     for dst in binds:
