@@ -148,6 +148,32 @@ def test_one_mebibyte_write_arrives_whole_on_every_child(backing, quorum):
     assert not [e for e in m.events() if e["event"].startswith("QUORUM_")]
 
 
+def test_write_beyond_4_gib_lands_at_that_offset_on_every_child(
+        backing, quorum):
+    m = quorum()
+    far = 5 * 1024 * MiB + 7
+    fd = os.open(m.path("f"), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        assert os.pwrite(fd, b"far", far) == 3
+        assert os.pread(fd, 3, far) == b"far"
+    finally:
+        os.close(fd)
+    for p in children_of(m, "f") + [m.path("f")]:
+        assert os.stat(p).st_size == far + 3, p
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            assert os.pread(fd, 3, far) == b"far", p
+        finally:
+            os.close(fd)
+
+
+def test_open_with_o_creat_of_an_existing_file_keeps_its_content(quorum):
+    m = quorum()
+    write(m.path("f"), b"keep")
+    os.close(os.open(m.path("f"), os.O_CREAT | os.O_RDWR, 0o644))
+    assert_content(m, "f", b"keep")
+
+
 def test_append_mode_writes_go_to_end_on_every_child(quorum):
     m = quorum()
     write(m.path("f"), b"one,")
@@ -216,6 +242,16 @@ def test_file_in_new_subdirectory_reaches_every_child(quorum):
     os.makedirs(m.path("a/b/c"))
     write(m.path("a/b/c/f"), b"deep")
     assert_content(m, "a/b/c/f", b"deep")
+
+
+def test_directory_link_count_counts_its_subdirectories(quorum):
+    m = quorum()
+    os.mkdir(m.path("d"))
+    os.mkdir(m.path("d/a"))
+    os.mkdir(m.path("d/b"))
+    want = os.stat(m.child_file(0, "d")).st_nlink
+    assert want == 4
+    assert os.stat(m.path("d")).st_nlink == want
 
 
 def test_rmdir_removes_directory_from_every_child(backing, quorum):
@@ -300,6 +336,18 @@ def test_rename_exchange_swaps_two_files_on_every_child(backing, quorum):
     assert_content(m, "b", b"content of a")
     assert_content(m, "a/inside", b"in b")
     assert stat.S_ISDIR(assert_same_metadata(m, "a").st_mode)
+
+
+def test_rename_between_two_links_of_one_file_changes_nothing(quorum):
+    # POSIX: if old and new are links to the same file, rename does
+    # nothing and succeeds.
+    m = quorum()
+    write(m.path("a"), b"x")
+    os.link(m.path("a"), m.path("b"))
+    os.rename(m.path("a"), m.path("b"))
+    assert_content(m, "a", b"x")
+    assert_content(m, "b", b"x")
+    assert os.stat(m.path("a")).st_nlink == 2
 
 
 def test_rename_updates_ctime_of_the_moved_file(backing, quorum):
@@ -728,6 +776,45 @@ def test_zero_range_behaves_as_on_the_child_file_system(backing, quorum):
     assert_content(m, "f", want)
 
 
+def zero_range(path, offset, length):
+    fd = os.open(path, os.O_RDWR)
+    try:
+        qfs.fallocate(fd, qfs.FALLOC_FL_ZERO_RANGE, offset, length)
+    finally:
+        os.close(fd)
+
+
+def test_zero_range_succeeds_when_a_quorum_of_children_supports_it(
+        scratch_fs, quorum):
+    # Two ext4 children can zero a range, the tmpfs one cannot: 2 of 3
+    # is a quorum, so the caller sees success and the tmpfs child is
+    # reported with its errno.
+    tmpfs = scratch_fs("tmpfs")
+    m = quorum(children=[scratch_fs("ext4"), scratch_fs("ext4"), tmpfs])
+    write(m.path("f"), b"\xaa" * (64 * KiB))
+    zero_range(m.path("f"), 4 * KiB, 8 * KiB)
+    want = b"\xaa" * (4 * KiB) + bytes(8 * KiB) + b"\xaa" * (52 * KiB)
+    assert read(m.path("f")) == want
+    for p in children_of(m, "f")[:2]:
+        assert read(p) == want, p
+    m.wait_event("QUORUM_REPORT_BAD", lambda d: d.get("type") == "write" and
+                 d.get("node-name") == str(tmpfs) and d.get("file") == "f" and
+                 d.get("error") == os.strerror(errno.EOPNOTSUPP) and
+                 (d.get("sector-num"), d.get("sectors-count")) == (8, 16))
+
+
+def test_zero_range_fails_with_the_childrens_errno_without_a_quorum(
+        scratch_fs, quorum):
+    m = quorum(children=[scratch_fs("ext4"), scratch_fs("tmpfs"),
+                         scratch_fs("tmpfs")])
+    write(m.path("f"), b"\xaa" * (64 * KiB))
+    with pytest.raises(OSError) as e:
+        zero_range(m.path("f"), 4 * KiB, 8 * KiB)
+    assert e.value.errno == errno.EOPNOTSUPP, qfs.errno_name(e.value.errno)
+    m.wait_event("QUORUM_FAILURE", lambda d: d.get("reference") == "f" and
+                 (d.get("sector-num"), d.get("sectors-count")) == (8, 16))
+
+
 # --- SEEK_DATA / SEEK_HOLE ---------------------------------------------
 
 def make_sparse(m, rel):
@@ -893,6 +980,38 @@ def test_create_on_read_only_children_fails_with_erofs(read_only_binds,
     assert e.value.errno == errno.EROFS, qfs.errno_name(e.value.errno)
 
 
+@pytest.fixture
+def children_with_inner_mounts(tmp_path):
+    """Three children, each with a tmpfs mounted on its "sub"."""
+    children = []
+    for i in range(3):
+        sub = tmp_path / ("c%d" % i) / "sub"
+        sub.mkdir(parents=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs",
+                        str(sub)], check=True)
+        children.append(sub.parent)
+    yield children
+    for c in children:
+        if qfs.is_mounted(c / "sub"):
+            subprocess.run(["umount", "-l", str(c / "sub")], check=True)
+
+
+def test_rename_and_link_across_a_mount_inside_the_children_fail_with_exdev(
+        children_with_inner_mounts, quorum):
+    m = quorum(children=children_with_inner_mounts)
+    write(m.path("a"), b"x")
+    write(m.path("sub/inner"), b"inside")
+    assert_content(m, "sub/inner", b"inside")
+    with pytest.raises(OSError) as e:
+        os.rename(m.path("a"), m.path("sub/b"))
+    assert e.value.errno == errno.EXDEV, qfs.errno_name(e.value.errno)
+    with pytest.raises(OSError) as e:
+        os.link(m.path("a"), m.path("sub/b"))
+    assert e.value.errno == errno.EXDEV, qfs.errno_name(e.value.errno)
+    assert_content(m, "a", b"x")
+    assert_absent(m, "sub/b")
+
+
 # --- extended attributes -----------------------------------------------
 
 def test_setxattr_is_visible_on_the_mount_and_every_child(backing, quorum):
@@ -949,6 +1068,41 @@ def test_xattr_on_a_directory_reaches_every_child(quorum):
     os.setxattr(m.path("d"), "user.dir", b"yes")
     for p in children_of(m, "d"):
         assert os.getxattr(p, "user.dir") == b"yes", p
+
+
+def test_a_large_xattr_value_is_accepted_or_refused_as_the_child_does(
+        backing, quorum):
+    # ext4 keeps a value in one block and refuses 60 KB; tmpfs takes it.
+    m = quorum()
+    value = os.urandom(60000)
+    probe = child_dir_probe(m)
+    write(probe, b"")
+    try:
+        os.setxattr(probe, "user.big", value)
+        child_errno = 0
+    except OSError as e:
+        child_errno = e.errno
+    write(m.path("f"), b"")
+    try:
+        os.setxattr(m.path("f"), "user.big", value)
+        mount_errno = 0
+    except OSError as e:
+        mount_errno = e.errno
+    assert qfs.errno_name(mount_errno) == qfs.errno_name(child_errno)
+    if child_errno == 0:
+        for p in children_of(m, "f") + [m.path("f")]:
+            assert os.getxattr(p, "user.big") == value, p
+
+
+def test_many_xattr_names_are_all_listed(quorum):
+    m = quorum()
+    write(m.path("f"), b"")
+    names = {"user.attr-%03d-%s" % (i, "x" * 60) for i in range(40)}
+    for n in names:
+        os.setxattr(m.path("f"), n, b"1")
+    assert set(os.listxattr(m.path("f"))) >= names
+    for p in children_of(m, "f"):
+        assert set(os.listxattr(p)) >= names, p
 
 
 # --- special files -----------------------------------------------------
@@ -1104,6 +1258,20 @@ def test_o_direct_large_aligned_write_round_trips(backing, quorum):
     finally:
         os.close(fd)
     assert_content(m, "img", bytes(64 * KiB) + data)
+
+
+def test_o_direct_read_of_a_short_file_returns_only_its_bytes(backing,
+                                                             quorum):
+    m = quorum()
+    write(m.path("img"), b"q" * 1000)
+    fd = os.open(m.path("img"), os.O_RDONLY | os.O_DIRECT)
+    try:
+        out = mmap.mmap(-1, 8192)
+        assert os.preadv(fd, [out], 0) == 1000
+        assert out[:1000] == b"q" * 1000
+        assert os.preadv(fd, [out], 4096) == 0
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize("kind", ["buffer", "offset", "length"])
