@@ -354,7 +354,16 @@ class DaemonRun:
             args = args[0]
         args = [str(a) for a in args]
         self.count += 1
-        before = fuse_mounts()
+        # Only mounts this command could have made count: other tests may
+        # be mounting elsewhere on the machine at the same time.
+        ours = {os.path.realpath(a) for a in args if not a.startswith("-")}
+        workdir = os.path.realpath(self.workdir)
+
+        def our_mounts():
+            return {mp for mp in fuse_mounts()
+                    if mp in ours or mp.startswith(workdir + "/")}
+
+        before = our_mounts()
         err_path = self.workdir / ("run%d.stderr" % self.count)
         cmd = daemon_wrapper() + [daemon_binary()] + args
         with open(err_path, "wb") as err:
@@ -364,11 +373,11 @@ class DaemonRun:
         end = time.monotonic() + timeout
         new = set()
         while proc.poll() is None and time.monotonic() < end:
-            new = fuse_mounts() - before
+            new = our_mounts() - before
             if new:
                 break
             time.sleep(0.02)
-        new = fuse_mounts() - before
+        new = our_mounts() - before
         rc = proc.poll()
         if new or rc is None:
             for mp in new:
