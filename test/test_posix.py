@@ -1217,6 +1217,27 @@ def test_reserved_name_cannot_be_the_target_of_rename_or_link(quorum, name,
     assert_reserved_name_untouched(m, name)
 
 
+def test_a_childs_own_control_file_and_metadata_are_hidden(tmp_path,
+                                                          quorum):
+    # SPEC 4 and 5: .control is never backed by a child, and a child's
+    # .quorumfs is never shown on the mount.
+    children = []
+    for i in range(3):
+        c = tmp_path / ("c%d" % i)
+        (c / ".quorumfs").mkdir(parents=True)
+        (c / ".quorumfs" / "planted").write_bytes(b"planted")
+        (c / ".control").write_bytes(b"planted")
+        children.append(c)
+    m = quorum(children=children)
+    assert ".quorumfs" not in os.listdir(m.mnt)
+    assert not os.path.lexists(m.path(".quorumfs/planted"))
+    assert os.listdir(m.mnt).count(".control") <= 1
+    try:
+        assert read(m.path(".control")) != b"planted"
+    except FileNotFoundError:
+        pass
+
+
 # --- O_DIRECT ----------------------------------------------------------
 
 def direct_open(path):
