@@ -26,7 +26,8 @@ PAGE = mmap.PAGESIZE
 
 # --- qemu-io -------------------------------------------------------------
 
-def quorum_spec(files, threshold, read_pattern=None, blkverify=False):
+def quorum_spec(files, threshold, read_pattern=None, blkverify=False,
+                rewrite_corrupted=False):
     """A "json:" filename for qemu-io / qemu-img: a quorum node over raw
     images, children in the order given."""
     node = {"driver": "quorum", "vote-threshold": threshold,
@@ -37,6 +38,8 @@ def quorum_spec(files, threshold, read_pattern=None, blkverify=False):
         node["read-pattern"] = read_pattern
     if blkverify:
         node["blkverify"] = True
+    if rewrite_corrupted:
+        node["rewrite-corrupted"] = True
     return "json:" + json.dumps(node, separators=(",", ":"))
 
 
@@ -56,12 +59,12 @@ class QemuRun:
         self.results = results
 
 
-def qemu_io_reads(spec, reads, timeout=60, cache="none"):
-    """Read every (offset, length) of reads through qemu-io, read-only,
-    in one invocation with one -c per read (cache=none is O_DIRECT).
-    Returns a QemuRun; a read that printed no result (qemu-io stopped)
-    is absent from .results."""
-    cmd = ["qemu-io", "-r", "-t", cache]
+def qemu_io_reads(spec, reads, timeout=60, cache="none", writable=False):
+    """Read every (offset, length) of reads through qemu-io, read-only
+    unless writable (rewrite-corrupted writes), in one invocation with
+    one -c per read (cache=none is O_DIRECT). Returns a QemuRun; a read
+    that printed no result (qemu-io stopped) is absent from .results."""
+    cmd = ["qemu-io"] + ([] if writable else ["-r"]) + ["-t", cache]
     for off, length in reads:
         cmd += ["-c", "read -v %d %d" % (off, length)]
     cmd.append(spec)

@@ -318,6 +318,67 @@ def test_image_sets_exercise_every_outcome():
     assert seen == {"whole", "blocks", "failed"}
 
 
+# --- rewrite-corrupted ----------------------------------------------------
+
+REWRITE_SETS = [c for c in IMAGE_SETS if c.qemu_opens and
+                c.name not in ("n3-clean", "n5-clean")]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", REWRITE_SETS, ids=lambda c: c.name)
+def test_rewrite_corrupted_repairs_exactly_what_qemu_repairs(
+        case, ext4_dir, quorum):
+    """QEMU writes the winner over each loser's copy of the request's
+    bytes, and nothing for a read that failed its vote. A read the mount
+    rescued per block is not repaired either, so after the same reads the
+    children of both hold the same bytes."""
+    imgs = case.build()
+    threshold = case.n // 2 + 1
+    for side in ("qemu", "mount"):
+        os.mkdir(os.path.join(str(ext4_dir), side))
+    qemu_dirs = make_children(os.path.join(str(ext4_dir), "qemu"), imgs)
+    dirs = make_children(os.path.join(str(ext4_dir), "mount"), imgs)
+
+    # The model: the same reads, rewriting losers of a whole-request vote.
+    model = [bytearray(i) for i in imgs]
+    answers = []
+    for off, length in READS:
+        want = expect_read([bytes(i[off:off + length]) for i in model],
+                           threshold, off, length, FILE, dirs)
+        if want.how == "whole":
+            for loser, _ in want.events:
+                model[dirs.index(loser)][off:off + length] = want.data
+        answers.append(want.data)
+
+    qemu = qemu_util.qemu_io_reads(
+        qemu_util.quorum_spec([os.path.join(d, FILE) for d in qemu_dirs],
+                              threshold, rewrite_corrupted=True),
+        READS, writable=True)
+    assert len(qemu.results) == len(READS), qemu.stderr
+    m = quorum(children=dirs, threshold=threshold, opts="rewrite-corrupted")
+    got, open_error = read_mount(m, READS)
+    assert open_error is None
+    m.unmount()
+
+    for k, (off, length) in enumerate(READS):
+        q = qemu.results[k]
+        if isinstance(q, bytes):
+            assert q == answers[k], "model differs from qemu at %d" % off
+            assert got[k] == q, "read %d+%d: mount differs from qemu" % (
+                off, length)
+        else:
+            assert got[k] == answers[k], "read %d+%d" % (off, length)
+    for i in range(case.n):
+        with open(os.path.join(qemu_dirs[i], FILE), "rb") as f:
+            after_qemu = f.read()
+        with open(os.path.join(dirs[i], FILE), "rb") as f:
+            after_mount = f.read()
+        assert after_qemu == bytes(model[i]), \
+            "child %d: qemu repaired other bytes than the model" % i
+        assert after_mount == after_qemu, \
+            "child %d: the mount repaired other bytes than qemu" % i
+
+
 # --- blkverify -----------------------------------------------------------
 
 def blkverify_line(text):
