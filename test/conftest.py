@@ -14,7 +14,6 @@ The daemon is QFS_BIN (default build/quorumfs), prefixed by QFS_WRAPPER
 (e.g. "valgrind --error-exitcode=99 -q").
 """
 
-import os
 import sys
 import threading
 
