@@ -318,6 +318,34 @@ def test_image_sets_exercise_every_outcome():
     assert seen == {"whole", "blocks", "failed"}
 
 
+# --- a truncated child: QEMU refuses it, the mount votes the size ------------
+
+def test_stat_shows_the_majority_size_and_reports_the_truncated_child(
+        ext4_dir, quorum):
+    imgs = ImageSet("n3-truncated", 3, truncated).build()
+    dirs = make_children(ext4_dir, imgs)
+    m = quorum(children=dirs, threshold=2)
+    assert os.stat(m.path(FILE)).st_size == IMAGE_SIZE
+    # SPEC section 3: "the size a quorum of children agree on;
+    # disagreement is reported".
+    m.wait_event("QUORUM_REPORT_BAD", lambda d: d["node-name"] == dirs[2],
+                 timeout=5)
+
+
+def test_stat_without_a_size_quorum_fails_with_eio_and_an_event(
+        ext4_dir, quorum):
+    imgs = ImageSet("n3-truncated", 3, truncated).build()
+    dirs = make_children(ext4_dir, imgs)
+    m = quorum(children=dirs, threshold=3)
+    with pytest.raises(OSError) as e:
+        os.stat(m.path(FILE))
+    assert e.value.errno == errno.EIO
+    # SPEC section 8: every error a caller sees has an event explaining
+    # it; a failed vote is a QUORUM_FAILURE.
+    m.wait_event("QUORUM_FAILURE", lambda d: d["reference"] == FILE,
+                 timeout=5)
+
+
 # --- rewrite-corrupted ----------------------------------------------------
 
 REWRITE_SETS = [c for c in IMAGE_SETS if c.qemu_opens and
