@@ -632,32 +632,68 @@ static int run_loop(struct fuse_session *se,
 	return ret;
 }
 
-/* Mount, serve until unmounted, unmount. Returns the exit status. */
-static int serve(struct fuse_args *args, const struct fuse_cmdline_opts *opts,
-		 const struct config *cfg, struct qfs *q, struct event_log *log)
+/*
+ * Check the log file can be opened before the daemon detaches, so a bad
+ * path is reported on the terminal. The log itself starts later.
+ */
+static int check_log(const char *path)
 {
+	int fd;
+
+	if (!path)
+		return 0;
+	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		fprintf(stderr, "quorumfs: log=%s cannot be opened: %s\n", path,
+			strerror(errno));
+		return -1;
+	}
+	close(fd);
+	return 0;
+}
+
+/*
+ * Everything that starts threads. It runs after fuse_daemonize(), whose
+ * fork() would leave the threads behind in the parent.
+ */
+static int start_threads(const struct config *cfg, struct child_set *set,
+			 struct qfs *q, struct event_log **log,
+			 struct pool **pool)
+{
+	int ret = cfg->log_path ? event_log_open(cfg->log_path, log) : 0;
+
+	if (!ret)
+		ret = pool_new(cfg->threads, pool);
+	if (!ret)
+		ret = fs_new(set, *pool, *log, &q->fs);
+	if (ret)
+		fprintf(stderr, "quorumfs: cannot start: %s\n", strerror(-ret));
+	hup_log = *log;
+	return ret;
+}
+
+/* Serve until unmounted; returns the exit status. */
+static int serve(const struct fuse_cmdline_opts *opts, const struct config *cfg,
+		 struct child_set *set, struct qfs *q)
+{
+	struct event_log *log = NULL;
+	struct pool *pool = NULL;
 	int ret = 1;
 
-	q->se = fuse_session_new(args, &qfs_ops, sizeof(qfs_ops), q);
-	if (!q->se)
-		return 1;
-	if (fuse_set_signal_handlers(q->se))
-		goto out_destroy;
-	set_sighup(log != NULL);
-	if (fuse_session_mount(q->se, cfg->mountpoint))
-		goto out_signals;
-	emit_mount_event(log, "MOUNTED", cfg);
 	fuse_daemonize(opts->foreground);
-	ret = run_loop(q->se, opts) ? 1 : 0;
-	if (fs_fatal(q->fs))
-		ret = 1;
+	if (start_threads(cfg, set, q, &log, &pool) == 0) {
+		set_sighup(log != NULL);
+		emit_mount_event(log, "MOUNTED", cfg);
+		ret = run_loop(q->se, opts) ? 1 : 0;
+		if (fs_fatal(q->fs))
+			ret = 1; /* blkverify found a mismatch */
+		emit_mount_event(log, "UNMOUNTED", cfg);
+		set_sighup(false);
+	}
 	fuse_session_unmount(q->se);
-	emit_mount_event(log, "UNMOUNTED", cfg);
-out_signals:
-	set_sighup(false);
-	fuse_remove_signal_handlers(q->se);
-out_destroy:
-	fuse_session_destroy(q->se);
+	fs_free(q->fs);
+	pool_free(pool);
+	event_log_close(log);
 	return ret;
 }
 
@@ -665,34 +701,40 @@ static int start(struct fuse_args *args, const struct fuse_cmdline_opts *opts,
 		 const struct config *cfg)
 {
 	struct qfs q = {.timeout = 1.0};
-	struct event_log *log = NULL;
 	struct child_set *set = NULL;
-	struct pool *pool = NULL;
-	int ret;
+	int ret = 1;
 
-	ret = cfg->log_path ? event_log_open(cfg->log_path, &log) : 0;
+	if (check_log(cfg->log_path))
+		return 1;
+	ret = children_new(&cfg->children, &set);
 	if (ret) {
-		fprintf(stderr, "quorumfs: log=%s cannot be opened: %s\n",
-			cfg->log_path, strerror(-ret));
+		fprintf(stderr, "quorumfs: cannot open the children: %s\n",
+			strerror(-ret));
 		return 1;
 	}
-	hup_log = log;
-	ret = children_new(&cfg->children, &set);
-	if (!ret)
-		ret = pool_new(cfg->threads, &pool);
-	if (!ret)
-		ret = fs_new(set, pool, log, &q.fs);
-	if (ret) {
-		fprintf(stderr, "quorumfs: cannot start: %s\n", strerror(-ret));
-		ret = 1;
-	} else {
-		ret = serve(args, opts, cfg, &q, log);
-	}
-	fs_free(q.fs);
-	pool_free(pool);
+	ret = 1;
+	q.se = fuse_session_new(args, &qfs_ops, sizeof(qfs_ops), &q);
+	if (!q.se)
+		goto out_children;
+	if (fuse_set_signal_handlers(q.se))
+		goto out_session;
+	if (fuse_session_mount(q.se, cfg->mountpoint) == 0)
+		ret = serve(opts, cfg, set, &q);
+	fuse_remove_signal_handlers(q.se);
+out_session:
+	fuse_session_destroy(q.se);
+out_children:
 	children_free(set);
-	event_log_close(log);
 	return ret;
+}
+
+/* libfuse's option parser allocated these. */
+static void release_args(struct config_args *raw)
+{
+	free((char *)raw->threshold);
+	free((char *)raw->read_pattern);
+	free((char *)raw->threads);
+	free((char *)raw->log);
 }
 
 int main(int argc, char *argv[])
@@ -727,6 +769,7 @@ int main(int argc, char *argv[])
 		ret = start(&args, &opts, &cfg);
 	config_release(&cfg);
 out:
+	release_args(&raw);
 	free(opts.mountpoint);
 	fuse_opt_free_args(&args);
 	return ret;

@@ -20,14 +20,17 @@
 
 #include "children/children.h"
 
-/* The raw command line, as strings; NULL means "not given". */
+/*
+ * The raw command line, as strings; NULL means "not given". The flags are
+ * int because libfuse's option parser stores an int through them.
+ */
 struct config_args {
 	const char *threshold;
 	const char *read_pattern;
 	const char *threads;
 	const char *log;
-	bool rewrite_corrupted;
-	bool blkverify;
+	int rewrite_corrupted;
+	int blkverify;
 	int npaths; /* children then the mountpoint */
 	const char *path[CHILDREN_MAX + 2];
 	bool too_many_paths; /* more than fit in path[] were given */
