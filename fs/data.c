@@ -384,6 +384,32 @@ static int answer_whole(struct fanout *fo, struct read_op *op,
 	return 0;
 }
 
+/* rewrite-corrupted after a per-block vote: repair each bad range. */
+static void rewrite_blocks(struct read_op *op, const struct child_view *v,
+			   const struct fs_read *r,
+			   const struct vote_blocks_result *vb, const int *map,
+			   int n)
+{
+	char *answer = malloc(r->len ? r->len : 1);
+	size_t pos = 0;
+
+	if (!answer)
+		return; /* a correction attempt only */
+	for (int k = 0; k < r->iovcnt; k++) {
+		memcpy(answer + pos, r->iov[k].iov_base, r->iov[k].iov_len);
+		pos += r->iov[k].iov_len;
+	}
+	for (int k = 0; k < n; k++) {
+		size_t end = vb->bad_end[k] < r->len ? vb->bad_end[k] : r->len;
+
+		if (vb->bad[k] && vb->bad_start[k] < end)
+			rewrite_child(op, v, map[k], answer + vb->bad_start[k],
+				      end - vb->bad_start[k],
+				      op->off + vb->bad_start[k]);
+	}
+	free(answer);
+}
+
 /* Beyond QEMU: vote each block, when the whole request found no quorum. */
 static int answer_blocks(struct fanout *fo, struct read_op *op,
 			 const struct vote_ballot *b, int n, const int *map,
@@ -416,6 +442,8 @@ static int answer_blocks(struct fanout *fo, struct read_op *op,
 			    op->off + vb.bad_start[k],
 			    vb.bad_end[k] - vb.bad_start[k], 0);
 	}
+	if (fo->view->rewrite_corrupted)
+		rewrite_blocks(op, fo->view, r, &vb, map, n);
 out:
 	free(winner);
 	return ret;
@@ -424,13 +452,17 @@ out:
 static int read_quorum(struct fanout *fo, struct read_op *op, struct fs_read *r)
 {
 	struct vote_ballot b[CHILDREN_MAX];
-	int map[CHILDREN_MAX], n, ret;
+	int map[CHILDREN_MAX], errors[CHILDREN_MAX], n, ret;
 	struct vote_result vr;
 	char *path = NULL;
 
 	fanout_run(fo);
 	n = read_ballots(fo, op, b, map);
 	ret = vote_whole(b, n, fo->view->threshold, &vr);
+	for (int k = 0; k < n; k++)
+		errors[k] = b[k].error;
+	if (refused_by_all(errors, n))
+		return ret; /* e.g. EINVAL for QEMU's O_DIRECT probe */
 	if (!vr.unanimous || vr.successes < n)
 		path = node_path(fo->fs, op->file->node);
 	for (int k = 0; k < n; k++)

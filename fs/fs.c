@@ -85,6 +85,34 @@ int fanout_error_vote(const struct fanout *fo)
 	return vote_error(b, n);
 }
 
+bool fs_device_error(int error)
+{
+	switch (-error) {
+	case EIO:
+	case ENOSPC:
+	case EDQUOT:
+	case EROFS:
+	case ETIMEDOUT:
+	case ENODEV:
+	case ENXIO:
+	case ESTALE:
+	case ENOTCONN:
+	case EBADF:
+	case ENOMEM:
+		return true;
+	default:
+		return false;
+	}
+}
+
+bool refused_by_all(const int *ret, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (ret[i] != ret[0])
+			return false;
+	return n > 0 && ret[0] && !fs_device_error(ret[0]);
+}
+
 int fanout_tally(struct fanout *fo, const char *type, struct node *n,
 		 uint64_t off, uint64_t len)
 {
@@ -92,6 +120,9 @@ int fanout_tally(struct fanout *fo, const char *type, struct node *n,
 	bool flush = strcmp(type, "flush") == 0;
 	int successes = 0, failures = 0;
 	char *path = NULL;
+
+	if (refused_by_all(fo->ret, view->n))
+		return fo->ret[0];
 
 	for (int i = 0; i < view->n; i++) {
 		if (!fo->ret[i]) {

@@ -139,6 +139,15 @@ void fanout_run(struct fanout *fo);
  */
 int fanout_tally(struct fanout *fo, const char *type, struct node *n,
 		 uint64_t off, uint64_t len);
+/*
+ * True when every child gave the same answer to a request and that answer
+ * says the request itself was wrong (EEXIST, ENOTEMPTY, EINVAL from an
+ * O_DIRECT alignment probe...): the caller gets it, but no child is at
+ * fault, so nothing is reported. Errors that mean a device or its space
+ * failed (fs_device_error) are reported even when every child gives them.
+ */
+bool fs_device_error(int error);
+bool refused_by_all(const int *ret, int n);
 /* The error vote over the voting children that failed. */
 int fanout_error_vote(const struct fanout *fo);
 

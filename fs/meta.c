@@ -166,32 +166,6 @@ static void ns_close_fds(struct fanout *fo, struct ns_op *op)
 			close(op->fd[i]);
 }
 
-/* Attributes from per-child stats (index of view) of one node. */
-static int attr_from_stats(const struct child_view *view, const int *ret,
-			   const struct stat *st, mode_t type, struct stat *out)
-{
-	struct vote_ballot b[CHILDREN_MAX];
-	int index[CHILDREN_MAX], n = 0;
-	struct vote_result r;
-
-	for (int i = 0; i < view->n; i++) {
-		if (!view->votes[i])
-			continue;
-		index[n] = i;
-		b[n++] = (struct vote_ballot){
-			.error = ret[i],
-			.data = &st[i].st_size,
-			.len = S_ISREG(type) ? sizeof(st[i].st_size) : 0};
-	}
-	if (n == 0)
-		return -EIO;
-	/* Directory sizes differ between file systems: only vote files. */
-	if (vote_whole(b, n, S_ISREG(type) ? view->threshold : 1, &r))
-		return r.error;
-	*out = st[index[r.winner]];
-	return 0;
-}
-
 struct stat_op {
 	struct node *node;
 	struct stat st[CHILDREN_MAX];
@@ -210,6 +184,64 @@ static void stat_body(struct fanout *fo, int i)
 				      AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
 }
 
+/*
+ * Report what the size vote found: children that could not be asked,
+ * children whose size lost, and no quorum at all. Sizes are not a byte
+ * range, so the reports carry sector 0, count 0.
+ */
+static void attr_report(struct fanout *fo, struct node *n,
+			const struct vote_ballot *b, const int *index, int nb,
+			const struct vote_result *r)
+{
+	char *path = node_path(fo->fs, n);
+	const char *file = path ? path : "";
+
+	for (int k = 0; k < nb; k++) {
+		struct child *c = fo->view->child[index[k]];
+
+		if (b[k].error || (!r->error && r->loser[k])) {
+			child_count_error(c, CHILD_OP_READ);
+			event_log_report_bad(fo->fs->log, "read", child_name(c),
+					     0, 0, b[k].error, file);
+		}
+	}
+	if (r->error)
+		event_log_quorum_failure(fo->fs->log, file, 0, 0);
+	free(path);
+}
+
+/* Voted attributes from per-child stats. Directory sizes differ between
+ * file systems, so only a regular file's size is voted. */
+static int attr_from_stats(struct fanout *fo, struct node *n,
+			   const struct stat *st, struct stat *out)
+{
+	struct vote_ballot b[CHILDREN_MAX];
+	int index[CHILDREN_MAX], errors[CHILDREN_MAX], nb = 0;
+	bool sized = S_ISREG(n->type);
+	struct vote_result r;
+
+	for (int i = 0; i < fo->view->n; i++) {
+		if (!fo->view->votes[i])
+			continue;
+		index[nb] = i;
+		errors[nb] = fo->ret[i];
+		b[nb++] = (struct vote_ballot){
+			.error = fo->ret[i],
+			.data = &st[i].st_size,
+			.len = sized ? sizeof(st[i].st_size) : 0};
+	}
+	if (nb == 0)
+		return -EIO;
+	vote_whole(b, nb, sized ? fo->view->threshold : 1, &r);
+	if (refused_by_all(errors, nb))
+		return r.error;
+	if (r.error || !r.unanimous || r.successes < nb)
+		attr_report(fo, n, b, index, nb, &r);
+	if (!r.error)
+		*out = st[index[r.winner]];
+	return r.error;
+}
+
 int attr_vote(struct fs *fs, const struct child_view *view, struct node *n,
 	      struct stat *st)
 {
@@ -219,7 +251,7 @@ int attr_vote(struct fs *fs, const struct child_view *view, struct node *n,
 	int ret;
 
 	fanout_run(&fo);
-	ret = attr_from_stats(view, fo.ret, op.st, n->type, st);
+	ret = attr_from_stats(&fo, n, op.st, st);
 	if (!ret) {
 		st->st_ino = n->key_ino;
 		if (n == &fs->root)
