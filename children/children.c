@@ -1,21 +1,36 @@
 /*
  * The child set and its views.
  *
- * Lock order: set->lock is a leaf; nothing else is taken while holding it.
- * A view holds a reference on each of its children; a child is freed when
- * the last view naming it goes away, so an operation that took a view may
- * keep using its children even after `remove` dropped them from the set.
+ * The set keeps its members (every child, whatever its state) and the
+ * voting rules under set->lock, and publishes them as immutable views.
+ * Changing anything means building a new view and swapping it in; an
+ * operation keeps the view it took until it ends.
+ *
+ * Lock order: set->lock, then set->drain_lock (a leaf that only guards the
+ * drain's condition variable). Events are queued without blocking.
+ *
+ * Lifetimes: a child is reference-counted. The set's member list holds
+ * one reference and every view naming the child holds one, so a child
+ * removed from the set lives on until the last operation that could still
+ * touch it has finished. child->views counts the live views naming it:
+ * `remove` waits for it to reach zero (the drain).
  */
 #define _GNU_SOURCE
 #include "children/children.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <json-c/json.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+
+#include "events/events.h"
 
 struct child {
 	char *name;
@@ -23,21 +38,52 @@ struct child {
 	int root_fd;
 	int slot;
 	atomic_int refs;
+	atomic_int views; /* live views naming this child */
+	_Atomic enum child_state state;
+	char reason[256];		/* guarded by the set's lock */
 	atomic_uint_fast64_t errors[3]; /* indexed by enum child_op */
+	atomic_uint_fast64_t bytes_done, bytes_total, files_done, files_total;
 };
 
-/* The view callers see, plus its reference count. */
+/* The view callers see, plus what its release needs. */
 struct view_holder {
 	struct child_view view;
 	atomic_int refs;
+	struct child_set *set;
 };
 
 struct child_set {
 	pthread_mutex_t lock;
-	struct view_holder *current; /* guarded by lock */
+	pthread_mutex_t drain_lock;
+	pthread_cond_t drained; /* a view was freed; under drain_lock */
+	struct event_log *log;
+	/* All guarded by lock: */
+	struct view_holder *current;
+	int nmembers;
+	struct child *member[CHILDREN_MAX];
+	bool slot_used[CHILDREN_MAX];
+	int threshold;
+	enum read_pattern read_pattern;
+	bool rewrite_corrupted;
+	bool blkverify;
 };
 
-static void child_put(struct child *c)
+static int fail(char *err, size_t errlen, int ret, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	return ret;
+}
+
+void child_get(struct child *c)
+{
+	atomic_fetch_add(&c->refs, 1);
+}
+
+void child_put(struct child *c)
 {
 	if (!c || atomic_fetch_sub(&c->refs, 1) != 1)
 		return;
@@ -49,7 +95,7 @@ static void child_put(struct child *c)
 }
 
 static int child_new(const char *path, const char *name, int slot,
-		     struct child **out)
+		     enum child_state state, struct child **out)
 {
 	struct child *c;
 	int ret = 0;
@@ -58,6 +104,7 @@ static int child_new(const char *path, const char *name, int slot,
 	if (!c)
 		return -ENOMEM;
 	atomic_init(&c->refs, 1);
+	atomic_init(&c->state, state);
 	c->slot = slot;
 	c->root_fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (c->root_fd < 0) {
@@ -97,6 +144,18 @@ int child_slot(const struct child *c)
 	return c->slot;
 }
 
+enum child_state child_state(const struct child *c)
+{
+	return atomic_load(&c->state);
+}
+
+const char *child_state_name(enum child_state s)
+{
+	static const char *const names[] = {"ok", "syncing", "failed", "stale"};
+
+	return names[s];
+}
+
 void child_count_error(struct child *c, enum child_op op)
 {
 	atomic_fetch_add_explicit(&c->errors[op], 1, memory_order_relaxed);
@@ -107,11 +166,30 @@ uint64_t child_errors(const struct child *c, enum child_op op)
 	return atomic_load_explicit(&c->errors[op], memory_order_relaxed);
 }
 
+void child_set_progress(struct child *c, uint64_t bytes_done,
+			uint64_t bytes_total, uint64_t files_done,
+			uint64_t files_total)
+{
+	atomic_store(&c->bytes_done, bytes_done);
+	atomic_store(&c->bytes_total, bytes_total);
+	atomic_store(&c->files_done, files_done);
+	atomic_store(&c->files_total, files_total);
+}
+
+/* ---- views ---- */
+
 static void view_free(struct view_holder *h)
 {
-	for (int i = 0; i < h->view.n; i++)
+	struct child_set *set = h->set;
+
+	for (int i = 0; i < h->view.n; i++) {
+		atomic_fetch_sub(&h->view.child[i]->views, 1);
 		child_put(h->view.child[i]);
+	}
 	free(h);
+	pthread_mutex_lock(&set->drain_lock);
+	pthread_cond_broadcast(&set->drained);
+	pthread_mutex_unlock(&set->drain_lock);
 }
 
 void children_view_put(const struct child_view *view)
@@ -133,48 +211,456 @@ const struct child_view *children_view_get(struct child_set *set)
 	return &h->view;
 }
 
+static bool receives_io(enum child_state s)
+{
+	return s == CHILD_OK || s == CHILD_SYNCING;
+}
+
+/*
+ * Build a view from the members and rules and make it current. Called with
+ * set->lock held. On allocation failure the old view stays: the change is
+ * then refused by the caller.
+ */
+static int publish_locked(struct child_set *set)
+{
+	struct view_holder *h = calloc(1, sizeof(*h)), *old = set->current;
+
+	if (!h)
+		return -ENOMEM;
+	atomic_init(&h->refs, 1);
+	h->set = set;
+	for (int i = 0; i < set->nmembers; i++) {
+		struct child *c = set->member[i];
+		enum child_state s = child_state(c);
+
+		if (!receives_io(s))
+			continue;
+		child_get(c);
+		atomic_fetch_add(&c->views, 1);
+		h->view.votes[h->view.n] = s == CHILD_OK;
+		h->view.voters += s == CHILD_OK;
+		h->view.child[h->view.n++] = c;
+	}
+	h->view.threshold = set->threshold;
+	h->view.read_pattern = set->read_pattern;
+	h->view.rewrite_corrupted = set->rewrite_corrupted;
+	h->view.blkverify = set->blkverify;
+	set->current = h;
+	if (old && atomic_fetch_sub(&old->refs, 1) == 1)
+		view_free(old);
+	return 0;
+}
+
+/* ---- the set ---- */
+
 int children_new(const struct children_config *cfg, struct child_set **out)
 {
-	struct child_set *set;
-	struct view_holder *h;
+	struct child_set *set = calloc(1, sizeof(*set));
 	int ret = 0;
 
-	set = calloc(1, sizeof(*set));
-	h = calloc(1, sizeof(*h));
-	if (!set || !h) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	atomic_init(&h->refs, 1);
-	for (int i = 0; i < cfg->n; i++) {
-		ret = child_new(cfg->path[i], cfg->name[i], i,
-				&h->view.child[i]);
-		if (ret)
-			goto out;
-		h->view.n++;
-		h->view.votes[i] = true;
-	}
-	h->view.voters = cfg->n;
-	h->view.threshold = cfg->threshold;
-	h->view.read_pattern = cfg->read_pattern;
-	h->view.rewrite_corrupted = cfg->rewrite_corrupted;
-	h->view.blkverify = cfg->blkverify;
+	if (!set)
+		return -ENOMEM;
 	pthread_mutex_init(&set->lock, NULL);
-	set->current = h;
+	pthread_mutex_init(&set->drain_lock, NULL);
+	pthread_cond_init(&set->drained, NULL);
+	for (int i = 0; i < cfg->n && !ret; i++) {
+		ret = child_new(cfg->path[i], cfg->name[i], i, CHILD_OK,
+				&set->member[i]);
+		if (!ret) {
+			set->slot_used[i] = true;
+			set->nmembers++;
+		}
+	}
+	set->threshold = cfg->threshold;
+	set->read_pattern = cfg->read_pattern;
+	set->rewrite_corrupted = cfg->rewrite_corrupted;
+	set->blkverify = cfg->blkverify;
+	if (!ret) {
+		pthread_mutex_lock(&set->lock);
+		ret = publish_locked(set);
+		pthread_mutex_unlock(&set->lock);
+	}
+	if (ret) {
+		children_free(set);
+		return ret;
+	}
 	*out = set;
 	return 0;
-out:
-	if (h)
-		view_free(h);
-	free(set);
-	return ret;
 }
 
 void children_free(struct child_set *set)
 {
 	if (!set)
 		return;
-	children_view_put(&set->current->view);
+	if (set->current)
+		children_view_put(&set->current->view);
+	for (int i = 0; i < set->nmembers; i++)
+		child_put(set->member[i]);
+	pthread_cond_destroy(&set->drained);
+	pthread_mutex_destroy(&set->drain_lock);
 	pthread_mutex_destroy(&set->lock);
 	free(set);
+}
+
+void children_set_log(struct child_set *set, struct event_log *log)
+{
+	set->log = log;
+}
+
+static int voting_members_locked(const struct child_set *set)
+{
+	int n = 0;
+
+	for (int i = 0; i < set->nmembers; i++)
+		n += child_state(set->member[i]) == CHILD_OK;
+	return n;
+}
+
+static struct json_object *child_event_data(const struct child *c)
+{
+	struct json_object *d = json_object_new_object();
+
+	json_object_object_add(d, "node-name", json_object_new_string(c->name));
+	json_object_object_add(d, "path", json_object_new_string(c->path));
+	return d;
+}
+
+static struct child *find_locked(struct child_set *set, const char *name)
+{
+	for (int i = 0; i < set->nmembers; i++) {
+		struct child *c = set->member[i];
+
+		if (strcmp(c->name, name) == 0 || strcmp(c->path, name) == 0)
+			return c;
+	}
+	return NULL;
+}
+
+struct child *children_find(struct child_set *set, const char *name)
+{
+	struct child *c;
+
+	pthread_mutex_lock(&set->lock);
+	c = find_locked(set, name);
+	if (c)
+		child_get(c);
+	pthread_mutex_unlock(&set->lock);
+	return c;
+}
+
+int children_roots(struct child_set *set, int *fds)
+{
+	int n;
+
+	pthread_mutex_lock(&set->lock);
+	for (n = 0; n < set->nmembers; n++)
+		fds[n] = set->member[n]->root_fd;
+	pthread_mutex_unlock(&set->lock);
+	return n;
+}
+
+static int free_slot_locked(const struct child_set *set)
+{
+	for (int s = 0; s < CHILDREN_MAX; s++)
+		if (!set->slot_used[s])
+			return s;
+	return -1;
+}
+
+static int add_locked(struct child_set *set, const char *path, const char *name,
+		      struct child **out, char *err, size_t errlen)
+{
+	int slot = free_slot_locked(set), ret;
+
+	if (set->blkverify)
+		return fail(err, errlen, -EINVAL,
+			    "cannot add a child in blkverify mode");
+	if (slot < 0 || set->nmembers == CHILDREN_MAX)
+		return fail(err, errlen, -ENOSPC, "at most %d children",
+			    CHILDREN_MAX);
+	if (find_locked(set, name ? name : path))
+		return fail(err, errlen, -EEXIST, "a child named '%s' exists",
+			    name ? name : path);
+	ret = child_new(path, name, slot, CHILD_SYNCING, out);
+	if (ret)
+		return fail(err, errlen, ret, "cannot open '%s': %s", path,
+			    strerror(-ret));
+	set->member[set->nmembers++] = *out;
+	set->slot_used[slot] = true;
+	snprintf((*out)->reason, sizeof((*out)->reason), "added");
+	ret = publish_locked(set);
+	if (ret) {
+		set->nmembers--;
+		set->slot_used[slot] = false;
+		child_put(*out);
+		return fail(err, errlen, ret, "out of memory");
+	}
+	child_get(*out); /* the caller's reference */
+	return 0;
+}
+
+int children_add(struct child_set *set, const char *path, const char *name,
+		 struct child **out, char *err, size_t errlen)
+{
+	int ret;
+
+	pthread_mutex_lock(&set->lock);
+	ret = add_locked(set, path, name, out, err, errlen);
+	pthread_mutex_unlock(&set->lock);
+	if (!ret)
+		event_log_emit(set->log, "CHILD_ADDED", child_event_data(*out));
+	return ret;
+}
+
+static void unlink_member_locked(struct child_set *set, struct child *c)
+{
+	int i = 0;
+
+	while (set->member[i] != c)
+		i++;
+	memmove(&set->member[i], &set->member[i + 1],
+		(set->nmembers - i - 1) * sizeof(set->member[0]));
+	set->nmembers--;
+}
+
+/* Wait until no view names c, or ms have passed. */
+static void drain(struct child_set *set, struct child *c, int ms)
+{
+	struct timespec deadline;
+
+	clock_gettime(CLOCK_REALTIME, &deadline);
+	deadline.tv_sec += ms / 1000;
+	deadline.tv_nsec += (long)(ms % 1000) * 1000000;
+	if (deadline.tv_nsec >= 1000000000) {
+		deadline.tv_sec++;
+		deadline.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&set->drain_lock);
+	while (atomic_load(&c->views) > 0)
+		if (pthread_cond_timedwait(&set->drained, &set->drain_lock,
+					   &deadline) == ETIMEDOUT)
+			break;
+	pthread_mutex_unlock(&set->drain_lock);
+}
+
+int children_remove(struct child_set *set, struct child *c, int drain_ms,
+		    char *err, size_t errlen)
+{
+	int voting, ret;
+
+	pthread_mutex_lock(&set->lock);
+	voting = voting_members_locked(set) - (child_state(c) == CHILD_OK);
+	if (!find_locked(set, c->name)) {
+		ret = fail(err, errlen, -ENOENT, "no such child");
+	} else if (voting < set->threshold) {
+		ret = fail(err, errlen, -EINVAL,
+			   "removing '%s' would leave %d voting children, "
+			   "below the threshold %d",
+			   c->name, voting, set->threshold);
+	} else {
+		unlink_member_locked(set, c);
+		ret = publish_locked(set);
+		if (ret)
+			set->member[set->nmembers++] = c;
+	}
+	pthread_mutex_unlock(&set->lock);
+	if (ret)
+		return ret;
+	drain(set, c, drain_ms);
+	event_log_emit(set->log, "CHILD_REMOVED", child_event_data(c));
+	child_put(c); /* the member list's reference */
+	return 0;
+}
+
+void children_release_slot(struct child_set *set, int slot)
+{
+	pthread_mutex_lock(&set->lock);
+	set->slot_used[slot] = false;
+	pthread_mutex_unlock(&set->lock);
+}
+
+int children_set_threshold(struct child_set *set, int threshold, char *err,
+			   size_t errlen)
+{
+	struct json_object *d;
+	int old, voting, ret = 0;
+
+	pthread_mutex_lock(&set->lock);
+	old = set->threshold;
+	voting = voting_members_locked(set);
+	if (threshold < 1 || threshold > voting)
+		ret = fail(err, errlen, -EINVAL,
+			   "threshold %d is outside 1..%d (the voting "
+			   "children)",
+			   threshold, voting);
+	else if (set->blkverify && threshold != 2)
+		ret = fail(err, errlen, -EINVAL, "blkverify needs threshold 2");
+	if (!ret) {
+		set->threshold = threshold;
+		ret = publish_locked(set);
+		if (ret)
+			set->threshold = old;
+	}
+	pthread_mutex_unlock(&set->lock);
+	if (ret)
+		return ret;
+	d = json_object_new_object();
+	json_object_object_add(d, "old", json_object_new_int(old));
+	json_object_object_add(d, "new", json_object_new_int(threshold));
+	event_log_emit(set->log, "THRESHOLD_CHANGED", d);
+	return 0;
+}
+
+int children_set_read_pattern(struct child_set *set, enum read_pattern p,
+			      char *err, size_t errlen)
+{
+	enum read_pattern old;
+	int ret = 0;
+
+	pthread_mutex_lock(&set->lock);
+	old = set->read_pattern;
+	if (set->blkverify && p == READ_PATTERN_FIFO)
+		ret = fail(err, errlen, -EINVAL,
+			   "blkverify cannot be combined with "
+			   "read-pattern fifo");
+	if (!ret) {
+		set->read_pattern = p;
+		ret = publish_locked(set);
+		if (ret)
+			set->read_pattern = old;
+	}
+	pthread_mutex_unlock(&set->lock);
+	return ret;
+}
+
+int children_set_rewrite(struct child_set *set, bool on, char *err,
+			 size_t errlen)
+{
+	bool old;
+	int ret = 0;
+
+	pthread_mutex_lock(&set->lock);
+	old = set->rewrite_corrupted;
+	if (set->blkverify && on)
+		ret = fail(err, errlen, -EINVAL,
+			   "blkverify cannot be combined with "
+			   "rewrite-corrupted");
+	if (!ret) {
+		set->rewrite_corrupted = on;
+		ret = publish_locked(set);
+		if (ret)
+			set->rewrite_corrupted = old;
+	}
+	pthread_mutex_unlock(&set->lock);
+	return ret;
+}
+
+void children_set_state(struct child_set *set, struct child *c,
+			enum child_state state, const char *reason)
+{
+	enum child_state old;
+	struct json_object *d;
+
+	pthread_mutex_lock(&set->lock);
+	old = atomic_exchange(&c->state, state);
+	snprintf(c->reason, sizeof(c->reason), "%s", reason);
+	if (old != state && publish_locked(set))
+		atomic_store(&c->state, old); /* no memory: keep the view */
+	pthread_mutex_unlock(&set->lock);
+	if (old == state)
+		return;
+	d = child_event_data(c);
+	json_object_object_add(d, "old",
+			       json_object_new_string(child_state_name(old)));
+	json_object_object_add(d, "new",
+			       json_object_new_string(child_state_name(state)));
+	json_object_object_add(d, "reason", json_object_new_string(reason));
+	event_log_emit(set->log, "CHILD_STATE_CHANGED", d);
+}
+
+/* ---- status ---- */
+
+static struct json_object *child_status_locked(const struct child *c)
+{
+	struct json_object *o = child_event_data(c), *sync, *err;
+	uint64_t done = atomic_load(&c->bytes_done);
+	uint64_t total = atomic_load(&c->bytes_total);
+
+	json_object_object_add(o, "name", json_object_new_string(c->name));
+	json_object_object_del(o, "node-name");
+	json_object_object_add(
+		o, "state",
+		json_object_new_string(child_state_name(child_state(c))));
+	json_object_object_add(o, "reason", json_object_new_string(c->reason));
+	json_object_object_add(
+		o, "votes",
+		json_object_new_boolean(child_state(c) == CHILD_OK));
+	sync = json_object_new_object();
+	json_object_object_add(sync, "bytes-done", json_object_new_int64(done));
+	json_object_object_add(sync, "bytes-total",
+			       json_object_new_int64(total));
+	json_object_object_add(sync, "files-done",
+			       json_object_new_int64(c->files_done));
+	json_object_object_add(sync, "files-total",
+			       json_object_new_int64(c->files_total));
+	json_object_object_add(
+		sync, "percent",
+		json_object_new_int(
+			total ? (int)(done * 100 / total)
+			      : (child_state(c) == CHILD_OK ? 100 : 0)));
+	json_object_object_add(o, "resync", sync);
+	err = json_object_new_object();
+	json_object_object_add(
+		err, "read",
+		json_object_new_int64(child_errors(c, CHILD_OP_READ)));
+	json_object_object_add(
+		err, "write",
+		json_object_new_int64(child_errors(c, CHILD_OP_WRITE)));
+	json_object_object_add(
+		err, "flush",
+		json_object_new_int64(child_errors(c, CHILD_OP_FLUSH)));
+	json_object_object_add(o, "errors", err);
+	return o;
+}
+
+struct json_object *children_status(struct child_set *set)
+{
+	struct json_object *o = json_object_new_object();
+	struct json_object *list = json_object_new_array();
+	uint64_t total[3] = {0};
+	int voting;
+
+	pthread_mutex_lock(&set->lock);
+	voting = voting_members_locked(set);
+	json_object_object_add(o, "threshold",
+			       json_object_new_int(set->threshold));
+	json_object_object_add(
+		o, "read-pattern",
+		json_object_new_string(set->read_pattern == READ_PATTERN_FIFO
+					       ? "fifo"
+					       : "quorum"));
+	json_object_object_add(o, "rewrite-corrupted",
+			       json_object_new_boolean(set->rewrite_corrupted));
+	json_object_object_add(o, "blkverify",
+			       json_object_new_boolean(set->blkverify));
+	for (int i = 0; i < set->nmembers; i++) {
+		json_object_array_add(list,
+				      child_status_locked(set->member[i]));
+		for (int op = 0; op < 3; op++)
+			total[op] += child_errors(set->member[i], op);
+	}
+	json_object_object_add(o, "children", list);
+	list = json_object_new_object();
+	json_object_object_add(list, "children",
+			       json_object_new_int(set->nmembers));
+	json_object_object_add(list, "voting", json_object_new_int(voting));
+	json_object_object_add(list, "read-errors",
+			       json_object_new_int64(total[CHILD_OP_READ]));
+	json_object_object_add(list, "write-errors",
+			       json_object_new_int64(total[CHILD_OP_WRITE]));
+	json_object_object_add(list, "flush-errors",
+			       json_object_new_int64(total[CHILD_OP_FLUSH]));
+	json_object_object_add(o, "totals", list);
+	pthread_mutex_unlock(&set->lock);
+	return o;
 }

@@ -19,6 +19,7 @@
 #define QFS_CHILDREN_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* Most children one set holds, matching VOTE_MAX_BALLOTS. */
@@ -44,11 +45,14 @@ enum child_op {
 
 struct child;
 struct child_set;
+struct event_log;
+struct json_object;
 
 /*
- * A snapshot of the set: the children that receive I/O, in configured
- * order (the order of the command line, then of `add`), and the voting
- * rules in force. Read-only for callers; valid until children_view_put().
+ * A snapshot of the set: the children that receive I/O (states ok and
+ * syncing), in configured order (the command line's, then `add`'s), and
+ * the voting rules in force. Read-only for callers; valid until
+ * children_view_put().
  */
 struct child_view {
 	int n; /* children receiving I/O */
@@ -82,6 +86,9 @@ int children_new(const struct children_config *cfg, struct child_set **out);
 /* Free the set. No view may still be held. NULL is accepted. */
 void children_free(struct child_set *set);
 
+/* Where membership and state events go (NULL: nowhere). */
+void children_set_log(struct child_set *set, struct event_log *log);
+
 /*
  * The current view, with a reference the caller must drop with
  * children_view_put(). Never fails. Takes the set's lock briefly.
@@ -89,15 +96,64 @@ void children_free(struct child_set *set);
 const struct child_view *children_view_get(struct child_set *set);
 void children_view_put(const struct child_view *view);
 
-/* A child's fixed properties; valid while a view holding it is held. */
+/*
+ * Membership and rules. Each change publishes a new view, logs its event
+ * and returns 0, or returns -errno with the set unchanged and a
+ * one-sentence reason in err. Operations that already hold a view keep
+ * using it; the next view they take sees the change.
+ */
+
+/* Add a child in state syncing (it receives writes, does not vote).
+ * *out gets a reference (child_put()). -ENOSPC when all slots are used,
+ * -EEXIST for a name in use, -EINVAL in blkverify mode. */
+int children_add(struct child_set *set, const char *path, const char *name,
+		 struct child **out, char *err, size_t errlen);
+/*
+ * Drop c from the set. Refused (-EINVAL) if fewer voting children than the
+ * threshold would remain. Waits up to drain_ms for operations that hold a
+ * view naming c (a hung child must not hang the caller forever). The
+ * child's slot stays reserved until children_release_slot().
+ */
+int children_remove(struct child_set *set, struct child *c, int drain_ms,
+		    char *err, size_t errlen);
+void children_release_slot(struct child_set *set, int slot);
+int children_set_threshold(struct child_set *set, int threshold, char *err,
+			   size_t errlen);
+int children_set_read_pattern(struct child_set *set, enum read_pattern p,
+			      char *err, size_t errlen);
+int children_set_rewrite(struct child_set *set, bool on, char *err,
+			 size_t errlen);
+/* Move c to a new state, with a reason for status and the event. */
+void children_set_state(struct child_set *set, struct child *c,
+			enum child_state state, const char *reason);
+
+/* The member called name, or whose path is name; a reference or NULL. */
+struct child *children_find(struct child_set *set, const char *name);
+/* O_PATH root handles of every member, for duplicate checks. */
+int children_roots(struct child_set *set, int *fds);
+
+/* Status of every member and the rules, as a JSON object (caller owns). */
+struct json_object *children_status(struct child_set *set);
+
+/* A child's fixed properties; valid while a reference or a view holding
+ * it is held. */
+void child_get(struct child *c);
+void child_put(struct child *c);
 const char *child_name(const struct child *c);
 const char *child_path(const struct child *c);
 int child_root_fd(const struct child *c); /* O_PATH directory handle */
-int child_slot(const struct child *c);	  /* 0..CHILDREN_MAX-1, stable */
+int child_slot(const struct child *c);	  /* 0..CHILDREN_MAX-1 */
+enum child_state child_state(const struct child *c);
+const char *child_state_name(enum child_state s);
 
 /* Count an I/O error of the given kind against the child. Lock-free. */
 void child_count_error(struct child *c, enum child_op op);
 uint64_t child_errors(const struct child *c, enum child_op op);
+
+/* Resync progress shown in status. Lock-free. */
+void child_set_progress(struct child *c, uint64_t bytes_done,
+			uint64_t bytes_total, uint64_t files_done,
+			uint64_t files_total);
 
 struct pool;
 

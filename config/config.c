@@ -245,3 +245,204 @@ void config_release(struct config *cfg)
 	free(cfg->mountpoint);
 	memset(cfg, 0, sizeof(*cfg));
 }
+
+/* ---- control commands ---- */
+
+#define CMD_MAX_WORDS 4
+
+/* Split buf in place on spaces and tabs; false if there are too many. */
+static bool split_words(char *buf, char **word, int *nwords)
+{
+	char *save = NULL;
+
+	*nwords = 0;
+	for (char *w = strtok_r(buf, " \t", &save); w;
+	     w = strtok_r(NULL, " \t", &save)) {
+		if (*nwords == CMD_MAX_WORDS)
+			return false;
+		word[(*nwords)++] = w;
+	}
+	return true;
+}
+
+static int parse_add(char **word, int n, struct config_command *cmd, char *err,
+		     size_t errlen)
+{
+	if (n < 2 || n > 3)
+		return fail(err, errlen, "usage: add PATH [name=NAME]");
+	cmd->path = word[1];
+	if (cmd->path[0] != '/')
+		return fail(err, errlen, "add needs an absolute path, not '%s'",
+			    cmd->path);
+	if (n == 3) {
+		if (strncmp(word[2], "name=", 5) != 0 || !word[2][5])
+			return fail(err, errlen,
+				    "add takes name=NAME after the path, not "
+				    "'%s'",
+				    word[2]);
+		cmd->name = word[2] + 5;
+	}
+	return 0;
+}
+
+static int parse_switch(char **word, int n, struct config_command *cmd,
+			char *err, size_t errlen)
+{
+	if (n != 2)
+		return fail(err, errlen, "usage: %s",
+			    cmd->verb == CMD_READ_PATTERN
+				    ? "read-pattern quorum|fifo"
+				    : "rewrite-corrupted on|off");
+	if (cmd->verb == CMD_READ_PATTERN) {
+		if (strcmp(word[1], "quorum") && strcmp(word[1], "fifo"))
+			return fail(err, errlen,
+				    "read-pattern must be quorum or fifo, not "
+				    "'%s'",
+				    word[1]);
+		cmd->read_pattern = strcmp(word[1], "fifo") == 0
+					    ? READ_PATTERN_FIFO
+					    : READ_PATTERN_QUORUM;
+		return 0;
+	}
+	if (strcmp(word[1], "on") && strcmp(word[1], "off"))
+		return fail(err, errlen,
+			    "rewrite-corrupted must be on or off, not '%s'",
+			    word[1]);
+	cmd->on = strcmp(word[1], "on") == 0;
+	return 0;
+}
+
+static int parse_words(char **word, int n, struct config_command *cmd,
+		       char *err, size_t errlen)
+{
+	static const struct {
+		const char *word;
+		enum config_verb verb;
+	} verbs[] = {
+		{"add", CMD_ADD},
+		{"remove", CMD_REMOVE},
+		{"threshold", CMD_THRESHOLD},
+		{"read-pattern", CMD_READ_PATTERN},
+		{"rewrite-corrupted", CMD_REWRITE_CORRUPTED},
+		{"resync", CMD_RESYNC},
+	};
+	size_t v;
+
+	for (v = 0; v < sizeof(verbs) / sizeof(verbs[0]); v++)
+		if (strcmp(word[0], verbs[v].word) == 0)
+			break;
+	if (v == sizeof(verbs) / sizeof(verbs[0]))
+		return fail(err, errlen, "unknown command '%s'", word[0]);
+	cmd->verb = verbs[v].verb;
+	switch (cmd->verb) {
+	case CMD_ADD:
+		return parse_add(word, n, cmd, err, errlen);
+	case CMD_REMOVE:
+	case CMD_RESYNC:
+		if (n != 2)
+			return fail(err, errlen, "usage: %s NAME|PATH",
+				    word[0]);
+		cmd->name = word[1];
+		return 0;
+	case CMD_THRESHOLD:
+		if (n != 2 ||
+		    !parse_int(word[1], 1, CHILDREN_MAX, &cmd->number))
+			return fail(err, errlen,
+				    "threshold needs one whole number from 1 "
+				    "to the number of voting children");
+		return 0;
+	default:
+		return parse_switch(word, n, cmd, err, errlen);
+	}
+}
+
+int config_parse_command(const char *line, size_t len, char *buf,
+			 struct config_command *cmd, char *err, size_t errlen)
+{
+	char *word[CMD_MAX_WORDS];
+	int n;
+
+	memset(cmd, 0, sizeof(*cmd));
+	if (len > 0 && line[len - 1] == '\n')
+		len--;
+	if (len >= CONFIG_COMMAND_MAX)
+		return fail(err, errlen, "a command may be at most %d bytes",
+			    CONFIG_COMMAND_MAX - 1);
+	if (memchr(line, '\0', len))
+		return fail(err, errlen, "a command may not contain NUL bytes");
+	if (memchr(line, '\n', len))
+		return fail(err, errlen, "write one command at a time");
+	memcpy(buf, line, len);
+	buf[len] = '\0';
+	if (!split_words(buf, word, &n))
+		return fail(err, errlen, "too many words in the command");
+	if (n == 0)
+		return fail(err, errlen, "the command is empty");
+	return parse_words(word, n, cmd, err, errlen);
+}
+
+/* Lexically inside dir (or equal to it), for paths under the mount that
+ * must not be resolved: that would ask this very daemon. */
+static bool lexically_within(const char *path, const char *dir)
+{
+	size_t n = strlen(dir);
+
+	return strncmp(path, dir, n) == 0 &&
+	       (path[n] == '\0' || path[n] == '/');
+}
+
+static bool parent_within(const char *path, const struct stat *outer)
+{
+	char parent[PATH_MAX];
+	char *slash;
+
+	snprintf(parent, sizeof(parent), "%s", path);
+	slash = strrchr(parent, '/');
+	if (!slash)
+		return false;
+	slash[slash == parent ? 1 : 0] = '\0';
+	return path_within(parent, outer);
+}
+
+int config_check_new_child(const char *path, const char *mountpoint,
+			   const struct stat *mount_st, const int *roots,
+			   int nroots, char **real, char *err, size_t errlen)
+{
+	struct stat st, other;
+	char *resolved;
+
+	snprintf(err, errlen, "%s", "");
+	if (lexically_within(path, mountpoint)) {
+		fail(err, errlen, "'%s' lies inside the mountpoint", path);
+		return -EINVAL;
+	}
+	resolved = realpath(path, NULL);
+	if (!resolved || stat(resolved, &st)) {
+		int e = errno;
+
+		free(resolved);
+		fail(err, errlen, "'%s' cannot be used: %s", path, strerror(e));
+		return -e;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		fail(err, errlen, "'%s' is not a directory", path);
+		free(resolved);
+		return -ENOTDIR;
+	}
+	for (int i = 0; i < nroots; i++) {
+		if (fstat(roots[i], &other) == 0 && same_inode(&st, &other)) {
+			fail(err, errlen, "'%s' is already a child", path);
+			free(resolved);
+			return -EEXIST;
+		}
+	}
+	/* Never stat the live mountpoint itself: that asks this daemon. */
+	if (lexically_within(resolved, mountpoint) ||
+	    parent_within(mountpoint, &st) || same_inode(&st, mount_st)) {
+		fail(err, errlen, "'%s' contains or is the mountpoint", path);
+		free(resolved);
+		return -EINVAL;
+	}
+	*real = resolved;
+	return 0;
+}

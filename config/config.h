@@ -18,6 +18,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <sys/stat.h>
+
 #include "children/children.h"
 
 /*
@@ -56,5 +58,52 @@ int config_from_args(const struct config_args *args, struct config *cfg,
 
 /* Free what config_from_args() allocated. */
 void config_release(struct config *cfg);
+
+/*
+ * Check a directory offered as a new child at runtime: it must exist and be
+ * a directory (-ENOENT, -ENOTDIR), differ by device and inode from every
+ * current child (-EEXIST; roots[] are their O_PATH handles), and neither
+ * contain the mountpoint nor lie inside it (-EINVAL). mount_st is the
+ * mountpoint's directory as it was before mounting. On success *real is
+ * the resolved absolute path (caller frees). err gets the reason.
+ */
+int config_check_new_child(const char *path, const char *mountpoint,
+			   const struct stat *mount_st, const int *roots,
+			   int nroots, char **real, char *err, size_t errlen);
+
+/* ---- control commands (written to MOUNTPOINT/.control) ---- */
+
+/* Longest command a single write may carry, newline included. */
+#define CONFIG_COMMAND_MAX 4096
+
+enum config_verb {
+	CMD_ADD,
+	CMD_REMOVE,
+	CMD_THRESHOLD,
+	CMD_READ_PATTERN,
+	CMD_REWRITE_CORRUPTED,
+	CMD_RESYNC,
+};
+
+/* One parsed command; strings point into the caller's line buffer. */
+struct config_command {
+	enum config_verb verb;
+	const char *path; /* add */
+	const char *name; /* add (NULL: the path), remove, resync */
+	int number;	  /* threshold */
+	enum read_pattern read_pattern;
+	bool on; /* rewrite-corrupted */
+};
+
+/*
+ * Parse one command. line (len bytes, not NUL-terminated, may end in one
+ * newline) is copied into buf (CONFIG_COMMAND_MAX bytes), which *cmd's
+ * strings then point into. The whole line is checked before anything is
+ * returned: unknown verbs, missing or extra words, bad numbers, NUL bytes,
+ * several lines and over-long input are refused. Returns 0, or -EINVAL
+ * with a one-sentence reason in err.
+ */
+int config_parse_command(const char *line, size_t len, char *buf,
+			 struct config_command *cmd, char *err, size_t errlen);
 
 #endif

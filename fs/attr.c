@@ -19,8 +19,6 @@
 
 #include "vote/vote.h"
 
-int fs_file_fd(struct fs_file *f, int slot); /* data.c */
-
 static int errno_of(int r)
 {
 	return r < 0 ? -errno : 0;
@@ -50,14 +48,14 @@ static int set_times(int fd, const struct setattr_op *op)
 		utimensat(fd, "", ts, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
 }
 
-static int set_one(const struct setattr_op *op, int slot)
+static int set_one(struct fs *fs, const struct setattr_op *op, int slot)
 {
-	int fd = atomic_load(&op->node->fd[slot]);
+	int fd = node_fd(fs, op->node, slot);
 	char proc[64];
 	int r = 0;
 
 	if (fd < 0)
-		return -ENOENT;
+		return fd;
 	fd_proc_path(fd, proc);
 	if (op->to_set & FS_SET_MODE)
 		r = errno_of(chmod(proc, op->attr->st_mode & 07777));
@@ -70,7 +68,7 @@ static int set_one(const struct setattr_op *op, int slot)
 							   : (gid_t)-1,
 				 AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
 	if (!r && (op->to_set & FS_SET_SIZE)) {
-		int ffd = op->file ? fs_file_fd(op->file, slot) : -1;
+		int ffd = op->file ? fs_file_fd(fs, op->file, slot) : -1;
 
 		r = errno_of(ffd >= 0 ? ftruncate(ffd, op->attr->st_size)
 				      : truncate(proc, op->attr->st_size));
@@ -83,7 +81,7 @@ static int set_one(const struct setattr_op *op, int slot)
 
 static void setattr_body(struct fanout *fo, int i)
 {
-	fo->ret[i] = set_one(fo->arg, child_slot(fo->view->child[i]));
+	fo->ret[i] = set_one(fo->fs, fo->arg, child_slot(fo->view->child[i]));
 }
 
 int fs_setattr(struct fs *fs, uint64_t ino, struct fs_file *f,
@@ -147,14 +145,14 @@ static ssize_t value_get(const struct value_op *op, int fd, char *buf,
 static void value_body(struct fanout *fo, int i)
 {
 	struct value_op *op = fo->arg;
-	int fd = atomic_load(&op->node->fd[child_slot(fo->view->child[i])]);
+	int fd = node_fd(fo->fs, op->node, child_slot(fo->view->child[i]));
 
 	op->buf[i] = NULL;
 	fo->ret[i] = 0;
 	if (!fo->view->votes[i])
 		return;
 	if (fd < 0) {
-		fo->ret[i] = -ENOENT;
+		fo->ret[i] = fd;
 		return;
 	}
 	if (op->size) {
@@ -240,11 +238,11 @@ struct xattr_change {
 static void xattr_body(struct fanout *fo, int i)
 {
 	struct xattr_change *op = fo->arg;
-	int fd = atomic_load(&op->node->fd[child_slot(fo->view->child[i])]);
+	int fd = node_fd(fo->fs, op->node, child_slot(fo->view->child[i]));
 	char proc[64];
 
 	if (fd < 0) {
-		fo->ret[i] = -ENOENT;
+		fo->ret[i] = fd;
 		return;
 	}
 	if (S_ISLNK(op->node->type)) {

@@ -29,32 +29,59 @@
 
 struct fs_file {
 	struct node *node;
+	int flags; /* what each child's handle is opened with */
 	bool direct;
-	int fd[CHILDREN_MAX];  /* by slot; -1 where the open failed */
-	int err[CHILDREN_MAX]; /* by slot: why fd is -1 */
+	/* By slot: the child's handle, or -1 until it is opened. Set once
+	 * from -1 (compare-and-swap), reset only by fs_forget_slot(). */
+	atomic_int fd[CHILDREN_MAX];
+	/* By slot: why a voting child's open failed at fs_open(). A child
+	 * that was not voting then is retried on every use instead, because
+	 * its resync may create the file at any moment. */
+	int err[CHILDREN_MAX];
+	struct fs_file *prev, *next; /* guarded by fs->files_lock */
 };
-
-int fs_file_fd(struct fs_file *f, int slot);
-int fs_file_fd(struct fs_file *f, int slot)
-{
-	return f->fd[slot];
-}
 
 static int errno_of(int r)
 {
 	return r < 0 ? -errno : 0;
 }
 
-/* The child's handle for this file, or its open error. */
-static int file_fd(const struct fs_file *f, const struct child_view *v, int i,
-		   int *fd)
+/* Open the child's handle of f now (a child added after fs_open()). */
+static int file_open_slot(struct fs *fs, struct fs_file *f, int slot)
 {
-	int slot = child_slot(v->child[i]);
+	int pfd = node_fd(fs, f->node, slot), fd, expected = -1;
+	char proc[64];
 
-	*fd = f->fd[slot];
-	if (*fd >= 0)
-		return 0;
-	return f->err[slot] ? f->err[slot] : -EBADF;
+	if (pfd < 0)
+		return pfd;
+	fd_proc_path(pfd, proc);
+	fd = open(proc, f->flags);
+	if (fd < 0)
+		return -errno;
+	if (!atomic_compare_exchange_strong(&f->fd[slot], &expected, fd)) {
+		close(fd); /* another thread opened it first */
+		fd = expected;
+	}
+	return fd;
+}
+
+int fs_file_fd(struct fs *fs, struct fs_file *f, int slot)
+{
+	int fd = atomic_load(&f->fd[slot]);
+
+	if (fd >= 0)
+		return fd;
+	if (f->err[slot])
+		return f->err[slot];
+	return file_open_slot(fs, f, slot);
+}
+
+/* The child's handle for this file, or why there is none. */
+static int file_fd(struct fs *fs, const struct fs_file *f,
+		   const struct child_view *v, int i, int *fd)
+{
+	*fd = fs_file_fd(fs, (struct fs_file *)f, child_slot(v->child[i]));
+	return *fd < 0 ? *fd : 0;
 }
 
 /* ---- open / release ---- */
@@ -66,38 +93,72 @@ struct open_op {
 
 static void open_body(struct fanout *fo, int i)
 {
-	struct open_op *op = fo->arg;
+	struct fs_file *f = fo->arg;
 	int slot = child_slot(fo->view->child[i]);
-	int pfd = atomic_load(&op->file->node->fd[slot]);
-	char proc[64];
-	int fd = -1;
+	int fd = file_open_slot(fo->fs, f, slot);
 
-	fo->ret[i] = -ENOENT;
-	if (pfd >= 0) {
-		fd_proc_path(pfd, proc);
-		fd = open(proc, op->flags);
-		fo->ret[i] = fd < 0 ? -errno : 0;
-	}
-	op->file->fd[slot] = fd;
-	op->file->err[slot] = fo->ret[i];
+	fo->ret[i] = fd < 0 ? fd : 0;
+	if (fd < 0 && fo->view->votes[i])
+		f->err[slot] = fd;
 }
 
 static void file_close(struct fs_file *f)
 {
-	for (int s = 0; s < CHILDREN_MAX; s++)
-		if (f->fd[s] >= 0)
-			close(f->fd[s]);
+	for (int s = 0; s < CHILDREN_MAX; s++) {
+		int fd = atomic_load(&f->fd[s]);
+
+		if (fd >= 0)
+			close(fd);
+	}
 	free(f);
+}
+
+static void files_link(struct fs *fs, struct fs_file *f)
+{
+	pthread_mutex_lock(&fs->files_lock);
+	f->next = fs->files;
+	if (f->next)
+		f->next->prev = f;
+	fs->files = f;
+	pthread_mutex_unlock(&fs->files_lock);
+}
+
+static void files_unlink(struct fs *fs, struct fs_file *f)
+{
+	pthread_mutex_lock(&fs->files_lock);
+	if (f->prev)
+		f->prev->next = f->next;
+	else
+		fs->files = f->next;
+	if (f->next)
+		f->next->prev = f->prev;
+	pthread_mutex_unlock(&fs->files_lock);
+}
+
+static struct fs_file *file_new(struct node *n, int flags)
+{
+	struct fs_file *f = calloc(1, sizeof(*f));
+
+	if (!f)
+		return NULL;
+	for (int s = 0; s < CHILDREN_MAX; s++)
+		atomic_init(&f->fd[s], -1);
+	f->node = n;
+	f->direct = flags & O_DIRECT;
+	/* The kernel gives offsets even for O_APPEND: never let a child
+	 * pick its own end of file. O_TRUNC is done once, at fs_open(). */
+	f->flags =
+		(flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_APPEND)) | O_CLOEXEC;
+	return f;
 }
 
 int fs_open(struct fs *fs, uint64_t ino, int flags, struct fs_file **out)
 {
 	const struct child_view *view = children_view_get(fs->set);
 	struct node *n = node_get(fs, ino);
-	struct fs_file *f = calloc(1, sizeof(*f));
-	struct open_op op = {.file = f};
+	struct fs_file *f = file_new(n, flags);
 	struct fanout fo = {
-		.fs = fs, .view = view, .body = open_body, .arg = &op};
+		.fs = fs, .view = view, .body = open_body, .arg = f};
 	struct range_claim claim;
 	int ret;
 
@@ -105,14 +166,6 @@ int fs_open(struct fs *fs, uint64_t ino, int flags, struct fs_file **out)
 		ret = -ENOMEM;
 		goto out;
 	}
-	for (int s = 0; s < CHILDREN_MAX; s++)
-		f->fd[s] = -1;
-	f->node = n;
-	f->direct = flags & O_DIRECT;
-	/* The kernel gives offsets even for O_APPEND: never let a child
-	 * pick its own end of file. */
-	op.flags =
-		(flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_APPEND)) | O_CLOEXEC;
 	if (!S_ISREG(n->type)) {
 		ret = S_ISDIR(n->type) ? -EISDIR : -ENXIO;
 		goto out;
@@ -120,6 +173,7 @@ int fs_open(struct fs *fs, uint64_t ino, int flags, struct fs_file **out)
 	if (flags & O_TRUNC)
 		range_lock(&n->ranges, &claim, 0, FS_OFF_MAX, true);
 	fanout_run(&fo);
+	f->flags &= ~O_TRUNC;
 	ret = fanout_tally(&fo,
 			   (flags & O_ACCMODE) == O_RDONLY ? "read" : "write",
 			   n, 0, 0);
@@ -131,6 +185,7 @@ int fs_open(struct fs *fs, uint64_t ino, int flags, struct fs_file **out)
 	if (ret)
 		goto out;
 	node_ref(fs, n);
+	files_link(fs, f);
 	*out = f;
 	f = NULL;
 out:
@@ -161,8 +216,28 @@ void fs_release(struct fs *fs, struct fs_file *f)
 {
 	struct node *n = f->node;
 
+	files_unlink(fs, f);
 	file_close(f);
 	node_unref(fs, n);
+}
+
+void files_forget_slot(struct fs *fs, int slot)
+{
+	pthread_mutex_lock(&fs->files_lock);
+	for (struct fs_file *f = fs->files; f; f = f->next) {
+		int fd = atomic_exchange(&f->fd[slot], -1);
+
+		if (fd >= 0)
+			close(fd);
+		f->err[slot] = 0;
+	}
+	pthread_mutex_unlock(&fs->files_lock);
+}
+
+void files_release_all(struct fs *fs)
+{
+	while (fs->files)
+		fs_release(fs, fs->files);
 }
 
 /* ---- ranges ---- */
@@ -200,6 +275,7 @@ static void grow_hint(struct node *n, off_t end)
 /* ---- read ---- */
 
 struct read_op {
+	struct fs *fs;
 	struct fs_file *file;
 	off_t off;
 	size_t size;
@@ -237,7 +313,7 @@ static int read_child(struct read_op *op, const struct child_view *v, int i)
 	int fd, ret;
 
 	op->len[i] = 0;
-	ret = file_fd(op->file, v, i, &fd);
+	ret = file_fd(op->fs, op->file, v, i, &fd);
 	if (ret)
 		return ret;
 	op->buf[i] = aligned_alloc_or_null(cap);
@@ -317,7 +393,7 @@ static void rewrite_child(struct read_op *op, const struct child_view *v, int i,
 			  const char *data, size_t len, off_t off)
 {
 	int slot = child_slot(v->child[i]);
-	int pfd = atomic_load(&op->file->node->fd[slot]);
+	int pfd = node_fd(op->fs, op->file->node, slot);
 	char proc[64];
 	int fd;
 
@@ -511,7 +587,7 @@ int fs_read(struct fs *fs, struct fs_file *f, off_t off, size_t size,
 	    struct fs_read *r)
 {
 	const struct child_view *view = children_view_get(fs->set);
-	struct read_op op = {.file = f, .off = off, .size = size};
+	struct read_op op = {.fs = fs, .file = f, .off = off, .size = size};
 	struct fanout fo = {
 		.fs = fs, .view = view, .body = read_body, .arg = &op};
 	struct range_claim claim;
@@ -565,7 +641,7 @@ static void write_body(struct fanout *fo, int i)
 	struct write_op *op = fo->arg;
 	int fd;
 
-	fo->ret[i] = file_fd(op->file, fo->view, i, &fd);
+	fo->ret[i] = file_fd(fo->fs, op->file, fo->view, i, &fd);
 	if (!fo->ret[i])
 		fo->ret[i] = write_full(fd, op->file->direct, op->buf, op->size,
 					op->off);
@@ -620,7 +696,7 @@ static void fd_body(struct fanout *fo, int i)
 	struct fd_op *op = fo->arg;
 	int fd;
 
-	fo->ret[i] = file_fd(op->file, fo->view, i, &fd);
+	fo->ret[i] = file_fd(fo->fs, op->file, fo->view, i, &fd);
 	if (!fo->ret[i])
 		fo->ret[i] = op->call(fd, op);
 }
@@ -701,8 +777,9 @@ int fs_flush(struct fs *fs, struct fs_file *f)
  * smallest answer, and a hole starts only where every child has one:
  * SEEK_HOLE moves forward until all children agree on the same offset.
  */
-static off_t seek_voters(const struct fs_file *f, const struct child_view *v,
-			 off_t off, int whence, bool *all_same)
+static off_t seek_voters(struct fs *fs, const struct fs_file *f,
+			 const struct child_view *v, off_t off, int whence,
+			 bool *all_same)
 {
 	off_t best = -ENXIO;
 
@@ -711,7 +788,7 @@ static off_t seek_voters(const struct fs_file *f, const struct child_view *v,
 		off_t r;
 		int fd;
 
-		if (!v->votes[i] || file_fd(f, v, i, &fd))
+		if (!v->votes[i] || file_fd(fs, f, v, i, &fd))
 			continue;
 		r = lseek(fd, off, whence);
 		if (r < 0)
@@ -737,10 +814,10 @@ off_t fs_lseek(struct fs *fs, struct fs_file *f, off_t off, int whence)
 	off_t r;
 
 	range_lock(&f->node->ranges, &claim, off, FS_OFF_MAX, false);
-	r = seek_voters(f, view, off, whence, &same);
+	r = seek_voters(fs, f, view, off, whence, &same);
 	for (int round = 0; whence == SEEK_HOLE && r >= 0 && round < 1024;
 	     round++) {
-		off_t next = seek_voters(f, view, r, SEEK_HOLE, &same);
+		off_t next = seek_voters(fs, f, view, r, SEEK_HOLE, &same);
 
 		if (same || next < 0)
 			break;

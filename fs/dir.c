@@ -86,14 +86,14 @@ static int list_child(struct list_op *op, int i, int fd)
 static void list_body(struct fanout *fo, int i)
 {
 	struct list_op *op = fo->arg;
-	int pfd = atomic_load(&op->node->fd[child_slot(fo->view->child[i])]);
+	int pfd = node_fd(fo->fs, op->node, child_slot(fo->view->child[i]));
 	int fd;
 
 	fo->ret[i] = 0;
 	if (!fo->view->votes[i])
 		return;
 	if (pfd < 0) {
-		fo->ret[i] = -ENOENT;
+		fo->ret[i] = pfd;
 		return;
 	}
 	fd = openat(pfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -216,10 +216,10 @@ struct dirsync_op {
 static void dirsync_body(struct fanout *fo, int i)
 {
 	struct dirsync_op *op = fo->arg;
-	int pfd = atomic_load(&op->node->fd[child_slot(fo->view->child[i])]);
+	int pfd = node_fd(fo->fs, op->node, child_slot(fo->view->child[i]));
 	int fd;
 
-	fo->ret[i] = -ENOENT;
+	fo->ret[i] = pfd;
 	if (pfd < 0)
 		return;
 	fd = openat(pfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);

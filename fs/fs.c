@@ -25,6 +25,7 @@ int fs_new(struct child_set *set, struct pool *pool, struct event_log *log,
 	fs->log = log;
 	fs->as_root = geteuid() == 0;
 	atomic_init(&fs->fatal, false);
+	pthread_mutex_init(&fs->files_lock, NULL);
 	ret = nodes_init(fs);
 	if (ret) {
 		fs_free(fs);
@@ -38,7 +39,9 @@ void fs_free(struct fs *fs)
 {
 	if (!fs)
 		return;
+	files_release_all(fs);
 	nodes_destroy(fs);
+	pthread_mutex_destroy(&fs->files_lock);
 	free(fs);
 }
 

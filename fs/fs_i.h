@@ -82,6 +82,9 @@ struct fs {
 	atomic_bool fatal;
 	bool as_root; /* daemon may chown new entries to the caller */
 
+	pthread_mutex_t files_lock;
+	struct fs_file *files; /* guarded by files_lock: every open file */
+
 	pthread_mutex_t table_lock;
 	struct node root;
 	struct node **hash; /* guarded by table_lock */
@@ -103,6 +106,20 @@ uint64_t node_ino(const struct fs *fs, const struct node *n);
  */
 struct node *node_install(struct fs *fs, struct node *parent, const char *name,
 			  int fd[CHILDREN_MAX], const struct stat *key_st);
+/*
+ * The node's O_PATH handle in a child slot. A child added after the node
+ * was looked up gets its handle here on first use, resolved from the
+ * parent's handle and the node's name; -errno (e.g. -ENOENT while resync
+ * has not created the file yet) is not remembered.
+ */
+int node_fd(struct fs *fs, struct node *n, int slot);
+/* An open file's handle in a slot, opened on first use; or -errno. */
+int fs_file_fd(struct fs *fs, struct fs_file *f, int slot);
+/* Close every node's and open file's handle in a slot (child removed). */
+void node_forget_slot(struct fs *fs, int slot);
+void files_forget_slot(struct fs *fs, int slot);
+/* At unmount: release files the kernel never released. */
+void files_release_all(struct fs *fs);
 /* Open files take a reference so the node outlives its last forget. */
 void node_ref(struct fs *fs, struct node *n);
 void node_unref(struct fs *fs, struct node *n);

@@ -115,19 +115,17 @@ static int ns_change(struct fs *fs, struct ns_op *op, int slot, int pfd)
 		r = errno_of(symlinkat(op->linktarget, pfd, op->name));
 		break;
 	case NS_LINK:
-		if (atomic_load(&op->target->fd[slot]) < 0)
-			return -ENOENT;
-		return ns_link(atomic_load(&op->target->fd[slot]), pfd,
-			       op->name);
+		r = node_fd(fs, op->target, slot);
+		return r < 0 ? r : ns_link(r, pfd, op->name);
 	case NS_UNLINK:
 		return errno_of(unlinkat(pfd, op->name, 0));
 	case NS_RMDIR:
 		return errno_of(unlinkat(pfd, op->name, AT_REMOVEDIR));
 	case NS_RENAME: {
-		int npfd = atomic_load(&op->newparent->fd[slot]);
+		int npfd = node_fd(fs, op->newparent, slot);
 
 		if (npfd < 0)
-			return -ENOENT;
+			return npfd;
 		return errno_of(
 			renameat2(pfd, op->name, npfd, op->newname, op->flags));
 	}
@@ -141,12 +139,12 @@ static void ns_body(struct fanout *fo, int i)
 {
 	struct ns_op *op = fo->arg;
 	int slot = child_slot(fo->view->child[i]);
-	int pfd = atomic_load(&op->parent->fd[slot]);
+	int pfd = node_fd(fo->fs, op->parent, slot);
 	int r;
 
 	op->fd[i] = -1;
 	if (pfd < 0) {
-		fo->ret[i] = -ENOENT;
+		fo->ret[i] = pfd;
 		return;
 	}
 	r = ns_change(fo->fs, op, slot, pfd);
@@ -174,10 +172,10 @@ struct stat_op {
 static void stat_body(struct fanout *fo, int i)
 {
 	struct stat_op *op = fo->arg;
-	int fd = atomic_load(&op->node->fd[child_slot(fo->view->child[i])]);
+	int fd = node_fd(fo->fs, op->node, child_slot(fo->view->child[i]));
 
 	if (fd < 0) {
-		fo->ret[i] = -ENOENT;
+		fo->ret[i] = fd;
 		return;
 	}
 	fo->ret[i] = errno_of(fstatat(fd, "", &op->st[i],
@@ -505,8 +503,8 @@ static void rename_follow(struct fs *fs, struct ns_op *op)
 
 	for (int i = 0; i < view->n; i++) {
 		int slot = child_slot(view->child[i]);
-		int npfd = atomic_load(&op->newparent->fd[slot]);
-		int pfd = atomic_load(&op->parent->fd[slot]);
+		int npfd = node_fd(fs, op->newparent, slot);
+		int pfd = node_fd(fs, op->parent, slot);
 
 		if (!view->votes[i] || npfd < 0 || pfd < 0 ||
 		    fstatat(npfd, op->newname, &st, AT_SYMLINK_NOFOLLOW))

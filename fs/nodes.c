@@ -17,6 +17,8 @@
 #include "fs/fs_i.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -305,6 +307,57 @@ char *node_path(struct fs *fs, struct node *n)
 	}
 	pthread_mutex_unlock(&fs->table_lock);
 	return path;
+}
+
+int node_fd(struct fs *fs, struct node *n, int slot)
+{
+	char name[NAME_MAX + 1];
+	struct node *parent;
+	struct stat st;
+	int fd = atomic_load(&n->fd[slot]), pfd, expected = -1;
+
+	if (fd >= 0)
+		return fd;
+	pthread_mutex_lock(&fs->table_lock);
+	parent = n->parent;
+	if (parent)
+		snprintf(name, sizeof(name), "%s", n->name);
+	pthread_mutex_unlock(&fs->table_lock);
+	if (!parent)
+		return -ENOENT; /* the root of a child not set up yet */
+	pfd = node_fd(fs, parent, slot);
+	if (pfd < 0)
+		return pfd;
+	fd = openat(pfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) || (st.st_mode & S_IFMT) != n->type) {
+		close(fd);
+		return -ENOENT; /* another kind of file: not this node */
+	}
+	if (!atomic_compare_exchange_strong(&n->fd[slot], &expected, fd)) {
+		close(fd);
+		fd = expected;
+	}
+	return fd;
+}
+
+static void forget_slot(struct node *n, int slot)
+{
+	int fd = atomic_exchange(&n->fd[slot], -1);
+
+	if (fd >= 0)
+		close(fd);
+}
+
+void node_forget_slot(struct fs *fs, int slot)
+{
+	pthread_mutex_lock(&fs->table_lock);
+	forget_slot(&fs->root, slot);
+	for (size_t i = 0; i < fs->hash_size; i++)
+		for (struct node *n = fs->hash[i]; n; n = n->hash_next)
+			forget_slot(n, slot);
+	pthread_mutex_unlock(&fs->table_lock);
 }
 
 void fd_proc_path(int fd, char buf[64])
