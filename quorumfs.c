@@ -48,6 +48,21 @@ struct qfs {
 	struct fs *fs;
 	struct fuse_session *se;
 	double timeout; /* entry and attribute cache time, seconds */
+	uid_t owner;	/* the mounting user owns .control */
+	gid_t group;
+	struct stat mount_st; /* the mountpoint before mounting */
+};
+
+/*
+ * MOUNTPOINT/.control: never backed by a child. Reading it gives the
+ * status as of the open; each write is one command. Its node id cannot
+ * clash with the others, which are addresses.
+ */
+#define QFS_CONTROL_INO 2
+
+struct control_handle {
+	char *status;
+	size_t len;
 };
 
 static struct qfs *qfs_of(fuse_req_t req)
@@ -95,6 +110,94 @@ static void reply_attr(fuse_req_t req, int ret, const struct stat *st)
 		fuse_reply_attr(req, st, qfs_of(req)->timeout);
 }
 
+static struct stat control_attr(const struct qfs *q)
+{
+	struct stat st = {0};
+
+	st.st_ino = QFS_CONTROL_INO;
+	st.st_mode = S_IFREG | 0600;
+	st.st_nlink = 1;
+	st.st_uid = q->owner;
+	st.st_gid = q->group;
+	st.st_blksize = 4096;
+	return st;
+}
+
+static bool is_control(fuse_ino_t ino)
+{
+	return ino == QFS_CONTROL_INO;
+}
+
+/* Operations .control does not support: true once the error is sent. */
+static bool refuse_control(fuse_req_t req, fuse_ino_t ino, int err)
+{
+	if (!is_control(ino))
+		return false;
+	fuse_reply_err(req, err);
+	return true;
+}
+
+static void control_open(fuse_req_t req, struct fuse_file_info *fi)
+{
+	struct control_handle *h = calloc(1, sizeof(*h));
+
+	if (h && (fi->flags & O_ACCMODE) != O_WRONLY) {
+		h->status = fs_status(fs_of(req));
+		h->len = h->status ? strlen(h->status) : 0;
+		if (!h->status) {
+			free(h);
+			h = NULL;
+		}
+	}
+	if (!h) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	fi->fh = (uintptr_t)h;
+	fi->direct_io = 1;
+	fi->nonseekable = 0;
+	if (fuse_reply_open(req, fi) == -ENOENT) {
+		free(h->status);
+		free(h);
+	}
+}
+
+static struct control_handle *control_of(struct fuse_file_info *fi)
+{
+	return (struct control_handle *)(uintptr_t)fi->fh;
+}
+
+static void control_read(fuse_req_t req, size_t size, off_t off,
+			 struct fuse_file_info *fi)
+{
+	struct control_handle *h = control_of(fi);
+
+	if ((size_t)off >= h->len)
+		size = 0;
+	else if (size > h->len - off)
+		size = h->len - off;
+	fuse_reply_buf(req, size ? h->status + off : NULL, size);
+}
+
+static void control_write(fuse_req_t req, const char *buf, size_t size)
+{
+	int ret = fs_control(fs_of(req), buf, size);
+
+	if (ret)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_write(req, size);
+}
+
+static void control_release(fuse_req_t req, struct fuse_file_info *fi)
+{
+	struct control_handle *h = control_of(fi);
+
+	free(h->status);
+	free(h);
+	fuse_reply_err(req, 0);
+}
+
 static void qfs_init(void *userdata, struct fuse_conn_info *conn)
 {
 	(void)userdata;
@@ -111,12 +214,19 @@ static void qfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs_entry e;
 
+	if (parent == FS_ROOT_INO && strcmp(name, ".control") == 0) {
+		e.ino = QFS_CONTROL_INO;
+		e.attr = control_attr(qfs_of(req));
+		reply_entry(req, 0, &e);
+		return;
+	}
 	reply_entry(req, fs_lookup(fs_of(req), parent, name, &e), &e);
 }
 
 static void qfs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
-	fs_forget(fs_of(req), ino, nlookup);
+	if (!is_control(ino))
+		fs_forget(fs_of(req), ino, nlookup);
 	fuse_reply_none(req);
 }
 
@@ -124,7 +234,9 @@ static void qfs_forget_multi(fuse_req_t req, size_t count,
 			     struct fuse_forget_data *forgets)
 {
 	for (size_t i = 0; i < count; i++)
-		fs_forget(fs_of(req), forgets[i].ino, forgets[i].nlookup);
+		if (!is_control(forgets[i].ino))
+			fs_forget(fs_of(req), forgets[i].ino,
+				  forgets[i].nlookup);
 	fuse_reply_none(req);
 }
 
@@ -134,6 +246,11 @@ static void qfs_getattr(fuse_req_t req, fuse_ino_t ino,
 	struct stat st;
 
 	(void)fi;
+	if (is_control(ino)) {
+		st = control_attr(qfs_of(req));
+		reply_attr(req, 0, &st);
+		return;
+	}
 	reply_attr(req, fs_getattr(fs_of(req), ino, &st), &st);
 }
 
@@ -164,17 +281,31 @@ static void qfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 			int to_set, struct fuse_file_info *fi)
 {
 	struct stat st;
-	int ret = fs_setattr(fs_of(req), ino, fi ? file_of(fi) : NULL, attr,
-			     setattr_flags(to_set), &st);
+	int ret;
 
+	if (is_control(ino)) {
+		/* `echo cmd > .control` truncates first: nothing to do. */
+		st = control_attr(qfs_of(req));
+		ret = to_set & ~(FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_MTIME |
+				 FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME)
+			      ? -EPERM
+			      : 0;
+		reply_attr(req, ret, &st);
+		return;
+	}
+	ret = fs_setattr(fs_of(req), ino, fi ? file_of(fi) : NULL, attr,
+			 setattr_flags(to_set), &st);
 	reply_attr(req, ret, &st);
 }
 
 static void qfs_readlink(fuse_req_t req, fuse_ino_t ino)
 {
 	char buf[PATH_MAX + 1];
-	ssize_t len = fs_readlink(fs_of(req), ino, buf, sizeof(buf));
+	ssize_t len;
 
+	if (refuse_control(req, ino, EINVAL))
+		return;
+	len = fs_readlink(fs_of(req), ino, buf, sizeof(buf));
 	if (len == (ssize_t)sizeof(buf))
 		len = -ENAMETOOLONG;
 	if (len < 0) {
@@ -221,6 +352,8 @@ static void qfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 {
 	struct fs_entry e;
 
+	if (refuse_control(req, ino, EPERM))
+		return;
 	reply_entry(req, fs_link(fs_of(req), ino, newparent, newname, &e), &e);
 }
 
@@ -246,8 +379,13 @@ static void qfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct open_reply out = {0};
 	struct fs_file *f;
-	int ret = fs_open(fs_of(req), ino, fi->flags, &f);
+	int ret;
 
+	if (is_control(ino)) {
+		control_open(req, fi);
+		return;
+	}
+	ret = fs_open(fs_of(req), ino, fi->flags, &f);
 	if (ret) {
 		fuse_reply_err(req, -ret);
 		return;
@@ -288,9 +426,13 @@ static void qfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
 	struct qfs *q = qfs_of(req);
 	struct fs_read r;
-	int ret = fs_read(q->fs, file_of(fi), off, size, &r);
+	int ret;
 
-	(void)ino;
+	if (is_control(ino)) {
+		control_read(req, size, off, fi);
+		return;
+	}
+	ret = fs_read(q->fs, file_of(fi), off, size, &r);
 	if (ret)
 		fuse_reply_err(req, -ret);
 	else
@@ -303,9 +445,13 @@ static void qfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void qfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		      size_t size, off_t off, struct fuse_file_info *fi)
 {
-	ssize_t ret = fs_write(fs_of(req), file_of(fi), buf, size, off);
+	ssize_t ret;
 
-	(void)ino;
+	if (is_control(ino)) {
+		control_write(req, buf, size);
+		return;
+	}
+	ret = fs_write(fs_of(req), file_of(fi), buf, size, off);
 	if (ret < 0)
 		fuse_reply_err(req, (int)-ret);
 	else
@@ -314,14 +460,19 @@ static void qfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 
 static void qfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	(void)ino;
-	fuse_reply_err(req, -fs_flush(fs_of(req), file_of(fi)));
+	if (is_control(ino))
+		fuse_reply_err(req, 0);
+	else
+		fuse_reply_err(req, -fs_flush(fs_of(req), file_of(fi)));
 }
 
 static void qfs_release(fuse_req_t req, fuse_ino_t ino,
 			struct fuse_file_info *fi)
 {
-	(void)ino;
+	if (is_control(ino)) {
+		control_release(req, fi);
+		return;
+	}
 	fs_release(fs_of(req), file_of(fi));
 	fuse_reply_err(req, 0);
 }
@@ -329,14 +480,18 @@ static void qfs_release(fuse_req_t req, fuse_ino_t ino,
 static void qfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 		      struct fuse_file_info *fi)
 {
-	(void)ino;
-	fuse_reply_err(req, -fs_fsync(fs_of(req), file_of(fi), datasync));
+	if (is_control(ino))
+		fuse_reply_err(req, 0);
+	else
+		fuse_reply_err(req,
+			       -fs_fsync(fs_of(req), file_of(fi), datasync));
 }
 
 static void qfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
 			  off_t len, struct fuse_file_info *fi)
 {
-	(void)ino;
+	if (refuse_control(req, ino, EPERM))
+		return;
 	fuse_reply_err(req,
 		       -fs_fallocate(fs_of(req), file_of(fi), mode, off, len));
 }
@@ -346,8 +501,7 @@ static void qfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 {
 	off_t ret;
 
-	(void)ino;
-	if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+	if ((whence != SEEK_DATA && whence != SEEK_HOLE) || is_control(ino)) {
 		fuse_reply_err(req, EINVAL); /* the kernel handles the rest */
 		return;
 	}
@@ -364,6 +518,8 @@ static void qfs_opendir(fuse_req_t req, fuse_ino_t ino,
 	struct fs_dir *d;
 	int ret = fs_opendir(fs_of(req), ino, &d);
 
+	if (refuse_control(req, ino, ENOTDIR))
+		return;
 	if (ret) {
 		fuse_reply_err(req, -ret);
 		return;
@@ -410,6 +566,8 @@ static void qfs_releasedir(fuse_req_t req, fuse_ino_t ino,
 static void qfs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
 			 struct fuse_file_info *fi)
 {
+	if (refuse_control(req, ino, ENOTDIR))
+		return;
 	(void)fi;
 	fuse_reply_err(req, -fs_fsyncdir(fs_of(req), ino, datasync));
 }
@@ -429,6 +587,8 @@ static void qfs_statfs(fuse_req_t req, fuse_ino_t ino)
 static void qfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 			 const char *value, size_t size, int flags)
 {
+	if (refuse_control(req, ino, EPERM))
+		return;
 	fuse_reply_err(req,
 		       -fs_setxattr(fs_of(req), ino, name, value, size, flags));
 }
@@ -448,27 +608,37 @@ static void reply_xattr(fuse_req_t req, ssize_t ret, const char *buf,
 static void qfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 			 size_t size)
 {
-	char *buf = size ? malloc(size) : NULL;
-	ssize_t ret = size && !buf
-			      ? -ENOMEM
-			      : fs_getxattr(fs_of(req), ino, name, buf, size);
+	char *buf;
+	ssize_t ret;
 
+	if (refuse_control(req, ino, ENODATA))
+		return;
+	buf = size ? malloc(size) : NULL;
+	ret = size && !buf ? -ENOMEM
+			   : fs_getxattr(fs_of(req), ino, name, buf, size);
 	reply_xattr(req, ret, buf, size);
 	free(buf);
 }
 
 static void qfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
-	char *buf = size ? malloc(size) : NULL;
-	ssize_t ret = size && !buf ? -ENOMEM
-				   : fs_listxattr(fs_of(req), ino, buf, size);
+	char *buf;
+	ssize_t ret;
 
+	if (is_control(ino)) {
+		reply_xattr(req, 0, NULL, size); /* no attributes */
+		return;
+	}
+	buf = size ? malloc(size) : NULL;
+	ret = size && !buf ? -ENOMEM : fs_listxattr(fs_of(req), ino, buf, size);
 	reply_xattr(req, ret, buf, size);
 	free(buf);
 }
 
 static void qfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
+	if (refuse_control(req, ino, EPERM))
+		return;
 	fuse_reply_err(req, -fs_removexattr(fs_of(req), ino, name));
 }
 
@@ -666,6 +836,9 @@ static int start_threads(const struct config *cfg, struct child_set *set,
 		ret = pool_new(cfg->threads, pool);
 	if (!ret)
 		ret = fs_new(set, *pool, *log, &q->fs);
+	if (!ret)
+		ret = fs_set_mount(q->fs, cfg->mountpoint, &q->mount_st);
+	children_set_log(set, *log);
 	if (ret)
 		fprintf(stderr, "quorumfs: cannot start: %s\n", strerror(-ret));
 	hup_log = *log;
@@ -687,6 +860,7 @@ static int serve(const struct fuse_cmdline_opts *opts, const struct config *cfg,
 		ret = run_loop(q->se, opts) ? 1 : 0;
 		if (fs_fatal(q->fs))
 			ret = 1; /* blkverify found a mismatch */
+		event_log_flush_throttled(log);
 		emit_mount_event(log, "UNMOUNTED", cfg);
 		set_sighup(false);
 	}
@@ -700,12 +874,17 @@ static int serve(const struct fuse_cmdline_opts *opts, const struct config *cfg,
 static int start(struct fuse_args *args, const struct fuse_cmdline_opts *opts,
 		 const struct config *cfg)
 {
-	struct qfs q = {.timeout = 1.0};
+	struct qfs q = {.timeout = 1.0, .owner = geteuid(), .group = getegid()};
 	struct child_set *set = NULL;
 	int ret = 1;
 
 	if (check_log(cfg->log_path))
 		return 1;
+	if (stat(cfg->mountpoint, &q.mount_st)) {
+		fprintf(stderr, "quorumfs: mountpoint '%s': %s\n",
+			cfg->mountpoint, strerror(errno));
+		return 1;
+	}
 	ret = children_new(&cfg->children, &set);
 	if (ret) {
 		fprintf(stderr, "quorumfs: cannot open the children: %s\n",

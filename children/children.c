@@ -423,9 +423,11 @@ static void unlink_member_locked(struct child_set *set, struct child *c)
 	set->nmembers--;
 }
 
-/* Wait until no view names c, or ms have passed. */
-static void drain(struct child_set *set, struct child *c, int ms)
+/* Wait until no view names c, or ms have passed; true if drained. */
+static bool drain(struct child_set *set, struct child *c, int ms)
 {
+	bool drained;
+
 	struct timespec deadline;
 
 	clock_gettime(CLOCK_REALTIME, &deadline);
@@ -440,7 +442,9 @@ static void drain(struct child_set *set, struct child *c, int ms)
 		if (pthread_cond_timedwait(&set->drained, &set->drain_lock,
 					   &deadline) == ETIMEDOUT)
 			break;
+	drained = atomic_load(&c->views) == 0;
 	pthread_mutex_unlock(&set->drain_lock);
+	return drained;
 }
 
 int children_remove(struct child_set *set, struct child *c, int drain_ms,
@@ -466,10 +470,10 @@ int children_remove(struct child_set *set, struct child *c, int drain_ms,
 	pthread_mutex_unlock(&set->lock);
 	if (ret)
 		return ret;
-	drain(set, c, drain_ms);
+	ret = drain(set, c, drain_ms) ? 0 : 1;
 	event_log_emit(set->log, "CHILD_REMOVED", child_event_data(c));
 	child_put(c); /* the member list's reference */
-	return 0;
+	return ret;
 }
 
 void children_release_slot(struct child_set *set, int slot)
@@ -555,27 +559,68 @@ int children_set_rewrite(struct child_set *set, bool on, char *err,
 	return ret;
 }
 
-void children_set_state(struct child_set *set, struct child *c,
-			enum child_state state, const char *reason)
+static void emit_state(struct child_set *set, struct child *c,
+		       enum child_state old, enum child_state state,
+		       const char *reason)
 {
-	enum child_state old;
-	struct json_object *d;
+	struct json_object *d = child_event_data(c);
 
-	pthread_mutex_lock(&set->lock);
-	old = atomic_exchange(&c->state, state);
-	snprintf(c->reason, sizeof(c->reason), "%s", reason);
-	if (old != state && publish_locked(set))
-		atomic_store(&c->state, old); /* no memory: keep the view */
-	pthread_mutex_unlock(&set->lock);
-	if (old == state)
-		return;
-	d = child_event_data(c);
 	json_object_object_add(d, "old",
 			       json_object_new_string(child_state_name(old)));
 	json_object_object_add(d, "new",
 			       json_object_new_string(child_state_name(state)));
 	json_object_object_add(d, "reason", json_object_new_string(reason));
 	event_log_emit(set->log, "CHILD_STATE_CHANGED", d);
+}
+
+/* Returns the old state; the view is republished if it changed. */
+static enum child_state set_state_locked(struct child_set *set, struct child *c,
+					 enum child_state state,
+					 const char *reason)
+{
+	enum child_state old = atomic_exchange(&c->state, state);
+
+	snprintf(c->reason, sizeof(c->reason), "%s", reason);
+	if (old != state && publish_locked(set))
+		atomic_store(&c->state, old); /* no memory: keep the view */
+	return old;
+}
+
+void children_set_state(struct child_set *set, struct child *c,
+			enum child_state state, const char *reason)
+{
+	enum child_state old;
+
+	pthread_mutex_lock(&set->lock);
+	old = set_state_locked(set, c, state, reason);
+	pthread_mutex_unlock(&set->lock);
+	if (old != state)
+		emit_state(set, c, old, state, reason);
+}
+
+int children_begin_resync(struct child_set *set, struct child *c, char *err,
+			  size_t errlen)
+{
+	enum child_state old = CHILD_SYNCING;
+	int ret = 0, voting;
+
+	pthread_mutex_lock(&set->lock);
+	voting = voting_members_locked(set) - (child_state(c) == CHILD_OK);
+	if (set->blkverify)
+		ret = fail(err, errlen, -EINVAL,
+			   "cannot resync a child in blkverify mode");
+	else if (voting < set->threshold)
+		ret = fail(err, errlen, -EINVAL,
+			   "resyncing '%s' would leave %d voting children, "
+			   "below the threshold %d",
+			   c->name, voting, set->threshold);
+	else
+		old = set_state_locked(set, c, CHILD_SYNCING,
+				       "resync requested");
+	pthread_mutex_unlock(&set->lock);
+	if (!ret && old != CHILD_SYNCING)
+		emit_state(set, c, old, CHILD_SYNCING, "resync requested");
+	return ret;
 }
 
 /* ---- status ---- */

@@ -111,8 +111,9 @@ int children_add(struct child_set *set, const char *path, const char *name,
 /*
  * Drop c from the set. Refused (-EINVAL) if fewer voting children than the
  * threshold would remain. Waits up to drain_ms for operations that hold a
- * view naming c (a hung child must not hang the caller forever). The
- * child's slot stays reserved until children_release_slot().
+ * view naming c (a hung child must not hang the caller forever): returns 0
+ * once drained, 1 if removed but some operation may still use the child.
+ * The child's slot stays reserved until children_release_slot().
  */
 int children_remove(struct child_set *set, struct child *c, int drain_ms,
 		    char *err, size_t errlen);
@@ -126,6 +127,11 @@ int children_set_rewrite(struct child_set *set, bool on, char *err,
 /* Move c to a new state, with a reason for status and the event. */
 void children_set_state(struct child_set *set, struct child *c,
 			enum child_state state, const char *reason);
+
+/* Stop c voting and mark it syncing, unless that would leave fewer
+ * voting children than the threshold (-EINVAL). */
+int children_begin_resync(struct child_set *set, struct child *c, char *err,
+			  size_t errlen);
 
 /* The member called name, or whose path is name; a reference or NULL. */
 struct child *children_find(struct child_set *set, const char *name);

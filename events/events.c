@@ -644,6 +644,16 @@ void event_log_close(struct event_log *log)
 	event_log_free(log);
 }
 
+void event_log_flush_throttled(struct event_log *log)
+{
+	if (!log)
+		return;
+	pthread_mutex_lock(&log->lock);
+	throttle_expire_locked(log, monotonic_ns(), true);
+	pthread_mutex_unlock(&log->lock);
+	wake_writer(log);
+}
+
 void event_log_request_reopen(struct event_log *log)
 {
 	if (!log)

@@ -43,6 +43,12 @@ int event_log_open(const char *path, struct event_log **out);
 void event_log_close(struct event_log *log);
 
 /*
+ * Queue every event the throttle holds back now, so that a last event
+ * (UNMOUNTED) follows them in the log.
+ */
+void event_log_flush_throttled(struct event_log *log);
+
+/*
  * Ask the writer to reopen the file by its path (after logrotate moved
  * it). Async-signal-safe: it only sets a flag and wakes the writer, so a
  * SIGHUP handler may call it.

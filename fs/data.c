@@ -28,8 +28,8 @@
 #include "vote/vote.h"
 
 struct fs_file {
-	struct node *node;
-	int flags; /* what each child's handle is opened with */
+	struct node *node; /* read-only after fs_open() */
+	int flags;	   /* what each child's handle is opened with */
 	bool direct;
 	/* By slot: the child's handle, or -1 until it is opened. Set once
 	 * from -1 (compare-and-swap), reset only by fs_forget_slot(). */
@@ -583,25 +583,35 @@ static int read_fifo(struct fanout *fo, struct read_op *op, struct fs_read *r)
 	return ret; /* the last child's error, as QEMU's fifo does */
 }
 
-int fs_read(struct fs *fs, struct fs_file *f, off_t off, size_t size,
-	    struct fs_read *r)
+int read_voted_locked(struct fs *fs, const struct child_view *view,
+		      struct fs_file *f, off_t off, size_t size,
+		      struct fs_read *r)
 {
-	const struct child_view *view = children_view_get(fs->set);
 	struct read_op op = {.fs = fs, .file = f, .off = off, .size = size};
 	struct fanout fo = {
 		.fs = fs, .view = view, .body = read_body, .arg = &op};
-	struct range_claim claim;
 	int ret;
 
 	memset(r, 0, sizeof(*r));
-	range_lock(&f->node->ranges, &claim, off, off + size, false);
 	if (view->read_pattern == READ_PATTERN_FIFO)
 		ret = read_fifo(&fo, &op, r);
 	else
 		ret = read_quorum(&fo, &op, r);
-	range_unlock(&f->node->ranges, &claim);
 	for (int i = 0; i < CHILDREN_MAX; i++)
 		free(op.buf[i]);
+	return ret;
+}
+
+int fs_read(struct fs *fs, struct fs_file *f, off_t off, size_t size,
+	    struct fs_read *r)
+{
+	const struct child_view *view = children_view_get(fs->set);
+	struct range_claim claim;
+	int ret;
+
+	range_lock(&f->node->ranges, &claim, off, off + size, false);
+	ret = read_voted_locked(fs, view, f, off, size, r);
+	range_unlock(&f->node->ranges, &claim);
 	children_view_put(view);
 	return ret;
 }
@@ -806,15 +816,12 @@ static off_t seek_voters(struct fs *fs, const struct fs_file *f,
 	return best;
 }
 
-off_t fs_lseek(struct fs *fs, struct fs_file *f, off_t off, int whence)
+off_t lseek_voted_locked(struct fs *fs, const struct child_view *view,
+			 struct fs_file *f, off_t off, int whence)
 {
-	const struct child_view *view = children_view_get(fs->set);
-	struct range_claim claim;
 	bool same;
-	off_t r;
+	off_t r = seek_voters(fs, f, view, off, whence, &same);
 
-	range_lock(&f->node->ranges, &claim, off, FS_OFF_MAX, false);
-	r = seek_voters(fs, f, view, off, whence, &same);
 	for (int round = 0; whence == SEEK_HOLE && r >= 0 && round < 1024;
 	     round++) {
 		off_t next = seek_voters(fs, f, view, r, SEEK_HOLE, &same);
@@ -823,7 +830,23 @@ off_t fs_lseek(struct fs *fs, struct fs_file *f, off_t off, int whence)
 			break;
 		r = next;
 	}
+	return r;
+}
+
+off_t fs_lseek(struct fs *fs, struct fs_file *f, off_t off, int whence)
+{
+	const struct child_view *view = children_view_get(fs->set);
+	struct range_claim claim;
+	off_t r;
+
+	range_lock(&f->node->ranges, &claim, off, FS_OFF_MAX, false);
+	r = lseek_voted_locked(fs, view, f, off, whence);
 	range_unlock(&f->node->ranges, &claim);
 	children_view_put(view);
 	return r;
+}
+
+struct node *fs_file_node(const struct fs_file *f)
+{
+	return f->node;
 }

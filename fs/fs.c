@@ -6,6 +6,7 @@
 #include "fs/fs_i.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -26,6 +27,8 @@ int fs_new(struct child_set *set, struct pool *pool, struct event_log *log,
 	fs->as_root = geteuid() == 0;
 	atomic_init(&fs->fatal, false);
 	pthread_mutex_init(&fs->files_lock, NULL);
+	pthread_mutex_init(&fs->resync_lock, NULL);
+	pthread_mutex_init(&fs->control_lock, NULL);
 	ret = nodes_init(fs);
 	if (ret) {
 		fs_free(fs);
@@ -39,9 +42,13 @@ void fs_free(struct fs *fs)
 {
 	if (!fs)
 		return;
+	resync_stop(fs, NULL);
 	files_release_all(fs);
 	nodes_destroy(fs);
 	pthread_mutex_destroy(&fs->files_lock);
+	pthread_mutex_destroy(&fs->resync_lock);
+	pthread_mutex_destroy(&fs->control_lock);
+	free(fs->mountpoint);
 	free(fs);
 }
 
@@ -116,41 +123,65 @@ bool refused_by_all(const int *ret, int n)
 	return n > 0 && ret[0] && !fs_device_error(ret[0]);
 }
 
+/*
+ * A child being resynced misses files and directories the copy has not
+ * reached yet; those errors are expected and the copy will fix them. A
+ * device error, though, means the child cannot keep up: it fails, not
+ * the caller's request.
+ */
+static void syncing_child_failed(struct fanout *fo, int i)
+{
+	char reason[128];
+
+	if (!fs_device_error(fo->ret[i]))
+		return;
+	snprintf(reason, sizeof(reason), "write failed during resync: %s",
+		 strerror(-fo->ret[i]));
+	children_set_state(fo->fs->set, fo->view->child[i], CHILD_FAILED,
+			   reason);
+}
+
 int fanout_tally(struct fanout *fo, const char *type, struct node *n,
 		 uint64_t off, uint64_t len)
 {
 	const struct child_view *view = fo->view;
 	bool flush = strcmp(type, "flush") == 0;
-	int successes = 0, failures = 0;
+	int errors[CHILDREN_MAX], voters = 0, successes = 0;
 	char *path = NULL;
 
-	if (refused_by_all(fo->ret, view->n))
-		return fo->ret[0];
-
+	for (int i = 0; i < view->n; i++)
+		if (view->votes[i])
+			errors[voters++] = fo->ret[i];
+	if (refused_by_all(errors, voters))
+		return errors[0];
 	for (int i = 0; i < view->n; i++) {
 		if (!fo->ret[i]) {
 			successes += view->votes[i];
 			continue;
 		}
-		failures++;
+		if (!view->votes[i]) {
+			syncing_child_failed(fo, i);
+			continue;
+		}
 		child_count_error(view->child[i],
 				  flush ? CHILD_OP_FLUSH : CHILD_OP_WRITE);
+		if (!path)
+			path = node_path(fo->fs, n);
+		event_log_report_bad(fo->fs->log, type,
+				     child_name(view->child[i]),
+				     flush ? 0 : off, flush ? 0 : len,
+				     fo->ret[i], path ? path : "");
 	}
-	if (failures)
-		path = node_path(fo->fs, n);
-	for (int i = 0; i < view->n; i++)
-		if (fo->ret[i])
-			event_log_report_bad(fo->fs->log, type,
-					     child_name(view->child[i]),
-					     flush ? 0 : off, flush ? 0 : len,
-					     fo->ret[i], path ? path : "");
 	if (successes >= view->threshold) {
 		free(path);
 		return 0;
 	}
-	if (!flush)
+	if (!flush) {
+		if (!path)
+			path = node_path(fo->fs, n);
 		event_log_quorum_failure(fo->fs->log, path ? path : "", off,
 					 len);
+	}
 	free(path);
 	return fanout_error_vote(fo);
 }

@@ -64,6 +64,25 @@ void fs_free(struct fs *fs);
  */
 bool fs_fatal(const struct fs *fs);
 
+/*
+ * The mountpoint and its directory's identity before mounting, so that
+ * `add` can refuse children inside the mount without asking the mount.
+ */
+int fs_set_mount(struct fs *fs, const char *mountpoint,
+		 const struct stat *before);
+
+/*
+ * Carry out one control command (the bytes of one write to .control).
+ * Returns 0, or -errno (EINVAL for a malformed or refused command, or the
+ * real errno, e.g. ENOENT for a missing directory) with nothing changed
+ * and CONTROL_ERROR logged; the reason is kept for the status.
+ */
+int fs_control(struct fs *fs, const char *buf, size_t len);
+
+/* The status as one JSON document (NUL-terminated; caller frees), or
+ * NULL when out of memory. */
+char *fs_status(struct fs *fs);
+
 /* Names the mount reserves at its root: .control and .quorumfs. */
 bool fs_reserved_name(uint64_t parent, const char *name);
 

@@ -82,6 +82,16 @@ struct fs {
 	atomic_bool fatal;
 	bool as_root; /* daemon may chown new entries to the caller */
 
+	pthread_mutex_t resync_lock;
+	struct resync *resyncs; /* guarded by resync_lock */
+
+	/* The mount, for refusing children inside it (control.c). */
+	char *mountpoint;
+	struct stat mount_st;
+	pthread_mutex_t control_lock; /* one control command at a time */
+	char last_error[512];	      /* guarded by control_lock */
+	char last_command[256];	      /* guarded by control_lock */
+
 	pthread_mutex_t files_lock;
 	struct fs_file *files; /* guarded by files_lock: every open file */
 
@@ -167,6 +177,21 @@ bool fs_device_error(int error);
 bool refused_by_all(const int *ret, int n);
 /* The error vote over the voting children that failed. */
 int fanout_error_vote(const struct fanout *fo);
+
+/* The voted read and seek, for callers already holding the range. */
+int read_voted_locked(struct fs *fs, const struct child_view *view,
+		      struct fs_file *f, off_t off, size_t size,
+		      struct fs_read *r);
+off_t lseek_voted_locked(struct fs *fs, const struct child_view *view,
+			 struct fs_file *f, off_t off, int whence);
+/* The node an open file belongs to. */
+struct node *fs_file_node(const struct fs_file *f);
+
+/* Resync jobs (resync.c). start replaces an earlier job of the child;
+ * stop(NULL) stops every job. */
+struct resync;
+int resync_start(struct fs *fs, struct child *c);
+void resync_stop(struct fs *fs, struct child *c);
 
 /* Voted attributes of a node (meta.c). Takes no range lock. */
 int attr_vote(struct fs *fs, const struct child_view *view, struct node *n,

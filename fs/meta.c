@@ -378,13 +378,46 @@ static int first_voting_success(const struct fanout *fo)
 	return -1;
 }
 
+/*
+ * Changes to a directory take its range lock shared (rename: both
+ * directories, in address order), so that resync, which takes it
+ * exclusively while it creates an entry on a new child, never copies an
+ * entry that a concurrent unlink or rename has just removed.
+ */
+static void ns_lock(struct ns_op *op, struct range_claim *a,
+		    struct range_claim *b, bool lock)
+{
+	struct node *first = op->parent, *second = op->newparent;
+
+	if (op->kind == NS_LOOKUP)
+		return;
+	if (second == first)
+		second = NULL;
+	if (second && second < first) {
+		first = second;
+		second = op->parent;
+	}
+	if (!lock) {
+		if (second)
+			range_unlock(&second->ranges, b);
+		range_unlock(&first->ranges, a);
+		return;
+	}
+	range_lock(&first->ranges, a, 0, FS_OFF_MAX, false);
+	if (second)
+		range_lock(&second->ranges, b, 0, FS_OFF_MAX, false);
+}
+
 static int ns_run(struct fs *fs, struct ns_op *op, struct fs_entry *e)
 {
 	const struct child_view *view = children_view_get(fs->set);
 	struct fanout fo = {.fs = fs, .view = view, .body = ns_body, .arg = op};
+	struct range_claim a, b;
 	int ret, key;
 
+	ns_lock(op, &a, &b, true);
 	fanout_run(&fo);
+	ns_lock(op, &a, &b, false);
 	if (op->kind == NS_LOOKUP) {
 		key = ret = lookup_vote(&fo, op);
 		if (ret >= 0)

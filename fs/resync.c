@@ -1,0 +1,632 @@
+/*
+ * Resync: fill a syncing child with the voted content of the whole tree.
+ *
+ * The child is in every view from the moment it is added, as a
+ * non-voting member, so every write from then on reaches it; writes to
+ * files it does not have yet fail there with ENOENT and are ignored. The
+ * copy walks the voted tree and, for each entry:
+ *   - creates it on the child while holding its directory's range lock
+ *     exclusively, after checking that the voters still have it (namespace
+ *     changes hold that lock shared, so an unlink or rename cannot slip in
+ *     between the check and the creation);
+ *   - copies a file's data regions chunk by chunk, each chunk read with the
+ *     vote and written while holding that byte range exclusively, so a live
+ *     write to the same bytes is ordered before or after the copy, never
+ *     overwritten by older copied data; holes stay holes;
+ *   - under a whole-file claim, cuts the child's file to the voted size.
+ * Every write that reaches the child after its file exists lands there
+ * directly, and every chunk copied afterwards reflects the voters at that
+ * moment, so the copy ends identical. Entries the child has but the voters
+ * do not are removed. Then the child turns ok and votes.
+ *
+ * A failure on the child fails the child, never the mount.
+ */
+#define _GNU_SOURCE
+#include "fs/fs_i.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/xattr.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RESYNC_CHUNK (1024 * 1024)
+
+struct resync {
+	struct fs *fs;
+	struct child *child; /* a reference */
+	int slot;
+	pthread_t thread;
+	atomic_bool stop;
+	struct resync *next; /* guarded by fs->resync_lock */
+	/* Only the resync thread touches the rest. */
+	uint64_t bytes_done, bytes_total, files_done, files_total;
+	struct timespec last_progress;
+	char reason[256];
+	struct node **linked; /* files with several names, already copied */
+	size_t nlinked;
+};
+
+static int errno_of(int r)
+{
+	return r < 0 ? -errno : 0;
+}
+
+static int fail(struct resync *rs, int err, const char *what, const char *name)
+{
+	if (!rs->reason[0])
+		snprintf(rs->reason, sizeof(rs->reason), "%s '%s': %s", what,
+			 name, strerror(-err));
+	return err;
+}
+
+static void progress(struct resync *rs, bool force)
+{
+	struct json_object *d;
+	struct timespec now;
+
+	child_set_progress(rs->child, rs->bytes_done, rs->bytes_total,
+			   rs->files_done, rs->files_total);
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (!force && now.tv_sec - rs->last_progress.tv_sec < 1)
+		return;
+	rs->last_progress = now;
+	d = json_object_new_object();
+	json_object_object_add(d, "node-name",
+			       json_object_new_string(child_name(rs->child)));
+	json_object_object_add(d, "bytes-done",
+			       json_object_new_int64(rs->bytes_done));
+	json_object_object_add(d, "bytes-total",
+			       json_object_new_int64(rs->bytes_total));
+	json_object_object_add(d, "files-done",
+			       json_object_new_int64(rs->files_done));
+	json_object_object_add(d, "files-total",
+			       json_object_new_int64(rs->files_total));
+	event_log_emit(rs->fs->log, "RESYNC_PROGRESS", d);
+}
+
+/* ---- walking the voted tree ---- */
+
+typedef int entry_fn(struct resync *rs, struct node *dir, const char *name,
+		     const struct fs_entry *e);
+
+/* Call fn for every entry of the voted listing of dir. */
+static int walk_dir(struct resync *rs, struct node *dir, entry_fn *fn)
+{
+	struct fs *fs = rs->fs;
+	struct fs_dir *d;
+	const char *name;
+	struct stat st;
+	int ret = fs_opendir(fs, node_ino(fs, dir), &d);
+
+	if (ret)
+		return fail(rs, ret, "cannot list",
+			    dir->name ? dir->name : "/");
+	for (size_t i = 0; !ret && fs_dir_entry(d, i, &name, &st); i++) {
+		struct fs_entry e;
+
+		if (atomic_load(&rs->stop))
+			ret = -ECANCELED;
+		else if (!strcmp(name, ".") || !strcmp(name, ".."))
+			continue;
+		else if (fs_lookup(fs, node_ino(fs, dir), name, &e) == 0) {
+			ret = fn(rs, dir, name, &e);
+			fs_forget(fs, e.ino, 1);
+		}
+		/* An entry gone since the listing needs no copy. */
+	}
+	fs_releasedir(d);
+	return ret;
+}
+
+static int count_entry(struct resync *rs, struct node *dir, const char *name,
+		       const struct fs_entry *e)
+{
+	(void)dir;
+	(void)name;
+	rs->files_total++;
+	if (S_ISREG(e->attr.st_mode))
+		rs->bytes_total += e->attr.st_size;
+	if (S_ISDIR(e->attr.st_mode))
+		return walk_dir(rs, node_get(rs->fs, e->ino), count_entry);
+	return 0;
+}
+
+/* ---- making the child's tree match ---- */
+
+static int remove_tree(int dfd, const char *name);
+
+static int remove_dir_contents(int fd)
+{
+	struct dirent *de;
+	int ret = 0;
+	DIR *d = fdopendir(fd);
+
+	if (!d) {
+		close(fd);
+		return -errno;
+	}
+	while (!ret && (de = readdir(d)))
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+			ret = remove_tree(dirfd(d), de->d_name);
+	closedir(d);
+	return ret;
+}
+
+static int remove_tree(int dfd, const char *name)
+{
+	int fd;
+
+	if (unlinkat(dfd, name, 0) == 0 || errno == ENOENT)
+		return 0;
+	if (errno != EISDIR && errno != EPERM)
+		return -errno;
+	fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (remove_dir_contents(fd))
+		return -errno;
+	return errno_of(unlinkat(dfd, name, AT_REMOVEDIR));
+}
+
+/* Remove what the child has in dir that the voted listing lacks. */
+static int remove_extras(struct resync *rs, struct node *dir, int dfd)
+{
+	struct fs *fs = rs->fs;
+	struct dirent *de;
+	struct fs_dir *voted;
+	int ret, fd;
+	DIR *d;
+
+	ret = fs_opendir(fs, node_ino(fs, dir), &voted);
+	if (ret)
+		return ret;
+	fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	d = fd < 0 ? NULL : fdopendir(fd);
+	if (!d) {
+		ret = -errno;
+		if (fd >= 0)
+			close(fd);
+		goto out;
+	}
+	while (!ret && (de = readdir(d))) {
+		bool keep = !strcmp(de->d_name, ".") ||
+			    !strcmp(de->d_name, "..") ||
+			    (dir == &fs->root &&
+			     fs_reserved_name(FS_ROOT_INO, de->d_name));
+		const char *name;
+		struct stat st;
+
+		for (size_t i = 0; !keep && fs_dir_entry(voted, i, &name, &st);
+		     i++)
+			keep = strcmp(name, de->d_name) == 0;
+		if (!keep)
+			ret = remove_tree(dfd, de->d_name);
+	}
+	closedir(d);
+out:
+	fs_releasedir(voted);
+	return ret;
+}
+
+static bool already_linked(struct resync *rs, struct node *n)
+{
+	for (size_t i = 0; i < rs->nlinked; i++)
+		if (rs->linked[i] == n)
+			return true;
+	return false;
+}
+
+static void remember_linked(struct resync *rs, struct node *n)
+{
+	struct node **grown =
+		realloc(rs->linked, (rs->nlinked + 1) * sizeof(*grown));
+
+	if (!grown)
+		return; /* a later name becomes a copy, not a link */
+	rs->linked = grown;
+	rs->linked[rs->nlinked++] = n;
+	node_ref(rs->fs, n);
+}
+
+/* Create one entry on the child, of the voted type. */
+static int create_entry(struct resync *rs, int dfd, const char *name,
+			const struct fs_entry *e)
+{
+	struct node *n = node_get(rs->fs, e->ino);
+	mode_t mode = e->attr.st_mode;
+	char target[PATH_MAX + 1];
+	ssize_t len;
+	int fd;
+
+	if (S_ISDIR(mode)) {
+		struct stat st;
+
+		if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    S_ISDIR(st.st_mode))
+			return 0;
+		remove_tree(dfd, name);
+		return errno_of(mkdirat(dfd, name, mode & 07777));
+	}
+	remove_tree(dfd, name);
+	if (S_ISREG(mode) && e->attr.st_nlink > 1 && already_linked(rs, n)) {
+		char proc[64];
+
+		fd = node_fd(rs->fs, n, rs->slot);
+		if (fd < 0)
+			return fd;
+		fd_proc_path(fd, proc);
+		return errno_of(
+			linkat(AT_FDCWD, proc, dfd, name, AT_SYMLINK_FOLLOW));
+	}
+	if (S_ISREG(mode)) {
+		fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+			    mode & 07777);
+		return fd < 0 ? -errno : errno_of(close(fd));
+	}
+	if (S_ISLNK(mode)) {
+		len = fs_readlink(rs->fs, e->ino, target, sizeof(target) - 1);
+		if (len < 0)
+			return (int)len;
+		target[len] = '\0';
+		return errno_of(symlinkat(target, dfd, name));
+	}
+	return errno_of(mknodat(dfd, name, mode, e->attr.st_rdev));
+}
+
+/* Copy one chunk of data at off (a data region of the voters). */
+static int copy_chunk(struct resync *rs, struct fs_file *f, int out, off_t off,
+		      off_t len)
+{
+	const struct child_view *view = children_view_get(rs->fs->set);
+	struct node *n = fs_file_node(f);
+	struct range_claim claim;
+	struct fs_read r;
+	int ret;
+
+	range_lock(&n->ranges, &claim, off, off + len, true);
+	ret = read_voted_locked(rs->fs, view, f, off, len, &r);
+	if (!ret && r.len && pwritev(out, r.iov, r.iovcnt, off) < 0)
+		ret = -errno;
+	range_unlock(&n->ranges, &claim);
+	fs_read_release(&r);
+	children_view_put(view);
+	return ret;
+}
+
+/* Give the child's file the voted size, with every write held off. */
+static int finish_file(struct resync *rs, struct fs_file *f, int out)
+{
+	const struct child_view *view = children_view_get(rs->fs->set);
+	struct node *n = fs_file_node(f);
+	struct range_claim claim;
+	struct stat st;
+	int ret;
+
+	range_lock(&n->ranges, &claim, 0, FS_OFF_MAX, true);
+	ret = attr_vote(rs->fs, view, n, &st);
+	if (!ret)
+		ret = errno_of(ftruncate(out, st.st_size));
+	range_unlock(&n->ranges, &claim);
+	children_view_put(view);
+	return ret;
+}
+
+static int copy_data(struct resync *rs, struct fs_file *f, int out)
+{
+	const struct child_view *view;
+	off_t off = 0, data, hole;
+	int ret = 0;
+
+	while (!ret && !atomic_load(&rs->stop)) {
+		view = children_view_get(rs->fs->set);
+		data = lseek_voted_locked(rs->fs, view, f, off, SEEK_DATA);
+		hole = data < 0 ? data
+				: lseek_voted_locked(rs->fs, view, f, data,
+						     SEEK_HOLE);
+		children_view_put(view);
+		if (data == -ENXIO)
+			break;
+		if (data < 0 || hole < 0)
+			return (int)(data < 0 ? data : hole);
+		if (hole > data + RESYNC_CHUNK)
+			hole = data + RESYNC_CHUNK;
+		ret = copy_chunk(rs, f, out, data, hole - data);
+		rs->bytes_done += hole - data;
+		progress(rs, false);
+		off = hole;
+	}
+	return ret ? ret : atomic_load(&rs->stop) ? -ECANCELED : 0;
+}
+
+static int copy_file(struct resync *rs, const struct fs_entry *e)
+{
+	struct fs *fs = rs->fs;
+	struct fs_file *f;
+	char proc[64];
+	int pfd, out, ret;
+
+	pfd = node_fd(fs, node_get(fs, e->ino), rs->slot);
+	if (pfd < 0)
+		return pfd;
+	ret = fs_open(fs, e->ino, O_RDONLY, &f);
+	if (ret)
+		return ret;
+	fd_proc_path(pfd, proc);
+	out = open(proc, O_WRONLY | O_CLOEXEC);
+	if (out < 0) {
+		ret = -errno;
+	} else {
+		ret = copy_data(rs, f, out);
+		if (!ret)
+			ret = finish_file(rs, f, out);
+		close(out);
+	}
+	fs_release(fs, f);
+	return ret;
+}
+
+static int copy_xattrs(struct resync *rs, const struct fs_entry *e,
+		       const char *proc)
+{
+	char *list = NULL, *value = NULL;
+	ssize_t len, vlen;
+	int ret = 0;
+
+	len = fs_listxattr(rs->fs, e->ino, NULL, 0);
+	if (len <= 0)
+		return len < 0 && len != -ENOTSUP ? (int)len : 0;
+	list = malloc(len);
+	value = malloc(XATTR_SIZE_MAX);
+	if (!list || !value) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	len = fs_listxattr(rs->fs, e->ino, list, len);
+	for (ssize_t i = 0; !ret && len > 0 && i < len;
+	     i += strlen(list + i) + 1) {
+		vlen = fs_getxattr(rs->fs, e->ino, list + i, value,
+				   XATTR_SIZE_MAX);
+		if (vlen >= 0)
+			ret = errno_of(
+				setxattr(proc, list + i, value, vlen, 0));
+	}
+out:
+	free(list);
+	free(value);
+	return ret;
+}
+
+/* Owner, mode, xattrs and times: last, as writing changes the times. */
+static int copy_metadata(struct resync *rs, int dfd, const char *name,
+			 const struct fs_entry *e)
+{
+	const struct stat *st = &e->attr;
+	struct timespec ts[2] = {st->st_atim, st->st_mtim};
+	char proc[64];
+	int ret, fd;
+
+	ret = errno_of(fchownat(dfd, name, st->st_uid, st->st_gid,
+				AT_SYMLINK_NOFOLLOW));
+	if (!ret && !S_ISLNK(st->st_mode))
+		ret = errno_of(fchmodat(dfd, name, st->st_mode & 07777, 0));
+	if (!ret && !S_ISLNK(st->st_mode)) {
+		fd = node_fd(rs->fs, node_get(rs->fs, e->ino), rs->slot);
+		if (fd < 0)
+			return fd;
+		fd_proc_path(fd, proc);
+		ret = copy_xattrs(rs, e, proc);
+	}
+	if (!ret)
+		ret = errno_of(utimensat(dfd, name, ts, AT_SYMLINK_NOFOLLOW));
+	return ret;
+}
+
+static int copy_dir(struct resync *rs, struct node *dir);
+
+/*
+ * Create name under the directory's exclusive claim, after checking that
+ * a quorum still has it (the lookup is voted).
+ */
+static int place_entry(struct resync *rs, struct node *dir, int dfd,
+		       const char *name, struct fs_entry *e)
+{
+	struct fs *fs = rs->fs;
+	struct range_claim claim;
+	int ret;
+
+	range_lock(&dir->ranges, &claim, 0, FS_OFF_MAX, true);
+	ret = fs_lookup(fs, node_ino(fs, dir), name, e);
+	if (!ret) {
+		ret = create_entry(rs, dfd, name, e);
+		if (ret)
+			fs_forget(fs, e->ino, 1);
+	}
+	range_unlock(&dir->ranges, &claim);
+	return ret;
+}
+
+static int copy_entry(struct resync *rs, struct node *dir, const char *name,
+		      const struct fs_entry *listed)
+{
+	int dfd = node_fd(rs->fs, dir, rs->slot);
+	struct fs_entry e;
+	struct node *n;
+	int ret;
+
+	(void)listed;
+	if (dfd < 0)
+		return fail(rs, dfd, "no directory for", name);
+	ret = place_entry(rs, dir, dfd, name, &e);
+	if (ret == -ENOENT)
+		return 0; /* removed meanwhile: nothing to copy */
+	if (ret)
+		return fail(rs, ret, "cannot create", name);
+	n = node_get(rs->fs, e.ino);
+	if (S_ISREG(e.attr.st_mode) && !already_linked(rs, n)) {
+		ret = copy_file(rs, &e);
+		if (!ret && e.attr.st_nlink > 1)
+			remember_linked(rs, n);
+	} else if (S_ISDIR(e.attr.st_mode)) {
+		ret = copy_dir(rs, n);
+	}
+	if (!ret)
+		ret = copy_metadata(rs, dfd, name, &e);
+	if (ret && ret != -ECANCELED)
+		fail(rs, ret, "cannot copy", name);
+	rs->files_done++;
+	progress(rs, false);
+	fs_forget(rs->fs, e.ino, 1);
+	return ret;
+}
+
+static int copy_dir(struct resync *rs, struct node *dir)
+{
+	int dfd = node_fd(rs->fs, dir, rs->slot);
+	int ret;
+
+	if (dfd < 0)
+		return dfd;
+	ret = remove_extras(rs, dir, dfd);
+	if (ret)
+		return fail(rs, ret, "cannot clean",
+			    dir->name ? dir->name : "/");
+	return walk_dir(rs, dir, copy_entry);
+}
+
+/* ---- the job ---- */
+
+static void resync_finish(struct resync *rs, int ret)
+{
+	struct json_object *d;
+
+	if (ret == -ECANCELED)
+		return; /* removed or unmounting: nothing to report */
+	if (ret) {
+		children_set_state(rs->fs->set, rs->child, CHILD_FAILED,
+				   rs->reason[0] ? rs->reason : strerror(-ret));
+		return;
+	}
+	progress(rs, true);
+	d = json_object_new_object();
+	json_object_object_add(d, "node-name",
+			       json_object_new_string(child_name(rs->child)));
+	json_object_object_add(d, "bytes",
+			       json_object_new_int64(rs->bytes_done));
+	json_object_object_add(d, "files",
+			       json_object_new_int64(rs->files_done));
+	event_log_emit(rs->fs->log, "RESYNC_COMPLETED", d);
+	children_set_state(rs->fs->set, rs->child, CHILD_OK,
+			   "resync completed");
+}
+
+/* The root's own owner, mode and times (it has no name to copy under). */
+static int copy_root_metadata(struct resync *rs)
+{
+	int fd = node_fd(rs->fs, &rs->fs->root, rs->slot);
+	struct stat st;
+	char proc[64];
+	int ret;
+
+	if (fd < 0)
+		return fd;
+	ret = fs_getattr(rs->fs, FS_ROOT_INO, &st);
+	if (ret)
+		return ret;
+	fd_proc_path(fd, proc);
+	ret = errno_of(chown(proc, st.st_uid, st.st_gid));
+	if (!ret)
+		ret = errno_of(chmod(proc, st.st_mode & 07777));
+	if (!ret)
+		ret = errno_of(utimensat(
+			AT_FDCWD, proc,
+			(struct timespec[2]){st.st_atim, st.st_mtim}, 0));
+	return ret;
+}
+
+static void *resync_thread(void *arg)
+{
+	struct resync *rs = arg;
+	int ret;
+
+	ret = walk_dir(rs, &rs->fs->root, count_entry);
+	progress(rs, true);
+	if (!ret)
+		ret = copy_dir(rs, &rs->fs->root);
+	if (!ret)
+		ret = copy_root_metadata(rs);
+	resync_finish(rs, ret);
+	return NULL;
+}
+
+static void resync_free(struct resync *rs)
+{
+	for (size_t i = 0; i < rs->nlinked; i++)
+		node_unref(rs->fs, rs->linked[i]);
+	free(rs->linked);
+	child_put(rs->child);
+	free(rs);
+}
+
+/* Take c's job out of the list, or NULL. */
+static struct resync *resync_take(struct fs *fs, struct child *c)
+{
+	struct resync **pp, *rs = NULL;
+
+	pthread_mutex_lock(&fs->resync_lock);
+	for (pp = &fs->resyncs; *pp; pp = &(*pp)->next) {
+		if (c == NULL || (*pp)->child == c) {
+			rs = *pp;
+			*pp = rs->next;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&fs->resync_lock);
+	return rs;
+}
+
+void resync_stop(struct fs *fs, struct child *c)
+{
+	struct resync *rs;
+
+	while ((rs = resync_take(fs, c))) {
+		atomic_store(&rs->stop, true);
+		pthread_join(rs->thread, NULL);
+		resync_free(rs);
+		if (c)
+			break;
+	}
+}
+
+int resync_start(struct fs *fs, struct child *c)
+{
+	struct resync *rs;
+	int ret;
+
+	resync_stop(fs, c); /* a finished or running earlier job */
+	rs = calloc(1, sizeof(*rs));
+	if (!rs)
+		return -ENOMEM;
+	rs->fs = fs;
+	rs->child = c;
+	rs->slot = child_slot(c);
+	child_get(c);
+	atomic_init(&rs->stop, false);
+	ret = -pthread_create(&rs->thread, NULL, resync_thread, rs);
+	if (ret) {
+		resync_free(rs);
+		return ret;
+	}
+	pthread_setname_np(rs->thread, "qfs-resync");
+	pthread_mutex_lock(&fs->resync_lock);
+	rs->next = fs->resyncs;
+	fs->resyncs = rs;
+	pthread_mutex_unlock(&fs->resync_lock);
+	return 0;
+}
