@@ -69,6 +69,11 @@ struct node {
 	int refs;		/* guarded by table_lock: open files and
 				   nodes naming this one as parent */
 	struct node *hash_next; /* guarded by table_lock */
+	/* Handles replaced because their file was deleted from the child;
+	 * another thread may still be using one, so they close with the
+	 * node. Guarded by table_lock. */
+	int *retired;
+	int nretired;
 	struct range_locks ranges;
 	/* A size no child is below, kept so that writes growing the file can
 	 * lock everything past it (see data.c). */
@@ -110,12 +115,16 @@ struct node *node_get(struct fs *fs, uint64_t ino);
 uint64_t node_ino(const struct fs *fs, const struct node *n);
 /*
  * Find or create the node for a set of per-child O_PATH handles that were
- * just resolved under parent/name. Takes ownership of every handle in
- * fd[] (installing or closing it) and adds one lookup. key_slot names the
- * child whose st[] gives the identity.
+ * just resolved under parent/name (fd[slot] = -1 where the child has no
+ * such entry). Takes ownership of every handle in fd[] (installing or
+ * closing it) and adds one lookup. A handle the node already has for a
+ * slot in asked[] is replaced when its file has been deleted from that
+ * child (no links left): the name now resolves elsewhere, or nowhere.
+ * key_st gives the identity.
  */
 struct node *node_install(struct fs *fs, struct node *parent, const char *name,
-			  int fd[CHILDREN_MAX], const struct stat *key_st);
+			  int fd[CHILDREN_MAX], const bool asked[CHILDREN_MAX],
+			  const struct stat *key_st);
 /*
  * The node's O_PATH handle in a child slot. A child added after the node
  * was looked up gets its handle here on first use, resolved from the

@@ -285,6 +285,25 @@ int fs_getattr(struct fs *fs, uint64_t ino, struct stat *st)
 	return ret;
 }
 
+/* The path of parent/name relative to the mount; caller frees. */
+static char *entry_path(struct fs *fs, struct node *parent, const char *name)
+{
+	char *dir = node_path(fs, parent), *path = NULL;
+
+	if (!dir || asprintf(&path, "%s%s%s", dir, *dir ? "/" : "", name) < 0)
+		path = NULL;
+	free(dir);
+	return path;
+}
+
+static void lookup_failed(struct fanout *fo, struct ns_op *op)
+{
+	char *path = entry_path(fo->fs, op->parent, op->name);
+
+	event_log_quorum_failure(fo->fs->log, path ? path : op->name, 0, 0);
+	free(path);
+}
+
 /*
  * Vote a lookup's answers on existence and type. Returns the index (in
  * the view) of the child that gives the node its identity, or -errno.
@@ -293,7 +312,7 @@ int fs_getattr(struct fs *fs, uint64_t ino, struct stat *st)
 static int lookup_vote(struct fanout *fo, struct ns_op *op)
 {
 	struct vote_ballot b[CHILDREN_MAX];
-	int index[CHILDREN_MAX], n = 0;
+	int index[CHILDREN_MAX], errors[CHILDREN_MAX], n = 0;
 	mode_t type[CHILDREN_MAX];
 	struct vote_result r;
 
@@ -301,6 +320,7 @@ static int lookup_vote(struct fanout *fo, struct ns_op *op)
 		if (!fo->view->votes[i])
 			continue;
 		type[i] = op->st[i].st_mode & S_IFMT;
+		errors[n] = fo->ret[i];
 		index[n] = i;
 		b[n++] = (struct vote_ballot){.error = fo->ret[i],
 					      .data = &type[i],
@@ -308,8 +328,12 @@ static int lookup_vote(struct fanout *fo, struct ns_op *op)
 	}
 	if (n == 0)
 		return -EIO;
-	if (vote_whole(b, n, fo->view->threshold, &r))
+	if (vote_whole(b, n, fo->view->threshold, &r)) {
+		/* Every child saying ENOENT is an answer, not a failure. */
+		if (!refused_by_all(errors, n))
+			lookup_failed(fo, op);
 		return r.error;
+	}
 	for (int i = 0; i < fo->view->n; i++) {
 		if (op->fd[i] >= 0 &&
 		    (op->st[i].st_mode & S_IFMT) != type[index[r.winner]]) {
@@ -324,23 +348,18 @@ static int lookup_vote(struct fanout *fo, struct ns_op *op)
 static void report_missing(struct fanout *fo, struct node *parent,
 			   const char *name)
 {
-	char *dir = NULL, *path = NULL;
+	char *path = NULL;
 
 	for (int i = 0; i < fo->view->n; i++) {
 		if (!fo->view->votes[i] || !fo->ret[i])
 			continue;
-		if (!path) {
-			dir = node_path(fo->fs, parent);
-			if (!dir || asprintf(&path, "%s%s%s", dir,
-					     *dir ? "/" : "", name) < 0)
-				path = NULL;
-		}
+		if (!path)
+			path = entry_path(fo->fs, parent, name);
 		child_count_error(fo->view->child[i], CHILD_OP_READ);
 		event_log_report_bad(fo->fs->log, "read",
 				     child_name(fo->view->child[i]), 0, 0,
 				     fo->ret[i], path ? path : name);
 	}
-	free(dir);
 	free(path);
 }
 
@@ -348,6 +367,7 @@ static void report_missing(struct fanout *fo, struct node *parent,
 static int ns_make_entry(struct fanout *fo, struct ns_op *op, int key,
 			 const char *name, struct fs_entry *e)
 {
+	bool asked[CHILDREN_MAX] = {false};
 	int by_slot[CHILDREN_MAX];
 	struct node *n;
 	int ret;
@@ -355,10 +375,14 @@ static int ns_make_entry(struct fanout *fo, struct ns_op *op, int key,
 	for (int s = 0; s < CHILDREN_MAX; s++)
 		by_slot[s] = -1;
 	for (int i = 0; i < fo->view->n; i++) {
-		by_slot[child_slot(fo->view->child[i])] = op->fd[i];
+		int slot = child_slot(fo->view->child[i]);
+
+		by_slot[slot] = op->fd[i];
+		asked[slot] = fo->ret[i] == 0 || fo->ret[i] == -ENOENT;
 		op->fd[i] = -1;
 	}
-	n = node_install(fo->fs, op->parent, name, by_slot, &op->st[key]);
+	n = node_install(fo->fs, op->parent, name, by_slot, asked,
+			 &op->st[key]);
 	if (!n)
 		return -ENOMEM;
 	ret = node_attr(fo->fs, fo->view, n, &e->attr);

@@ -80,6 +80,9 @@ static void node_close_fds(struct node *n)
 static void node_free(struct node *n)
 {
 	node_close_fds(n);
+	for (int i = 0; i < n->nretired; i++)
+		close(n->retired[i]);
+	free(n->retired);
 	range_locks_destroy(&n->ranges);
 	free(n->name);
 	free(n);
@@ -173,6 +176,33 @@ static void node_release_locked(struct fs *fs, struct node *n)
 	}
 }
 
+static bool deleted(int fd)
+{
+	struct stat st;
+
+	return fstat(fd, &st) == 0 && st.st_nlink == 0;
+}
+
+/* Called with table_lock held. */
+static void retire_deleted_locked(struct node *n,
+				  const bool asked[CHILDREN_MAX])
+{
+	for (int s = 0; s < CHILDREN_MAX; s++) {
+		int fd = atomic_load(&n->fd[s]);
+		int *grown;
+
+		if (!asked[s] || fd < 0 || !deleted(fd))
+			continue;
+		grown = realloc(n->retired, (n->nretired + 1) * sizeof(int));
+		if (!grown)
+			continue; /* keep it: stale, but never a reused number
+				   */
+		n->retired = grown;
+		n->retired[n->nretired++] = fd;
+		atomic_store(&n->fd[s], -1);
+	}
+}
+
 static void install_fds(struct node *n, int fd[CHILDREN_MAX])
 {
 	for (int s = 0; s < CHILDREN_MAX; s++) {
@@ -216,7 +246,8 @@ static struct node *node_new_locked(struct fs *fs, struct node *parent,
 }
 
 struct node *node_install(struct fs *fs, struct node *parent, const char *name,
-			  int fd[CHILDREN_MAX], const struct stat *key_st)
+			  int fd[CHILDREN_MAX], const bool asked[CHILDREN_MAX],
+			  const struct stat *key_st)
 {
 	struct node *n;
 
@@ -225,6 +256,7 @@ struct node *node_install(struct fs *fs, struct node *parent, const char *name,
 	if (!n)
 		n = node_new_locked(fs, parent, name, key_st);
 	if (n) {
+		retire_deleted_locked(n, asked);
 		install_fds(n, fd);
 		n->nlookup++;
 	}
