@@ -1,0 +1,683 @@
+"""faultfs on its own, before it stands in for a faulty quorumfs child.
+
+First it must be a faithful pass-through: whatever a test does on the
+mount happens to the backing directory, and changes made behind its back
+show at once. Then each kind of rule must hit exactly the operations,
+files and byte ranges it names, and nothing after clear(). Stalls must
+end when their time is up, when the rule is removed, when the caller is
+killed, and when faultfs is stopped: a test that leaves a process stuck in
+a FUSE request cannot clean up after itself.
+
+Operations that may stall run in a subprocess with a deadline. "Stalled"
+is observed, not assumed: the caller is seen waiting in the kernel's FUSE
+request wait (its wchan).
+"""
+
+import errno
+import mmap
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+import qfs
+from faultfs import FaultFS, FaultFSError, faultfs_binary, rule
+
+pytestmark = pytest.mark.timeout(60)
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+# --- fixtures ----------------------------------------------------------
+
+@pytest.fixture
+def mount_faultfs(request, tmp_path, scratch_fs, callers):
+    """Factory: mount_faultfs(backing_dir) -> a started FaultFS. After a
+    passing test each is stopped checked (exit status 0), otherwise
+    cleaned up best-effort. Set up after scratch_fs and callers, so torn
+    down before them: the backing file systems are unmounted after
+    faultfs is gone, and callers are reaped after their stalls ended."""
+    made = []
+
+    def make(backing):
+        mnt = tmp_path / ("mnt%d" % len(made))
+        mnt.mkdir()
+        ffs = FaultFS(backing, mnt)
+        made.append(ffs)
+        return ffs.start()
+
+    yield make
+    call = getattr(request.node, "rep_call", None)
+    passed = call is not None and call.passed
+    errors = []
+    for ffs in reversed(made):
+        if passed:
+            try:
+                ffs.stop()
+            except FaultFSError as e:
+                errors.append("%s: %s" % (ffs, e))
+        else:
+            sys.stderr.write("faultfs stderr (%s):\n%s\n" % (
+                ffs.mnt, ffs.stderr()[-4000:]))
+            ffs.cleanup()
+    if errors:
+        pytest.fail("checked stop failed:\n" + "\n".join(errors))
+
+
+@pytest.fixture
+def ffs(mount_faultfs, tmpfs_dir):
+    return mount_faultfs(tmpfs_dir)
+
+
+# --- helpers -----------------------------------------------------------
+
+def pattern(size, seed=1):
+    out = bytearray()
+    block = 0
+    while len(out) < size:
+        out += (b"%08d:%08d|" % (seed, block)) * 16
+        block += 1
+    return bytes(out[:size])
+
+
+def write_file(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def read_file(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def pread(path, length, offset):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+def pwrite(path, data, offset):
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        return os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def errno_of(fn, *args):
+    """The errno fn(*args) fails with, or None when it succeeds."""
+    try:
+        fn(*args)
+    except OSError as e:
+        return e.errno
+    return None
+
+
+# One operation in a child process, which may stall without stalling the
+# test. Prints "ok N" or "errno N".
+IO_SCRIPT = r"""
+import os, sys
+op, path, off, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+try:
+    if op == "read":
+        fd = os.open(path, os.O_RDONLY)
+        r = len(os.pread(fd, n, off))
+    elif op == "write":
+        fd = os.open(path, os.O_WRONLY)
+        r = os.pwrite(fd, b"w" * n, off)
+    elif op == "fsync":
+        fd = os.open(path, os.O_WRONLY)
+        os.fsync(fd)
+        r = 0
+    print("ok", r, flush=True)
+except OSError as e:
+    print("errno", e.errno, flush=True)
+"""
+
+
+class Caller:
+    """A subprocess doing one operation on the mount."""
+
+    def __init__(self, op, path, offset=0, length=4 * KiB):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", IO_SCRIPT, op, str(path), str(offset),
+             str(length)], stdout=subprocess.PIPE, text=True)
+
+    def blocked_in_fuse(self):
+        """True while the process waits for a FUSE reply."""
+        try:
+            with open("/proc/%d/wchan" % self.proc.pid) as f:
+                return f.read().strip() == "request_wait_answer"
+        except OSError:
+            return False
+
+    def wait_blocked(self, timeout=10):
+        qfs.wait_for(lambda: self.blocked_in_fuse() or
+                     self.proc.poll() is not None,
+                     timeout, "the caller to reach the FUSE request")
+        assert self.proc.poll() is None, \
+            "the operation finished instead of stalling: %s" % \
+            self.proc.stdout.read()
+
+    def result(self, timeout=10):
+        """("ok", n) or ("errno", e), failing the test at the deadline."""
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail("the operation did not finish within %.0fs" %
+                        timeout)
+        kind, value = out.split()
+        return kind, int(value)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def callers():
+    """Makes Callers and kills the ones still running at teardown."""
+    made = []
+
+    def make(*args, **kw):
+        c = Caller(*args, **kw)
+        made.append(c)
+        return c
+
+    yield make
+    # All at once: a caller queued on the kernel's inode lock behind a
+    # stalled one can only die after that one has.
+    for c in made:
+        if c.proc.poll() is None:
+            c.proc.kill()
+    for c in made:
+        c.proc.wait(10)
+
+
+# --- pass-through ------------------------------------------------------
+
+def test_written_data_reads_back_and_lands_in_the_backing_file(
+        backing, mount_faultfs):
+    ffs = mount_faultfs(backing)
+    data = pattern(3 * MiB + 123)
+    with open(ffs.path("f"), "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+        os.fdatasync(f.fileno())
+    assert read_file(ffs.path("f")) == data
+    assert read_file(ffs.backing_path("f")) == data
+    assert pread(ffs.path("f"), 10, 1 * MiB) == data[1 * MiB:1 * MiB + 10]
+    assert os.stat(ffs.path("f")).st_size == len(data)
+
+
+def test_truncate_grows_with_zeros_and_shrinks(ffs):
+    write_file(ffs.path("f"), b"abcdef")
+    os.truncate(ffs.path("f"), 10)
+    assert read_file(ffs.backing_path("f")) == b"abcdef" + b"\0" * 4
+    with open(ffs.path("f"), "r+b") as f:
+        os.ftruncate(f.fileno(), 2)
+    assert read_file(ffs.path("f")) == b"ab"
+    assert os.stat(ffs.backing_path("f")).st_size == 2
+
+
+def test_rename_moves_noreplace_refuses_and_exchange_swaps(ffs):
+    write_file(ffs.path("a"), b"A")
+    write_file(ffs.path("b"), b"B")
+    os.rename(ffs.path("a"), ffs.path("c"))
+    assert sorted(os.listdir(ffs.backing)) == ["b", "c"]
+    e = errno_of(qfs.renameat2, ffs.path("c"), ffs.path("b"),
+                 qfs.RENAME_NOREPLACE)
+    assert e == errno.EEXIST
+    qfs.renameat2(ffs.path("c"), ffs.path("b"), qfs.RENAME_EXCHANGE)
+    assert read_file(ffs.backing_path("b")) == b"A"
+    assert read_file(ffs.backing_path("c")) == b"B"
+
+
+def test_xattrs_are_set_listed_read_and_removed_on_the_backing_file(ffs):
+    write_file(ffs.path("f"), b"x")
+    os.setxattr(ffs.path("f"), "user.color", b"blue")
+    assert os.getxattr(ffs.backing_path("f"), "user.color") == b"blue"
+    assert os.getxattr(ffs.path("f"), "user.color") == b"blue"
+    assert "user.color" in os.listxattr(ffs.path("f"))
+    os.removexattr(ffs.path("f"), "user.color")
+    assert os.listxattr(ffs.backing_path("f")) == []
+    assert errno_of(os.getxattr, ffs.path("f"), "user.color") == \
+        errno.ENODATA
+
+
+def test_o_direct_aligned_io_works_on_ext4_and_unaligned_gets_einval(
+        ext4_dir, mount_faultfs):
+    ffs = mount_faultfs(ext4_dir)
+    data = pattern(64 * KiB)
+    buf = mmap.mmap(-1, len(data))  # page aligned, as O_DIRECT callers use
+    buf[:] = data
+    fd = os.open(ffs.path("img"), os.O_RDWR | os.O_CREAT | os.O_DIRECT,
+                 0o644)
+    try:
+        assert os.pwritev(fd, [buf], 4 * KiB) == len(data)
+        back = mmap.mmap(-1, len(data))
+        assert os.preadv(fd, [back], 4 * KiB) == len(data)
+        assert back[:] == data
+        # ext4 refuses an O_DIRECT read at an unaligned offset; faultfs
+        # passes that refusal through unchanged (QEMU probes with it).
+        assert errno_of(os.preadv, fd, [back], 1) == errno.EINVAL
+    finally:
+        os.close(fd)
+    assert read_file(ffs.backing_path("img"))[4 * KiB:] == data
+
+
+def test_fallocate_modes_and_seek_data_hole_pass_through(backing,
+                                                         mount_faultfs):
+    ffs = mount_faultfs(backing)
+    # tmpfs has no zero-range: then faultfs must give its EOPNOTSUPP.
+    write_file(ffs.backing_path("probe"), b"p" * 8192)
+    fd = os.open(ffs.backing_path("probe"), os.O_RDWR)
+    zero_range = errno_of(qfs.fallocate, fd, qfs.FALLOC_FL_ZERO_RANGE, 0,
+                          4 * KiB)
+    os.close(fd)
+    write_file(ffs.path("f"), pattern(1 * MiB))
+    fd = os.open(ffs.path("f"), os.O_RDWR)
+    try:
+        qfs.fallocate(fd, qfs.FALLOC_FL_PUNCH_HOLE | qfs.FALLOC_FL_KEEP_SIZE,
+                      256 * KiB, 256 * KiB)
+        assert errno_of(qfs.fallocate, fd, qfs.FALLOC_FL_ZERO_RANGE,
+                        768 * KiB, 4 * KiB) == zero_range
+        qfs.fallocate(fd, 0, 1 * MiB, 1 * MiB)
+        assert os.lseek(fd, 0, qfs.SEEK_HOLE) == 256 * KiB
+        assert os.lseek(fd, 256 * KiB, qfs.SEEK_DATA) == 512 * KiB
+    finally:
+        os.close(fd)
+    got = read_file(ffs.backing_path("f"))
+    assert len(got) == 2 * MiB
+    assert got[256 * KiB:512 * KiB] == b"\0" * (256 * KiB)
+    if zero_range is None:
+        assert got[768 * KiB:772 * KiB] == b"\0" * (4 * KiB)
+    assert got[:256 * KiB] == pattern(1 * MiB)[:256 * KiB]
+
+
+def test_namespace_operations_reach_the_backing_directory(ffs):
+    os.mkdir(ffs.path("d"), 0o750)
+    assert stat.S_IMODE(os.stat(ffs.backing_path("d")).st_mode) == 0o750
+    write_file(ffs.path("d/f"), b"x")
+    os.symlink("f", ffs.path("d/s"))
+    assert os.readlink(ffs.backing_path("d/s")) == "f"
+    assert os.readlink(ffs.path("d/s")) == "f"
+    os.link(ffs.path("d/f"), ffs.path("d/h"))
+    assert os.stat(ffs.backing_path("d/f")).st_nlink == 2
+    os.mkfifo(ffs.path("d/p"))
+    assert stat.S_ISFIFO(os.lstat(ffs.backing_path("d/p")).st_mode)
+    assert sorted(os.listdir(ffs.path("d"))) == ["f", "h", "p", "s"]
+    os.chmod(ffs.path("d/f"), 0o600)
+    os.chown(ffs.path("d/f"), 1234, 5678)
+    os.utime(ffs.path("d/f"), ns=(1_000_000_123, 2_000_000_456))
+    st = os.stat(ffs.backing_path("d/f"))
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == \
+        (0o600, 1234, 5678)
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1_000_000_123, 2_000_000_456)
+    for name in ("f", "h", "s", "p"):
+        os.unlink(ffs.path("d/" + name))
+    os.rmdir(ffs.path("d"))
+    assert os.listdir(ffs.backing) == []
+
+
+def test_statfs_reports_the_backing_file_system(ffs):
+    mine, theirs = os.statvfs(ffs.mnt), os.statvfs(ffs.backing)
+    assert (mine.f_bsize, mine.f_blocks) == (theirs.f_bsize, theirs.f_blocks)
+
+
+def test_changes_in_the_backing_directory_show_at_once(ffs):
+    write_file(ffs.path("f"), b"old")
+    assert read_file(ffs.path("f")) == b"old"
+    write_file(ffs.backing_path("f"), b"newer")
+    write_file(ffs.backing_path("g"), b"g")
+    assert read_file(ffs.path("f")) == b"newer"
+    assert os.stat(ffs.path("f")).st_size == 5
+    assert sorted(os.listdir(ffs.mnt)) == ["f", "g"]
+    os.unlink(ffs.backing_path("g"))
+    assert not os.path.exists(ffs.path("g"))
+
+
+def test_an_unlinked_open_file_stays_usable_and_leaves_nothing_behind(ffs):
+    with open(ffs.path("f"), "w+b") as f:
+        f.write(b"abc")
+        f.flush()
+        os.unlink(ffs.path("f"))
+        f.seek(0)
+        assert f.read() == b"abc"
+        f.write(b"def")
+        f.flush()
+        os.fsync(f.fileno())
+        assert os.pread(f.fileno(), 6, 0) == b"abcdef"
+        assert os.listdir(ffs.backing) == []
+
+
+# --- rules: errors -----------------------------------------------------
+
+def test_error_rule_fails_only_the_named_op_on_the_named_path(ffs):
+    write_file(ffs.path("a"), b"A" * 4096)
+    write_file(ffs.path("b"), b"B" * 4096)
+    ffs.set(rule("error=EIO", op="read", path="/a"))
+    assert errno_of(read_file, ffs.path("a")) == errno.EIO
+    assert read_file(ffs.path("b")) == b"B" * 4096
+    assert pwrite(ffs.path("a"), b"x", 0) == 1
+    assert os.stat(ffs.path("a")).st_size == 4096
+    ffs.clear()
+    assert read_file(ffs.path("a")) == b"x" + b"A" * 4095
+
+
+def test_error_rule_with_a_range_fails_only_overlapping_io(ffs):
+    write_file(ffs.path("f"), pattern(64 * KiB))
+    ffs.set("error=EIO path=/f offset=8K length=4K")
+    assert pread(ffs.path("f"), 4 * KiB, 0) == pattern(64 * KiB)[:4 * KiB]
+    assert pread(ffs.path("f"), 4 * KiB, 12 * KiB) == \
+        pattern(64 * KiB)[12 * KiB:16 * KiB]
+    assert errno_of(pread, ffs.path("f"), 1, 12 * KiB - 1) == errno.EIO
+    assert errno_of(pread, ffs.path("f"), 16 * KiB, 0) == errno.EIO
+    assert errno_of(pwrite, ffs.path("f"), b"x", 8 * KiB) == errno.EIO
+    assert read_file(ffs.backing_path("f")) == pattern(64 * KiB)
+    # Without op=, a ranged rule covers reads, writes and fallocate only.
+    assert os.stat(ffs.path("f")).st_size == 64 * KiB
+
+
+@pytest.mark.parametrize("name", ["EIO", "ENOSPC", "EROFS", "EDQUOT"])
+def test_error_rule_returns_its_errno_unchanged(ffs, name):
+    write_file(ffs.path("f"), b"data")
+    ffs.set("error=%s op=write path=/f" % name)
+    assert errno_of(pwrite, ffs.path("f"), b"more", 4) == \
+        getattr(errno, name)
+    ffs.clear()
+    assert pwrite(ffs.path("f"), b"more", 4) == 4
+
+
+def test_error_rule_by_number_is_that_errno(ffs):
+    write_file(ffs.path("f"), b"data")
+    ffs.set("error=%d op=read" % errno.ENOLINK)
+    assert errno_of(read_file, ffs.path("f")) == errno.ENOLINK
+
+
+def test_fsync_error_rule_fails_fsync_but_not_the_write(ffs):
+    ffs.set(rule("error=EIO", op="fsync", path="/f"))
+    with open(ffs.path("f"), "wb") as f:
+        f.write(b"kept")
+        f.flush()
+        assert errno_of(os.fsync, f.fileno()) == errno.EIO
+        assert errno_of(os.fdatasync, f.fileno()) == errno.EIO
+    assert read_file(ffs.backing_path("f")) == b"kept"
+    ffs.clear()
+    with open(ffs.path("f"), "rb") as f:
+        os.fsync(f.fileno())
+
+
+def test_open_error_rule_fails_opening_an_existing_file_only(ffs):
+    write_file(ffs.path("f"), b"x")
+    ffs.set("error=EACCES op=open")
+    assert errno_of(read_file, ffs.path("f")) == errno.EACCES
+    write_file(ffs.path("new"), b"created")  # create is its own op
+    assert os.stat(ffs.path("f")).st_size == 1
+    ffs.clear()
+    assert read_file(ffs.path("f")) == b"x"
+
+
+def test_rename_rule_matches_either_name(ffs):
+    write_file(ffs.path("a"), b"A")
+    ffs.set("error=EROFS op=rename path=/target")
+    assert errno_of(os.rename, ffs.path("a"), ffs.path("target")) == \
+        errno.EROFS
+    os.rename(ffs.path("a"), ffs.path("other"))
+    assert os.listdir(ffs.backing) == ["other"]
+
+
+def test_path_globs_match_across_directories(ffs):
+    os.mkdir(ffs.path("d"))
+    write_file(ffs.path("d/x.img"), b"i")
+    write_file(ffs.path("d/x.txt"), b"t")
+    ffs.set("error=EIO op=read path=*.img")
+    assert errno_of(read_file, ffs.path("d/x.img")) == errno.EIO
+    assert read_file(ffs.path("d/x.txt")) == b"t"
+
+
+def test_first_matching_error_rule_wins(ffs):
+    write_file(ffs.path("f"), b"x")
+    ffs.set("error=ENOSPC op=write", "error=EIO op=write,read")
+    assert errno_of(pwrite, ffs.path("f"), b"y", 0) == errno.ENOSPC
+    assert errno_of(read_file, ffs.path("f")) == errno.EIO
+
+
+def test_clear_after_several_rules_returns_to_pass_through(ffs):
+    write_file(ffs.path("f"), pattern(8 * KiB))
+    ffs.set("error=EIO op=write", "flip", "hang=1 op=read")
+    assert ffs.rules() == ["error=EIO op=write", "flip", "hang=1 op=read"]
+    ffs.clear()
+    assert ffs.rules() == []
+    assert read_file(ffs.path("f")) == pattern(8 * KiB)
+    assert pwrite(ffs.path("f"), b"z", 0) == 1
+
+
+# --- rules: flipped bytes ----------------------------------------------
+
+def test_flip_rule_inverts_read_bytes_in_its_range_only(ffs):
+    data = pattern(16 * KiB)
+    write_file(ffs.path("f"), data)
+    write_file(ffs.path("g"), data)
+    ffs.set(rule("flip", path="/f", offset=4 * KiB + 1, length=10))
+    got = read_file(ffs.path("f"))
+    want = bytearray(data)
+    for i in range(4 * KiB + 1, 4 * KiB + 11):
+        want[i] ^= 0xff
+    assert got == bytes(want)
+    assert pread(ffs.path("f"), 2, 4 * KiB + 10) == \
+        bytes([data[4 * KiB + 10] ^ 0xff, data[4 * KiB + 11]])
+    assert read_file(ffs.path("g")) == data
+    assert read_file(ffs.backing_path("f")) == data
+    ffs.clear()
+    assert read_file(ffs.path("f")) == data
+
+
+def test_flip_rule_is_refused_for_other_ops(ffs):
+    with pytest.raises(ValueError, match="flip"):
+        ffs.set("flip op=write")
+
+
+# --- rules: stalls -----------------------------------------------------
+
+def test_timed_hang_delays_the_op_by_its_duration(ffs):
+    write_file(ffs.path("f"), pattern(4 * KiB))
+    ffs.set("hang=300 op=read path=/f")
+    fd = os.open(ffs.path("f"), os.O_RDONLY)
+    try:
+        start = time.monotonic()  # a deliberate measurement
+        data = os.pread(fd, 4 * KiB, 0)
+        took = time.monotonic() - start
+    finally:
+        os.close(fd)
+    assert data == pattern(4 * KiB)
+    assert 0.3 <= took < 0.3 + 2.0, "the read took %.3fs" % took
+
+
+def test_timed_hang_then_error_applies_both(ffs):
+    write_file(ffs.path("f"), b"x")
+    ffs.set("hang=100 op=read", "error=EIO op=read")
+    start = time.monotonic()  # a deliberate measurement
+    assert errno_of(read_file, ffs.path("f")) == errno.EIO
+    assert time.monotonic() - start >= 0.1
+
+
+def test_indefinite_hang_is_released_by_clear(ffs, callers):
+    write_file(ffs.path("f"), pattern(4 * KiB))
+    ffs.set("hang op=read path=/f")
+    c = callers("read", ffs.path("f"))
+    c.wait_blocked()
+    # A deliberate measurement: still stalled half a second later.
+    time.sleep(0.5)
+    assert c.blocked_in_fuse()
+    ffs.clear()
+    assert c.result() == ("ok", 4 * KiB)
+
+
+def test_a_hung_write_does_not_block_other_files(ffs, callers):
+    write_file(ffs.path("f"), b"f")
+    write_file(ffs.path("g"), b"g")
+    ffs.set("hang op=write path=/f")
+    c = callers("write", ffs.path("f"))
+    c.wait_blocked()
+    assert pwrite(ffs.path("g"), b"G", 0) == 1
+    assert read_file(ffs.path("f")) == b"f"
+    ffs.clear()
+    assert c.result() == ("ok", 4 * KiB)
+
+
+def test_a_hang_limited_to_a_range_spares_the_rest_of_the_file(ffs, callers):
+    write_file(ffs.path("f"), pattern(64 * KiB))
+    ffs.set("hang op=read path=/f offset=32K")
+    c = callers("read", ffs.path("f"), offset=40 * KiB)
+    c.wait_blocked()
+    assert pread(ffs.path("f"), 4 * KiB, 0) == pattern(64 * KiB)[:4 * KiB]
+    ffs.clear()
+    assert c.result() == ("ok", 4 * KiB)
+
+
+def test_more_stalled_ops_than_default_workers_leave_faultfs_responsive(
+        ffs, callers):
+    # libfuse 3.14 starts at most 10 workers by default; faultfs asks
+    # for more so that stalled operations cannot starve the rest.
+    # One file each: the kernel serializes fsyncs of one file.
+    for i in range(16):
+        write_file(ffs.path("f%d" % i), b"f")
+    write_file(ffs.path("g"), b"g")
+    ffs.set("hang op=fsync path=/f*")
+    stalled = [callers("fsync", ffs.path("f%d" % i)) for i in range(16)]
+    for c in stalled:
+        c.wait_blocked()
+    assert read_file(ffs.path("g")) == b"g"
+    ffs.clear()
+    for c in stalled:
+        assert c.result() == ("ok", 0)
+
+
+def test_a_caller_stalled_by_a_hang_can_be_killed(ffs, callers):
+    write_file(ffs.path("f"), b"f")
+    ffs.set("hang op=read")
+    c = callers("read", ffs.path("f"))
+    c.wait_blocked()
+    # The kernel turns SIGKILL into a FUSE interrupt; faultfs answers it,
+    # so the caller does not sit in D state until the rule goes.
+    c.proc.kill()
+    c.proc.wait(10)
+    assert ffs.rules() == ["hang op=read"]
+
+
+def test_stop_releases_stalled_ops_and_exits_zero(tmpfs_dir, tmp_path,
+                                                  callers):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    ffs = FaultFS(tmpfs_dir, mnt).start()
+    try:
+        write_file(ffs.path("f"), b"f")
+        ffs.set("hang op=read")
+        c = callers("read", ffs.path("f"))
+        c.wait_blocked()
+        # Checked: clears the rules, unmounts once the released read has
+        # closed its file, and requires exit status 0.
+        ffs.stop()
+    except BaseException:
+        ffs.cleanup()
+        raise
+    assert c.result() == ("ok", 1)
+    assert not qfs.is_fuse_mounted(mnt)
+
+
+def test_cleanup_frees_stalled_callers(tmpfs_dir, tmp_path, callers):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    ffs = FaultFS(tmpfs_dir, mnt).start()
+    try:
+        write_file(ffs.path("f"), b"f")
+        ffs.set("hang op=read")
+        c = callers("read", ffs.path("f"))
+        c.wait_blocked()
+    finally:
+        ffs.cleanup()  # kills faultfs first: the connection is aborted
+    # ECONNABORTED for a request faultfs had read, ENOTCONN for one
+    # still queued.
+    assert c.result() in [("errno", errno.ECONNABORTED),
+                          ("errno", errno.ENOTCONN)]
+    assert not qfs.is_fuse_mounted(mnt)
+
+
+# --- the rules file ----------------------------------------------------
+
+@pytest.mark.parametrize("line", [
+    "error=EIO",
+    "error=ENOSPC op=write path=/disk.img offset=1M length=64K",
+    "error=28 op=read,write",
+    "hang",
+    "hang=250 op=fsync,flush path=/*.qcow2",
+    "flip path=/a offset=0 length=1",
+    "flip op=read",
+    "error=EDQUOT op=any",
+    "  # a comment",
+    "",
+])
+def test_check_rules_accepts_valid_lines(tmp_path, line):
+    p = tmp_path / "rules"
+    p.write_text(line + "\n")
+    res = subprocess.run([faultfs_binary(), "--check-rules", str(p)],
+                         stderr=subprocess.PIPE, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("line,reason", [
+    ("error=EWHATEVER", "unknown errno"),
+    ("error=0", "unknown errno"),
+    ("explode", "a rule starts with"),
+    ("hang=soon", "hang= needs milliseconds"),
+    ("error=EIO op=frobnicate", "unknown op"),
+    ("error=EIO op=read op=write", "repeated"),
+    ("error=EIO path", "KEY=VALUE"),
+    ("error=EIO offset=-1", "bad offset"),
+    ("error=EIO length=0", "bad length"),
+    ("error=EIO op=open offset=0", "apply to read, write and fallocate"),
+    ("flip op=read,write", "flip applies to op=read only"),
+    ("error=EIO offset=9223372036854775807 length=2", "too large"),
+    ("error=EIO speed=fast", "unknown or repeated key"),
+])
+def test_check_rules_refuses_bad_lines_with_a_reason(tmp_path, line, reason):
+    p = tmp_path / "rules"
+    p.write_text("hang=1\n" + line + "\n")
+    res = subprocess.run([faultfs_binary(), "--check-rules", str(p)],
+                         stderr=subprocess.PIPE, text=True)
+    assert res.returncode == 1
+    assert "line 2: " in res.stderr and reason in res.stderr, res.stderr
+
+
+def test_a_refused_rule_set_changes_nothing(ffs):
+    write_file(ffs.path("f"), b"x")
+    ffs.set("error=EIO op=read")
+    with pytest.raises(ValueError, match="unknown errno"):
+        ffs.set("error=ENOPE op=read")
+    assert ffs.rules() == ["error=EIO op=read"]
+    assert errno_of(read_file, ffs.path("f")) == errno.EIO
+
+
+def test_a_broken_rules_file_keeps_the_rules_in_force(ffs):
+    # Written behind the helper's back: faultfs reports it and keeps
+    # what it had.
+    write_file(ffs.path("f"), b"x")
+    ffs.set("error=EIO op=read")
+    assert errno_of(read_file, ffs.path("f")) == errno.EIO
+    with open(ffs.control + ".tmp", "w") as f:
+        f.write("error=EIO op=read\nnonsense here\n")
+    os.replace(ffs.control + ".tmp", ffs.control)
+    assert errno_of(read_file, ffs.path("f")) == errno.EIO
+    qfs.wait_for(lambda: "nonsense" in ffs.stderr(), 10,
+                 "faultfs to report the broken rules file")
+    assert "line 2" in ffs.stderr()
