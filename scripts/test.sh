@@ -10,7 +10,8 @@
 # unmount or prints a sanitizer report, so leaks fail too.
 #
 # Environment: QFS_SKIP_INSTALL=1 skips apt-get; CI=true builds with
-# -Werror; QFS_WRAPPER (e.g. "valgrind --error-exitcode=99 -q") prefixes
+# -Werror; QFS_FUZZ_SECONDS (default 30, 0 skips) bounds the fuzz run at
+# the end; QFS_WRAPPER (e.g. "valgrind --error-exitcode=99 -q") prefixes
 # the daemon; PYTHON picks the interpreter that has pytest (default: the
 # system one, which the python3-pytest package installs into).
 set -euo pipefail
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
 	case $1 in
 	--sanitize) sanitize=1 ;;
 	--) shift; pytest_args=("$@"); break ;;
-	-h|--help) sed -n '2,17s/^# \{0,1\}//p' "$0"; exit 0 ;;
+	-h|--help) sed -n '2,18s/^# \{0,1\}//p' "$0"; exit 0 ;;
 	*) echo "test.sh: unknown argument: $1" >&2; exit 2 ;;
 	esac
 	shift
@@ -31,7 +32,7 @@ done
 
 packages=(build-essential cmake pkg-config libfuse3-dev fuse3 libssl-dev
 	libjson-c-dev python3-pytest python3-pytest-timeout qemu-utils attr
-	e2fsprogs util-linux fio)
+	e2fsprogs util-linux fio clang libclang-rt-14-dev)
 
 if [ "${QFS_SKIP_INSTALL:-0}" != 1 ]; then
 	sudo=()
@@ -60,3 +61,14 @@ export QFS_BIN="$PWD/$build/quorumfs"
 python="${PYTHON:-/usr/bin/python3}"
 # With no arguments, pytest.ini's testpaths picks test/.
 "$python" -m pytest "${pytest_args[@]}"
+
+# A bounded fuzz run of the control-command parser (scripts/fuzz.sh), when
+# clang and its fuzzer runtime are there. QFS_FUZZ_SECONDS sets the length
+# (default 30); 0 skips it.
+fuzz_seconds="${QFS_FUZZ_SECONDS:-30}"
+if [ "$fuzz_seconds" != 0 ] && command -v clang >/dev/null &&
+	[ -e "$(clang -print-resource-dir)/lib/linux/libclang_rt.fuzzer-$(uname -m).a" ]; then
+	scripts/fuzz.sh "$fuzz_seconds"
+else
+	echo "test.sh: fuzzing skipped (QFS_FUZZ_SECONDS=0, or no clang fuzzer runtime)"
+fi
