@@ -72,8 +72,8 @@
 #define DEFAULT_THREADS "-omax_threads=64,max_idle_threads=64"
 
 struct faultfs {
-	int backing_fd;	      /* O_PATH handle of BACKING_DIR */
-	char *backing;	      /* its absolute path, for the xattr calls */
+	int backing_fd; /* O_PATH handle of BACKING_DIR */
+	char *backing;	/* its absolute path, for the xattr calls */
 	struct fault_control *control;
 };
 
@@ -119,8 +119,7 @@ static int check_range(enum fault_op op, const char *path, off_t off,
 
 static int full_path(const char *path, char **out)
 {
-	return asprintf(out, "%s%s", state()->backing, path) < 0 ? -ENOMEM
-								 : 0;
+	return asprintf(out, "%s%s", state()->backing, path) < 0 ? -ENOMEM : 0;
 }
 
 /* ---- attributes and names ---- */
@@ -315,8 +314,8 @@ static int ff_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 /* Reads land in an aligned buffer of our own, which libfuse frees after
  * the reply: its own buffer would not suit O_DIRECT, and a flip must
  * never reach the backing file. */
-static int ff_read_buf(const char *path, struct fuse_bufvec **bufp,
-		       size_t size, off_t off, struct fuse_file_info *fi)
+static int ff_read_buf(const char *path, struct fuse_bufvec **bufp, size_t size,
+		       off_t off, struct fuse_file_info *fi)
 {
 	struct fault_request req = {.op = FAULT_READ,
 				    .path = path,
@@ -615,7 +614,9 @@ struct options {
 	int show_help;
 };
 
+/* clang-format off */
 #define OPTION(t, p) {t, offsetof(struct options, p), 1}
+/* clang-format on */
 static const struct fuse_opt option_spec[] = {
 	OPTION("control=%s", control),
 	OPTION("-h", show_help),
@@ -718,8 +719,8 @@ int main(int argc, char *argv[])
 	}
 	ffs.backing = realpath(o.backing, NULL);
 	if (ffs.backing)
-		ffs.backing_fd = open(ffs.backing,
-				      O_PATH | O_DIRECTORY | O_CLOEXEC);
+		ffs.backing_fd =
+			open(ffs.backing, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (ffs.backing_fd < 0) {
 		fprintf(stderr, "faultfs: %s: %s\n", o.backing,
 			strerror(errno));

@@ -43,11 +43,11 @@ enum fault_action {
 
 struct fault_rule {
 	enum fault_action action;
-	int error;     /* ACTION_ERROR: a positive errno */
-	long hang_ms;  /* ACTION_HANG: < 0 means until the rule is removed */
-	uint64_t ops;  /* bit (1 << enum fault_op) per operation matched */
-	char *glob;    /* fnmatch() pattern; NULL matches every path */
-	bool ranged;   /* only operations overlapping [start, end) match */
+	int error;    /* ACTION_ERROR: a positive errno */
+	long hang_ms; /* ACTION_HANG: < 0 means until the rule is removed */
+	uint64_t ops; /* bit (1 << enum fault_op) per operation matched */
+	char *glob;   /* fnmatch() pattern; NULL matches every path */
+	bool ranged;  /* only operations overlapping [start, end) match */
 	off_t start;
 	off_t end;
 };
@@ -95,7 +95,7 @@ static const char *const op_names[FAULT_OP_COUNT] = {
 
 #define OP_BIT(op) (UINT64_C(1) << (op))
 #define ALL_OPS (OP_BIT(FAULT_OP_COUNT) - 1)
-#define RANGED_OPS \
+#define RANGED_OPS                                                             \
 	(OP_BIT(FAULT_READ) | OP_BIT(FAULT_WRITE) | OP_BIT(FAULT_FALLOCATE))
 
 /* The errnos a rule may name; a number is accepted as well. */
@@ -103,6 +103,7 @@ static const struct {
 	const char *name;
 	int value;
 } errno_names[] = {
+	/* clang-format off */
 	{"EPERM", EPERM},	 {"ENOENT", ENOENT},	 {"EINTR", EINTR},
 	{"EIO", EIO},		 {"ENXIO", ENXIO},	 {"EBADF", EBADF},
 	{"EAGAIN", EAGAIN},	 {"ENOMEM", ENOMEM},	 {"EACCES", EACCES},
@@ -118,6 +119,7 @@ static const struct {
 	{"ETIMEDOUT", ETIMEDOUT},			 {"ESTALE", ESTALE},
 	{"EDQUOT", EDQUOT},	 {"ENOTCONN", ENOTCONN}, {"ECANCELED", ECANCELED},
 	{"EREMOTEIO", EREMOTEIO},			 {"ENOLINK", ENOLINK},
+	/* clang-format on */
 };
 
 /* ---- parsing ---- */
@@ -224,7 +226,8 @@ static int parse_action(const char *w, struct fault_rule *r, int line,
 		r->action = ACTION_HANG;
 		if (!parse_size(w + 5, &ms) || ms > LONG_MAX)
 			return fail(err, errlen, line,
-				    "hang= needs milliseconds, not '%s'", w + 5);
+				    "hang= needs milliseconds, not '%s'",
+				    w + 5);
 		r->hang_ms = (long)ms;
 	} else if (strcmp(w, "flip") == 0) {
 		r->action = ACTION_FLIP;
@@ -259,10 +262,12 @@ static int parse_selector(char *w, struct fault_rule *r, bool *seen_op,
 	} else if (strcmp(w, "offset") == 0 && !r->ranged) {
 		r->ranged = true;
 		if (!parse_size(value, &r->start))
-			return fail(err, errlen, line, "bad offset '%s'", value);
+			return fail(err, errlen, line, "bad offset '%s'",
+				    value);
 	} else if (strcmp(w, "length") == 0 && *length < 0) {
 		if (!parse_size(value, length) || *length == 0)
-			return fail(err, errlen, line, "bad length '%s'", value);
+			return fail(err, errlen, line, "bad length '%s'",
+				    value);
 	} else {
 		return fail(err, errlen, line, "unknown or repeated key '%s'",
 			    w);
@@ -358,12 +363,12 @@ int fault_rules_parse(const char *text, size_t len, struct fault_rules **out,
 		if (is_blank(line))
 			continue;
 		if (!rules || rules->n == max) {
+			size_t each = sizeof(rules->rule[0]);
 			struct fault_rules *grown;
 
 			max = max ? 2 * max : 8;
-			grown = realloc(rules, sizeof(*rules) +
-						       (size_t)max *
-							       sizeof(rules->rule[0]));
+			grown = realloc(rules,
+					sizeof(*rules) + (size_t)max * each);
 			if (!grown) {
 				ret = -ENOMEM;
 				break;
@@ -647,7 +652,8 @@ void fault_control_after_read(struct fault_control *c,
 		if (r->action != ACTION_FLIP || !rule_matches(r, &done))
 			continue;
 		from = r->start > done.off ? r->start : done.off;
-		to = r->end - done.off < (off_t)n ? r->end : done.off + (off_t)n;
+		to = r->end - done.off < (off_t)n ? r->end
+						  : done.off + (off_t)n;
 		for (off_t p = from; p < to; p++)
 			buf[p - done.off] ^= (char)0xff;
 	}

@@ -96,7 +96,8 @@ void fault_control_free(struct fault_control *c);
  * is going away). Takes and drops the control's lock; call with none.
  */
 int fault_control_before(struct fault_control *c,
-			 const struct fault_request *req, bool (*abandon)(void));
+			 const struct fault_request *req,
+			 bool (*abandon)(void));
 
 /*
  * After a read returned n bytes of req's range into buf: invert (xor 0xff)

@@ -56,8 +56,8 @@ static void contract(int ok, const char *what)
 
 static void remove_scratch(void)
 {
-	static const char *const made[] = {"l", "f", "a/in", "a", "b", "c",
-					   "m"};
+	static const char *const made[] = {"l", "f", "a/in", "a",
+					   "b", "c", "m"};
 	for (size_t i = 0; i < sizeof(made) / sizeof(made[0]); i++)
 		if (unlinkat(scratch_fd, made[i], 0) && errno == EISDIR)
 			unlinkat(scratch_fd, made[i], AT_REMOVEDIR);
@@ -157,7 +157,8 @@ static int format_command(const struct config_command *cmd, char *out,
 					? "fifo"
 					: "quorum");
 	case CMD_REWRITE_CORRUPTED:
-		return snprintf(out, len, "%s %s", verb, cmd->on ? "on" : "off");
+		return snprintf(out, len, "%s %s", verb,
+				cmd->on ? "on" : "off");
 	}
 	return -1;
 }
@@ -281,8 +282,8 @@ static void fuzz_args(const uint8_t *data, size_t size)
 	contract(copy != NULL, "memory for the arguments");
 	memcpy(copy, data, size);
 	copy[size] = '\0';
-	for (char *p = copy; p <= copy + size &&
-			     n < (int)(sizeof(field) / sizeof(field[0]));
+	for (char *p = copy;
+	     p <= copy + size && n < (int)(sizeof(field) / sizeof(field[0]));
 	     p += strlen(p) + 1)
 		field[n++] = p;
 	flags = (unsigned char)field[0][0];
