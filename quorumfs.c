@@ -171,12 +171,23 @@ static void control_read(fuse_req_t req, size_t size, off_t off,
 			 struct fuse_file_info *fi)
 {
 	struct control_handle *h = control_of(fi);
+	char *copy;
 
 	if ((size_t)off >= h->len)
 		size = 0;
 	else if (size > h->len - off)
 		size = h->len - off;
-	fuse_reply_buf(req, size ? h->status + off : NULL, size);
+	/* A release may free h as soon as the reply is out, while the reply
+	 * call may still look at its buffer: reply from our own copy. */
+	copy = malloc(size ? size : 1);
+	if (!copy) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	if (size)
+		memcpy(copy, h->status + off, size);
+	fuse_reply_buf(req, copy, size);
+	free(copy);
 }
 
 static void control_write(fuse_req_t req, const char *buf, size_t size)
@@ -780,6 +791,30 @@ static void emit_mount_event(struct event_log *log, const char *name,
 	event_log_emit(log, name, data);
 }
 
+/* UNMOUNTED names the children and threshold in force at the end. */
+static void emit_unmounted(struct event_log *log, struct child_set *set,
+			   const char *mountpoint)
+{
+	struct json_object *status = children_status(set), *list, *children;
+	struct json_object *data = json_object_new_object(), *v;
+
+	json_object_object_add(data, "mountpoint",
+			       json_object_new_string(mountpoint));
+	children = json_object_new_array();
+	if (json_object_object_get_ex(status, "children", &list))
+		for (size_t i = 0; i < json_object_array_length(list); i++)
+			if (json_object_object_get_ex(
+				    json_object_array_get_idx(list, i), "path",
+				    &v))
+				json_object_array_add(children,
+						      json_object_get(v));
+	json_object_object_add(data, "children", children);
+	if (json_object_object_get_ex(status, "threshold", &v))
+		json_object_object_add(data, "threshold", json_object_get(v));
+	json_object_put(status);
+	event_log_emit(log, "UNMOUNTED", data);
+}
+
 static int run_loop(struct fuse_session *se,
 		    const struct fuse_cmdline_opts *opts)
 {
@@ -861,7 +896,7 @@ static int serve(const struct fuse_cmdline_opts *opts, const struct config *cfg,
 		if (fs_fatal(q->fs))
 			ret = 1; /* blkverify found a mismatch */
 		event_log_flush_throttled(log);
-		emit_mount_event(log, "UNMOUNTED", cfg);
+		emit_unmounted(log, set, cfg->mountpoint);
 		set_sighup(false);
 	}
 	fuse_session_unmount(q->se);

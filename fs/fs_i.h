@@ -134,6 +134,8 @@ struct node *node_install(struct fs *fs, struct node *parent, const char *name,
 int node_fd(struct fs *fs, struct node *n, int slot);
 /* An open file's handle in a slot, opened on first use; or -errno. */
 int fs_file_fd(struct fs *fs, struct fs_file *f, int slot);
+/* Give n a copy of handle for slot unless it has a live one already. */
+void node_adopt_fd(struct fs *fs, struct node *n, int slot, int handle);
 /* Close every node's and open file's handle in a slot (child removed). */
 void node_forget_slot(struct fs *fs, int slot);
 void files_forget_slot(struct fs *fs, int slot);

@@ -374,6 +374,23 @@ int node_fd(struct fs *fs, struct node *n, int slot)
 	return fd;
 }
 
+void node_adopt_fd(struct fs *fs, struct node *n, int slot, int handle)
+{
+	bool asked[CHILDREN_MAX] = {false};
+	int expected = -1, copy = dup(handle);
+
+	if (copy < 0)
+		return;
+	asked[slot] = true;
+	pthread_mutex_lock(&fs->table_lock);
+	retire_deleted_locked(n, asked);
+	if (atomic_compare_exchange_strong(&n->fd[slot], &expected, copy))
+		copy = -1;
+	pthread_mutex_unlock(&fs->table_lock);
+	if (copy >= 0)
+		close(copy);
+}
+
 static void forget_slot(struct node *n, int slot)
 {
 	int fd = atomic_exchange(&n->fd[slot], -1);

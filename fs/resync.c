@@ -47,6 +47,9 @@ struct resync {
 	struct resync *next; /* guarded by fs->resync_lock */
 	/* Only the resync thread touches the rest. */
 	uint64_t bytes_done, bytes_total, files_done, files_total;
+	uint64_t file_base; /* bytes of the files copied before this one */
+	uint64_t created;   /* entries made in the current pass */
+	bool catchup;	    /* a pass that only fills in missing entries */
 	struct timespec last_progress;
 	char reason[256];
 	struct node **linked; /* files with several names, already copied */
@@ -89,6 +92,19 @@ static void progress(struct resync *rs, bool force)
 	json_object_object_add(d, "files-total",
 			       json_object_new_int64(rs->files_total));
 	event_log_emit(rs->fs->log, "RESYNC_PROGRESS", d);
+}
+
+/*
+ * Move bytes-done forward. Files grow and shrink under a live copy, so the
+ * offsets reached are not exact; the count only ever rises and never
+ * passes the total before the end.
+ */
+static void advance(struct resync *rs, uint64_t done)
+{
+	if (done > rs->bytes_total)
+		done = rs->bytes_total;
+	if (done > rs->bytes_done)
+		rs->bytes_done = done;
 }
 
 /* ---- walking the voted tree ---- */
@@ -235,36 +251,52 @@ static void remember_linked(struct resync *rs, struct node *n)
 	node_ref(rs->fs, n);
 }
 
-/* Create one entry on the child, of the voted type. */
-static int create_entry(struct resync *rs, int dfd, const char *name,
-			const struct fs_entry *e)
+/* Truncate the child's existing file under the file's whole range, so
+ * it keeps its inode (open handles stay valid) and starts empty. */
+static int empty_file(struct node *n, int dfd, const char *name)
 {
-	struct node *n = node_get(rs->fs, e->ino);
+	struct range_claim claim;
+	int fd, ret;
+
+	fd = openat(dfd, name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	range_lock(&n->ranges, &claim, 0, FS_OFF_MAX, true);
+	ret = errno_of(ftruncate(fd, 0));
+	range_unlock(&n->ranges, &claim);
+	close(fd);
+	return ret;
+}
+
+/* Another name of a file copied already: link it, unless it is one. */
+static int link_entry(struct resync *rs, struct node *n, int dfd,
+		      const char *name, const struct stat *have, bool exists)
+{
+	int fd = node_fd(rs->fs, n, rs->slot);
+	struct stat st;
+	char proc[64];
+
+	if (fd < 0)
+		return fd;
+	if (exists && fstat(fd, &st) == 0 && st.st_ino == have->st_ino &&
+	    st.st_dev == have->st_dev)
+		return 0;
+	if (exists)
+		remove_tree(dfd, name);
+	fd_proc_path(fd, proc);
+	return errno_of(linkat(AT_FDCWD, proc, dfd, name, AT_SYMLINK_FOLLOW));
+}
+
+static int make_entry(struct resync *rs, int dfd, const char *name,
+		      const struct fs_entry *e)
+{
 	mode_t mode = e->attr.st_mode;
 	char target[PATH_MAX + 1];
 	ssize_t len;
 	int fd;
 
-	if (S_ISDIR(mode)) {
-		struct stat st;
-
-		if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-		    S_ISDIR(st.st_mode))
-			return 0;
-		remove_tree(dfd, name);
+	if (S_ISDIR(mode))
 		return errno_of(mkdirat(dfd, name, mode & 07777));
-	}
-	remove_tree(dfd, name);
-	if (S_ISREG(mode) && e->attr.st_nlink > 1 && already_linked(rs, n)) {
-		char proc[64];
-
-		fd = node_fd(rs->fs, n, rs->slot);
-		if (fd < 0)
-			return fd;
-		fd_proc_path(fd, proc);
-		return errno_of(
-			linkat(AT_FDCWD, proc, dfd, name, AT_SYMLINK_FOLLOW));
-	}
 	if (S_ISREG(mode)) {
 		fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
 			    mode & 07777);
@@ -278,6 +310,35 @@ static int create_entry(struct resync *rs, int dfd, const char *name,
 		return errno_of(symlinkat(target, dfd, name));
 	}
 	return errno_of(mknodat(dfd, name, mode, e->attr.st_rdev));
+}
+
+/*
+ * Make name on the child an entry of the voted type. A directory or
+ * regular file the child already has keeps its inode; anything else is
+ * replaced. Returns 1 when a catch-up pass finds the entry in place, 0
+ * when it was (re)made, or -errno.
+ */
+static int create_entry(struct resync *rs, int dfd, const char *name,
+			const struct fs_entry *e)
+{
+	struct node *n = node_get(rs->fs, e->ino);
+	mode_t type = e->attr.st_mode & S_IFMT;
+	struct stat have;
+	bool exists = fstatat(dfd, name, &have, AT_SYMLINK_NOFOLLOW) == 0;
+	bool same = exists && (have.st_mode & S_IFMT) == type;
+
+	if (rs->catchup && same)
+		return 1;
+	rs->created++;
+	if (S_ISREG(type) && e->attr.st_nlink > 1 && already_linked(rs, n))
+		return link_entry(rs, n, dfd, name, &have, exists);
+	if (same && S_ISDIR(type))
+		return 0;
+	if (same && S_ISREG(type))
+		return empty_file(n, dfd, name);
+	if (exists)
+		remove_tree(dfd, name);
+	return make_entry(rs, dfd, name, e);
 }
 
 /* Copy one chunk of data at off (a data region of the voters). */
@@ -338,27 +399,24 @@ static int copy_data(struct resync *rs, struct fs_file *f, int out)
 		if (hole > data + RESYNC_CHUNK)
 			hole = data + RESYNC_CHUNK;
 		ret = copy_chunk(rs, f, out, data, hole - data);
-		rs->bytes_done += hole - data;
+		advance(rs, rs->file_base + hole);
 		progress(rs, false);
 		off = hole;
 	}
 	return ret ? ret : atomic_load(&rs->stop) ? -ECANCELED : 0;
 }
 
-static int copy_file(struct resync *rs, const struct fs_entry *e)
+/* Copy the voted data of e into the child's file behind handle. */
+static int copy_file(struct resync *rs, const struct fs_entry *e, int handle)
 {
-	struct fs *fs = rs->fs;
 	struct fs_file *f;
 	char proc[64];
-	int pfd, out, ret;
+	int out, ret;
 
-	pfd = node_fd(fs, node_get(fs, e->ino), rs->slot);
-	if (pfd < 0)
-		return pfd;
-	ret = fs_open(fs, e->ino, O_RDONLY, &f);
+	ret = fs_open(rs->fs, e->ino, O_RDONLY, &f);
 	if (ret)
 		return ret;
-	fd_proc_path(pfd, proc);
+	fd_proc_path(handle, proc);
 	out = open(proc, O_WRONLY | O_CLOEXEC);
 	if (out < 0) {
 		ret = -errno;
@@ -368,18 +426,19 @@ static int copy_file(struct resync *rs, const struct fs_entry *e)
 			ret = finish_file(rs, f, out);
 		close(out);
 	}
-	fs_release(fs, f);
+	fs_release(rs->fs, f);
+	rs->file_base += e->attr.st_size;
+	advance(rs, rs->file_base);
 	return ret;
 }
 
-static int copy_xattrs(struct resync *rs, const struct fs_entry *e,
-		       const char *proc)
+static int copy_xattrs(struct resync *rs, uint64_t ino, const char *proc)
 {
 	char *list = NULL, *value = NULL;
 	ssize_t len, vlen;
 	int ret = 0;
 
-	len = fs_listxattr(rs->fs, e->ino, NULL, 0);
+	len = fs_listxattr(rs->fs, ino, NULL, 0);
 	if (len <= 0)
 		return len < 0 && len != -ENOTSUP ? (int)len : 0;
 	list = malloc(len);
@@ -388,10 +447,10 @@ static int copy_xattrs(struct resync *rs, const struct fs_entry *e,
 		ret = -ENOMEM;
 		goto out;
 	}
-	len = fs_listxattr(rs->fs, e->ino, list, len);
+	len = fs_listxattr(rs->fs, ino, list, len);
 	for (ssize_t i = 0; !ret && len > 0 && i < len;
 	     i += strlen(list + i) + 1) {
-		vlen = fs_getxattr(rs->fs, e->ino, list + i, value,
+		vlen = fs_getxattr(rs->fs, ino, list + i, value,
 				   XATTR_SIZE_MAX);
 		if (vlen >= 0)
 			ret = errno_of(
@@ -403,28 +462,29 @@ out:
 	return ret;
 }
 
-/* Owner, mode, xattrs and times: last, as writing changes the times. */
-static int copy_metadata(struct resync *rs, int dfd, const char *name,
-			 const struct fs_entry *e)
+/*
+ * Owner, mode, xattrs and times of the entry behind handle; last, as
+ * writing changes the times. Through the handle, not the name: the file
+ * may be renamed meanwhile.
+ */
+static int copy_metadata(struct resync *rs, int handle, uint64_t ino,
+			 const struct stat *st)
 {
-	const struct stat *st = &e->attr;
 	struct timespec ts[2] = {st->st_atim, st->st_mtim};
+	bool link = S_ISLNK(st->st_mode);
 	char proc[64];
-	int ret, fd;
+	int ret;
 
-	ret = errno_of(fchownat(dfd, name, st->st_uid, st->st_gid,
-				AT_SYMLINK_NOFOLLOW));
-	if (!ret && !S_ISLNK(st->st_mode))
-		ret = errno_of(fchmodat(dfd, name, st->st_mode & 07777, 0));
-	if (!ret && !S_ISLNK(st->st_mode)) {
-		fd = node_fd(rs->fs, node_get(rs->fs, e->ino), rs->slot);
-		if (fd < 0)
-			return fd;
-		fd_proc_path(fd, proc);
-		ret = copy_xattrs(rs, e, proc);
-	}
+	fd_proc_path(handle, proc);
+	ret = errno_of(fchownat(handle, "", st->st_uid, st->st_gid,
+				AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
+	if (!ret && !link)
+		ret = errno_of(chmod(proc, st->st_mode & 07777));
+	if (!ret && !link)
+		ret = copy_xattrs(rs, ino, proc);
 	if (!ret)
-		ret = errno_of(utimensat(dfd, name, ts, AT_SYMLINK_NOFOLLOW));
+		ret = errno_of(utimensat(handle, "", ts,
+					 AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
 	return ret;
 }
 
@@ -432,57 +492,84 @@ static int copy_dir(struct resync *rs, struct node *dir);
 
 /*
  * Create name under the directory's exclusive claim, after checking that
- * a quorum still has it (the lookup is voted).
+ * a quorum still has it (the lookup is voted). On success *handle is an
+ * O_PATH handle of the child's entry, also given to the node.
  */
 static int place_entry(struct resync *rs, struct node *dir, int dfd,
-		       const char *name, struct fs_entry *e)
+		       const char *name, struct fs_entry *e, int *handle)
 {
 	struct fs *fs = rs->fs;
 	struct range_claim claim;
 	int ret;
 
+	*handle = -1;
 	range_lock(&dir->ranges, &claim, 0, FS_OFF_MAX, true);
 	ret = fs_lookup(fs, node_ino(fs, dir), name, e);
 	if (!ret) {
 		ret = create_entry(rs, dfd, name, e);
-		if (ret)
+		if (ret >= 0) {
+			*handle = openat(dfd, name,
+					 O_PATH | O_NOFOLLOW | O_CLOEXEC);
+			if (*handle < 0)
+				ret = -errno;
+			else
+				node_adopt_fd(fs, node_get(fs, e->ino),
+					      rs->slot, *handle);
+		}
+		if (ret < 0)
 			fs_forget(fs, e->ino, 1);
 	}
 	range_unlock(&dir->ranges, &claim);
 	return ret;
 }
 
+static int copy_content(struct resync *rs, const struct fs_entry *e, int handle,
+			bool placed)
+{
+	struct node *n = node_get(rs->fs, e->ino);
+	int ret = 0;
+
+	if (S_ISDIR(e->attr.st_mode)) {
+		uint64_t before = rs->created;
+
+		ret = copy_dir(rs, n);
+		/* A catch-up pass leaves a directory alone unless it had to
+		 * create something inside it (its times changed then). */
+		if (ret || (!placed && rs->created == before))
+			return ret;
+	} else if (!placed) {
+		return 0;
+	} else if (S_ISREG(e->attr.st_mode) && !already_linked(rs, n)) {
+		ret = copy_file(rs, e, handle);
+		if (!ret && e->attr.st_nlink > 1)
+			remember_linked(rs, n);
+	}
+	return ret ? ret : copy_metadata(rs, handle, e->ino, &e->attr);
+}
+
 static int copy_entry(struct resync *rs, struct node *dir, const char *name,
 		      const struct fs_entry *listed)
 {
-	int dfd = node_fd(rs->fs, dir, rs->slot);
+	int dfd = node_fd(rs->fs, dir, rs->slot), handle, ret;
 	struct fs_entry e;
-	struct node *n;
-	int ret;
 
 	(void)listed;
 	if (dfd < 0)
 		return fail(rs, dfd, "no directory for", name);
-	ret = place_entry(rs, dir, dfd, name, &e);
+	ret = place_entry(rs, dir, dfd, name, &e, &handle);
 	if (ret == -ENOENT)
-		return 0; /* removed meanwhile: nothing to copy */
-	if (ret)
+		return 0; /* gone meanwhile: a catch-up pass reconciles */
+	if (ret < 0)
 		return fail(rs, ret, "cannot create", name);
-	n = node_get(rs->fs, e.ino);
-	if (S_ISREG(e.attr.st_mode) && !already_linked(rs, n)) {
-		ret = copy_file(rs, &e);
-		if (!ret && e.attr.st_nlink > 1)
-			remember_linked(rs, n);
-	} else if (S_ISDIR(e.attr.st_mode)) {
-		ret = copy_dir(rs, n);
-	}
-	if (!ret)
-		ret = copy_metadata(rs, dfd, name, &e);
+	ret = copy_content(rs, &e, handle, ret == 0);
+	close(handle);
+	fs_forget(rs->fs, e.ino, 1);
+	if (ret == -ENOENT)
+		ret = 0; /* removed or renamed while copied: as above */
 	if (ret && ret != -ECANCELED)
 		fail(rs, ret, "cannot copy", name);
-	rs->files_done++;
+	rs->files_done += !rs->catchup;
 	progress(rs, false);
-	fs_forget(rs->fs, e.ino, 1);
 	return ret;
 }
 
@@ -513,6 +600,8 @@ static void resync_finish(struct resync *rs, int ret)
 				   rs->reason[0] ? rs->reason : strerror(-ret));
 		return;
 	}
+	rs->bytes_done = rs->bytes_total;
+	rs->files_done = rs->files_total;
 	progress(rs, true);
 	d = json_object_new_object();
 	json_object_object_add(d, "node-name",
@@ -526,28 +615,44 @@ static void resync_finish(struct resync *rs, int ret)
 			   "resync completed");
 }
 
-/* The root's own owner, mode and times (it has no name to copy under). */
 static int copy_root_metadata(struct resync *rs)
 {
 	int fd = node_fd(rs->fs, &rs->fs->root, rs->slot);
 	struct stat st;
-	char proc[64];
 	int ret;
 
 	if (fd < 0)
 		return fd;
 	ret = fs_getattr(rs->fs, FS_ROOT_INO, &st);
-	if (ret)
-		return ret;
-	fd_proc_path(fd, proc);
-	ret = errno_of(chown(proc, st.st_uid, st.st_gid));
-	if (!ret)
-		ret = errno_of(chmod(proc, st.st_mode & 07777));
-	if (!ret)
-		ret = errno_of(utimensat(
-			AT_FDCWD, proc,
-			(struct timespec[2]){st.st_atim, st.st_mtim}, 0));
-	return ret;
+	return ret ? ret : copy_metadata(rs, fd, FS_ROOT_INO, &st);
+}
+
+/*
+ * Live renames into a directory already copied, of entries the child did
+ * not have yet, reach only the voters. Catch-up passes copy whatever is
+ * still missing until a pass finds nothing; a tree that keeps changing
+ * faster than that fails the resync rather than turn an incomplete child
+ * into a voter.
+ */
+#define RESYNC_CATCHUP_PASSES 8
+
+static int copy_tree(struct resync *rs)
+{
+	int ret = copy_dir(rs, &rs->fs->root);
+
+	rs->catchup = true;
+	for (int pass = 0; !ret; pass++) {
+		rs->created = 0;
+		ret = copy_dir(rs, &rs->fs->root);
+		if (!ret && rs->created == 0)
+			break;
+		if (!ret && pass == RESYNC_CATCHUP_PASSES) {
+			snprintf(rs->reason, sizeof(rs->reason),
+				 "the tree kept changing during the copy");
+			ret = -EAGAIN;
+		}
+	}
+	return ret ? ret : copy_root_metadata(rs);
 }
 
 static void *resync_thread(void *arg)
@@ -558,9 +663,7 @@ static void *resync_thread(void *arg)
 	ret = walk_dir(rs, &rs->fs->root, count_entry);
 	progress(rs, true);
 	if (!ret)
-		ret = copy_dir(rs, &rs->fs->root);
-	if (!ret)
-		ret = copy_root_metadata(rs);
+		ret = copy_tree(rs);
 	resync_finish(rs, ret);
 	return NULL;
 }
