@@ -80,8 +80,10 @@ def rule(action, op=None, path=None, offset=None, length=None):
 
 
 class FaultFS:
-    """faultfs over `backing`, mounted on `mnt`. The rules file lives in a
-    private temporary directory unless `control` names one."""
+    """faultfs over `backing`, mounted on `mnt`. The rules file and
+    faultfs's stderr live in a private temporary directory, removed by
+    stop() and cleanup(), unless `control` names the rules file (the
+    stderr file is then next to it and stays)."""
 
     def __init__(self, backing, mnt, control=None, opts=(), binary=None):
         self.backing = str(backing)
@@ -128,15 +130,17 @@ class FaultFS:
         end = time.monotonic() + timeout
         while not fuse_mounted(self.mnt):
             if self.proc.poll() is not None:
-                raise FaultFSError(
-                    "faultfs exited with status %d before mounting\n"
-                    "command: %s\nstderr:\n%s" % (
-                        self.proc.returncode, shlex.join(self.command()),
-                        self.stderr()))
-            if time.monotonic() > end:
+                msg = ("faultfs exited with status %d before mounting\n"
+                       "command: %s\nstderr:\n%s" % (
+                           self.proc.returncode, shlex.join(self.command()),
+                           self.stderr()))
                 self.cleanup()
-                raise FaultFSError("faultfs did not mount %s within %.0fs" %
-                                   (self.mnt, timeout))
+                raise FaultFSError(msg)
+            if time.monotonic() > end:
+                msg = "faultfs did not mount %s within %.0fs\nstderr:\n%s" % (
+                    self.mnt, timeout, self.stderr())
+                self.cleanup()
+                raise FaultFSError(msg)
             time.sleep(0.01)
         return self
 
@@ -162,7 +166,8 @@ class FaultFS:
                     rc = self.proc.wait(timeout)
                 except subprocess.TimeoutExpired:
                     raise FaultFSError("faultfs did not exit within %.0fs "
-                                       "of unmount" % timeout)
+                                       "of unmount\nstderr:\n%s" % (
+                                           timeout, self.stderr()))
                 if rc != 0:
                     raise FaultFSError("faultfs exited with status %d\n"
                                        "stderr:\n%s" % (rc, self.stderr()))
@@ -174,9 +179,7 @@ class FaultFS:
         except BaseException:
             self.cleanup()
             raise
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
+        self._remove_tmp()
 
     def _unmount(self, timeout):
         # Callers that a stall released may still hold files open for a
@@ -202,8 +205,13 @@ class FaultFS:
             subprocess.run(["fusermount3", "-u", "-z", self.mnt],
                            stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-        # The temporary directory stays: its stderr file explains the
-        # failure.
+        self._remove_tmp()
+
+    def _remove_tmp(self):
+        # Only a directory of our own making; read stderr() before.
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
 
     # -- rules --
 
