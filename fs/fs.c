@@ -13,6 +13,21 @@
 
 #include "vote/vote.h"
 
+/* Writers first: a resync waiting to make its child vote must not starve
+ * behind a stream of namespace changes (which never nest the lock). */
+static int init_barrier(pthread_rwlock_t *lock)
+{
+	pthread_rwlockattr_t attr;
+	int ret;
+
+	pthread_rwlockattr_init(&attr);
+	pthread_rwlockattr_setkind_np(
+		&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	ret = -pthread_rwlock_init(lock, &attr);
+	pthread_rwlockattr_destroy(&attr);
+	return ret;
+}
+
 int fs_new(struct child_set *set, struct pool *pool, struct event_log *log,
 	   struct fs **out)
 {
@@ -21,6 +36,11 @@ int fs_new(struct child_set *set, struct pool *pool, struct event_log *log,
 
 	if (!fs)
 		return -ENOMEM;
+	ret = init_barrier(&fs->ns_barrier);
+	if (ret) {
+		free(fs);
+		return ret;
+	}
 	fs->set = set;
 	fs->pool = pool;
 	fs->log = log;
@@ -43,10 +63,13 @@ void fs_free(struct fs *fs)
 	if (!fs)
 		return;
 	resync_stop(fs, NULL);
+	for (int slot = 0; slot < CHILDREN_MAX; slot++)
+		resync_forget_dirty(fs, slot);
 	files_release_all(fs);
 	nodes_destroy(fs);
 	pthread_mutex_destroy(&fs->files_lock);
 	pthread_mutex_destroy(&fs->resync_lock);
+	pthread_rwlock_destroy(&fs->ns_barrier);
 	pthread_mutex_destroy(&fs->control_lock);
 	free(fs->mountpoint);
 	free(fs);

@@ -88,7 +88,11 @@ struct fs {
 	bool as_root; /* daemon may chown new entries to the caller */
 
 	pthread_mutex_t resync_lock;
-	struct resync *resyncs; /* guarded by resync_lock */
+	struct resync *resyncs;		       /* guarded by resync_lock */
+	struct dirty_dir *dirty[CHILDREN_MAX]; /* guarded by resync_lock */
+	/* Held shared by every namespace change, exclusively by a resync
+	 * while it makes its child vote (resync.c). */
+	pthread_rwlock_t ns_barrier;
 
 	/* The mount, for refusing children inside it (control.c). */
 	char *mountpoint;
@@ -203,6 +207,16 @@ struct node *fs_file_node(const struct fs_file *f);
 struct resync;
 int resync_start(struct fs *fs, struct child *c);
 void resync_stop(struct fs *fs, struct child *c);
+/*
+ * A namespace change that failed on a syncing child with ENOENT (e.g. a
+ * rename whose source sits in a directory the copy has not reached) marks
+ * the directory it changed for that child's resync to complete again.
+ */
+struct dirty_dir;
+void resync_mark_dirty(struct fs *fs, int slot, struct node *dir);
+struct node *resync_take_dirty(struct fs *fs, int slot);
+bool resync_has_dirty(struct fs *fs, int slot);
+void resync_forget_dirty(struct fs *fs, int slot);
 
 /* Voted attributes of a node (meta.c). Takes no range lock. */
 int attr_vote(struct fs *fs, const struct child_view *view, struct node *n,

@@ -408,7 +408,7 @@ static int first_voting_success(const struct fanout *fo)
  * exclusively while it creates an entry on a new child, never copies an
  * entry that a concurrent unlink or rename has just removed.
  */
-static void ns_lock(struct ns_op *op, struct range_claim *a,
+static void ns_lock(struct fs *fs, struct ns_op *op, struct range_claim *a,
 		    struct range_claim *b, bool lock)
 {
 	struct node *first = op->parent, *second = op->newparent;
@@ -425,11 +425,27 @@ static void ns_lock(struct ns_op *op, struct range_claim *a,
 		if (second)
 			range_unlock(&second->ranges, b);
 		range_unlock(&first->ranges, a);
+		pthread_rwlock_unlock(&fs->ns_barrier);
 		return;
 	}
+	pthread_rwlock_rdlock(&fs->ns_barrier);
 	range_lock(&first->ranges, a, 0, FS_OFF_MAX, false);
 	if (second)
 		range_lock(&second->ranges, b, 0, FS_OFF_MAX, false);
+}
+
+/* A syncing child that lacked what a change needed (its copy has not
+ * reached it yet) gets the changed directory completed again. */
+static void mark_incomplete(struct fanout *fo, struct ns_op *op)
+{
+	struct node *dir = op->kind == NS_RENAME ? op->newparent : op->parent;
+
+	if (op->kind == NS_LOOKUP)
+		return;
+	for (int i = 0; i < fo->view->n; i++)
+		if (!fo->view->votes[i] && fo->ret[i] == -ENOENT)
+			resync_mark_dirty(fo->fs,
+					  child_slot(fo->view->child[i]), dir);
 }
 
 static int ns_run(struct fs *fs, struct ns_op *op, struct fs_entry *e)
@@ -439,9 +455,10 @@ static int ns_run(struct fs *fs, struct ns_op *op, struct fs_entry *e)
 	struct range_claim a, b;
 	int ret, key;
 
-	ns_lock(op, &a, &b, true);
+	ns_lock(fs, op, &a, &b, true);
 	fanout_run(&fo);
-	ns_lock(op, &a, &b, false);
+	mark_incomplete(&fo, op);
+	ns_lock(fs, op, &a, &b, false);
 	if (op->kind == NS_LOOKUP) {
 		key = ret = lookup_vote(&fo, op);
 		if (ret >= 0)

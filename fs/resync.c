@@ -192,24 +192,21 @@ static int remove_tree(int dfd, const char *name)
 }
 
 /* Remove what the child has in dir that the voted listing lacks. */
-static int remove_extras(struct resync *rs, struct node *dir, int dfd)
+static int remove_extras(struct resync *rs, struct node *dir, int dfd,
+			 const struct fs_dir *voted)
 {
 	struct fs *fs = rs->fs;
 	struct dirent *de;
-	struct fs_dir *voted;
-	int ret, fd;
+	int ret = 0, fd;
 	DIR *d;
 
-	ret = fs_opendir(fs, node_ino(fs, dir), &voted);
-	if (ret)
-		return ret;
 	fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	d = fd < 0 ? NULL : fdopendir(fd);
 	if (!d) {
 		ret = -errno;
 		if (fd >= 0)
 			close(fd);
-		goto out;
+		return ret;
 	}
 	while (!ret && (de = readdir(d))) {
 		bool keep = !strcmp(de->d_name, ".") ||
@@ -226,8 +223,6 @@ static int remove_extras(struct resync *rs, struct node *dir, int dfd)
 			ret = remove_tree(dfd, de->d_name);
 	}
 	closedir(d);
-out:
-	fs_releasedir(voted);
 	return ret;
 }
 
@@ -312,11 +307,16 @@ static int make_entry(struct resync *rs, int dfd, const char *name,
 	return errno_of(mknodat(dfd, name, mode, e->attr.st_rdev));
 }
 
+enum placed_how {
+	PLACED_MADE,   /* created, or an existing one kept and emptied */
+	PLACED_THERE,  /* a dirty-directory pass found it in place */
+	PLACED_LINKED, /* another name of a file placed already */
+};
+
 /*
  * Make name on the child an entry of the voted type. A directory or
  * regular file the child already has keeps its inode; anything else is
- * replaced. Returns 1 when a catch-up pass finds the entry in place, 0
- * when it was (re)made, or -errno.
+ * replaced. Returns an enum placed_how, or -errno.
  */
 static int create_entry(struct resync *rs, int dfd, const char *name,
 			const struct fs_entry *e)
@@ -326,19 +326,25 @@ static int create_entry(struct resync *rs, int dfd, const char *name,
 	struct stat have;
 	bool exists = fstatat(dfd, name, &have, AT_SYMLINK_NOFOLLOW) == 0;
 	bool same = exists && (have.st_mode & S_IFMT) == type;
+	bool shared = S_ISREG(type) && e->attr.st_nlink > 1;
+	int ret;
 
 	if (rs->catchup && same)
-		return 1;
-	rs->created++;
-	if (S_ISREG(type) && e->attr.st_nlink > 1 && already_linked(rs, n))
-		return link_entry(rs, n, dfd, name, &have, exists);
+		return PLACED_THERE;
+	if (shared && already_linked(rs, n)) {
+		ret = link_entry(rs, n, dfd, name, &have, exists);
+		return ret ? ret : PLACED_LINKED;
+	}
 	if (same && S_ISDIR(type))
-		return 0;
-	if (same && S_ISREG(type))
-		return empty_file(n, dfd, name);
-	if (exists)
-		remove_tree(dfd, name);
-	return make_entry(rs, dfd, name, e);
+		ret = 0;
+	else if (same && S_ISREG(type))
+		ret = empty_file(n, dfd, name);
+	else {
+		if (exists)
+			remove_tree(dfd, name);
+		ret = make_entry(rs, dfd, name, e);
+	}
+	return ret ? ret : PLACED_MADE;
 }
 
 /* Copy one chunk of data at off (a data region of the voters). */
@@ -488,107 +494,6 @@ static int copy_metadata(struct resync *rs, int handle, uint64_t ino,
 	return ret;
 }
 
-static int copy_dir(struct resync *rs, struct node *dir);
-
-/*
- * Create name under the directory's exclusive claim, after checking that
- * a quorum still has it (the lookup is voted). On success *handle is an
- * O_PATH handle of the child's entry, also given to the node.
- */
-static int place_entry(struct resync *rs, struct node *dir, int dfd,
-		       const char *name, struct fs_entry *e, int *handle)
-{
-	struct fs *fs = rs->fs;
-	struct range_claim claim;
-	int ret;
-
-	*handle = -1;
-	range_lock(&dir->ranges, &claim, 0, FS_OFF_MAX, true);
-	ret = fs_lookup(fs, node_ino(fs, dir), name, e);
-	if (!ret) {
-		ret = create_entry(rs, dfd, name, e);
-		if (ret >= 0) {
-			*handle = openat(dfd, name,
-					 O_PATH | O_NOFOLLOW | O_CLOEXEC);
-			if (*handle < 0)
-				ret = -errno;
-			else
-				node_adopt_fd(fs, node_get(fs, e->ino),
-					      rs->slot, *handle);
-		}
-		if (ret < 0)
-			fs_forget(fs, e->ino, 1);
-	}
-	range_unlock(&dir->ranges, &claim);
-	return ret;
-}
-
-static int copy_content(struct resync *rs, const struct fs_entry *e, int handle,
-			bool placed)
-{
-	struct node *n = node_get(rs->fs, e->ino);
-	int ret = 0;
-
-	if (S_ISDIR(e->attr.st_mode)) {
-		uint64_t before = rs->created;
-
-		ret = copy_dir(rs, n);
-		/* A catch-up pass leaves a directory alone unless it had to
-		 * create something inside it (its times changed then). */
-		if (ret || (!placed && rs->created == before))
-			return ret;
-	} else if (!placed) {
-		return 0;
-	} else if (S_ISREG(e->attr.st_mode) && !already_linked(rs, n)) {
-		ret = copy_file(rs, e, handle);
-		if (!ret && e->attr.st_nlink > 1)
-			remember_linked(rs, n);
-	}
-	return ret ? ret : copy_metadata(rs, handle, e->ino, &e->attr);
-}
-
-static int copy_entry(struct resync *rs, struct node *dir, const char *name,
-		      const struct fs_entry *listed)
-{
-	int dfd = node_fd(rs->fs, dir, rs->slot), handle, ret;
-	struct fs_entry e;
-
-	(void)listed;
-	if (dfd < 0)
-		return fail(rs, dfd, "no directory for", name);
-	ret = place_entry(rs, dir, dfd, name, &e, &handle);
-	if (ret == -ENOENT)
-		return 0; /* gone meanwhile: a catch-up pass reconciles */
-	if (ret < 0)
-		return fail(rs, ret, "cannot create", name);
-	ret = copy_content(rs, &e, handle, ret == 0);
-	close(handle);
-	fs_forget(rs->fs, e.ino, 1);
-	if (ret == -ENOENT)
-		ret = 0; /* removed or renamed while copied: as above */
-	if (ret && ret != -ECANCELED)
-		fail(rs, ret, "cannot copy", name);
-	rs->files_done += !rs->catchup;
-	progress(rs, false);
-	return ret;
-}
-
-static int copy_dir(struct resync *rs, struct node *dir)
-{
-	int dfd = node_fd(rs->fs, dir, rs->slot);
-	int ret;
-
-	if (dfd < 0)
-		return dfd;
-	ret = remove_extras(rs, dir, dfd);
-	if (ret)
-		return fail(rs, ret, "cannot clean",
-			    dir->name ? dir->name : "/");
-	return walk_dir(rs, dir, copy_entry);
-}
-
-/* ---- the job ---- */
-
 static void resync_finish(struct resync *rs, int ret)
 {
 	struct json_object *d;
@@ -615,6 +520,138 @@ static void resync_finish(struct resync *rs, int ret)
 			   "resync completed");
 }
 
+/* An entry made on the child while its directory was held. */
+struct placed {
+	struct fs_entry e;
+	int handle; /* O_PATH handle of the child's entry */
+	enum placed_how how;
+};
+
+static int copy_dir(struct resync *rs, struct node *dir);
+
+/* Place one listed entry; 0 when it is gone since the listing. */
+static int place_entry(struct resync *rs, struct node *dir, int dfd,
+		       const char *name, struct placed *p)
+{
+	struct fs *fs = rs->fs;
+	int ret = fs_lookup(fs, node_ino(fs, dir), name, &p->e);
+
+	if (ret == -ENOENT)
+		return 0;
+	if (ret)
+		return fail(rs, ret, "cannot look up", name);
+	ret = create_entry(rs, dfd, name, &p->e);
+	if (ret >= 0) {
+		p->how = ret;
+		p->handle = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		ret = p->handle < 0 ? -errno : 1;
+	}
+	if (ret == 1) {
+		struct node *n = node_get(fs, p->e.ino);
+
+		node_adopt_fd(fs, n, rs->slot, p->handle);
+		if (p->how == PLACED_MADE && S_ISREG(p->e.attr.st_mode) &&
+		    p->e.attr.st_nlink > 1)
+			remember_linked(rs, n);
+		return 1;
+	}
+	fs_forget(fs, p->e.ino, 1);
+	return fail(rs, ret, "cannot create", name);
+}
+
+/*
+ * Make the child's directory hold exactly the voted names, all at once:
+ * namespace changes hold the directory shared, so while we hold it
+ * exclusively nothing moves. Afterwards every change in this directory
+ * reaches the child too. Contents are copied later, through the handles.
+ */
+static int complete_dir(struct resync *rs, struct node *dir, int dfd,
+			struct placed **out, size_t *count)
+{
+	struct fs *fs = rs->fs;
+	struct range_claim claim;
+	struct fs_dir *voted;
+	struct placed *p = NULL;
+	const char *name;
+	struct stat st;
+	size_t n = 0;
+	int ret;
+
+	range_lock(&dir->ranges, &claim, 0, FS_OFF_MAX, true);
+	ret = fs_opendir(fs, node_ino(fs, dir), &voted);
+	if (ret)
+		goto out;
+	ret = remove_extras(rs, dir, dfd, voted);
+	for (size_t i = 0; !ret && fs_dir_entry(voted, i, &name, &st); i++) {
+		struct placed *grown;
+
+		if (!strcmp(name, ".") || !strcmp(name, ".."))
+			continue;
+		grown = realloc(p, (n + 1) * sizeof(*p));
+		if (!grown) {
+			ret = -ENOMEM;
+			break;
+		}
+		p = grown;
+		ret = place_entry(rs, dir, dfd, name, &p[n]);
+		n += ret == 1;
+		ret = ret < 0 ? ret : 0;
+	}
+	fs_releasedir(voted);
+out:
+	range_unlock(&dir->ranges, &claim);
+	*out = p;
+	*count = n;
+	return ret;
+}
+
+static int copy_content(struct resync *rs, struct placed *p)
+{
+	struct node *n = node_get(rs->fs, p->e.ino);
+	int ret = 0;
+
+	if (S_ISDIR(p->e.attr.st_mode)) {
+		ret = copy_dir(rs, n);
+		/* A dirty-directory pass leaves a directory's own metadata
+		 * alone when it was already in place. */
+		if (ret || p->how == PLACED_THERE)
+			return ret;
+	} else if (p->how != PLACED_MADE) {
+		return 0;
+	} else if (S_ISREG(p->e.attr.st_mode)) {
+		ret = copy_file(rs, &p->e, p->handle);
+	}
+	return ret ? ret : copy_metadata(rs, p->handle, p->e.ino, &p->e.attr);
+}
+
+static int copy_dir(struct resync *rs, struct node *dir)
+{
+	int dfd = node_fd(rs->fs, dir, rs->slot), ret;
+	struct placed *p;
+	size_t n;
+
+	if (dfd < 0)
+		return dfd;
+	ret = complete_dir(rs, dir, dfd, &p, &n);
+	for (size_t i = 0; i < n; i++) {
+		int r = ret ? 0 : copy_content(rs, &p[i]);
+
+		if (r == -ENOENT)
+			r = 0; /* removed while copied: nothing to keep */
+		if (r && r != -ECANCELED)
+			fail(rs, r, "cannot copy", "an entry");
+		ret = ret ? ret : r;
+		if (atomic_load(&rs->stop))
+			ret = -ECANCELED;
+		close(p[i].handle);
+		fs_forget(rs->fs, p[i].e.ino, 1);
+		rs->files_done += !rs->catchup;
+		progress(rs, false);
+	}
+	free(p);
+	return ret;
+}
+
 static int copy_root_metadata(struct resync *rs)
 {
 	int fd = node_fd(rs->fs, &rs->fs->root, rs->slot);
@@ -627,33 +664,49 @@ static int copy_root_metadata(struct resync *rs)
 	return ret ? ret : copy_metadata(rs, fd, FS_ROOT_INO, &st);
 }
 
-/*
- * Live renames into a directory already copied, of entries the child did
- * not have yet, reach only the voters. Catch-up passes copy whatever is
- * still missing until a pass finds nothing; a tree that keeps changing
- * faster than that fails the resync rather than turn an incomplete child
- * into a voter.
- */
-#define RESYNC_CATCHUP_PASSES 8
+/* Directories a live change could not complete on the child (a rename
+ * from a directory not copied yet): complete them again. */
+static int copy_dirty(struct resync *rs)
+{
+	struct node *dir;
+	int ret = 0;
 
+	rs->catchup = true;
+	while (!ret && (dir = resync_take_dirty(rs->fs, rs->slot))) {
+		if (node_fd(rs->fs, dir, rs->slot) >= 0)
+			ret = copy_dir(rs, dir);
+		node_unref(rs->fs, dir);
+	}
+	return ret;
+}
+
+/*
+ * The child votes once no directory is dirty. The check and the switch
+ * happen with every namespace change held off, so none can fail on the
+ * child in between.
+ */
 static int copy_tree(struct resync *rs)
 {
 	int ret = copy_dir(rs, &rs->fs->root);
 
-	rs->catchup = true;
-	for (int pass = 0; !ret; pass++) {
-		rs->created = 0;
-		ret = copy_dir(rs, &rs->fs->root);
-		if (!ret && rs->created == 0)
+	while (!ret) {
+		ret = copy_dirty(rs);
+		if (ret)
 			break;
-		if (!ret && pass == RESYNC_CATCHUP_PASSES) {
-			snprintf(rs->reason, sizeof(rs->reason),
-				 "the tree kept changing during the copy");
-			ret = -EAGAIN;
+		pthread_rwlock_wrlock(&rs->fs->ns_barrier);
+		if (!resync_has_dirty(rs->fs, rs->slot)) {
+			ret = copy_root_metadata(rs);
+			resync_finish(rs, ret);
+			pthread_rwlock_unlock(&rs->fs->ns_barrier);
+			return ret;
 		}
+		pthread_rwlock_unlock(&rs->fs->ns_barrier);
 	}
-	return ret ? ret : copy_root_metadata(rs);
+	resync_finish(rs, ret);
+	return ret;
 }
+
+/* ---- the job ---- */
 
 static void *resync_thread(void *arg)
 {
@@ -662,9 +715,10 @@ static void *resync_thread(void *arg)
 
 	ret = walk_dir(rs, &rs->fs->root, count_entry);
 	progress(rs, true);
-	if (!ret)
-		ret = copy_tree(rs);
-	resync_finish(rs, ret);
+	if (ret)
+		resync_finish(rs, ret);
+	else
+		copy_tree(rs);
 	return NULL;
 }
 
@@ -701,6 +755,7 @@ void resync_stop(struct fs *fs, struct child *c)
 	while ((rs = resync_take(fs, c))) {
 		atomic_store(&rs->stop, true);
 		pthread_join(rs->thread, NULL);
+		resync_forget_dirty(fs, rs->slot);
 		resync_free(rs);
 		if (c)
 			break;
@@ -732,4 +787,60 @@ int resync_start(struct fs *fs, struct child *c)
 	fs->resyncs = rs;
 	pthread_mutex_unlock(&fs->resync_lock);
 	return 0;
+}
+
+/* ---- directories a live change left incomplete on a syncing child ---- */
+
+struct dirty_dir {
+	struct node *dir; /* a reference */
+	struct dirty_dir *next;
+};
+
+void resync_mark_dirty(struct fs *fs, int slot, struct node *dir)
+{
+	struct dirty_dir *d = malloc(sizeof(*d));
+
+	if (!d)
+		return; /* the child turns ok incomplete: lookups report it */
+	node_ref(fs, dir);
+	d->dir = dir;
+	pthread_mutex_lock(&fs->resync_lock);
+	d->next = fs->dirty[slot];
+	fs->dirty[slot] = d;
+	pthread_mutex_unlock(&fs->resync_lock);
+}
+
+struct node *resync_take_dirty(struct fs *fs, int slot)
+{
+	struct dirty_dir *d;
+	struct node *dir = NULL;
+
+	pthread_mutex_lock(&fs->resync_lock);
+	d = fs->dirty[slot];
+	if (d)
+		fs->dirty[slot] = d->next;
+	pthread_mutex_unlock(&fs->resync_lock);
+	if (d) {
+		dir = d->dir;
+		free(d);
+	}
+	return dir;
+}
+
+bool resync_has_dirty(struct fs *fs, int slot)
+{
+	bool dirty;
+
+	pthread_mutex_lock(&fs->resync_lock);
+	dirty = fs->dirty[slot] != NULL;
+	pthread_mutex_unlock(&fs->resync_lock);
+	return dirty;
+}
+
+void resync_forget_dirty(struct fs *fs, int slot)
+{
+	struct node *dir;
+
+	while ((dir = resync_take_dirty(fs, slot)))
+		node_unref(fs, dir);
 }
