@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* Most children one set holds, matching VOTE_MAX_BALLOTS. */
 #define CHILDREN_MAX 32
@@ -180,5 +181,27 @@ typedef void pool_fn(void *arg, int i);
  * pool_run() on the same pool.
  */
 void pool_run(struct pool *pool, int n, pool_fn *fn, void *arg);
+
+/*
+ * One positioned read or write of one child, a part of a request that
+ * goes to every child. A plain value the caller fills; fd < 0 skips it.
+ */
+struct child_io {
+	int fd;
+	bool write;
+	void *buf;
+	size_t len;
+	off_t off;
+	int ret;   /* out: bytes done, or -errno */
+	bool done; /* out: ret is set (set false before the call) */
+};
+
+/*
+ * Do every part at once and return when all are done: submitted together
+ * to the calling thread's io_uring, or, where io_uring is unavailable, on
+ * the pool. A part may complete short, as pread/pwrite may; the caller
+ * finishes it.
+ */
+void child_io_run(struct pool *pool, struct child_io *io, int n);
 
 #endif

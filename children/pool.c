@@ -138,7 +138,11 @@ void pool_run(struct pool *pool, int n, pool_fn *fn, void *arg)
 				pool->head = &task[i];
 			pool->tail = &task[i];
 		}
-		pthread_cond_broadcast(&pool->work);
+		/* One worker per task: a broadcast would wake every idle
+		 * worker for two tasks, and that herd cost more than the I/O
+		 * for small requests. */
+		for (int i = 1; i < n; i++)
+			pthread_cond_signal(&pool->work);
 		pthread_mutex_unlock(&pool->lock);
 	}
 	if (n > 0)

@@ -307,30 +307,74 @@ static int read_full(int fd, bool direct, char *buf, size_t size, off_t off,
 	return 0;
 }
 
-static int read_child(struct read_op *op, const struct child_view *v, int i)
+/* Prepare voting child i's part of a read; 0, or why it cannot read. */
+static int read_part(struct read_op *op, const struct child_view *v, int i,
+		     struct child_io *io)
 {
 	size_t cap = (op->size + FS_ALIGN - 1) / FS_ALIGN * FS_ALIGN;
-	int fd, ret;
+	int fd, ret = file_fd(op->fs, op->file, v, i, &fd);
 
-	op->len[i] = 0;
-	ret = file_fd(op->fs, op->file, v, i, &fd);
 	if (ret)
 		return ret;
-	op->buf[i] = aligned_alloc_or_null(cap);
+	op->buf[i] = fs_buf_get(op->fs, cap);
 	if (!op->buf[i])
 		return -ENOMEM;
-	return read_full(fd, op->file->direct, op->buf[i], op->size, op->off,
+	*io = (struct child_io){
+		.fd = fd, .buf = op->buf[i], .len = op->size, .off = op->off};
+	return 0;
+}
+
+/* One child's read, on the calling thread (read-pattern=fifo). */
+static int read_child(struct read_op *op, const struct child_view *v, int i)
+{
+	struct child_io io;
+	int ret;
+
+	op->len[i] = 0;
+	ret = read_part(op, v, i, &io);
+	if (ret)
+		return ret;
+	return read_full(io.fd, op->file->direct, op->buf[i], op->size, op->off,
 			 &op->len[i]);
 }
 
-static void read_body(struct fanout *fo, int i)
+/* A part that came back short: EOF for O_DIRECT, else read on. */
+static int read_rest(struct read_op *op, int i, const struct child_io *io)
 {
-	fo->ret[i] = 0;
-	if (fo->view->votes[i])
-		fo->ret[i] = read_child(fo->arg, fo->view, i);
+	size_t more = 0;
+	int ret;
+
+	op->len[i] = io->ret;
+	if (op->len[i] == 0 || op->len[i] == op->size || op->file->direct)
+		return 0;
+	ret = read_full(io->fd, false, op->buf[i] + op->len[i],
+			op->size - op->len[i], op->off + op->len[i], &more);
+	op->len[i] += more;
+	return ret;
+}
+
+/* Every voting child reads the range into its own buffer, at once. */
+static void read_voters(struct fanout *fo, struct read_op *op)
+{
+	struct child_io io[CHILDREN_MAX];
+
+	for (int i = 0; i < fo->view->n; i++) {
+		io[i] = (struct child_io){.fd = -1};
+		op->len[i] = 0;
+		fo->ret[i] = fo->view->votes[i]
+				     ? read_part(op, fo->view, i, &io[i])
+				     : 0;
+	}
+	child_io_run(fo->fs->pool, io, fo->view->n);
+	for (int i = 0; i < fo->view->n; i++)
+		if (io[i].fd >= 0)
+			fo->ret[i] = io[i].ret < 0 ? io[i].ret
+						   : read_rest(op, i, &io[i]);
 }
 
 struct read_answer {
+	struct fs *fs;
+	size_t size;		 /* of each buffer */
 	char *buf[CHILDREN_MAX]; /* every buffer the answer may point into */
 	struct iovec iov[];
 };
@@ -342,6 +386,8 @@ static int answer_new(struct fs_read *r, struct read_op *op, int iovcnt)
 	a = malloc(sizeof(*a) + iovcnt * sizeof(struct iovec));
 	if (!a)
 		return -ENOMEM;
+	a->fs = op->fs;
+	a->size = op->size;
 	memcpy(a->buf, op->buf, sizeof(a->buf));
 	memset(op->buf, 0, sizeof(op->buf));
 	r->owner = a;
@@ -371,7 +417,7 @@ void fs_read_release(struct fs_read *r)
 	if (!a)
 		return;
 	for (int i = 0; i < CHILDREN_MAX; i++)
-		free(a->buf[i]);
+		fs_buf_put(a->fs, a->buf[i], a->size);
 	free(a);
 	r->owner = NULL;
 }
@@ -532,7 +578,7 @@ static int read_quorum(struct fanout *fo, struct read_op *op, struct fs_read *r)
 	struct vote_result vr;
 	char *path = NULL;
 
-	fanout_run(fo);
+	read_voters(fo, op);
 	n = read_ballots(fo, op, b, map);
 	ret = vote_whole(b, n, fo->view->threshold, &vr);
 	for (int k = 0; k < n; k++)
@@ -588,8 +634,7 @@ int read_voted_locked(struct fs *fs, const struct child_view *view,
 		      struct fs_read *r)
 {
 	struct read_op op = {.fs = fs, .file = f, .off = off, .size = size};
-	struct fanout fo = {
-		.fs = fs, .view = view, .body = read_body, .arg = &op};
+	struct fanout fo = {.fs = fs, .view = view, .arg = &op};
 	int ret;
 
 	memset(r, 0, sizeof(*r));
@@ -598,7 +643,7 @@ int read_voted_locked(struct fs *fs, const struct child_view *view,
 	else
 		ret = read_quorum(&fo, &op, r);
 	for (int i = 0; i < CHILDREN_MAX; i++)
-		free(op.buf[i]);
+		fs_buf_put(fs, op.buf[i], size);
 	return ret;
 }
 
@@ -646,15 +691,38 @@ static int write_full(int fd, bool direct, const char *buf, size_t size,
 	return 0;
 }
 
-static void write_body(struct fanout *fo, int i)
+/* Every child, voting or syncing, writes the range at once. */
+static void write_children(struct fanout *fo, struct write_op *op)
 {
-	struct write_op *op = fo->arg;
+	struct child_io io[CHILDREN_MAX];
 	int fd;
 
-	fo->ret[i] = file_fd(fo->fs, op->file, fo->view, i, &fd);
-	if (!fo->ret[i])
-		fo->ret[i] = write_full(fd, op->file->direct, op->buf, op->size,
-					op->off);
+	for (int i = 0; i < fo->view->n; i++) {
+		io[i] = (struct child_io){.fd = -1};
+		fo->ret[i] = file_fd(fo->fs, op->file, fo->view, i, &fd);
+		if (!fo->ret[i])
+			io[i] = (struct child_io){.fd = fd,
+						  .write = true,
+						  .buf = (void *)op->buf,
+						  .len = op->size,
+						  .off = op->off};
+	}
+	child_io_run(fo->fs->pool, io, fo->view->n);
+	for (int i = 0; i < fo->view->n; i++) {
+		size_t done = io[i].ret < 0 ? 0 : (size_t)io[i].ret;
+
+		if (io[i].fd < 0 || done == op->size)
+			continue;
+		fo->ret[i] =
+			io[i].ret < 0
+				? io[i].ret
+				: write_full(io[i].fd, op->file->direct,
+					     op->buf + done, op->size - done,
+					     op->off + done);
+		/* A short O_DIRECT write ran out of space (see write_full). */
+		if (done > 0 && op->file->direct)
+			fo->ret[i] = -ENOSPC;
+	}
 }
 
 ssize_t fs_write(struct fs *fs, struct fs_file *f, const void *buf, size_t size,
@@ -662,14 +730,13 @@ ssize_t fs_write(struct fs *fs, struct fs_file *f, const void *buf, size_t size,
 {
 	const struct child_view *view = children_view_get(fs->set);
 	struct write_op op = {.file = f, .buf = buf, .size = size, .off = off};
-	struct fanout fo = {
-		.fs = fs, .view = view, .body = write_body, .arg = &op};
+	struct fanout fo = {.fs = fs, .view = view, .arg = &op};
 	struct range_claim claim;
 	char *copy = NULL;
 	ssize_t ret;
 
 	if (f->direct && (uintptr_t)buf % FS_ALIGN) {
-		copy = aligned_alloc_or_null(size);
+		copy = fs_buf_get(fs, size);
 		if (!copy) {
 			ret = -ENOMEM;
 			goto out;
@@ -678,7 +745,7 @@ ssize_t fs_write(struct fs *fs, struct fs_file *f, const void *buf, size_t size,
 		op.buf = copy;
 	}
 	lock_for_change(f->node, &claim, off, off + size);
-	fanout_run(&fo);
+	write_children(&fo, &op);
 	ret = fanout_tally(&fo, "write", f->node, off, size);
 	if (!ret) {
 		grow_hint(f->node, off + size);
@@ -686,7 +753,7 @@ ssize_t fs_write(struct fs *fs, struct fs_file *f, const void *buf, size_t size,
 	}
 	range_unlock(&f->node->ranges, &claim);
 out:
-	free(copy);
+	fs_buf_put(fs, copy, size);
 	children_view_put(view);
 	return ret;
 }

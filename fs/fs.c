@@ -47,6 +47,7 @@ int fs_new(struct child_set *set, struct pool *pool, struct event_log *log,
 	fs->as_root = geteuid() == 0;
 	atomic_init(&fs->fatal, false);
 	pthread_mutex_init(&fs->files_lock, NULL);
+	pthread_mutex_init(&fs->bufs_lock, NULL);
 	pthread_mutex_init(&fs->resync_lock, NULL);
 	pthread_mutex_init(&fs->control_lock, NULL);
 	ret = nodes_init(fs);
@@ -68,6 +69,9 @@ void fs_free(struct fs *fs)
 	files_release_all(fs);
 	nodes_destroy(fs);
 	pthread_mutex_destroy(&fs->files_lock);
+	while (fs->nbufs)
+		free(fs->bufs[--fs->nbufs]);
+	pthread_mutex_destroy(&fs->bufs_lock);
 	pthread_mutex_destroy(&fs->resync_lock);
 	pthread_rwlock_destroy(&fs->ns_barrier);
 	pthread_mutex_destroy(&fs->control_lock);
@@ -84,6 +88,38 @@ bool fs_reserved_name(uint64_t parent, const char *name)
 {
 	return parent == FS_ROOT_INO && (strcmp(name, ".control") == 0 ||
 					 strcmp(name, ".quorumfs") == 0);
+}
+
+/*
+ * I/O buffers. Requests are at most FS_BUF_SIZE, so one size serves all;
+ * reusing buffers spares each request the page faults of fresh memory
+ * (three 1 MiB buffers a read). At most FS_BUF_KEEP are kept, which bounds
+ * what an idle daemon holds.
+ */
+void *fs_buf_get(struct fs *fs, size_t size)
+{
+	void *buf = NULL;
+
+	if (size > FS_BUF_SIZE)
+		return aligned_alloc_or_null(size);
+	pthread_mutex_lock(&fs->bufs_lock);
+	if (fs->nbufs)
+		buf = fs->bufs[--fs->nbufs];
+	pthread_mutex_unlock(&fs->bufs_lock);
+	return buf ? buf : aligned_alloc_or_null(FS_BUF_SIZE);
+}
+
+void fs_buf_put(struct fs *fs, void *buf, size_t size)
+{
+	if (buf && size <= FS_BUF_SIZE) {
+		pthread_mutex_lock(&fs->bufs_lock);
+		if (fs->nbufs < FS_BUF_KEEP) {
+			fs->bufs[fs->nbufs++] = buf;
+			buf = NULL;
+		}
+		pthread_mutex_unlock(&fs->bufs_lock);
+	}
+	free(buf);
 }
 
 void *aligned_alloc_or_null(size_t size)

@@ -22,6 +22,10 @@
 
 /* Alignment of every buffer handed to a child (O_DIRECT on ext4/xfs). */
 #define FS_ALIGN 4096
+/* The largest request: the kernel sends at most 1 MiB (max_write and
+ * max_pages), and resync copies in 1 MiB chunks. */
+#define FS_BUF_SIZE (1024 * 1024)
+#define FS_BUF_KEEP 48
 /* Block size of the per-block rescue vote. */
 #define FS_VOTE_BLOCK 4096
 #define FS_OFF_MAX INT64_MAX
@@ -100,6 +104,10 @@ struct fs {
 	pthread_mutex_t control_lock; /* one control command at a time */
 	char last_error[512];	      /* guarded by control_lock */
 	char last_command[256];	      /* guarded by control_lock */
+
+	pthread_mutex_t bufs_lock;
+	void *bufs[FS_BUF_KEEP]; /* guarded by bufs_lock: idle I/O buffers */
+	int nbufs;		 /* guarded by bufs_lock */
 
 	pthread_mutex_t files_lock;
 	struct fs_file *files; /* guarded by files_lock: every open file */
@@ -223,5 +231,8 @@ int attr_vote(struct fs *fs, const struct child_view *view, struct node *n,
 	      struct stat *st);
 
 void *aligned_alloc_or_null(size_t size);
+/* An FS_ALIGN-aligned buffer of at least size bytes, and its return. */
+void *fs_buf_get(struct fs *fs, size_t size);
+void fs_buf_put(struct fs *fs, void *buf, size_t size);
 
 #endif

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 scratch=${1:-/tmp/quorumfs-demo}
 
 packages=(build-essential cmake pkg-config libfuse3-dev fuse3 libssl-dev
-	libjson-c-dev)
+	libjson-c-dev liburing-dev)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null |

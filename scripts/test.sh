@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
 done
 
 packages=(build-essential cmake pkg-config libfuse3-dev fuse3 libssl-dev
-	libjson-c-dev python3-pytest python3-pytest-timeout qemu-utils attr
+	libjson-c-dev liburing-dev python3-pytest python3-pytest-timeout qemu-utils attr
 	e2fsprogs util-linux fio clang libclang-rt-14-dev)
 
 if [ "${QFS_SKIP_INSTALL:-0}" != 1 ]; then
