@@ -84,6 +84,7 @@ static void ring_drop(struct io_uring *ring)
  * failure are for the caller to finish another way. */
 static void ring_run(struct io_uring *ring, struct child_io *io, int n)
 {
+	struct child_io *part;
 	struct io_uring_cqe *cqe;
 	int queued = 0, ret;
 	bool failed = false;
@@ -107,9 +108,9 @@ static void ring_run(struct io_uring *ring, struct child_io *io, int n)
 			failed = true;
 			break;
 		}
-		io = io_uring_cqe_get_data(cqe);
-		io->ret = cqe->res;
-		io->done = true;
+		part = io_uring_cqe_get_data(cqe);
+		part->ret = cqe->res;
+		part->done = true;
 		io_uring_cqe_seen(ring, cqe);
 		queued--;
 	}
