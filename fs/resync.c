@@ -69,6 +69,21 @@ static int fail(struct resync *rs, int err, const char *what, const char *name)
 	return err;
 }
 
+/* The data of a RESYNC_* event, starting with the child's name. */
+static struct json_object *event_data(const struct resync *rs)
+{
+	struct json_object *d = json_object_new_object();
+
+	json_object_object_add(d, "node-name",
+			       json_object_new_string(child_name(rs->child)));
+	return d;
+}
+
+static void add_count(struct json_object *d, const char *key, uint64_t n)
+{
+	json_object_object_add(d, key, json_object_new_int64(n));
+}
+
 static void progress(struct resync *rs, bool force)
 {
 	struct json_object *d;
@@ -80,17 +95,11 @@ static void progress(struct resync *rs, bool force)
 	if (!force && now.tv_sec - rs->last_progress.tv_sec < 1)
 		return;
 	rs->last_progress = now;
-	d = json_object_new_object();
-	json_object_object_add(d, "node-name",
-			       json_object_new_string(child_name(rs->child)));
-	json_object_object_add(d, "bytes-done",
-			       json_object_new_int64(rs->bytes_done));
-	json_object_object_add(d, "bytes-total",
-			       json_object_new_int64(rs->bytes_total));
-	json_object_object_add(d, "files-done",
-			       json_object_new_int64(rs->files_done));
-	json_object_object_add(d, "files-total",
-			       json_object_new_int64(rs->files_total));
+	d = event_data(rs);
+	add_count(d, "bytes-done", rs->bytes_done);
+	add_count(d, "bytes-total", rs->bytes_total);
+	add_count(d, "files-done", rs->files_done);
+	add_count(d, "files-total", rs->files_total);
 	event_log_emit(rs->fs->log, "RESYNC_PROGRESS", d);
 }
 
@@ -508,13 +517,9 @@ static void resync_finish(struct resync *rs, int ret)
 	rs->bytes_done = rs->bytes_total;
 	rs->files_done = rs->files_total;
 	progress(rs, true);
-	d = json_object_new_object();
-	json_object_object_add(d, "node-name",
-			       json_object_new_string(child_name(rs->child)));
-	json_object_object_add(d, "bytes",
-			       json_object_new_int64(rs->bytes_done));
-	json_object_object_add(d, "files",
-			       json_object_new_int64(rs->files_done));
+	d = event_data(rs);
+	add_count(d, "bytes", rs->bytes_done);
+	add_count(d, "files", rs->files_done);
 	event_log_emit(rs->fs->log, "RESYNC_COMPLETED", d);
 	children_set_state(rs->fs->set, rs->child, CHILD_OK,
 			   "resync completed");
