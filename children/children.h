@@ -192,15 +192,17 @@ struct child_io {
 	void *buf;
 	size_t len;
 	off_t off;
-	int ret;   /* out: bytes done, or -errno */
-	bool done; /* out: ret is set (set false before the call) */
+	bool cached; /* buffered I/O: try it inline before queueing it */
+	int ret;     /* out: bytes done, or -errno */
+	bool done;   /* out: ret is set (set false before the call) */
 };
 
 /*
  * Do every part at once and return when all are done: submitted together
  * to the calling thread's io_uring, or, where io_uring is unavailable, on
- * the pool. A part may complete short, as pread/pwrite may; the caller
- * finishes it.
+ * the pool. Cached parts are first tried inline without blocking
+ * (RWF_NOWAIT): a page-cache hit costs less than any queueing. A part may
+ * complete short, as pread/pwrite may; the caller finishes it.
  */
 void child_io_run(struct pool *pool, struct child_io *io, int n);
 

@@ -20,6 +20,7 @@
 #include <liburing.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define RING_ENTRIES CHILDREN_MAX
@@ -131,11 +132,34 @@ static void pool_io_one(void *arg, int i)
 	io->done = true;
 }
 
+/*
+ * Buffered I/O that the page cache can serve at once: done here, inline.
+ * Without RWF_NOWAIT support (EOPNOTSUPP) or when it would block (EAGAIN)
+ * the part is left for the ring. Even the ring would hand buffered writes
+ * on most file systems to a kernel worker thread, a wake-up per part.
+ */
+static void try_inline(struct child_io *io)
+{
+	struct iovec iov = {.iov_base = io->buf, .iov_len = io->len};
+	ssize_t r;
+
+	r = io->write ? pwritev2(io->fd, &iov, 1, io->off, RWF_NOWAIT)
+		      : preadv2(io->fd, &iov, 1, io->off, RWF_NOWAIT);
+	if (r < 0 && (errno == EAGAIN || errno == EOPNOTSUPP))
+		return;
+	io->ret = r < 0 ? -errno : (int)r;
+	io->done = true;
+}
+
 void child_io_run(struct pool *pool, struct child_io *io, int n)
 {
-	struct io_uring *ring = thread_ring();
+	struct io_uring *ring;
 	bool undone = false;
 
+	for (int i = 0; i < n; i++)
+		if (io[i].fd >= 0 && io[i].cached)
+			try_inline(&io[i]);
+	ring = thread_ring();
 	if (ring)
 		ring_run(ring, io, n);
 	for (int i = 0; i < n; i++)

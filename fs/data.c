@@ -319,8 +319,11 @@ static int read_part(struct read_op *op, const struct child_view *v, int i,
 	op->buf[i] = fs_buf_get(op->fs, cap);
 	if (!op->buf[i])
 		return -ENOMEM;
-	*io = (struct child_io){
-		.fd = fd, .buf = op->buf[i], .len = op->size, .off = op->off};
+	*io = (struct child_io){.fd = fd,
+				.buf = op->buf[i],
+				.len = op->size,
+				.off = op->off,
+				.cached = !op->file->direct};
 	return 0;
 }
 
@@ -705,7 +708,8 @@ static void write_children(struct fanout *fo, struct write_op *op)
 						  .write = true,
 						  .buf = (void *)op->buf,
 						  .len = op->size,
-						  .off = op->off};
+						  .off = op->off,
+						  .cached = !op->file->direct};
 	}
 	child_io_run(fo->fs->pool, io, fo->view->n);
 	for (int i = 0; i < fo->view->n; i++) {
