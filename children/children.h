@@ -192,9 +192,10 @@ struct child_io {
 	void *buf;
 	size_t len;
 	off_t off;
-	bool cached; /* buffered I/O: try it inline before queueing it */
-	int ret;     /* out: bytes done, or -errno */
-	bool done;   /* out: ret is set (set false before the call) */
+	bool cached;  /* buffered I/O: try it inline before queueing it */
+	int ret;      /* out: bytes done, or -errno */
+	bool done;    /* out: ret is set (set false before the call) */
+	bool refused; /* out: the file refuses inline tries: stop trying */
 };
 
 /*

@@ -145,8 +145,12 @@ static void try_inline(struct child_io *io)
 
 	r = io->write ? pwritev2(io->fd, &iov, 1, io->off, RWF_NOWAIT)
 		      : preadv2(io->fd, &iov, 1, io->off, RWF_NOWAIT);
-	if (r < 0 && (errno == EAGAIN || errno == EOPNOTSUPP))
+	if (r < 0 && (errno == EAGAIN || errno == EOPNOTSUPP)) {
+		/* EAGAIN passes; EOPNOTSUPP is the file system's nature
+		 * (ext4 buffered writes, tmpfs reads). */
+		io->refused = errno == EOPNOTSUPP;
 		return;
+	}
 	io->ret = r < 0 ? -errno : (int)r;
 	io->done = true;
 }

@@ -38,6 +38,9 @@ struct fs_file {
 	 * that was not voting then is retried on every use instead, because
 	 * its resync may create the file at any moment. */
 	int err[CHILDREN_MAX];
+	/* Bit per slot: that child's file system refuses RWF_NOWAIT reads
+	 * (writes), so its buffered parts go straight to the ring. */
+	atomic_uint no_inline_read, no_inline_write;
 	struct fs_file *prev, *next; /* guarded by fs->files_lock */
 };
 
@@ -85,11 +88,6 @@ static int file_fd(struct fs *fs, const struct fs_file *f,
 }
 
 /* ---- open / release ---- */
-
-struct open_op {
-	struct fs_file *file;
-	int flags;
-};
 
 static void open_body(struct fanout *fo, int i)
 {
@@ -307,6 +305,20 @@ static int read_full(int fd, bool direct, char *buf, size_t size, off_t off,
 	return 0;
 }
 
+/* Whether child slot's buffered parts are worth trying inline. */
+static bool inline_worthwhile(const struct fs_file *f, atomic_uint *refused,
+			      int slot)
+{
+	return !f->direct && !(atomic_load(refused) & (1u << slot));
+}
+
+static void note_refused(atomic_uint *refused, const struct child_io *io,
+			 int slot)
+{
+	if (io->refused)
+		atomic_fetch_or(refused, 1u << slot);
+}
+
 /* Prepare voting child i's part of a read; 0, or why it cannot read. */
 static int read_part(struct read_op *op, const struct child_view *v, int i,
 		     struct child_io *io)
@@ -319,11 +331,13 @@ static int read_part(struct read_op *op, const struct child_view *v, int i,
 	op->buf[i] = fs_buf_get(op->fs, cap);
 	if (!op->buf[i])
 		return -ENOMEM;
-	*io = (struct child_io){.fd = fd,
-				.buf = op->buf[i],
-				.len = op->size,
-				.off = op->off,
-				.cached = !op->file->direct};
+	*io = (struct child_io){
+		.fd = fd,
+		.buf = op->buf[i],
+		.len = op->size,
+		.off = op->off,
+		.cached = inline_worthwhile(op->file, &op->file->no_inline_read,
+					    child_slot(v->child[i]))};
 	return 0;
 }
 
@@ -369,10 +383,14 @@ static void read_voters(struct fanout *fo, struct read_op *op)
 				     : 0;
 	}
 	child_io_run(fo->fs->pool, io, fo->view->n);
-	for (int i = 0; i < fo->view->n; i++)
-		if (io[i].fd >= 0)
-			fo->ret[i] = io[i].ret < 0 ? io[i].ret
-						   : read_rest(op, i, &io[i]);
+	for (int i = 0; i < fo->view->n; i++) {
+		if (io[i].fd < 0)
+			continue;
+		note_refused(&op->file->no_inline_read, &io[i],
+			     child_slot(fo->view->child[i]));
+		fo->ret[i] =
+			io[i].ret < 0 ? io[i].ret : read_rest(op, i, &io[i]);
+	}
 }
 
 struct read_answer {
@@ -704,17 +722,23 @@ static void write_children(struct fanout *fo, struct write_op *op)
 		io[i] = (struct child_io){.fd = -1};
 		fo->ret[i] = file_fd(fo->fs, op->file, fo->view, i, &fd);
 		if (!fo->ret[i])
-			io[i] = (struct child_io){.fd = fd,
-						  .write = true,
-						  .buf = (void *)op->buf,
-						  .len = op->size,
-						  .off = op->off,
-						  .cached = !op->file->direct};
+			io[i] = (struct child_io){
+				.fd = fd,
+				.write = true,
+				.buf = (void *)op->buf,
+				.len = op->size,
+				.off = op->off,
+				.cached = inline_worthwhile(
+					op->file, &op->file->no_inline_write,
+					child_slot(fo->view->child[i]))};
 	}
 	child_io_run(fo->fs->pool, io, fo->view->n);
 	for (int i = 0; i < fo->view->n; i++) {
 		size_t done = io[i].ret < 0 ? 0 : (size_t)io[i].ret;
 
+		if (io[i].fd >= 0)
+			note_refused(&op->file->no_inline_write, &io[i],
+				     child_slot(fo->view->child[i]));
 		if (io[i].fd < 0 || done == op->size)
 			continue;
 		fo->ret[i] =
