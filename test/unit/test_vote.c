@@ -69,12 +69,19 @@ static struct vote_ballot failed(int error)
 /* Versions A, B, C, D: three blocks each, all different everywhere. */
 static unsigned char A[3 * BS], B[3 * BS], C[3 * BS], D[3 * BS];
 
+/* A_first and A_last: A with only its first, or only its last, byte changed. */
+static unsigned char A_first[3 * BS], A_last[3 * BS];
+
 static void make_versions(void)
 {
 	fill(A, sizeof(A), 1);
 	fill(B, sizeof(B), 2);
 	fill(C, sizeof(C), 3);
 	fill(D, sizeof(D), 4);
+	memcpy(A_first, A, sizeof(A));
+	A_first[0] ^= 1;
+	memcpy(A_last, A, sizeof(A));
+	A_last[sizeof(A) - 1] ^= 1;
 }
 
 static int count_losers(const struct vote_result *r)
@@ -364,6 +371,235 @@ test_thirty_two_distinct_ballots_go_to_the_last_at_threshold_one(void)
 	CHECK(r.loser[0]);
 	CHECK(r.loser[30]);
 	CHECK(!r.loser[31]);
+}
+
+/* ---- vote_whole: grouping disagreeing ballots into versions ---- */
+
+static void test_several_versions_are_counted_apart(void)
+{
+	/* After a failure: A twice, B three times, C and D once each. */
+	struct vote_ballot b[8] = {failed(-EIO), ok(A, BS), ok(A, BS),
+				   ok(B, BS),	 ok(C, BS), ok(B, BS),
+				   ok(D, BS),	 ok(B, BS)};
+	struct vote_result r;
+
+	CHECK_EQ(vote_whole(b, 8, 3, &r), 0);
+	CHECK_EQ(r.winner, 3);
+	CHECK_EQ(r.count, 3);
+	CHECK_EQ(r.successes, 7);
+	CHECK(!r.unanimous);
+	CHECK(!r.loser[0]);
+	CHECK(r.loser[1] && r.loser[2] && r.loser[4] && r.loser[6]);
+	CHECK(!r.loser[3] && !r.loser[5] && !r.loser[7]);
+
+	CHECK_EQ(vote_whole(b, 8, 4, &r), -EIO);
+	CHECK_EQ(r.winner, -1);
+	CHECK_EQ(count_losers(&r), 0);
+}
+
+static void test_a_tie_of_three_versions_goes_to_the_last_first_seen(void)
+{
+	/* Two each; C was first seen last, at index 2. */
+	struct vote_ballot three[6] = {ok(A, BS), ok(B, BS), ok(C, BS),
+				       ok(C, BS), ok(B, BS), ok(A, BS)};
+	/* A and B tie at two; C, seen later, is smaller and out of it. */
+	struct vote_ballot two[5] = {ok(A, BS), ok(B, BS), ok(A, BS), ok(B, BS),
+				     ok(C, BS)};
+	struct vote_result r;
+
+	CHECK_EQ(vote_whole(three, 6, 2, &r), 0);
+	CHECK_EQ(r.winner, 2);
+	CHECK_EQ(r.count, 2);
+	CHECK(r.loser[0] && r.loser[1] && r.loser[4] && r.loser[5]);
+	CHECK(!r.loser[2] && !r.loser[3]);
+
+	CHECK_EQ(vote_whole(two, 5, 2, &r), 0);
+	CHECK_EQ(r.winner, 1);
+	CHECK_EQ(r.count, 2);
+	CHECK(r.loser[0] && r.loser[2] && r.loser[4]);
+	CHECK(!r.loser[1] && !r.loser[3]);
+}
+
+static void test_prefixes_of_the_same_bytes_are_versions_by_length(void)
+{
+	/* 2 blocks twice (first at 0), 1 block twice (first at 1), 100 once. */
+	struct vote_ballot tie[5] = {ok(A, 2 * BS), ok(A, BS), ok(A, 2 * BS),
+				     ok(A, BS), ok(A, 100)};
+	struct vote_ballot longest[6] = {ok(A, 2 * BS), ok(A, BS),
+					 ok(A, 2 * BS), ok(A, BS),
+					 ok(A, 100),	ok(A, 2 * BS)};
+	struct vote_result r;
+
+	CHECK_EQ(vote_whole(tie, 5, 2, &r), 0);
+	CHECK_EQ(r.winner, 1);
+	CHECK_EQ(r.count, 2);
+	CHECK(r.loser[0] && r.loser[2] && r.loser[4]);
+	CHECK(!r.loser[1] && !r.loser[3]);
+
+	CHECK_EQ(vote_whole(longest, 6, 2, &r), 0);
+	CHECK_EQ(r.winner, 0);
+	CHECK_EQ(r.count, 3);
+	CHECK(r.loser[1] && r.loser[3] && r.loser[4]);
+	CHECK_EQ(count_losers(&r), 3);
+}
+
+static void test_versions_differing_only_in_the_last_byte_are_apart(void)
+{
+	/* The first two agree; the other three differ only at the end. */
+	struct vote_ballot after[5] = {
+		ok(A, sizeof(A)), ok(A, sizeof(A)), ok(A_last, sizeof(A)),
+		ok(A_last, sizeof(A)), ok(A_last, sizeof(A))};
+	struct vote_ballot before[3] = {ok(A_last, sizeof(A)), ok(A, sizeof(A)),
+					ok(A, sizeof(A))};
+	struct vote_result r;
+
+	CHECK_EQ(vote_whole(after, 5, 2, &r), 0);
+	CHECK_EQ(r.winner, 2);
+	CHECK_EQ(r.count, 3);
+	CHECK(r.loser[0] && r.loser[1]);
+	CHECK_EQ(count_losers(&r), 2);
+
+	CHECK_EQ(vote_whole(before, 3, 2, &r), 0);
+	CHECK_EQ(r.winner, 1);
+	CHECK_EQ(r.count, 2);
+	CHECK(r.loser[0]);
+	CHECK_EQ(count_losers(&r), 1);
+}
+
+static void test_the_last_byte_of_a_mebibyte_splits_the_vote(void)
+{
+	unsigned char *good = malloc(MIB), *bad = malloc(MIB);
+	struct vote_ballot b[4] = {ok(bad, MIB), ok(good, MIB), ok(bad, MIB),
+				   ok(good, MIB)};
+	struct vote_result r;
+
+	fill(good, MIB, 7);
+	memcpy(bad, good, MIB);
+	bad[MIB - 1] ^= 0x80;
+	/* Two each: good was first seen later, at index 1. */
+	CHECK_EQ(vote_whole(b, 4, 2, &r), 0);
+	CHECK_EQ(r.winner, 1);
+	CHECK(r.loser[0] && r.loser[2]);
+	CHECK_EQ(count_losers(&r), 2);
+	CHECK_EQ(vote_whole(b, 4, 3, &r), -EIO);
+	free(good);
+	free(bad);
+}
+
+static void test_versions_differing_only_in_the_first_byte_are_apart(void)
+{
+	/* Two each: A_first was first seen later, at index 1. */
+	struct vote_ballot tie[4] = {ok(A, sizeof(A)), ok(A_first, sizeof(A)),
+				     ok(A_first, sizeof(A)), ok(A, sizeof(A))};
+	struct vote_ballot majority[3] = {ok(A_first, sizeof(A)),
+					  ok(A, sizeof(A)),
+					  ok(A_first, sizeof(A))};
+	struct vote_result r;
+
+	CHECK_EQ(vote_whole(tie, 4, 2, &r), 0);
+	CHECK_EQ(r.winner, 1);
+	CHECK_EQ(r.count, 2);
+	CHECK(r.loser[0] && r.loser[3]);
+	CHECK_EQ(count_losers(&r), 2);
+
+	CHECK_EQ(vote_whole(majority, 3, 2, &r), 0);
+	CHECK_EQ(r.winner, 0);
+	CHECK_EQ(r.count, 2);
+	CHECK(r.loser[1]);
+	CHECK_EQ(count_losers(&r), 1);
+}
+
+static bool same_bytes(const struct vote_ballot *a, const struct vote_ballot *b)
+{
+	return a->len == b->len &&
+	       (a->len == 0 || memcmp(a->data, b->data, a->len) == 0);
+}
+
+/* How many successful ballots hold ballot i's bytes. */
+static int holders(const struct vote_ballot *b, int n, int i)
+{
+	int count = 0;
+
+	for (int j = 0; j < n; j++)
+		count += b[j].error == 0 && same_bytes(&b[i], &b[j]);
+	return count;
+}
+
+/* Whether no successful ballot before i holds its bytes. */
+static bool first_sighting(const struct vote_ballot *b, int i)
+{
+	for (int j = 0; j < i; j++)
+		if (b[j].error == 0 && same_bytes(&b[i], &b[j]))
+			return false;
+	return true;
+}
+
+/*
+ * The data vote restated the slow way, as a specification: the winner is
+ * the first sighting of the bytes most ballots hold, ties to the latest
+ * first sighting. Returns the winning ballot, or -1 under threshold.
+ */
+static int reference_winner(const struct vote_ballot *b, int n, int threshold)
+{
+	int best = -1, best_count = 0;
+
+	for (int i = 0; i < n; i++) {
+		if (b[i].error || !first_sighting(b, i))
+			continue;
+		if (holders(b, n, i) >= best_count) {
+			best = i;
+			best_count = holders(b, n, i);
+		}
+	}
+	return best_count >= threshold ? best : -1;
+}
+
+static void check_against_reference(const struct vote_ballot *b, int n,
+				    int threshold)
+{
+	int expected = reference_winner(b, n, threshold);
+	struct vote_result r;
+
+	CHECK_EQ(vote_whole(b, n, threshold, &r), expected < 0 ? -EIO : 0);
+	CHECK_EQ(r.winner, expected);
+	if (expected < 0)
+		return;
+	CHECK_EQ(r.count, holders(b, n, expected));
+	CHECK_EQ(r.unanimous, r.count == r.successes);
+	for (int i = 0; i < n; i++)
+		CHECK_EQ(r.loser[i],
+			 b[i].error == 0 && !same_bytes(&b[i], &b[expected]));
+}
+
+static void test_random_ballots_are_grouped_as_the_reference_says(void)
+{
+	/* Answers that differ at the start, at the end, in length, or not. */
+	const struct vote_ballot answers[] = {
+		ok(A, sizeof(A)),      ok(A_first, sizeof(A)),
+		ok(A_last, sizeof(A)), ok(A, 2 * BS),
+		ok(A_last, 2 * BS), /* the same bytes as A, 2 * BS */
+		ok(B, sizeof(B)),      ok(NULL, 0),
+		failed(-EIO),
+	};
+	const int kinds = sizeof(answers) / sizeof(answers[0]);
+	unsigned state = 12345;
+
+	for (int round = 0; round < 5000; round++) {
+		struct vote_ballot b[10];
+		int n, threshold, successes = 0;
+
+		state = state * 1103515245u + 12345u;
+		n = 1 + (int)(state >> 16) % 10;
+		for (int i = 0; i < n; i++) {
+			state = state * 1103515245u + 12345u;
+			b[i] = answers[(state >> 16) % kinds];
+			successes += b[i].error == 0;
+		}
+		state = state * 1103515245u + 12345u;
+		threshold = 1 + (int)(state >> 16) % n;
+		if (successes >= threshold)
+			check_against_reference(b, n, threshold);
+	}
 }
 
 static void test_invalid_arguments_are_refused_with_einval(void)
@@ -789,6 +1025,13 @@ static const struct test tests[] = {
 	TEST(test_five_ballots_with_errors_across_thresholds_one_to_five),
 	TEST(test_thirty_two_agreeing_ballots_are_unanimous),
 	TEST(test_thirty_two_distinct_ballots_go_to_the_last_at_threshold_one),
+	TEST(test_several_versions_are_counted_apart),
+	TEST(test_a_tie_of_three_versions_goes_to_the_last_first_seen),
+	TEST(test_prefixes_of_the_same_bytes_are_versions_by_length),
+	TEST(test_versions_differing_only_in_the_last_byte_are_apart),
+	TEST(test_the_last_byte_of_a_mebibyte_splits_the_vote),
+	TEST(test_versions_differing_only_in_the_first_byte_are_apart),
+	TEST(test_random_ballots_are_grouped_as_the_reference_says),
 	TEST(test_invalid_arguments_are_refused_with_einval),
 	TEST(test_error_tie_goes_to_the_error_first_seen_at_highest_index),
 	TEST(test_most_common_error_wins_over_a_later_one),
