@@ -26,6 +26,7 @@
 #include "config/config.h"
 #include "events/events.h"
 #include "fs/fs.h"
+#include "persist/persist.h"
 
 /* Largest request the kernel sends us whole: QEMU issues 1 MiB I/O. */
 #define QFS_MAX_IO (1024 * 1024)
@@ -699,6 +700,7 @@ static const struct fuse_opt qfs_opts[] = {
 	QFS_OPT("read-pattern=%s", read_pattern),
 	QFS_OPT("threads=%s", threads),
 	QFS_OPT("log=%s", log),
+	QFS_OPT("io-timeout=%s", io_timeout),
 	QFS_OPT("rewrite-corrupted", rewrite_corrupted),
 	QFS_OPT("blkverify", blkverify),
 	FUSE_OPT_END,
@@ -734,8 +736,11 @@ static void usage(const char *prog)
 	       "any difference\n"
 	       "    -o log=PATH            JSON event log (SIGHUP reopens "
 	       "it)\n"
-	       "    -o threads=N           I/O pool size (default %d)\n\n",
-	       prog, CONFIG_DEFAULT_THREADS);
+	       "    -o threads=N           I/O pool size (default %d)\n"
+	       "    -o io-timeout=S        seconds a child may take to answer "
+	       "(default %d,\n"
+	       "                           0: wait for ever)\n\n",
+	       prog, CONFIG_DEFAULT_THREADS, CONFIG_DEFAULT_IO_TIMEOUT);
 	fuse_cmdline_help();
 	fuse_lowlevel_help();
 }
@@ -862,8 +867,8 @@ static int check_log(const char *path)
  * fork() would leave the threads behind in the parent.
  */
 static int start_threads(const struct config *cfg, struct child_set *set,
-			 struct qfs *q, struct event_log **log,
-			 struct pool **pool)
+			 struct record *record, struct qfs *q,
+			 struct event_log **log, struct pool **pool)
 {
 	int ret = cfg->log_path ? event_log_open(cfg->log_path, log) : 0;
 
@@ -873,6 +878,8 @@ static int start_threads(const struct config *cfg, struct child_set *set,
 		ret = fs_new(set, *pool, *log, &q->fs);
 	if (!ret)
 		ret = fs_set_mount(q->fs, cfg->mountpoint, &q->mount_st);
+	if (!ret)
+		ret = fs_start_health(q->fs, record, cfg->io_timeout_ms);
 	children_set_log(set, *log);
 	if (ret)
 		fprintf(stderr, "quorumfs: cannot start: %s\n", strerror(-ret));
@@ -882,14 +889,14 @@ static int start_threads(const struct config *cfg, struct child_set *set,
 
 /* Serve until unmounted; returns the exit status. */
 static int serve(const struct fuse_cmdline_opts *opts, const struct config *cfg,
-		 struct child_set *set, struct qfs *q)
+		 struct child_set *set, struct record *record, struct qfs *q)
 {
 	struct event_log *log = NULL;
 	struct pool *pool = NULL;
 	int ret = 1;
 
 	fuse_daemonize(opts->foreground);
-	if (start_threads(cfg, set, q, &log, &pool) == 0) {
+	if (start_threads(cfg, set, record, q, &log, &pool) == 0) {
 		set_sighup(log != NULL);
 		emit_mount_event(log, "MOUNTED", cfg);
 		ret = run_loop(q->se, opts) ? 1 : 0;
@@ -901,9 +908,41 @@ static int serve(const struct fuse_cmdline_opts *opts, const struct config *cfg,
 	}
 	fuse_session_unmount(q->se);
 	fs_free(q->fs);
+	/* Only a clean stop marks the record clean. */
+	if (ret == 0)
+		record_unmount(record, set);
 	pool_free(pool);
 	event_log_close(log);
 	return ret;
+}
+
+/*
+ * Open the children as their .quorumfs records say: members the command
+ * line left out join, children that are behind start stale, a child of
+ * another set is refused. Returns 0, or prints why and returns 1.
+ */
+static int open_children(const struct config *cfg, struct record **record,
+			 struct child_set **set)
+{
+	struct children_config cc = cfg->children;
+	char err[512];
+	int ret = record_scan(&cc, record, err, sizeof(err));
+
+	if (ret) {
+		fprintf(stderr, "quorumfs: %s\n", err);
+		return 1;
+	}
+	ret = children_new(&cc, set);
+	if (ret) {
+		fprintf(stderr, "quorumfs: cannot open the children: %s\n",
+			strerror(-ret));
+		return 1;
+	}
+	if (record_start(*record, *set, err, sizeof(err))) {
+		fprintf(stderr, "quorumfs: %s\n", err);
+		return 1;
+	}
+	return 0;
 }
 
 static int start(struct fuse_args *args, const struct fuse_cmdline_opts *opts,
@@ -911,6 +950,7 @@ static int start(struct fuse_args *args, const struct fuse_cmdline_opts *opts,
 {
 	struct qfs q = {.timeout = 1.0, .owner = geteuid(), .group = getegid()};
 	struct child_set *set = NULL;
+	struct record *record = NULL;
 	int ret = 1;
 
 	if (check_log(cfg->log_path))
@@ -920,25 +960,21 @@ static int start(struct fuse_args *args, const struct fuse_cmdline_opts *opts,
 			cfg->mountpoint, strerror(errno));
 		return 1;
 	}
-	ret = children_new(&cfg->children, &set);
-	if (ret) {
-		fprintf(stderr, "quorumfs: cannot open the children: %s\n",
-			strerror(-ret));
-		return 1;
-	}
-	ret = 1;
+	if (open_children(cfg, &record, &set))
+		goto out_children;
 	q.se = fuse_session_new(args, &qfs_ops, sizeof(qfs_ops), &q);
 	if (!q.se)
 		goto out_children;
 	if (fuse_set_signal_handlers(q.se))
 		goto out_session;
 	if (fuse_session_mount(q.se, cfg->mountpoint) == 0)
-		ret = serve(opts, cfg, set, &q);
+		ret = serve(opts, cfg, set, record, &q);
 	fuse_remove_signal_handlers(q.se);
 out_session:
 	fuse_session_destroy(q.se);
 out_children:
 	children_free(set);
+	record_free(record);
 	return ret;
 }
 
@@ -949,6 +985,7 @@ static void release_args(struct config_args *raw)
 	free((char *)raw->read_pattern);
 	free((char *)raw->threads);
 	free((char *)raw->log);
+	free((char *)raw->io_timeout);
 }
 
 int main(int argc, char *argv[])

@@ -42,6 +42,7 @@ struct child {
 	_Atomic enum child_state state;
 	char reason[256];		/* guarded by the set's lock */
 	atomic_uint_fast64_t errors[3]; /* indexed by enum child_op */
+	atomic_int streak;		/* failed reads in a row */
 	atomic_uint_fast64_t bytes_done, bytes_total, files_done, files_total;
 };
 
@@ -164,6 +165,16 @@ void child_count_error(struct child *c, enum child_op op)
 uint64_t child_errors(const struct child *c, enum child_op op)
 {
 	return atomic_load_explicit(&c->errors[op], memory_order_relaxed);
+}
+
+int child_error_streak(struct child *c, bool failed)
+{
+	if (failed)
+		return atomic_fetch_add(&c->streak, 1) + 1;
+	/* Reads succeed far more often than not: write only to end a run. */
+	if (atomic_load_explicit(&c->streak, memory_order_relaxed))
+		atomic_store(&c->streak, 0);
+	return 0;
 }
 
 void child_set_progress(struct child *c, uint64_t bytes_done,
@@ -346,6 +357,19 @@ struct child *children_find(struct child_set *set, const char *name)
 		child_get(c);
 	pthread_mutex_unlock(&set->lock);
 	return c;
+}
+
+int children_members(struct child_set *set, struct child **out)
+{
+	int n;
+
+	pthread_mutex_lock(&set->lock);
+	for (n = 0; n < set->nmembers; n++) {
+		out[n] = set->member[n];
+		child_get(out[n]);
+	}
+	pthread_mutex_unlock(&set->lock);
+	return n;
 }
 
 int children_roots(struct child_set *set, int *fds)
@@ -586,8 +610,8 @@ static enum child_state set_state_locked(struct child_set *set, struct child *c,
 	return old;
 }
 
-void children_set_state(struct child_set *set, struct child *c,
-			enum child_state state, const char *reason)
+enum child_state children_set_state(struct child_set *set, struct child *c,
+				    enum child_state state, const char *reason)
 {
 	enum child_state old;
 
@@ -596,6 +620,9 @@ void children_set_state(struct child_set *set, struct child *c,
 	pthread_mutex_unlock(&set->lock);
 	if (old != state)
 		emit_state(set, c, old, state, reason);
+	if (state == CHILD_OK)
+		atomic_store(&c->streak, 0);
+	return old;
 }
 
 int children_begin_resync(struct child_set *set, struct child *c, char *err,

@@ -126,8 +126,8 @@ int children_set_read_pattern(struct child_set *set, enum read_pattern p,
 int children_set_rewrite(struct child_set *set, bool on, char *err,
 			 size_t errlen);
 /* Move c to a new state, with a reason for status and the event. */
-void children_set_state(struct child_set *set, struct child *c,
-			enum child_state state, const char *reason);
+enum child_state children_set_state(struct child_set *set, struct child *c,
+				    enum child_state state, const char *reason);
 
 /* Stop c voting and mark it syncing, unless that would leave fewer
  * voting children than the threshold (-EINVAL). */
@@ -136,6 +136,9 @@ int children_begin_resync(struct child_set *set, struct child *c, char *err,
 
 /* The member called name, or whose path is name; a reference or NULL. */
 struct child *children_find(struct child_set *set, const char *name);
+/* Every member, whatever its state, each with a reference the caller
+ * drops (child_put); returns how many. */
+int children_members(struct child_set *set, struct child **out);
 /* O_PATH root handles of every member, for duplicate checks. */
 int children_roots(struct child_set *set, int *fds);
 
@@ -156,6 +159,9 @@ const char *child_state_name(enum child_state s);
 /* Count an I/O error of the given kind against the child. Lock-free. */
 void child_count_error(struct child *c, enum child_op op);
 uint64_t child_errors(const struct child *c, enum child_op op);
+/* Failures in a row: count one (failed) and return the run's length, or
+ * end the run (a success) and return 0. Lock-free. */
+int child_error_streak(struct child *c, bool failed);
 
 /* Resync progress shown in status. Lock-free. */
 void child_set_progress(struct child *c, uint64_t bytes_done,

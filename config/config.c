@@ -153,6 +153,16 @@ static int check_numbers(const struct config_args *a, struct config *cfg,
 			    "threads=%s is invalid: it must be a whole number "
 			    "from 1 to %d",
 			    a->threads, CONFIG_MAX_THREADS);
+	cfg->io_timeout_ms = CONFIG_DEFAULT_IO_TIMEOUT * 1000;
+	if (a->io_timeout &&
+	    !parse_int(a->io_timeout, 0, CONFIG_MAX_IO_TIMEOUT,
+		       &cfg->io_timeout_ms))
+		return fail(err, errlen,
+			    "io-timeout=%s is invalid: it must be a whole "
+			    "number of seconds from 0 (no timeout) to %d",
+			    a->io_timeout, CONFIG_MAX_IO_TIMEOUT);
+	if (a->io_timeout)
+		cfg->io_timeout_ms *= 1000;
 	return 0;
 }
 

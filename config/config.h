@@ -31,6 +31,7 @@ struct config_args {
 	const char *read_pattern;
 	const char *threads;
 	const char *log;
+	const char *io_timeout;
 	int rewrite_corrupted;
 	int blkverify;
 	int npaths; /* children then the mountpoint */
@@ -41,12 +42,15 @@ struct config_args {
 struct config {
 	struct children_config children; /* paths are owned by the config */
 	int threads;
-	char *log_path;	  /* absolute, or NULL for no event log */
+	int io_timeout_ms; /* per child request; 0: none */
+	char *log_path;	   /* absolute, or NULL for no event log */
 	char *mountpoint; /* absolute */
 };
 
 #define CONFIG_DEFAULT_THREADS 16
 #define CONFIG_MAX_THREADS 256
+#define CONFIG_DEFAULT_IO_TIMEOUT 10 /* seconds */
+#define CONFIG_MAX_IO_TIMEOUT 3600
 
 /*
  * Validate args into *cfg. Returns 0, or -EINVAL with a one-sentence

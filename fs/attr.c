@@ -101,6 +101,10 @@ int fs_setattr(struct fs *fs, uint64_t ino, struct fs_file *f,
 	/* A size change moves every byte past it: order it with all I/O. */
 	if (sized)
 		range_lock(&op.node->ranges, &claim, 0, FS_OFF_MAX, true);
+	if (sized)
+		fs_announce_write(fs, op.node, attr->st_size, 1);
+	if (to_set & ~FS_SET_SIZE)
+		fs_announce_tree(fs);
 	fanout_run(&fo);
 	ret = fanout_tally(&fo, "write", op.node, sized ? attr->st_size : 0, 0);
 	if (!ret && sized)
@@ -262,6 +266,7 @@ static int xattr_change(struct fs *fs, struct xattr_change *op)
 		.fs = fs, .view = view, .body = xattr_body, .arg = op};
 	int ret;
 
+	fs_announce_tree(fs);
 	fanout_run(&fo);
 	ret = fanout_tally(&fo, "write", op->node, 0, 0);
 	children_view_put(view);

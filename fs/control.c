@@ -51,8 +51,10 @@ static int cmd_add(struct fs *fs, const struct config_command *cmd, char *err,
 	fd = dup(child_root_fd(c));
 	if (fd >= 0)
 		atomic_store(&fs->root.fd[child_slot(c)], fd);
-	ret = resync_start(fs, c);
-	if (ret)
+	if (fs->record && record_added(fs->record, fs->set, c))
+		children_set_state(fs->set, c, CHILD_FAILED,
+				   "cannot write its .quorumfs record");
+	else if (resync_start(fs, c, false))
 		children_set_state(fs->set, c, CHILD_FAILED,
 				   "cannot start its resync");
 	child_put(c);
@@ -79,6 +81,8 @@ static int cmd_remove(struct fs *fs, const struct config_command *cmd,
 	 * a hung one keeps its slot. */
 	if (ret >= 0)
 		resync_stop(fs, c); /* reap a finished copy */
+	if (ret >= 0 && fs->record)
+		record_removed(fs->record, fs->set, c);
 	if (ret == 0) {
 		node_forget_slot(fs, slot);
 		files_forget_slot(fs, slot);
@@ -100,7 +104,7 @@ static int cmd_resync(struct fs *fs, const struct config_command *cmd,
 	}
 	resync_stop(fs, c);
 	ret = children_begin_resync(fs->set, c, err, errlen);
-	if (!ret && resync_start(fs, c))
+	if (!ret && resync_start(fs, c, false))
 		children_set_state(fs->set, c, CHILD_FAILED,
 				   "cannot start its resync");
 	child_put(c);
@@ -180,6 +184,10 @@ char *fs_status(struct fs *fs)
 	json_object_object_add(
 		o, "mountpoint",
 		json_object_new_string(fs->mountpoint ? fs->mountpoint : ""));
+	json_object_object_add(o, "io-timeout-ms",
+			       json_object_new_int(fs->timeout_ms));
+	if (fs->record)
+		json_object_object_add(o, "set", record_status(fs->record));
 	pthread_mutex_lock(&fs->control_lock);
 	e = NULL;
 	if (fs->last_error[0]) {

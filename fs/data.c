@@ -155,8 +155,11 @@ int fs_open(struct fs *fs, uint64_t ino, int flags, struct fs_file **out)
 	const struct child_view *view = children_view_get(fs->set);
 	struct node *n = node_get(fs, ino);
 	struct fs_file *f = file_new(n, flags);
-	struct fanout fo = {
-		.fs = fs, .view = view, .body = open_body, .arg = f};
+	struct fanout fo = {.fs = fs,
+			    .view = view,
+			    .body = open_body,
+			    .arg = f,
+			    .probe = !(flags & O_TRUNC)};
 	struct range_claim claim;
 	int ret;
 
@@ -170,6 +173,8 @@ int fs_open(struct fs *fs, uint64_t ino, int flags, struct fs_file **out)
 	}
 	if (flags & O_TRUNC)
 		range_lock(&n->ranges, &claim, 0, FS_OFF_MAX, true);
+	if (flags & O_TRUNC)
+		fs_announce_write(fs, n, 0, 1);
 	fanout_run(&fo);
 	f->flags &= ~O_TRUNC;
 	ret = fanout_tally(&fo,
@@ -388,6 +393,8 @@ static void read_voters(struct fanout *fo, struct read_op *op)
 			continue;
 		note_refused(&op->file->no_inline_read, &io[i],
 			     child_slot(fo->view->child[i]));
+		if (io[i].ret >= 0)
+			child_error_streak(fo->view->child[i], false);
 		fo->ret[i] =
 			io[i].ret < 0 ? io[i].ret : read_rest(op, i, &io[i]);
 	}
@@ -449,6 +456,8 @@ static void report_read(struct fs *fs, const struct child_view *v, int i,
 	child_count_error(v->child[i], CHILD_OP_READ);
 	event_log_report_bad(fs->log, "read", child_name(v->child[i]), off, len,
 			     error, path ? path : "");
+	if (error)
+		health_read_error(fs, v->child[i], error);
 }
 
 /*
@@ -671,11 +680,14 @@ int read_voted_locked(struct fs *fs, const struct child_view *view,
 int fs_read(struct fs *fs, struct fs_file *f, off_t off, size_t size,
 	    struct fs_read *r)
 {
-	const struct child_view *view = children_view_get(fs->set);
+	const struct child_view *view;
 	struct range_claim claim;
 	int ret;
 
+	/* The view after the claim: a write that overlaps and came first
+	 * has demoted any child that missed it by now. */
 	range_lock(&f->node->ranges, &claim, off, off + size, false);
+	view = children_view_get(fs->set);
 	ret = read_voted_locked(fs, view, f, off, size, r);
 	range_unlock(&f->node->ranges, &claim);
 	children_view_put(view);
@@ -773,6 +785,7 @@ ssize_t fs_write(struct fs *fs, struct fs_file *f, const void *buf, size_t size,
 		op.buf = copy;
 	}
 	lock_for_change(f->node, &claim, off, off + size);
+	fs_announce_write(fs, f->node, off, size);
 	write_children(&fo, &op);
 	ret = fanout_tally(&fo, "write", f->node, off, size);
 	if (!ret) {
@@ -838,6 +851,7 @@ int fs_fallocate(struct fs *fs, struct fs_file *f, int mode, off_t off,
 		range_lock(&f->node->ranges, &claim, off, off + len, true);
 	else
 		lock_for_change(f->node, &claim, off, off + len);
+	fs_announce_write(fs, f->node, off, len);
 	ret = fd_run(fs, &op, "write");
 	if (!ret && !(mode & FALLOC_FL_KEEP_SIZE))
 		grow_hint(f->node, off + len);

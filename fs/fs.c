@@ -50,6 +50,8 @@ int fs_new(struct child_set *set, struct pool *pool, struct event_log *log,
 	pthread_mutex_init(&fs->bufs_lock, NULL);
 	pthread_mutex_init(&fs->resync_lock, NULL);
 	pthread_mutex_init(&fs->control_lock, NULL);
+	pthread_mutex_init(&fs->health_lock, NULL);
+	pthread_cond_init(&fs->health_wake, NULL);
 	ret = nodes_init(fs);
 	if (ret) {
 		fs_free(fs);
@@ -63,6 +65,7 @@ void fs_free(struct fs *fs)
 {
 	if (!fs)
 		return;
+	health_stop(fs);
 	resync_stop(fs, NULL);
 	for (int slot = 0; slot < CHILDREN_MAX; slot++)
 		resync_forget_dirty(fs, slot);
@@ -75,8 +78,26 @@ void fs_free(struct fs *fs)
 	pthread_mutex_destroy(&fs->resync_lock);
 	pthread_rwlock_destroy(&fs->ns_barrier);
 	pthread_mutex_destroy(&fs->control_lock);
+	pthread_cond_destroy(&fs->health_wake);
+	pthread_mutex_destroy(&fs->health_lock);
 	free(fs->mountpoint);
 	free(fs);
+}
+
+int fs_start_health(struct fs *fs, struct record *record, int timeout_ms)
+{
+	struct child *m[CHILDREN_MAX];
+	int n = children_members(fs->set, m);
+
+	fs->record = record;
+	fs->timeout_ms = timeout_ms;
+	/* Children that were behind at mount start their copy at once. */
+	for (int i = 0; i < n; i++) {
+		if (child_state(m[i]) == CHILD_STALE)
+			fs->want_resync |= 1u << child_slot(m[i]);
+		child_put(m[i]);
+	}
+	return health_start(fs);
 }
 
 bool fs_fatal(const struct fs *fs)
@@ -200,6 +221,40 @@ static void syncing_child_failed(struct fanout *fo, int i)
 			   reason);
 }
 
+void fs_announce_write(struct fs *fs, struct node *n, off_t off, off_t len)
+{
+	char *path;
+
+	if (!fs->record || record_announced(fs->record, n->key_dev,
+					    n->key_ino, off, len))
+		return;
+	path = node_path(fs, n);
+	if (path)
+		record_announce(fs->record, fs->set, n->key_dev, n->key_ino,
+				path, off, len);
+	free(path);
+}
+
+void fs_announce_tree(struct fs *fs)
+{
+	if (fs->record)
+		record_announce_tree(fs->record, fs->set);
+}
+
+/*
+ * The quorum took a change some voting children did not: they missed it
+ * and must not vote again before they have it (health.c). Opening a file
+ * changes nothing and is left out.
+ */
+static void demote_missed(struct fanout *fo, const char *type,
+			  const char *path)
+{
+	for (int i = 0; i < fo->view->n && !fo->probe; i++)
+		if (fo->view->votes[i] && fo->ret[i])
+			health_missed(fo->fs, fo->view->child[i], type,
+				      path ? path : "", fo->ret[i]);
+}
+
 int fanout_tally(struct fanout *fo, const char *type, struct node *n,
 		 uint64_t off, uint64_t len)
 {
@@ -232,6 +287,7 @@ int fanout_tally(struct fanout *fo, const char *type, struct node *n,
 				     fo->ret[i], path ? path : "");
 	}
 	if (successes >= view->threshold) {
+		demote_missed(fo, type, path);
 		free(path);
 		return 0;
 	}

@@ -65,6 +65,14 @@ void fs_free(struct fs *fs);
 bool fs_fatal(const struct fs *fs);
 
 /*
+ * Keep children healthy: the set's record (NULL: none is kept), the time
+ * a child may take to answer (0: for ever), and the thread that resyncs
+ * children that missed writes. Returns 0 or -errno.
+ */
+struct record;
+int fs_start_health(struct fs *fs, struct record *record, int timeout_ms);
+
+/*
  * The mountpoint and its directory's identity before mounting, so that
  * `add` can refuse children inside the mount without asking the mount.
  */

@@ -19,6 +19,7 @@
 
 #include "children/children.h"
 #include "events/events.h"
+#include "persist/persist.h"
 
 /* Alignment of every buffer handed to a child (O_DIRECT on ext4/xfs). */
 #define FS_ALIGN 4096
@@ -29,6 +30,8 @@
 /* Block size of the per-block rescue vote. */
 #define FS_VOTE_BLOCK 4096
 #define FS_OFF_MAX INT64_MAX
+/* Failed reads in a row that fail a child. */
+#define FS_ERROR_LIMIT 3
 
 /* ---- range locks (rangelock.c) ---- */
 
@@ -89,7 +92,17 @@ struct fs {
 	struct pool *pool;
 	struct event_log *log;
 	atomic_bool fatal;
-	bool as_root; /* daemon may chown new entries to the caller */
+	bool as_root;	       /* daemon may chown new entries to the caller */
+	struct record *record; /* the set's .quorumfs record, or NULL */
+	int timeout_ms;	       /* per child I/O; 0: wait for ever */
+
+	/* Child health (health.c). */
+	pthread_mutex_t health_lock;
+	pthread_cond_t health_wake;
+	unsigned int want_resync; /* guarded by health_lock: slots */
+	bool health_stop;	  /* guarded by health_lock */
+	bool health_running;
+	pthread_t health;
 
 	pthread_mutex_t resync_lock;
 	struct resync *resyncs;		       /* guarded by resync_lock */
@@ -177,6 +190,7 @@ struct fanout {
 	const struct child_view *view;
 	void (*body)(struct fanout *fo, int i);
 	void *arg;
+	bool probe; /* changes nothing: a failure is no missed write */
 	int ret[CHILDREN_MAX];
 };
 
@@ -198,6 +212,12 @@ int fanout_tally(struct fanout *fo, const char *type, struct node *n,
  */
 bool fs_device_error(int error);
 bool refused_by_all(const int *ret, int n);
+/*
+ * Write-intent (persist.h): announce a write to a file's bytes, or a
+ * namespace or metadata change, before it reaches any child.
+ */
+void fs_announce_write(struct fs *fs, struct node *n, off_t off, off_t len);
+void fs_announce_tree(struct fs *fs);
 /* The error vote over the voting children that failed. */
 int fanout_error_vote(const struct fanout *fo);
 
@@ -211,9 +231,10 @@ off_t lseek_voted_locked(struct fs *fs, const struct child_view *view,
 struct node *fs_file_node(const struct fs_file *f);
 
 /* Resync jobs (resync.c). start replaces an earlier job of the child;
- * stop(NULL) stops every job. */
+ * stop(NULL) stops every job. partial: copy only what the record says
+ * the child missed, when it can tell. */
 struct resync;
-int resync_start(struct fs *fs, struct child *c);
+int resync_start(struct fs *fs, struct child *c, bool partial);
 void resync_stop(struct fs *fs, struct child *c);
 /*
  * A namespace change that failed on a syncing child with ENOENT (e.g. a
@@ -225,6 +246,15 @@ void resync_mark_dirty(struct fs *fs, int slot, struct node *dir);
 struct node *resync_take_dirty(struct fs *fs, int slot);
 bool resync_has_dirty(struct fs *fs, int slot);
 void resync_forget_dirty(struct fs *fs, int slot);
+
+/* Child health (health.c): see there for the rules. */
+void health_demote(struct fs *fs, struct child *c, enum child_state to,
+		   const char *reason);
+void health_missed(struct fs *fs, struct child *c, const char *type,
+		   const char *path, int error);
+void health_read_error(struct fs *fs, struct child *c, int error);
+int health_start(struct fs *fs);
+void health_stop(struct fs *fs);
 
 /* Voted attributes of a node (meta.c). Takes no range lock. */
 int attr_vote(struct fs *fs, const struct child_view *view, struct node *n,

@@ -456,6 +456,8 @@ static int ns_run(struct fs *fs, struct ns_op *op, struct fs_entry *e)
 	int ret, key;
 
 	ns_lock(fs, op, &a, &b, true);
+	if (op->kind != NS_LOOKUP)
+		fs_announce_tree(fs);
 	fanout_run(&fo);
 	mark_incomplete(&fo, op);
 	ns_lock(fs, op, &a, &b, false);

@@ -39,8 +39,8 @@ static void node_init_fds(struct node *n)
 
 int nodes_init(struct fs *fs)
 {
-	const struct child_view *view = children_view_get(fs->set);
-	int ret = 0;
+	struct child *m[CHILDREN_MAX];
+	int n = children_members(fs->set, m), ret = 0;
 
 	pthread_mutex_init(&fs->table_lock, NULL);
 	fs->hash_size = 1024;
@@ -53,17 +53,19 @@ int nodes_init(struct fs *fs)
 	fs->root.type = S_IFDIR;
 	fs->root.nlookup = 1;
 	range_locks_init(&fs->root.ranges);
-	for (int i = 0; i < view->n; i++) {
-		int fd = dup(child_root_fd(view->child[i]));
+	/* Every member, also those behind: their resync starts here. */
+	for (int i = 0; i < n; i++) {
+		int fd = dup(child_root_fd(m[i]));
 
 		if (fd < 0) {
 			ret = -errno;
 			goto out;
 		}
-		atomic_store(&fs->root.fd[child_slot(view->child[i])], fd);
+		atomic_store(&fs->root.fd[child_slot(m[i])], fd);
 	}
 out:
-	children_view_put(view);
+	for (int i = 0; i < n; i++)
+		child_put(m[i]);
 	return ret;
 }
 

@@ -50,6 +50,7 @@ struct resync {
 	uint64_t file_base; /* bytes of the files copied before this one */
 	uint64_t created;   /* entries made in the current pass */
 	bool catchup;	    /* a pass that only fills in missing entries */
+	bool partial;	    /* may copy only what the record says it missed */
 	struct timespec last_progress;
 	char reason[256];
 	struct node **linked; /* files with several names, already copied */
@@ -394,23 +395,27 @@ static int finish_file(struct resync *rs, struct fs_file *f, int out)
 	return ret;
 }
 
-static int copy_data(struct resync *rs, struct fs_file *f, int out)
+/* Copy the voters' data regions inside [off, end). */
+static int copy_data(struct resync *rs, struct fs_file *f, int out, off_t off,
+		     off_t end)
 {
 	const struct child_view *view;
-	off_t off = 0, data, hole;
+	off_t data, hole;
 	int ret = 0;
 
-	while (!ret && !atomic_load(&rs->stop)) {
+	while (!ret && off < end && !atomic_load(&rs->stop)) {
 		view = children_view_get(rs->fs->set);
 		data = lseek_voted_locked(rs->fs, view, f, off, SEEK_DATA);
 		hole = data < 0 ? data
 				: lseek_voted_locked(rs->fs, view, f, data,
 						     SEEK_HOLE);
 		children_view_put(view);
-		if (data == -ENXIO)
+		if (data == -ENXIO || data >= end)
 			break;
 		if (data < 0 || hole < 0)
 			return (int)(data < 0 ? data : hole);
+		if (hole > end)
+			hole = end;
 		if (hole > data + RESYNC_CHUNK)
 			hole = data + RESYNC_CHUNK;
 		ret = copy_chunk(rs, f, out, data, hole - data);
@@ -436,7 +441,7 @@ static int copy_file(struct resync *rs, const struct fs_entry *e, int handle)
 	if (out < 0) {
 		ret = -errno;
 	} else {
-		ret = copy_data(rs, f, out);
+		ret = copy_data(rs, f, out, 0, FS_OFF_MAX);
 		if (!ret)
 			ret = finish_file(rs, f, out);
 		close(out);
@@ -521,6 +526,10 @@ static void resync_finish(struct resync *rs, int ret)
 	add_count(d, "bytes", rs->bytes_done);
 	add_count(d, "files", rs->files_done);
 	event_log_emit(rs->fs->log, "RESYNC_COMPLETED", d);
+	/* In step on disk before it votes: a crash from here on must not
+	 * find it behind and copy it all again, nor find it ahead. */
+	if (rs->fs->record)
+		record_promoted(rs->fs->record, rs->fs->set, rs->child);
 	children_set_state(rs->fs->set, rs->child, CHILD_OK,
 			   "resync completed");
 }
@@ -690,9 +699,9 @@ static int copy_dirty(struct resync *rs)
  * happen with every namespace change held off, so none can fail on the
  * child in between.
  */
-static int copy_tree(struct resync *rs)
+static int copy_tree_finish(struct resync *rs)
 {
-	int ret = copy_dir(rs, &rs->fs->root);
+	int ret = 0;
 
 	while (!ret) {
 		ret = copy_dirty(rs);
@@ -711,6 +720,128 @@ static int copy_tree(struct resync *rs)
 	return ret;
 }
 
+static int copy_tree(struct resync *rs)
+{
+	int ret = copy_dir(rs, &rs->fs->root);
+
+	if (ret) {
+		resync_finish(rs, ret);
+		return ret;
+	}
+	return copy_tree_finish(rs);
+}
+
+/* ---- copying only what a returning child missed ---- */
+
+/* Resolve a path of the mount, one voted lookup per component. */
+static int lookup_path(struct fs *fs, const char *path, struct fs_entry *e)
+{
+	char *copy = strdup(path), *save = NULL, *name;
+	uint64_t dir = FS_ROOT_INO;
+	int ret = copy ? 0 : -ENOMEM;
+
+	e->ino = FS_ROOT_INO;
+	for (name = copy ? strtok_r(copy, "/", &save) : NULL; name && !ret;
+	     name = strtok_r(NULL, "/", &save)) {
+		ret = fs_lookup(fs, dir, name, e);
+		if (dir != FS_ROOT_INO)
+			fs_forget(fs, dir, 1);
+		dir = e->ino;
+	}
+	if (ret && dir != FS_ROOT_INO)
+		fs_forget(fs, dir, 1);
+	free(copy);
+	return ret;
+}
+
+/* The regions one file was written in while the child was away. */
+static int copy_regions(struct resync *rs, const struct persist_file *pf,
+			const struct fs_entry *e)
+{
+	int handle = node_fd(rs->fs, node_get(rs->fs, e->ino), rs->slot);
+	struct fs_file *f;
+	char proc[64];
+	int out, ret;
+
+	if (handle < 0 || !S_ISREG(e->attr.st_mode))
+		return -ENOENT; /* not a plain data change: copy the tree */
+	ret = fs_open(rs->fs, e->ino, O_RDONLY, &f);
+	if (ret)
+		return ret;
+	fd_proc_path(handle, proc);
+	out = open(proc, O_WRONLY | O_CLOEXEC);
+	ret = out < 0 ? -errno : 0;
+	for (int k = 0; !ret && k < pf->nregions; k++)
+		ret = copy_data(rs, f, out, pf->region[k] * PERSIST_REGION,
+				(pf->region[k] + 1) * PERSIST_REGION);
+	if (!ret)
+		ret = finish_file(rs, f, out);
+	if (!ret)
+		ret = copy_metadata(rs, handle, e->ino, &e->attr);
+	if (out >= 0)
+		close(out);
+	fs_release(rs->fs, f);
+	return ret;
+}
+
+/*
+ * A child that returns after missing only writes to known files: copy
+ * those regions, then finish like a whole-tree copy.
+ */
+static int copy_missed(struct resync *rs, const struct persist_missed *m)
+{
+	int ret = 0;
+
+	rs->files_total = m->nfiles;
+	for (int i = 0; i < m->nfiles; i++)
+		rs->bytes_total += m->file[i].nregions * PERSIST_REGION;
+	for (int i = 0; i < m->nfiles && !ret; i++) {
+		struct fs_entry e;
+
+		ret = lookup_path(rs->fs, m->file[i].path, &e);
+		if (ret == -ENOENT)
+			return ret;
+		if (!ret) {
+			ret = copy_regions(rs, &m->file[i], &e);
+			fs_forget(rs->fs, e.ino, 1);
+		}
+		rs->files_done++;
+		rs->file_base += m->file[i].nregions * PERSIST_REGION;
+		advance(rs, rs->file_base);
+		progress(rs, false);
+		if (atomic_load(&rs->stop))
+			ret = -ECANCELED;
+	}
+	return ret;
+}
+
+/* Only the missed regions when the record can tell them and the copy
+ * goes through; -ENOENT when the whole tree has to be copied. */
+static int try_missed(struct resync *rs)
+{
+	struct persist_missed m;
+	int ret;
+
+	if (!rs->fs->record || !rs->partial)
+		return -ENOENT;
+	record_missed(rs->fs->record, rs->fs->set, rs->child, &m);
+	ret = m.tree ? -ENOENT : copy_missed(rs, &m);
+	persist_missed_free(&m);
+	/* Anything unexpected (a file turned directory...): the whole tree
+	 * settles it, and fails the child if its device is at fault. */
+	if (ret && ret != -ECANCELED) {
+		rs->files_done = rs->files_total = 0;
+		rs->bytes_done = rs->bytes_total = rs->file_base = 0;
+		rs->reason[0] = '\0';
+		return ret;
+	}
+	if (!ret)
+		ret = copy_tree_finish(rs);
+	else
+		resync_finish(rs, ret);
+	return ret;
+}
+
 /* ---- the job ---- */
 
 static void *resync_thread(void *arg)
@@ -718,6 +849,8 @@ static void *resync_thread(void *arg)
 	struct resync *rs = arg;
 	int ret;
 
+	if (try_missed(rs) != -ENOENT)
+		return NULL;
 	ret = walk_dir(rs, &rs->fs->root, count_entry);
 	progress(rs, true);
 	if (ret)
@@ -767,7 +900,7 @@ void resync_stop(struct fs *fs, struct child *c)
 	}
 }
 
-int resync_start(struct fs *fs, struct child *c)
+int resync_start(struct fs *fs, struct child *c, bool partial)
 {
 	struct resync *rs;
 	int ret;
@@ -779,6 +912,7 @@ int resync_start(struct fs *fs, struct child *c)
 	rs->fs = fs;
 	rs->child = c;
 	rs->slot = child_slot(c);
+	rs->partial = partial;
 	child_get(c);
 	atomic_init(&rs->stop, false);
 	ret = -pthread_create(&rs->thread, NULL, resync_thread, rs);

@@ -97,9 +97,18 @@ def wait_status(m, pred, timeout, what):
 
 
 def wait_child_state(m, name, state, timeout=60):
-    return wait_status(
-        m, lambda d: (child_status(d, name) or {}).get("state") == state,
-        timeout, "child %s to be %s" % (name, state))
+    last = {}
+
+    def reached(d):
+        last["child"] = child_status(d, name) or {}
+        return last["child"].get("state") == state
+
+    try:
+        return wait_status(m, reached, timeout,
+                           "child %s to be %s" % (name, state))
+    except BaseException:
+        print("last status of %s: %s" % (name, last.get("child")))
+        raise
 
 
 def check_status_shape(doc):

@@ -1,0 +1,496 @@
+/*
+ * The .quorumfs/ record: state file and intent log (see persist.h).
+ */
+#define _GNU_SOURCE
+#include "persist/persist.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define STATE_NAME PERSIST_DIR "/state"
+#define STATE_TMP PERSIST_DIR "/state.tmp"
+#define LOG_NAME PERSIST_DIR "/intent"
+#define STATE_MAX (256 * 1024)
+
+static int fail(char *err, size_t errlen, int ret, const char *why)
+{
+	snprintf(err, errlen, "%s", why);
+	return ret;
+}
+
+void persist_new_id(char id[PERSIST_ID_LEN + 1])
+{
+	unsigned char raw[PERSIST_ID_LEN / 2];
+	size_t got = 0;
+
+	while (got < sizeof(raw)) {
+		ssize_t r = getrandom(raw + got, sizeof(raw) - got, 0);
+
+		if (r > 0)
+			got += r;
+	}
+	for (size_t i = 0; i < sizeof(raw); i++)
+		sprintf(id + 2 * i, "%02x", raw[i]);
+}
+
+void persist_clear(struct persist_state *st)
+{
+	for (int i = 0; i < st->n; i++) {
+		free(st->member[i].name);
+		free(st->member[i].path);
+	}
+	memset(st, 0, sizeof(*st));
+}
+
+int persist_add_member(struct persist_state *st, const char *id,
+		       const char *name, const char *path)
+{
+	struct persist_member *m;
+
+	if (st->n == CHILDREN_MAX)
+		return -ENOSPC;
+	m = &st->member[st->n];
+	snprintf(m->id, sizeof(m->id), "%s", id);
+	m->name = strdup(name);
+	m->path = strdup(path);
+	if (!m->name || !m->path) {
+		free(m->name);
+		free(m->path);
+		return -ENOMEM;
+	}
+	st->n++;
+	return 0;
+}
+
+void persist_remove_member(struct persist_state *st, const char *id)
+{
+	for (int i = 0; i < st->n; i++) {
+		if (strcmp(st->member[i].id, id))
+			continue;
+		free(st->member[i].name);
+		free(st->member[i].path);
+		memmove(&st->member[i], &st->member[i + 1],
+			(st->n - i - 1) * sizeof(st->member[0]));
+		st->n--;
+		return;
+	}
+}
+
+const struct persist_member *persist_member(const struct persist_state *st,
+					    const char *id)
+{
+	for (int i = 0; i < st->n; i++)
+		if (strcmp(st->member[i].id, id) == 0)
+			return &st->member[i];
+	return NULL;
+}
+
+int persist_copy(struct persist_state *dst, const struct persist_state *src)
+{
+	*dst = *src;
+	dst->n = 0;
+	for (int i = 0; i < src->n; i++) {
+		const struct persist_member *m = &src->member[i];
+
+		if (persist_add_member(dst, m->id, m->name, m->path)) {
+			persist_clear(dst);
+			return -ENOMEM;
+		}
+	}
+	return 0;
+}
+
+/* ---- reading the state ---- */
+
+static int read_small(int root_fd, const char *name, char **out)
+{
+	int fd = openat(root_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	char *buf = NULL;
+	ssize_t len;
+	int ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	buf = malloc(STATE_MAX + 1);
+	if (!buf) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	len = pread(fd, buf, STATE_MAX, 0);
+	if (len < 0) {
+		ret = -errno;
+		goto out;
+	}
+	buf[len] = '\0';
+	*out = buf;
+	buf = NULL;
+out:
+	free(buf);
+	close(fd);
+	return ret;
+}
+
+static bool get_id(struct json_object *o, const char *key, char *id)
+{
+	struct json_object *v;
+	const char *s;
+
+	if (!json_object_object_get_ex(o, key, &v) ||
+	    !json_object_is_type(v, json_type_string))
+		return false;
+	s = json_object_get_string(v);
+	if (strlen(s) != PERSIST_ID_LEN ||
+	    strspn(s, "0123456789abcdef") != PERSIST_ID_LEN)
+		return false;
+	memcpy(id, s, PERSIST_ID_LEN + 1);
+	return true;
+}
+
+static bool get_u64(struct json_object *o, const char *key, uint64_t *out)
+{
+	struct json_object *v;
+
+	if (!json_object_object_get_ex(o, key, &v) ||
+	    !json_object_is_type(v, json_type_int) ||
+	    json_object_get_int64(v) < 0)
+		return false;
+	*out = (uint64_t)json_object_get_int64(v);
+	return true;
+}
+
+static const char *get_str(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	if (!json_object_object_get_ex(o, key, &v) ||
+	    !json_object_is_type(v, json_type_string))
+		return NULL;
+	return json_object_get_string(v);
+}
+
+static int parse_members(struct json_object *o, struct persist_state *st)
+{
+	struct json_object *list;
+
+	if (!json_object_object_get_ex(o, "members", &list) ||
+	    !json_object_is_type(list, json_type_array) ||
+	    json_object_array_length(list) > CHILDREN_MAX)
+		return -EINVAL;
+	for (size_t i = 0; i < json_object_array_length(list); i++) {
+		struct json_object *m = json_object_array_get_idx(list, i);
+		const char *name = get_str(m, "name"),
+			   *path = get_str(m, "path");
+		char id[PERSIST_ID_LEN + 1];
+
+		if (!get_id(m, "child", id) || !name || !path)
+			return -EINVAL;
+		if (persist_add_member(st, id, name, path))
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+static int parse_state(struct json_object *o, struct persist_state *st)
+{
+	struct json_object *v;
+	uint64_t format = 0;
+
+	if (!get_u64(o, "format", &format) || format != 1)
+		return -EINVAL;
+	if (!get_id(o, "set", st->set) || !get_id(o, "child", st->child) ||
+	    !get_u64(o, "generation", &st->generation) ||
+	    !get_u64(o, "log-since", &st->log_since) ||
+	    !json_object_object_get_ex(o, "clean", &v) ||
+	    !json_object_is_type(v, json_type_boolean))
+		return -EINVAL;
+	st->clean = json_object_get_boolean(v);
+	return parse_members(o, st);
+}
+
+int persist_load(int root_fd, struct persist_state *st, char *err,
+		 size_t errlen)
+{
+	struct json_object *o;
+	char *text = NULL;
+	int ret;
+
+	memset(st, 0, sizeof(*st));
+	ret = read_small(root_fd, STATE_NAME, &text);
+	if (ret == -ENOENT)
+		return ret;
+	if (ret)
+		return fail(err, errlen, ret, strerror(-ret));
+	o = json_tokener_parse(text);
+	free(text);
+	if (!o)
+		return fail(err, errlen, -EINVAL, "not valid JSON");
+	ret = parse_state(o, st);
+	json_object_put(o);
+	if (ret) {
+		persist_clear(st);
+		return fail(err, errlen, ret, "missing or malformed fields");
+	}
+	return 0;
+}
+
+/* ---- writing the state ---- */
+
+static struct json_object *state_json(const struct persist_state *st)
+{
+	struct json_object *o = json_object_new_object();
+	struct json_object *list = json_object_new_array();
+
+	json_object_object_add(o, "format", json_object_new_int(1));
+	json_object_object_add(o, "set", json_object_new_string(st->set));
+	json_object_object_add(o, "child", json_object_new_string(st->child));
+	json_object_object_add(o, "generation",
+			       json_object_new_int64((int64_t)st->generation));
+	json_object_object_add(o, "log-since",
+			       json_object_new_int64((int64_t)st->log_since));
+	json_object_object_add(o, "clean", json_object_new_boolean(st->clean));
+	for (int i = 0; i < st->n; i++) {
+		struct json_object *m = json_object_new_object();
+
+		json_object_object_add(
+			m, "child", json_object_new_string(st->member[i].id));
+		json_object_object_add(
+			m, "name", json_object_new_string(st->member[i].name));
+		json_object_object_add(
+			m, "path", json_object_new_string(st->member[i].path));
+		json_object_array_add(list, m);
+	}
+	json_object_object_add(o, "members", list);
+	return o;
+}
+
+static int errno_of(int r)
+{
+	return r < 0 ? -errno : 0;
+}
+
+/* fsync the .quorumfs directory, so a rename or a creation is durable. */
+static int sync_dir(int root_fd)
+{
+	int fd = openat(root_fd, PERSIST_DIR,
+			O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	int ret;
+
+	if (fd < 0)
+		return -errno;
+	ret = errno_of(fsync(fd));
+	close(fd);
+	return ret;
+}
+
+static int write_all(int fd, const char *text)
+{
+	size_t len = strlen(text), done = 0;
+
+	while (done < len) {
+		ssize_t r = write(fd, text + done, len - done);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		done += r;
+	}
+	return 0;
+}
+
+static int make_dir(int root_fd)
+{
+	if (mkdirat(root_fd, PERSIST_DIR, 0700) && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+int persist_save(int root_fd, const struct persist_state *st)
+{
+	struct json_object *o = state_json(st);
+	int fd = -1, ret = make_dir(root_fd);
+
+	if (ret)
+		goto out;
+	fd = openat(root_fd, STATE_TMP,
+		    O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
+		    0600);
+	if (fd < 0) {
+		ret = -errno;
+		goto out;
+	}
+	ret = write_all(fd, json_object_to_json_string_ext(
+				    o, JSON_C_TO_STRING_PRETTY |
+					       JSON_C_TO_STRING_NOSLASHESCAPE));
+	if (!ret)
+		ret = write_all(fd, "\n");
+	if (!ret)
+		ret = errno_of(fsync(fd));
+	if (!ret)
+		ret = errno_of(
+			renameat(root_fd, STATE_TMP, root_fd, STATE_NAME));
+	if (!ret)
+		ret = sync_dir(root_fd);
+out:
+	if (fd >= 0)
+		close(fd);
+	json_object_put(o);
+	return ret;
+}
+
+/* ---- the intent log ---- */
+
+int persist_log_append(int root_fd, const char *line)
+{
+	int fd = openat(root_fd, LOG_NAME,
+			O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC);
+	int ret = 0;
+
+	if (fd < 0 && errno == ENOENT) {
+		/* The file's creation must survive a crash as its lines do. */
+		ret = make_dir(root_fd);
+		fd = ret ? -1
+			 : openat(root_fd, LOG_NAME,
+				  O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW |
+					  O_CLOEXEC,
+				  0600);
+		if (fd >= 0)
+			ret = sync_dir(root_fd);
+	}
+	if (fd < 0)
+		return ret ? ret : -errno;
+	if (!ret)
+		ret = write_all(fd, line);
+	if (!ret)
+		ret = errno_of(fdatasync(fd));
+	close(fd);
+	return ret;
+}
+
+int persist_log_reset(int root_fd)
+{
+	int fd = openat(root_fd, LOG_NAME,
+			O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC);
+	int ret;
+
+	if (fd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	ret = errno_of(fsync(fd));
+	close(fd);
+	return ret;
+}
+
+void persist_missed_free(struct persist_missed *m)
+{
+	for (int i = 0; i < m->nfiles; i++) {
+		free(m->file[i].path);
+		free(m->file[i].region);
+	}
+	free(m->file);
+	memset(m, 0, sizeof(*m));
+}
+
+static struct persist_file *missed_file(struct persist_missed *m,
+					const char *path)
+{
+	struct persist_file *f;
+
+	for (int i = 0; i < m->nfiles; i++)
+		if (strcmp(m->file[i].path, path) == 0)
+			return &m->file[i];
+	f = realloc(m->file, (m->nfiles + 1) * sizeof(*f));
+	if (!f)
+		return NULL;
+	m->file = f;
+	f = &m->file[m->nfiles];
+	*f = (struct persist_file){.path = strdup(path)};
+	if (!f->path)
+		return NULL;
+	m->nfiles++;
+	return f;
+}
+
+static int missed_region(struct persist_missed *m, const char *path,
+			 int64_t region)
+{
+	struct persist_file *f = missed_file(m, path);
+	int64_t *r;
+
+	if (!f)
+		return -ENOMEM;
+	for (int i = 0; i < f->nregions; i++)
+		if (f->region[i] == region)
+			return 0;
+	r = realloc(f->region, (f->nregions + 1) * sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	f->region = r;
+	f->region[f->nregions++] = region;
+	return 0;
+}
+
+/* One line of the log; a line that does not parse is -EINVAL. */
+static int missed_line(struct persist_missed *m, const char *line,
+		       uint64_t since)
+{
+	struct json_object *o = json_tokener_parse(line), *v;
+	const char *path;
+	uint64_t g, region;
+	int ret = 0;
+
+	if (!o || !get_u64(o, "g", &g)) {
+		ret = -EINVAL;
+		goto out;
+	}
+	if (g < since)
+		goto out;
+	if (json_object_object_get_ex(o, "tree", &v)) {
+		m->tree = true; /* the files are still collected: settle() */
+		goto out;
+	}
+	path = get_str(o, "p");
+	if (!path || !get_u64(o, "r", &region))
+		ret = -EINVAL;
+	else
+		ret = missed_region(m, path, (int64_t)region);
+out:
+	json_object_put(o);
+	return ret;
+}
+
+int persist_log_missed(int root_fd, uint64_t since, struct persist_missed *m)
+{
+	FILE *f = NULL;
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t len;
+	int fd, ret = 0;
+
+	memset(m, 0, sizeof(*m));
+	fd = openat(root_fd, LOG_NAME, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	f = fdopen(fd, "r");
+	if (!f) {
+		close(fd);
+		return -ENOMEM;
+	}
+	while (!ret && (len = getline(&line, &cap, f)) > 0) {
+		/* A crash may tear the last line; its change never began. */
+		if (line[len - 1] != '\n')
+			break;
+		ret = missed_line(m, line, since);
+	}
+	free(line);
+	fclose(f);
+	if (ret)
+		persist_missed_free(m);
+	return ret;
+}

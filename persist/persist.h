@@ -1,0 +1,159 @@
+/*
+ * persist: the record each child keeps of the set, in CHILD/.quorumfs/.
+ *
+ * Two files, both small:
+ *   state   JSON, replaced atomically (written aside, fsync'd, renamed):
+ *           the set's identity, this child's identity, the generation it
+ *           was last known to be in step at, whether the set was unmounted
+ *           cleanly, and the membership;
+ *   intent  the write-intent log, one JSON object per line, appended and
+ *           fdatasync'd before the change it announces reaches any child:
+ *           {"g":G,"p":PATH,"r":REGION} (bytes REGION*PERSIST_REGION of
+ *           PATH may differ between children) or {"g":G,"tree":true} (the
+ *           namespace changed while some member was not in step).
+ *
+ * Generations work like md's event counter. Every mount and every change
+ * of membership or health raises the set's generation on the children
+ * that are in step; a child that was absent, stale or failed keeps the
+ * older number, so the next mount knows it is behind and what it missed:
+ * the intent lines from its generation on.
+ *
+ * This module only reads and writes the files; what the numbers mean for
+ * voting is decided by its callers (quorumfs.c at mount, fs/ at runtime).
+ */
+#ifndef QFS_PERSIST_H
+#define QFS_PERSIST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "children/children.h"
+
+#define PERSIST_DIR ".quorumfs"
+#define PERSIST_ID_LEN 32
+/* Granularity of the intent log: a returning child copies whole regions
+ * (md's write-intent bitmap uses the same order of size). */
+#define PERSIST_REGION (64LL * 1024 * 1024)
+
+struct persist_member {
+	char id[PERSIST_ID_LEN + 1];
+	char *name;
+	char *path;
+};
+
+struct persist_state {
+	char set[PERSIST_ID_LEN + 1];
+	char child[PERSIST_ID_LEN + 1];
+	uint64_t generation; /* last generation this child was in step at */
+	uint64_t log_since;  /* the intent log holds every line from here */
+	bool clean;	     /* the set was unmounted cleanly */
+	int n;
+	struct persist_member member[CHILDREN_MAX];
+};
+
+/*
+ * Read root/.quorumfs/state. Returns 0, -ENOENT when the child has no
+ * record (a new child), or another -errno with a reason in err (an
+ * unreadable or malformed record). Free with persist_clear().
+ */
+int persist_load(int root_fd, struct persist_state *st, char *err,
+		 size_t errlen);
+/* Write it atomically and durably, creating .quorumfs/ if needed. */
+int persist_save(int root_fd, const struct persist_state *st);
+void persist_clear(struct persist_state *st);
+/* Deep copy; -ENOMEM leaves dst cleared. */
+int persist_copy(struct persist_state *dst, const struct persist_state *src);
+/* Add a member (strings are copied). */
+int persist_add_member(struct persist_state *st, const char *id,
+		       const char *name, const char *path);
+void persist_remove_member(struct persist_state *st, const char *id);
+const struct persist_member *persist_member(const struct persist_state *st,
+					    const char *id);
+/* A fresh random identity. */
+void persist_new_id(char id[PERSIST_ID_LEN + 1]);
+
+/* The intent log. Appends open and close the file each time: a handle
+ * kept open for writing would stop an operator remounting the child's
+ * file system read-only. */
+int persist_log_append(int root_fd, const char *line);
+int persist_log_reset(int root_fd);
+
+/* What a child that is behind missed, read from a log. */
+struct persist_missed {
+	bool tree;  /* the namespace changed: copy the whole tree */
+	int nfiles; /* otherwise these regions of these files */
+	struct persist_file {
+		char *path;
+		int nregions;
+		int64_t *region;
+	} * file;
+};
+/*
+ * Collect the log's lines of generation >= since into *m. Returns 0, or
+ * -errno (e.g. -ENOENT, or -EINVAL for a torn line other than the last)
+ * when the log cannot be trusted and the whole tree must be copied.
+ */
+int persist_log_missed(int root_fd, uint64_t since, struct persist_missed *m);
+void persist_missed_free(struct persist_missed *m);
+
+#endif
+
+/* ---- the set's record at runtime (record.c) ---- */
+
+/*
+ * What the mount knows of the set: its identity, the current generation,
+ * every member's identity by slot, and which (file, region) pairs the
+ * intent log already announced in this generation. All calls are
+ * thread-safe.
+ */
+struct record;
+struct child_set;
+
+/*
+ * Before the children are opened: read every child's record and decide.
+ * Refuses (-EINVAL, reason in err) a child of another set, a child that
+ * was removed from this set, and an unreadable child directory. Members
+ * the record names that the command line left out are appended to cfg
+ * (reachable ones only; cfg's strings then stay owned by the record).
+ */
+int record_scan(struct children_config *cfg, struct record **out, char *err,
+		size_t errlen);
+/*
+ * Once the set exists: mark children that are behind stale, refuse a
+ * mount with fewer children in step than the threshold, raise the
+ * generation on the others and open their logs. On an unclean record,
+ * first makes the regions the log announced identical on every child in
+ * step (the writes in flight when the daemon died).
+ */
+int record_start(struct record *r, struct child_set *set, char *err,
+		 size_t errlen);
+void record_free(struct record *r);
+/* A clean unmount: sync every child, clear the log if all are in step. */
+void record_unmount(struct record *r, struct child_set *set);
+
+/* Health and membership: keep every in-step child's record current. */
+void record_demoted(struct record *r, struct child_set *set);
+void record_promoted(struct record *r, struct child_set *set, struct child *c);
+int record_added(struct record *r, struct child_set *set, struct child *c);
+void record_removed(struct record *r, struct child_set *set, struct child *c);
+
+/*
+ * Announce a write to [off, off + len) of a file before it happens. key
+ * identifies the file; path (computed only when needed) names it.
+ */
+bool record_announced(struct record *r, uint64_t dev, uint64_t ino, off_t off,
+		      off_t len);
+void record_announce(struct record *r, struct child_set *set, uint64_t dev,
+		     uint64_t ino, const char *path, off_t off, off_t len);
+/* Announce a namespace change while some member is not in step. */
+void record_announce_tree(struct record *r, struct child_set *set);
+/* c stopped being in step now (before the generation moves on). tree:
+ * what it missed is not only data (a file it lacks, a failed flush), so
+ * its resync must copy the whole tree. */
+void record_set_behind(struct record *r, struct child *c, bool tree);
+/* What child c missed, from an in-step child's log (tree when unsure). */
+int record_missed(struct record *r, struct child_set *set, struct child *c,
+		  struct persist_missed *m);
+/* Members the record names that are not mounted (JSON array). */
+struct json_object *record_status(struct record *r);

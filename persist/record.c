@@ -1,0 +1,721 @@
+/*
+ * The set's record at mount and at runtime (see persist.h).
+ *
+ * Lock order: record->lock, then the child set's locks (views are taken
+ * under it). Nothing here waits for a range lock.
+ */
+#define _GNU_SOURCE
+#include "persist/persist.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <linux/openat2.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "vote/vote.h"
+
+#define ANNOUNCED_MAX 65536
+
+struct announced {
+	uint64_t dev, ino;
+	int64_t region;
+};
+
+struct record {
+	pthread_mutex_t lock;
+	struct persist_state set; /* generation: the current one */
+	bool fresh_set;		  /* no child had a record */
+	bool unclean;
+	char id[CHILDREN_MAX][PERSIST_ID_LEN + 1]; /* by slot */
+	uint64_t gen[CHILDREN_MAX];		   /* by slot: last in step */
+	bool behind[CHILDREN_MAX];		   /* by slot */
+	bool tree[CHILDREN_MAX];     /* by slot: missed more than data */
+	char why[CHILDREN_MAX][160]; /* by slot: why behind */
+	bool tree_announced;
+	struct announced *announced; /* this generation's, unordered */
+	size_t nannounced;
+	int nextra;
+	char *extra_path[CHILDREN_MAX], *extra_name[CHILDREN_MAX];
+};
+
+static int refuse(char *err, size_t errlen, const char *fmt, const char *a,
+		  const char *b)
+{
+	snprintf(err, errlen, fmt, a, b);
+	return -EINVAL;
+}
+
+static struct record *record_new(void)
+{
+	struct record *r = calloc(1, sizeof(*r));
+
+	if (!r)
+		return NULL;
+	pthread_mutex_init(&r->lock, NULL);
+	return r;
+}
+
+void record_free(struct record *r)
+{
+	if (!r)
+		return;
+	for (int i = 0; i < r->nextra; i++) {
+		free(r->extra_path[i]);
+		free(r->extra_name[i]);
+	}
+	persist_clear(&r->set);
+	free(r->announced);
+	pthread_mutex_destroy(&r->lock);
+	free(r);
+}
+
+/* ---- mount: reading every child's record ---- */
+
+static int load_path(const char *path, struct persist_state *st, char *why,
+		     size_t whylen)
+{
+	int fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC), ret;
+
+	if (fd < 0)
+		return -errno;
+	ret = persist_load(fd, st, why, whylen);
+	close(fd);
+	return ret;
+}
+
+/* The newest record among the command line's children, or -1. */
+static int newest(const struct persist_state *st, const int *loaded, int n)
+{
+	int best = -1;
+
+	for (int i = 0; i < n; i++)
+		if (loaded[i] == 0 &&
+		    (best < 0 || st[i].generation > st[best].generation))
+			best = i;
+	return best;
+}
+
+static int check_member(struct record *r, const struct persist_state *st,
+			const char *path, char *err, size_t errlen)
+{
+	if (strcmp(st->set, r->set.set))
+		return refuse(err, errlen,
+			      "child '%s' belongs to another quorumfs set "
+			      "(%s/.quorumfs names a different set); refusing "
+			      "to mix sets",
+			      path, path);
+	if (!persist_member(&r->set, st->child))
+		return refuse(err, errlen,
+			      "child '%s' was removed from this set; leave it "
+			      "out, or delete %s/.quorumfs to add it back as a "
+			      "new child",
+			      path, path);
+	return 0;
+}
+
+/* Slot i's standing from its own record (loaded: persist_load's result). */
+static int place(struct record *r, int i, const struct persist_state *st,
+		 int loaded, const char *path, char *err, size_t errlen)
+{
+	int ret;
+
+	if (loaded != 0) {
+		persist_new_id(r->id[i]);
+		if (r->fresh_set)
+			return 0;
+		r->behind[i] = true;
+		snprintf(r->why[i], sizeof(r->why[i]), "%s",
+			 loaded == -ENOENT
+				 ? "new child: copying the whole tree"
+				 : "its record is unreadable: copying the "
+				   "whole tree");
+		return 0;
+	}
+	ret = check_member(r, st, path, err, errlen);
+	if (ret)
+		return ret;
+	memcpy(r->id[i], st->child, sizeof(r->id[i]));
+	r->gen[i] = st->generation;
+	if (st->generation < r->set.generation) {
+		r->behind[i] = true;
+		snprintf(r->why[i], sizeof(r->why[i]),
+			 "behind: generation %llu, the set is at %llu",
+			 (unsigned long long)st->generation,
+			 (unsigned long long)r->set.generation);
+	} else if (!st->clean) {
+		r->unclean = true;
+	}
+	return 0;
+}
+
+static bool on_command_line(const struct record *r, int n, const char *id)
+{
+	for (int i = 0; i < n; i++)
+		if (strcmp(r->id[i], id) == 0)
+			return true;
+	return false;
+}
+
+/* Members the command line left out: mount the ones still reachable. */
+static int add_extras(struct record *r, struct children_config *cfg)
+{
+	int n = cfg->n;
+
+	for (int m = 0; m < r->set.n && cfg->n < CHILDREN_MAX; m++) {
+		const struct persist_member *pm = &r->set.member[m];
+		struct persist_state st;
+		char why[128];
+		int i = cfg->n;
+
+		if (on_command_line(r, n, pm->id) ||
+		    load_path(pm->path, &st, why, sizeof(why)))
+			continue;
+		if (strcmp(st.set, r->set.set) || strcmp(st.child, pm->id)) {
+			persist_clear(&st);
+			continue;
+		}
+		r->extra_path[r->nextra] = strdup(pm->path);
+		r->extra_name[r->nextra] = strdup(pm->name);
+		if (!r->extra_path[r->nextra] || !r->extra_name[r->nextra])
+			return -ENOMEM;
+		cfg->path[i] = r->extra_path[r->nextra];
+		cfg->name[i] = r->extra_name[r->nextra++];
+		place(r, i, &st, 0, pm->path, why, sizeof(why));
+		persist_clear(&st);
+		cfg->n++;
+	}
+	return 0;
+}
+
+int record_scan(struct children_config *cfg, struct record **out, char *err,
+		size_t errlen)
+{
+	struct persist_state *st = calloc(CHILDREN_MAX, sizeof(*st));
+	struct record *r = record_new();
+	int loaded[CHILDREN_MAX], best, ret = -ENOMEM;
+
+	if (!st || !r)
+		goto out;
+	for (int i = 0; i < cfg->n; i++) {
+		char why[128];
+
+		loaded[i] = load_path(cfg->path[i], &st[i], why, sizeof(why));
+		if (loaded[i] && loaded[i] != -ENOENT && loaded[i] != -EINVAL) {
+			ret = refuse(err, errlen, "child '%s': %s",
+				     cfg->path[i], why);
+			goto out;
+		}
+	}
+	best = newest(st, loaded, cfg->n);
+	r->fresh_set = best < 0;
+	if (r->fresh_set)
+		persist_new_id(r->set.set);
+	else if ((ret = persist_copy(&r->set, &st[best])))
+		goto out;
+	for (int i = 0; i < cfg->n; i++)
+		if ((ret = place(r, i, &st[i], loaded[i], cfg->path[i], err,
+				 errlen)))
+			goto out;
+	ret = r->fresh_set ? 0 : add_extras(r, cfg);
+	if (!ret) {
+		*out = r;
+		r = NULL;
+	}
+out:
+	for (int i = 0; st && i < CHILDREN_MAX; i++)
+		persist_clear(&st[i]);
+	free(st);
+	record_free(r);
+	return ret;
+}
+
+/* ---- mount: settling the writes a crash left in flight ---- */
+
+#define CHUNK (1024 * 1024)
+#define BLOCK 4096
+
+static int open_beneath(int root_fd, const char *path)
+{
+	struct open_how how = {.flags = O_RDWR | O_CLOEXEC | O_NOFOLLOW,
+			       .resolve = RESOLVE_BENEATH |
+					  RESOLVE_NO_SYMLINKS |
+					  RESOLVE_NO_MAGICLINKS};
+	long fd = syscall(SYS_openat2, root_fd, path, &how, sizeof(how));
+
+	return fd < 0 ? -errno : (int)fd;
+}
+
+/* The size most children have (ties: the highest index, QEMU's rule). */
+static off_t voted_size(const int *fd, int n)
+{
+	off_t size[CHILDREN_MAX], best = 0;
+	int best_count = 0;
+
+	for (int i = 0; i < n; i++) {
+		struct stat st;
+
+		size[i] = fstat(fd[i], &st) ? -1 : st.st_size;
+	}
+	for (int i = 0; i < n; i++) {
+		int count = 0;
+
+		for (int k = 0; k < n; k++)
+			count += size[k] == size[i];
+		if (size[i] >= 0 && count >= best_count) {
+			best = size[i];
+			best_count = count;
+		}
+	}
+	return best;
+}
+
+/* Make [off, off + len) identical on every child: the block vote's
+ * winner (threshold 1: every block has one) over every other copy. */
+static int settle_chunk(const int *fd, int n, char **buf, off_t off, size_t len,
+			char *voted)
+{
+	struct vote_ballot b[CHILDREN_MAX];
+	struct vote_blocks_result vr;
+	int winner[CHUNK / BLOCK], ret;
+
+	for (int i = 0; i < n; i++) {
+		ssize_t r = pread(fd[i], buf[i], len, off);
+
+		b[i] = (struct vote_ballot){.error = r < 0 ? -errno : 0,
+					    .data = buf[i],
+					    .len = r < 0 ? 0 : (size_t)r};
+	}
+	ret = vote_blocks(b, n, 1, BLOCK, winner, &vr);
+	if (ret)
+		return ret;
+	for (size_t k = 0; k * BLOCK < vr.len; k++) {
+		size_t blen =
+			vr.len - k * BLOCK < BLOCK ? vr.len - k * BLOCK : BLOCK;
+
+		memcpy(voted + k * BLOCK, buf[winner[k]] + k * BLOCK, blen);
+	}
+	for (int i = 0; i < n; i++)
+		if (vr.bad[i] &&
+		    pwrite(fd[i], voted + vr.bad_start[i],
+			   (vr.bad_end[i] < vr.len ? vr.bad_end[i] : vr.len) -
+				   vr.bad_start[i],
+			   off + vr.bad_start[i]) < 0)
+			return -errno;
+	return 0;
+}
+
+static int settle_regions(const int *fd, int n, const struct persist_file *f,
+			  char **buf, char *voted)
+{
+	off_t size = voted_size(fd, n);
+	int ret = 0;
+
+	for (int k = 0; k < f->nregions && !ret; k++) {
+		off_t start = f->region[k] * PERSIST_REGION;
+		off_t end = start + PERSIST_REGION;
+
+		for (off_t off = start; off < end && off < size && !ret;
+		     off += CHUNK)
+			ret = settle_chunk(
+				fd, n, buf, off,
+				end - off < CHUNK ? end - off : CHUNK, voted);
+	}
+	for (int i = 0; i < n && !ret; i++)
+		if (ftruncate(fd[i], size) || fsync(fd[i]))
+			ret = -errno;
+	return ret;
+}
+
+/* One file the log named: a file some children lack is left to the vote. */
+static int settle_file(const struct child_view *v, const struct persist_file *f,
+		       char **buf, char *voted)
+{
+	int fd[CHILDREN_MAX], n = 0, ret = 0;
+
+	for (int i = 0; i < v->n; i++) {
+		int r = open_beneath(child_root_fd(v->child[i]), f->path);
+
+		if (r >= 0)
+			fd[n++] = r;
+		else if (!ret)
+			ret = r;
+	}
+	if (!ret && n == v->n)
+		ret = settle_regions(fd, n, f, buf, voted);
+	for (int i = 0; i < n; i++)
+		close(fd[i]);
+	return ret == -ENOENT ? 0 : ret;
+}
+
+static int settle(struct record *r, const struct child_view *v)
+{
+	struct persist_missed m;
+	char *buf[CHILDREN_MAX] = {0}, *voted = malloc(CHUNK);
+	int ret = persist_log_missed(child_root_fd(v->child[0]),
+				     r->set.log_since, &m);
+
+	if (ret == -ENOENT)
+		ret = 0; /* nothing was announced: nothing was in flight */
+	else if (!ret) {
+		for (int i = 0; i < v->n && voted; i++)
+			buf[i] = malloc(CHUNK);
+		for (int i = 0; i < m.nfiles && !ret; i++)
+			ret = voted && buf[v->n - 1]
+				      ? settle_file(v, &m.file[i], buf, voted)
+				      : -ENOMEM;
+		persist_missed_free(&m);
+	}
+	for (int i = 0; i < v->n; i++)
+		free(buf[i]);
+	free(voted);
+	return ret;
+}
+
+/* ---- saving records ---- */
+
+/* c's record at generation gen (the set's own fields otherwise). */
+static int save_child(struct record *r, struct child *c, uint64_t gen,
+		      bool clean)
+{
+	struct persist_state st = r->set; /* shallow: members are shared */
+
+	memcpy(st.child, r->id[child_slot(c)], sizeof(st.child));
+	st.generation = gen;
+	st.clean = clean;
+	return persist_save(child_root_fd(c), &st);
+}
+
+/* A new generation on every voting child; announcements start over. */
+static void bump_locked(struct record *r, struct child_set *set)
+{
+	const struct child_view *v = children_view_get(set);
+
+	r->set.generation++;
+	r->nannounced = 0;
+	r->tree_announced = false;
+	for (int i = 0; i < v->n; i++) {
+		if (!v->votes[i])
+			continue;
+		save_child(r, v->child[i], r->set.generation, false);
+	}
+	children_view_put(v);
+}
+
+static int member_locked(struct record *r, struct child *c)
+{
+	const char *id = r->id[child_slot(c)];
+
+	if (persist_member(&r->set, id))
+		return 0;
+	return persist_add_member(&r->set, id, child_name(c), child_path(c));
+}
+
+static void mark_behind(struct record *r, struct child_set *set)
+{
+	struct child *m[CHILDREN_MAX];
+	int n = children_members(set, m);
+
+	for (int i = 0; i < n; i++) {
+		int slot = child_slot(m[i]);
+
+		if (r->behind[slot])
+			children_set_state(set, m[i], CHILD_STALE,
+					   r->why[slot]);
+		member_locked(r, m[i]);
+		/* A new child is a member from now on, behind everyone. */
+		if (r->behind[slot] && !r->gen[slot])
+			save_child(r, m[i], 0, false);
+		child_put(m[i]);
+	}
+}
+
+int record_start(struct record *r, struct child_set *set, char *err,
+		 size_t errlen)
+{
+	const struct child_view *v;
+	int ret = 0;
+
+	pthread_mutex_lock(&r->lock);
+	mark_behind(r, set);
+	v = children_view_get(set);
+	if (v->voters < v->threshold) {
+		snprintf(err, errlen,
+			 "only %d children are in step with the set "
+			 "(generation %llu), below the threshold %d; see "
+			 "their .quorumfs/state",
+			 v->voters, (unsigned long long)r->set.generation,
+			 v->threshold);
+		ret = -EINVAL;
+	} else if (r->unclean && (ret = settle(r, v))) {
+		snprintf(err, errlen,
+			 "cannot settle the writes of an unclean shutdown: "
+			 "%s",
+			 strerror(-ret));
+	}
+	children_view_put(v);
+	if (!ret) {
+		if (r->fresh_set)
+			r->set.log_since = 1;
+		bump_locked(r, set);
+	}
+	pthread_mutex_unlock(&r->lock);
+	return ret;
+}
+
+/* syncfs() wants a real handle, not the O_PATH one of the root. */
+static int sync_child(struct child *c)
+{
+	int fd = openat(child_root_fd(c), ".",
+			O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int ret;
+
+	if (fd < 0)
+		return -errno;
+	ret = syncfs(fd) ? -errno : 0;
+	close(fd);
+	return ret;
+}
+
+void record_unmount(struct record *r, struct child_set *set)
+{
+	const struct child_view *v = children_view_get(set);
+	struct child *m[CHILDREN_MAX];
+	int n = children_members(set, m);
+	bool all = v->voters == n && n == r->set.n;
+
+	pthread_mutex_lock(&r->lock);
+	for (int i = 0; i < v->n; i++)
+		if (v->votes[i] && sync_child(v->child[i]))
+			all = false;
+	for (int i = 0; i < v->n && all; i++)
+		persist_log_reset(child_root_fd(v->child[i]));
+	if (all)
+		r->set.log_since = r->set.generation;
+	for (int i = 0; i < v->n; i++)
+		if (v->votes[i])
+			save_child(r, v->child[i], r->set.generation, true);
+	pthread_mutex_unlock(&r->lock);
+	for (int i = 0; i < n; i++)
+		child_put(m[i]);
+	children_view_put(v);
+}
+
+/* ---- runtime ---- */
+
+void record_demoted(struct record *r, struct child_set *set)
+{
+	pthread_mutex_lock(&r->lock);
+	bump_locked(r, set);
+	pthread_mutex_unlock(&r->lock);
+}
+
+void record_promoted(struct record *r, struct child_set *set, struct child *c)
+{
+	(void)set;
+	pthread_mutex_lock(&r->lock);
+	r->behind[child_slot(c)] = false;
+	r->tree[child_slot(c)] = false;
+	save_child(r, c, r->set.generation, false);
+	pthread_mutex_unlock(&r->lock);
+}
+
+int record_added(struct record *r, struct child_set *set, struct child *c)
+{
+	int slot = child_slot(c), ret;
+
+	pthread_mutex_lock(&r->lock);
+	persist_new_id(r->id[slot]);
+	r->behind[slot] = true;
+	r->tree[slot] = true;
+	r->gen[slot] = 0;
+	ret = member_locked(r, c);
+	if (!ret)
+		ret = save_child(r, c, 0, false);
+	if (!ret)
+		bump_locked(r, set);
+	pthread_mutex_unlock(&r->lock);
+	return ret;
+}
+
+void record_removed(struct record *r, struct child_set *set, struct child *c)
+{
+	int slot = child_slot(c);
+
+	pthread_mutex_lock(&r->lock);
+	persist_remove_member(&r->set, r->id[slot]);
+	bump_locked(r, set);
+	pthread_mutex_unlock(&r->lock);
+}
+
+static bool announced_locked(const struct record *r, uint64_t dev, uint64_t ino,
+			     int64_t region)
+{
+	for (size_t i = 0; i < r->nannounced; i++)
+		if (r->announced[i].region == region &&
+		    r->announced[i].ino == ino && r->announced[i].dev == dev)
+			return true;
+	return false;
+}
+
+bool record_announced(struct record *r, uint64_t dev, uint64_t ino, off_t off,
+		      off_t len)
+{
+	bool all = true;
+
+	pthread_mutex_lock(&r->lock);
+	for (int64_t k = off / PERSIST_REGION;
+	     all && k <= (off + (len ? len : 1) - 1) / PERSIST_REGION; k++)
+		all = announced_locked(r, dev, ino, k);
+	pthread_mutex_unlock(&r->lock);
+	return all;
+}
+
+/* One line on every voting child's log; a child that cannot take it is
+ * left to fail the write itself. */
+static void append_locked(struct child_set *set, const char *line)
+{
+	const struct child_view *v = children_view_get(set);
+
+	for (int i = 0; i < v->n; i++)
+		if (v->votes[i])
+			persist_log_append(child_root_fd(v->child[i]), line);
+	children_view_put(v);
+}
+
+/* One line, newline included, in one append: a torn line is only ever
+ * the last, which persist_log_missed() ignores. */
+static void append_json_locked(struct child_set *set, struct json_object *o)
+{
+	char *line;
+
+	if (asprintf(&line, "%s\n",
+		     json_object_to_json_string_ext(
+			     o, JSON_C_TO_STRING_PLAIN |
+					JSON_C_TO_STRING_NOSLASHESCAPE)) >= 0) {
+		append_locked(set, line);
+		free(line);
+	}
+	json_object_put(o);
+}
+
+static void remember_locked(struct record *r, uint64_t dev, uint64_t ino,
+			    int64_t region)
+{
+	struct announced *a;
+
+	if (r->nannounced == ANNOUNCED_MAX)
+		r->nannounced = 0; /* forgetting only costs a repeated line */
+	if (r->nannounced % 256 == 0) {
+		a = realloc(r->announced, (r->nannounced + 256) * sizeof(*a));
+		if (!a)
+			return;
+		r->announced = a;
+	}
+	r->announced[r->nannounced++] =
+		(struct announced){.dev = dev, .ino = ino, .region = region};
+}
+
+void record_announce(struct record *r, struct child_set *set, uint64_t dev,
+		     uint64_t ino, const char *path, off_t off, off_t len)
+{
+	pthread_mutex_lock(&r->lock);
+	for (int64_t k = off / PERSIST_REGION;
+	     k <= (off + (len ? len : 1) - 1) / PERSIST_REGION; k++) {
+		struct json_object *o;
+
+		if (announced_locked(r, dev, ino, k))
+			continue;
+		o = json_object_new_object();
+		json_object_object_add(
+			o, "g",
+			json_object_new_int64((int64_t)r->set.generation));
+		json_object_object_add(o, "p", json_object_new_string(path));
+		json_object_object_add(o, "r", json_object_new_int64(k));
+		append_json_locked(set, o);
+		remember_locked(r, dev, ino, k);
+	}
+	pthread_mutex_unlock(&r->lock);
+}
+
+void record_announce_tree(struct record *r, struct child_set *set)
+{
+	const struct child_view *v = children_view_get(set);
+	bool all = v->voters == r->set.n;
+	struct json_object *o;
+
+	children_view_put(v);
+	pthread_mutex_lock(&r->lock);
+	if (!all && !r->tree_announced) {
+		o = json_object_new_object();
+		json_object_object_add(
+			o, "g",
+			json_object_new_int64((int64_t)r->set.generation));
+		json_object_object_add(o, "tree", json_object_new_boolean(1));
+		append_json_locked(set, o);
+		r->tree_announced = true;
+	}
+	pthread_mutex_unlock(&r->lock);
+}
+
+int record_missed(struct record *r, struct child_set *set, struct child *c,
+		  struct persist_missed *m)
+{
+	const struct child_view *v = children_view_get(set);
+	int slot = child_slot(c), ret = -ENOENT;
+	uint64_t since;
+
+	bool tree;
+
+	pthread_mutex_lock(&r->lock);
+	since = r->gen[slot];
+	tree = r->tree[slot];
+	pthread_mutex_unlock(&r->lock);
+	memset(m, 0, sizeof(*m));
+	/* A new child, or a log that no longer reaches back far enough. */
+	if (tree || since == 0 || since < r->set.log_since)
+		m->tree = true;
+	for (int i = 0; i < v->n && ret && !m->tree; i++)
+		if (v->votes[i])
+			ret = persist_log_missed(child_root_fd(v->child[i]),
+						 since, m);
+	if (ret && !m->tree) {
+		persist_missed_free(m);
+		m->tree = true;
+	}
+	children_view_put(v);
+	return 0;
+}
+
+void record_set_behind(struct record *r, struct child *c, bool tree)
+{
+	int slot = child_slot(c);
+
+	pthread_mutex_lock(&r->lock);
+	if (!r->behind[slot]) {
+		r->behind[slot] = true;
+		r->gen[slot] = r->set.generation;
+	}
+	r->tree[slot] |= tree;
+	pthread_mutex_unlock(&r->lock);
+}
+
+struct json_object *record_status(struct record *r)
+{
+	struct json_object *o = json_object_new_object();
+
+	pthread_mutex_lock(&r->lock);
+	json_object_object_add(o, "set", json_object_new_string(r->set.set));
+	json_object_object_add(
+		o, "generation",
+		json_object_new_int64((int64_t)r->set.generation));
+	json_object_object_add(o, "members", json_object_new_int(r->set.n));
+	pthread_mutex_unlock(&r->lock);
+	return o;
+}
