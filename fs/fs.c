@@ -63,6 +63,7 @@ void fs_free(struct fs *fs)
 {
 	if (!fs)
 		return;
+	scrub_free(fs);
 	resync_stop(fs, NULL);
 	for (int slot = 0; slot < CHILDREN_MAX; slot++)
 		resync_forget_dirty(fs, slot);
