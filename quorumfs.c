@@ -699,6 +699,7 @@ static const struct fuse_opt qfs_opts[] = {
 	QFS_OPT("read-pattern=%s", read_pattern),
 	QFS_OPT("threads=%s", threads),
 	QFS_OPT("log=%s", log),
+	QFS_OPT("scrub-rate=%s", scrub_rate),
 	QFS_OPT("rewrite-corrupted", rewrite_corrupted),
 	QFS_OPT("blkverify", blkverify),
 	FUSE_OPT_END,
@@ -734,8 +735,10 @@ static void usage(const char *prog)
 	       "any difference\n"
 	       "    -o log=PATH            JSON event log (SIGHUP reopens "
 	       "it)\n"
-	       "    -o threads=N           I/O pool size (default %d)\n\n",
-	       prog, CONFIG_DEFAULT_THREADS);
+	       "    -o threads=N           I/O pool size (default %d)\n"
+	       "    -o scrub-rate=N        MiB/s a scrub reads at, 0 unlimited "
+	       "(default %d)\n\n",
+	       prog, CONFIG_DEFAULT_THREADS, CONFIG_DEFAULT_SCRUB_RATE);
 	fuse_cmdline_help();
 	fuse_lowlevel_help();
 }
@@ -873,6 +876,8 @@ static int start_threads(const struct config *cfg, struct child_set *set,
 		ret = fs_new(set, *pool, *log, &q->fs);
 	if (!ret)
 		ret = fs_set_mount(q->fs, cfg->mountpoint, &q->mount_st);
+	if (!ret)
+		fs_set_scrub_rate(q->fs, cfg->scrub_rate);
 	children_set_log(set, *log);
 	if (ret)
 		fprintf(stderr, "quorumfs: cannot start: %s\n", strerror(-ret));
@@ -949,6 +954,7 @@ static void release_args(struct config_args *raw)
 	free((char *)raw->read_pattern);
 	free((char *)raw->threads);
 	free((char *)raw->log);
+	free((char *)raw->scrub_rate);
 }
 
 int main(int argc, char *argv[])

@@ -31,6 +31,7 @@ struct config_args {
 	const char *read_pattern;
 	const char *threads;
 	const char *log;
+	const char *scrub_rate;
 	int rewrite_corrupted;
 	int blkverify;
 	int npaths; /* children then the mountpoint */
@@ -41,12 +42,16 @@ struct config_args {
 struct config {
 	struct children_config children; /* paths are owned by the config */
 	int threads;
+	int scrub_rate;	  /* MiB/s a scrub reads at by default; 0: unlimited */
 	char *log_path;	  /* absolute, or NULL for no event log */
 	char *mountpoint; /* absolute */
 };
 
 #define CONFIG_DEFAULT_THREADS 16
 #define CONFIG_MAX_THREADS 256
+/* Scrub rates are MiB/s; 0 means unlimited. */
+#define CONFIG_DEFAULT_SCRUB_RATE 64
+#define CONFIG_MAX_SCRUB_RATE (1024 * 1024)
 
 /*
  * Validate args into *cfg. Returns 0, or -EINVAL with a one-sentence
@@ -83,6 +88,13 @@ enum config_verb {
 	CMD_READ_PATTERN,
 	CMD_REWRITE_CORRUPTED,
 	CMD_RESYNC,
+	CMD_SCRUB,
+};
+
+enum config_scrub_action {
+	CONFIG_SCRUB_START,
+	CONFIG_SCRUB_REPAIR,
+	CONFIG_SCRUB_STOP,
 };
 
 /* One parsed command; strings point into the caller's line buffer. */
@@ -93,6 +105,10 @@ struct config_command {
 	int number;	  /* threshold */
 	enum read_pattern read_pattern;
 	bool on; /* rewrite-corrupted */
+	enum config_scrub_action scrub; /* scrub */
+	/* scrub start and repair: rate=N in MiB/s (0: unlimited), or -1
+	 * when not given (the mount's scrub-rate). */
+	int rate;
 };
 
 /*
