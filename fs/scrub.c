@@ -287,15 +287,29 @@ static struct json_object *finding_event(const struct scrub_finding *f)
 	return d;
 }
 
-/*
- * Count a finding, keep it for the status and log SCRUB_MISMATCH. node is
- * the child's name, or NULL for a range without quorum.
- */
-static void record(struct scrub *s, struct node *n, const char *node,
-		   enum finding_kind kind, uint64_t off, uint64_t len,
-		   bool repaired)
+/* The path of n, or of the entry leaf in directory n. Caller frees. */
+static char *entry_path(struct scrub *s, struct node *n, const char *leaf)
 {
-	struct scrub_finding f = {.path = node_path(s->fs, n),
+	char *dir = node_path(s->fs, n), *path = NULL;
+
+	if (!leaf || !dir)
+		return dir;
+	if (asprintf(&path, "%s%s%s", dir, *dir ? "/" : "", leaf) < 0)
+		path = NULL;
+	free(dir);
+	return path;
+}
+
+/*
+ * Count a finding, keep it for the status and log SCRUB_MISMATCH. The file
+ * is n, or the entry leaf of directory n; node is the child's name, or
+ * NULL where no child can be blamed (no quorum).
+ */
+static void record(struct scrub *s, struct node *n, const char *leaf,
+		   const char *node, enum finding_kind kind, uint64_t off,
+		   uint64_t len, bool repaired)
+{
+	struct scrub_finding f = {.path = entry_path(s, n, leaf),
 				  .node = node ? strdup(node) : NULL,
 				  .kind = kind,
 				  .off = off,
@@ -746,12 +760,12 @@ static void chunk_settle(struct scrub *s, struct scrub_chunk *c, bool repair)
 				fill_failed(c, k);
 		b = 0;
 		while (next_run(c, c->bad, 1u << k, &b, &start, &end))
-			record(s, c->file->node, name, FINDING_DATA,
+			record(s, c->file->node, NULL, name, FINDING_DATA,
 			       c->off + start, end - start, ok);
 	}
 	b = 0;
 	while (next_run(c, c->no_quorum, 1, &b, &start, &end))
-		record(s, c->file->node, NULL, FINDING_NO_QUORUM,
+		record(s, c->file->node, NULL, NULL, FINDING_NO_QUORUM,
 		       c->off + start, end - start, false);
 }
 
@@ -871,8 +885,8 @@ static void size_settle(struct scrub *s, struct scrub_file *f,
 			return;
 		f->size = smallest;
 		if (largest > smallest)
-			record(s, f->node, NULL, FINDING_NO_QUORUM, smallest,
-			       largest - smallest, false);
+			record(s, f->node, NULL, NULL, FINDING_NO_QUORUM,
+			       smallest, largest - smallest, false);
 		return;
 	}
 	f->size = size[index[r.winner]];
@@ -904,8 +918,8 @@ static void size_check(struct scrub *s, struct scrub_file *f)
 		pthread_mutex_unlock(&s->lock);
 		/* Creating a file with its metadata is resync's work. */
 		if (error[i] == -ENOENT)
-			record(s, f->node, name, FINDING_MISSING, 0, f->size,
-			       false);
+			record(s, f->node, NULL, name, FINDING_MISSING, 0,
+			       f->size, false);
 	}
 	children_view_put(v);
 }
@@ -916,7 +930,7 @@ static void size_report(struct scrub *s, struct scrub_file *f)
 	for (int slot = 0; slot < CHILDREN_MAX; slot++) {
 		if (!f->sized[slot].pending)
 			continue;
-		record(s, f->node, f->sized[slot].node, FINDING_SIZE,
+		record(s, f->node, NULL, f->sized[slot].node, FINDING_SIZE,
 		       f->sized[slot].off, f->sized[slot].len,
 		       f->sized[slot].repaired);
 		free(f->sized[slot].node);
@@ -982,18 +996,33 @@ static int walk_dir(struct scrub *s, struct node *dir, entry_fn *fn)
 	}
 	for (size_t i = 0; !ret && fs_dir_entry(d, i, &name, &st); i++) {
 		struct fs_entry e;
+		int found;
 
-		if (stopping(s))
+		if (stopping(s)) {
 			ret = -ECANCELED;
-		else if (!strcmp(name, ".") || !strcmp(name, ".."))
-			continue;
-		else if (fs_lookup(fs, node_ino(fs, dir), name, &e) == 0) {
-			if (S_ISDIR(e.attr.st_mode))
-				ret = walk_dir(s, node_get(fs, e.ino), fn);
-			else if (S_ISREG(e.attr.st_mode))
-				ret = fn(s, &e);
-			fs_forget(fs, e.ino, 1);
+			break;
 		}
+		if (!strcmp(name, ".") || !strcmp(name, ".."))
+			continue;
+		found = fs_lookup(fs, node_ino(fs, dir), name, &e);
+		if (found == -ENOENT)
+			continue; /* gone since the listing */
+		if (found == -ENOMEM) {
+			ret = found;
+			break;
+		}
+		if (found) {
+			/* Listed, but its kind or size has no quorum. */
+			if (fn == scrub_file)
+				record(s, dir, name, NULL, FINDING_NO_QUORUM, 0,
+				       0, false);
+			continue;
+		}
+		if (S_ISDIR(e.attr.st_mode))
+			ret = walk_dir(s, node_get(fs, e.ino), fn);
+		else if (S_ISREG(e.attr.st_mode))
+			ret = fn(s, &e);
+		fs_forget(fs, e.ino, 1);
 	}
 	fs_releasedir(d);
 	return ret;
