@@ -444,6 +444,28 @@ static ssize_t read_rest(int fd, bool direct, char *buf, size_t want, off_t off,
 	return got;
 }
 
+/*
+ * A copy whose file system takes O_DIRECT opens but refuses the reads
+ * (an alignment larger than FS_ALIGN): read it through the page cache,
+ * from now on.
+ */
+static ssize_t read_buffered(struct scrub *s, struct scrub_chunk *c, int k,
+			     size_t want)
+{
+	int slot = child_slot(c->view->child[c->index[k]]);
+	bool direct;
+	ssize_t got;
+	int fd;
+
+	s->buffered |= 1u << slot;
+	fd = open_copy(s, c->file->node, slot, O_RDONLY, &direct);
+	if (fd < 0)
+		return fd;
+	got = read_rest(fd, false, c->buf[k], want, c->off, 0);
+	close(fd);
+	return got;
+}
+
 /* How many bytes of the chunk lie before a copy's own end. */
 static size_t own_bytes(const struct scrub_chunk *c, off_t end)
 {
@@ -496,6 +518,8 @@ static void chunk_read(struct scrub *s, struct scrub_chunk *c)
 		got = read_rest(io[k].fd, direct[k], c->buf[k], want, c->off,
 				io[k].ret);
 		close(io[k].fd);
+		if (got == -EINVAL && direct[k])
+			got = read_buffered(s, c, k, want);
 		if (got < 0)
 			c->ballot[k].error = (int)got;
 		else
@@ -730,13 +754,28 @@ static bool ballot_marked(const struct scrub_chunk *c, const uint32_t *mask,
 	return false;
 }
 
-/* A filled tail that could not be filled leaves its size finding
- * unrepaired. */
-static void fill_failed(const struct scrub_chunk *c, int k)
+/*
+ * Ballot k's part of a vote: repair its copy when asked, then record each
+ * run of lost blocks. A tail that could not be filled leaves the copy's
+ * size finding unrepaired.
+ */
+static void settle_copy(struct scrub *s, struct scrub_chunk *c, int k,
+			bool repair)
 {
-	int slot = child_slot(c->view->child[c->index[k]]);
+	struct child *child = c->view->child[c->index[k]];
+	bool lost = ballot_marked(c, c->bad, k);
+	bool fill = ballot_marked(c, c->fill, k);
+	bool ok = (lost || fill) && repair && repair_copy(s, c, k);
+	bool tail_lost = false;
+	size_t b = 0, start, end;
 
-	c->file->sized[slot].repaired = false;
+	for (size_t i = 0; i < chunk_blocks(c); i++)
+		tail_lost |= c->no_quorum[i] && (c->excluded[i] & (1u << k));
+	if ((fill && !ok) || tail_lost)
+		c->file->sized[child_slot(child)].repaired = false;
+	while (next_run(c, c->bad, 1u << k, &b, &start, &end))
+		record(s, c->file->node, NULL, child_name(child), FINDING_DATA,
+		       c->off + start, end - start, ok);
 }
 
 /*
@@ -747,23 +786,8 @@ static void chunk_settle(struct scrub *s, struct scrub_chunk *c, bool repair)
 {
 	size_t b = 0, start, end;
 
-	for (int k = 0; k < c->n; k++) {
-		const char *name = child_name(c->view->child[c->index[k]]);
-		bool lost = ballot_marked(c, c->bad, k);
-		bool fill = ballot_marked(c, c->fill, k);
-		bool ok = (lost || fill) && repair && repair_copy(s, c, k);
-
-		if (fill && !ok)
-			fill_failed(c, k);
-		for (b = 0; b < chunk_blocks(c); b++)
-			if ((c->excluded[b] & (1u << k)) && c->no_quorum[b])
-				fill_failed(c, k);
-		b = 0;
-		while (next_run(c, c->bad, 1u << k, &b, &start, &end))
-			record(s, c->file->node, NULL, name, FINDING_DATA,
-			       c->off + start, end - start, ok);
-	}
-	b = 0;
+	for (int k = 0; k < c->n; k++)
+		settle_copy(s, c, k, repair);
 	while (next_run(c, c->no_quorum, 1, &b, &start, &end))
 		record(s, c->file->node, NULL, NULL, FINDING_NO_QUORUM,
 		       c->off + start, end - start, false);
