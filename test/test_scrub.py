@@ -21,6 +21,7 @@ import random
 import pytest
 
 import qfs
+from faultfs import FaultFS, rule
 from control_util import (KiB, MiB, AlignedBuffer, Writer, control,
                           control_errno, control_errors, status,
                           wait_status, wait_writes, walk)
@@ -277,6 +278,40 @@ def test_a_file_missing_on_a_voting_child_is_reported_and_left_to_resync(
         [("missing", m.children[0], 0, 100000, False)]
     assert done["mismatches"] == 1 and done["repaired"] == 0
     assert not os.path.exists(m.child_file(0, "img"))
+
+
+@pytest.fixture
+def faulty_dir(tmp_path, tmpfs_dir):
+    """A faultfs mount over tmpfs, to be a child. Request it before
+    `quorum`, so that it is unmounted after the daemon that uses it."""
+    mnt = tmp_path / "faulty"
+    mnt.mkdir()
+    ffs = FaultFS(tmpfs_dir, mnt).start()
+    yield ffs
+    ffs.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_child_that_fails_reads_is_reported_and_the_scrub_goes_on(
+        faulty_dir, tmp_path, quorum):
+    others = [tmp_path / "c1", tmp_path / "c2"]
+    for d in others:
+        d.mkdir()
+    m = quorum(children=[faulty_dir.mnt] + others)
+    data = random.Random(3).randbytes(3 * MiB)
+    write_file(m.path("img"), data)
+    faulty_dir.set(rule("error=EIO", op="read", path="/img", offset=MiB,
+                        length=BLOCK))
+    done, found, doc = run_scrub(m)
+    faulty_dir.clear()
+    assert found == [] and done["result"] == "completed", found
+    assert done["files"] == 1 and done["bytes"] == len(data)
+    bad = m.wait_event("QUORUM_REPORT_BAD",
+                       lambda d: d["node-name"] == faulty_dir.mnt)
+    assert (bad["type"], bad["file"], bad["sector-num"]) == \
+        ("read", "img", MiB // 512), bad
+    assert bad["error"] == os.strerror(errno.EIO)
+    assert doc["children"][0]["errors"]["read"] >= 1
 
 
 # --- a live mount --------------------------------------------------------
