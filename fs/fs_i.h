@@ -236,7 +236,8 @@ void resync_forget_dirty(struct fs *fs, int slot);
  * and, with repair, rewrites the copies that lost. Commands and status
  * are called with fs->control_lock held; err gets a refusal's reason.
  *   scrub_start: rate in MiB/s, 0 unlimited, -1 the mount's scrub-rate.
- *     -EBUSY while a scrub runs; nothing changes on error.
+ *     -EBUSY, with nothing changed, while a scrub runs; if its thread
+ *     cannot start, the new run shows as failed.
  *   scrub_stop: -EINVAL when none runs; returns once the job has ended
  *     and logged SCRUB_COMPLETED.
  *   scrub_status: adds "scrub" to status and "scrub-mismatches" to each
