@@ -17,6 +17,7 @@ import errno
 import hashlib
 import os
 import random
+import time
 
 import pytest
 
@@ -407,8 +408,11 @@ def test_scrub_stop_interrupts_a_rate_limited_scrub(tmpfs_dir, quorum):
     assert doc["scrub"]["state"] == "running" and doc["scrub"]["rate"] == 1
     # Progress arrives at most once a second.
     m.wait_event("SCRUB_PROGRESS")
+    began = time.monotonic()
     control(m, "scrub stop")
-    # The write returns once the job has ended.
+    # The write returns once the job has ended, which is at once: the
+    # job sleeps for its rate on a condition the stop signals.
+    assert time.monotonic() - began < 2 * qfs.deadline_scale()
     doc = status(m)
     assert doc["scrub"]["state"] == "stopped", doc["scrub"]
     assert doc["scrub"]["bytes-done"] < 64 * MiB
