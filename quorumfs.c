@@ -701,6 +701,7 @@ static const struct fuse_opt qfs_opts[] = {
 	QFS_OPT("threads=%s", threads),
 	QFS_OPT("log=%s", log),
 	QFS_OPT("io-timeout=%s", io_timeout),
+	QFS_OPT("scrub-rate=%s", scrub_rate),
 	QFS_OPT("rewrite-corrupted", rewrite_corrupted),
 	QFS_OPT("blkverify", blkverify),
 	FUSE_OPT_END,
@@ -739,8 +740,11 @@ static void usage(const char *prog)
 	       "    -o threads=N           I/O pool size (default %d)\n"
 	       "    -o io-timeout=S        seconds a child may take to answer "
 	       "(default %d,\n"
-	       "                           0: wait for ever)\n\n",
-	       prog, CONFIG_DEFAULT_THREADS, CONFIG_DEFAULT_IO_TIMEOUT);
+	       "                           0: wait for ever)\n"
+	       "    -o scrub-rate=N        MiB/s a scrub reads at, 0 unlimited "
+	       "(default %d)\n\n",
+	       prog, CONFIG_DEFAULT_THREADS, CONFIG_DEFAULT_IO_TIMEOUT,
+	       CONFIG_DEFAULT_SCRUB_RATE);
 	fuse_cmdline_help();
 	fuse_lowlevel_help();
 }
@@ -880,6 +884,8 @@ static int start_threads(const struct config *cfg, struct child_set *set,
 		ret = fs_set_mount(q->fs, cfg->mountpoint, &q->mount_st);
 	if (!ret)
 		ret = fs_start_health(q->fs, record, cfg->io_timeout_ms);
+	if (!ret)
+		fs_set_scrub_rate(q->fs, cfg->scrub_rate);
 	children_set_log(set, *log);
 	if (ret)
 		fprintf(stderr, "quorumfs: cannot start: %s\n", strerror(-ret));
@@ -986,6 +992,7 @@ static void release_args(struct config_args *raw)
 	free((char *)raw->threads);
 	free((char *)raw->log);
 	free((char *)raw->io_timeout);
+	free((char *)raw->scrub_rate);
 }
 
 int main(int argc, char *argv[])

@@ -163,6 +163,13 @@ static int check_numbers(const struct config_args *a, struct config *cfg,
 			    a->io_timeout, CONFIG_MAX_IO_TIMEOUT);
 	if (a->io_timeout)
 		cfg->io_timeout_ms *= 1000;
+	cfg->scrub_rate = CONFIG_DEFAULT_SCRUB_RATE;
+	if (a->scrub_rate && !parse_int(a->scrub_rate, 0, CONFIG_MAX_SCRUB_RATE,
+					&cfg->scrub_rate))
+		return fail(err, errlen,
+			    "scrub-rate=%s is invalid: it must be a whole "
+			    "number of MiB/s from 0 (unlimited) to %d",
+			    a->scrub_rate, CONFIG_MAX_SCRUB_RATE);
 	return 0;
 }
 
@@ -322,6 +329,34 @@ static int parse_switch(char **word, int n, struct config_command *cmd,
 	return 0;
 }
 
+/* scrub start|repair [rate=N], scrub stop */
+static int parse_scrub(char **word, int n, struct config_command *cmd,
+		       char *err, size_t errlen)
+{
+	static const char usage[] =
+		"usage: scrub start|repair [rate=MIB_PER_SECOND], or scrub stop";
+
+	cmd->rate = -1;
+	if (n < 2 || n > 3)
+		return fail(err, errlen, "%s", usage);
+	if (strcmp(word[1], "start") == 0)
+		cmd->scrub = CONFIG_SCRUB_START;
+	else if (strcmp(word[1], "repair") == 0)
+		cmd->scrub = CONFIG_SCRUB_REPAIR;
+	else if (strcmp(word[1], "stop") == 0 && n == 2)
+		cmd->scrub = CONFIG_SCRUB_STOP;
+	else
+		return fail(err, errlen, "%s", usage);
+	if (n == 3 && (strncmp(word[2], "rate=", 5) != 0 ||
+		       !parse_int(word[2] + 5, 0, CONFIG_MAX_SCRUB_RATE,
+				  &cmd->rate)))
+		return fail(err, errlen,
+			    "scrub takes rate=N after %s, N a whole number of "
+			    "MiB/s from 0 (unlimited) to %d, not '%s'",
+			    word[1], CONFIG_MAX_SCRUB_RATE, word[2]);
+	return 0;
+}
+
 static int parse_words(char **word, int n, struct config_command *cmd,
 		       char *err, size_t errlen)
 {
@@ -335,6 +370,7 @@ static int parse_words(char **word, int n, struct config_command *cmd,
 		{"read-pattern", CMD_READ_PATTERN},
 		{"rewrite-corrupted", CMD_REWRITE_CORRUPTED},
 		{"resync", CMD_RESYNC},
+		{"scrub", CMD_SCRUB},
 	};
 	size_t v;
 
@@ -361,6 +397,8 @@ static int parse_words(char **word, int n, struct config_command *cmd,
 				    "threshold needs one whole number from 1 "
 				    "to the number of voting children");
 		return 0;
+	case CMD_SCRUB:
+		return parse_scrub(word, n, cmd, err, errlen);
 	default:
 		return parse_switch(word, n, cmd, err, errlen);
 	}

@@ -32,6 +32,7 @@ struct config_args {
 	const char *threads;
 	const char *log;
 	const char *io_timeout;
+	const char *scrub_rate;
 	int rewrite_corrupted;
 	int blkverify;
 	int npaths; /* children then the mountpoint */
@@ -43,6 +44,7 @@ struct config {
 	struct children_config children; /* paths are owned by the config */
 	int threads;
 	int io_timeout_ms; /* per child request; 0: none */
+	int scrub_rate;	   /* MiB/s a scrub reads at by default; 0: unlimited */
 	char *log_path;	   /* absolute, or NULL for no event log */
 	char *mountpoint; /* absolute */
 };
@@ -51,6 +53,9 @@ struct config {
 #define CONFIG_MAX_THREADS 256
 #define CONFIG_DEFAULT_IO_TIMEOUT 10 /* seconds */
 #define CONFIG_MAX_IO_TIMEOUT 3600
+/* Scrub rates are MiB/s; 0 means unlimited. */
+#define CONFIG_DEFAULT_SCRUB_RATE 64
+#define CONFIG_MAX_SCRUB_RATE (1024 * 1024)
 
 /*
  * Validate args into *cfg. Returns 0, or -EINVAL with a one-sentence
@@ -87,6 +92,13 @@ enum config_verb {
 	CMD_READ_PATTERN,
 	CMD_REWRITE_CORRUPTED,
 	CMD_RESYNC,
+	CMD_SCRUB,
+};
+
+enum config_scrub_action {
+	CONFIG_SCRUB_START,
+	CONFIG_SCRUB_REPAIR,
+	CONFIG_SCRUB_STOP,
 };
 
 /* One parsed command; strings point into the caller's line buffer. */
@@ -97,6 +109,10 @@ struct config_command {
 	int number;	  /* threshold */
 	enum read_pattern read_pattern;
 	bool on; /* rewrite-corrupted */
+	enum config_scrub_action scrub; /* scrub */
+	/* scrub start and repair: rate=N in MiB/s (0: unlimited), or -1
+	 * when not given (the mount's scrub-rate). */
+	int rate;
 };
 
 /*

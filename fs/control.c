@@ -83,6 +83,8 @@ static int cmd_remove(struct fs *fs, const struct config_command *cmd,
 		resync_stop(fs, c); /* reap a finished copy */
 	if (ret >= 0 && fs->record)
 		record_removed(fs->record, fs->set, c);
+	if (ret >= 0)
+		scrub_forget_child(fs, child_name(c));
 	if (ret == 0) {
 		node_forget_slot(fs, slot);
 		files_forget_slot(fs, slot);
@@ -111,6 +113,15 @@ static int cmd_resync(struct fs *fs, const struct config_command *cmd,
 	return ret;
 }
 
+static int cmd_scrub(struct fs *fs, const struct config_command *cmd,
+		     char *err, size_t errlen)
+{
+	if (cmd->scrub == CONFIG_SCRUB_STOP)
+		return scrub_stop(fs, err, errlen);
+	return scrub_start(fs, cmd->scrub == CONFIG_SCRUB_REPAIR, cmd->rate,
+			   err, errlen);
+}
+
 static int run_command(struct fs *fs, const struct config_command *cmd,
 		       char *err, size_t errlen)
 {
@@ -129,6 +140,8 @@ static int run_command(struct fs *fs, const struct config_command *cmd,
 						 err, errlen);
 	case CMD_REWRITE_CORRUPTED:
 		return children_set_rewrite(fs->set, cmd->on, err, errlen);
+	case CMD_SCRUB:
+		return cmd_scrub(fs, cmd, err, errlen);
 	}
 	return -EINVAL;
 }
@@ -197,6 +210,7 @@ char *fs_status(struct fs *fs)
 		json_object_object_add(e, "reason",
 				       json_object_new_string(fs->last_error));
 	}
+	scrub_status(fs, o);
 	pthread_mutex_unlock(&fs->control_lock);
 	json_object_object_add(o, "last-control-error", e);
 	json_object_object_add(

@@ -66,6 +66,7 @@ void fs_free(struct fs *fs)
 	if (!fs)
 		return;
 	health_stop(fs);
+	scrub_free(fs);
 	resync_stop(fs, NULL);
 	for (int slot = 0; slot < CHILDREN_MAX; slot++)
 		resync_forget_dirty(fs, slot);

@@ -79,6 +79,9 @@ int fs_start_health(struct fs *fs, struct record *record, int timeout_ms);
 int fs_set_mount(struct fs *fs, const char *mountpoint,
 		 const struct stat *before);
 
+/* The rate (MiB/s, 0 unlimited) of scrubs started without rate=. */
+void fs_set_scrub_rate(struct fs *fs, int rate);
+
 /*
  * Carry out one control command (the bytes of one write to .control).
  * Returns 0, or -errno (EINVAL for a malformed or refused command, or the

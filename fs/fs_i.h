@@ -5,8 +5,11 @@
  * Lock order, outermost first:
  *   1. a node's range lock (held across child I/O: it orders that I/O);
  *   2. fs->table_lock (node table, node parent/name/lookup counts);
- *   3. a range lock set's internal mutex, the pool's and the set's locks
- *      (leaves).
+ *   3. a range lock set's internal mutex, the pool's and the set's locks,
+ *      a scrub's lock (leaves).
+ * fs->control_lock is taken before any of them, by control commands and
+ * the status, never by a job (resync, scrub), so a command may wait for a
+ * job to end.
  * No lock but a range lock is held while waiting for children.
  */
 #ifndef QFS_FS_I_H
@@ -117,6 +120,8 @@ struct fs {
 	pthread_mutex_t control_lock; /* one control command at a time */
 	char last_error[512];	      /* guarded by control_lock */
 	char last_command[256];	      /* guarded by control_lock */
+	struct scrub *scrub;	      /* guarded by control_lock */
+	int scrub_rate; /* default MiB/s; set once before serving */
 
 	pthread_mutex_t bufs_lock;
 	void *bufs[FS_BUF_KEEP]; /* guarded by bufs_lock: idle I/O buffers */
@@ -255,6 +260,29 @@ void health_missed(struct fs *fs, struct child *c, const char *type,
 void health_read_error(struct fs *fs, struct child *c, int error);
 int health_start(struct fs *fs);
 void health_stop(struct fs *fs);
+
+/*
+ * Scrub (scrub.c): one background job reads and votes every regular file
+ * and, with repair, rewrites the copies that lost. Commands and status
+ * are called with fs->control_lock held; err gets a refusal's reason.
+ *   scrub_start: rate in MiB/s, 0 unlimited, -1 the mount's scrub-rate.
+ *     -EBUSY, with nothing changed, while a scrub runs; if its thread
+ *     cannot start, the new run shows as failed.
+ *   scrub_stop: -EINVAL when none runs; returns once the job has ended
+ *     and logged SCRUB_COMPLETED.
+ *   scrub_status: adds "scrub" to status and "scrub-mismatches" to each
+ *     of its "children".
+ *   scrub_forget_child: a removed child's count starts again at zero.
+ * scrub_free (fs_free) ends a running job and frees everything.
+ */
+struct scrub;
+int scrub_start(struct fs *fs, bool repair, int rate, char *err,
+		size_t errlen);
+int scrub_stop(struct fs *fs, char *err, size_t errlen);
+struct json_object;
+void scrub_status(struct fs *fs, struct json_object *status);
+void scrub_forget_child(struct fs *fs, const char *name);
+void scrub_free(struct fs *fs);
 
 /* Voted attributes of a node (meta.c). Takes no range lock. */
 int attr_vote(struct fs *fs, const struct child_view *view, struct node *n,

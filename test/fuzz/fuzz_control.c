@@ -8,7 +8,8 @@
  *   - an accepted command had no NUL byte, no inner newline and fit in
  *     CONFIG_COMMAND_MAX, and its verb's fields are valid (an absolute
  *     path for add, a threshold in 1..CHILDREN_MAX, non-empty names, all
- *     strings inside the caller's buffer, without blanks);
+ *     strings inside the caller's buffer, without blanks; a scrub
+ *     action, and a rate in 0..CONFIG_MAX_SCRUB_RATE or -1 for none);
  *   - printing the parsed command back and parsing that gives the same
  *     command (the parser keeps no state and reads what it was given).
  * The line buffer and the error buffer are heap blocks of the exact size
@@ -94,6 +95,13 @@ static const char *const verb_words[] = {
 	[CMD_READ_PATTERN] = "read-pattern",
 	[CMD_REWRITE_CORRUPTED] = "rewrite-corrupted",
 	[CMD_RESYNC] = "resync",
+	[CMD_SCRUB] = "scrub",
+};
+
+static const char *const scrub_words[] = {
+	[CONFIG_SCRUB_START] = "start",
+	[CONFIG_SCRUB_REPAIR] = "repair",
+	[CONFIG_SCRUB_STOP] = "stop",
 };
 
 static int in_buffer(const char *s, const char *buf)
@@ -105,7 +113,7 @@ static int in_buffer(const char *s, const char *buf)
 
 static void check_fields(const struct config_command *cmd, const char *buf)
 {
-	contract(cmd->verb <= CMD_RESYNC, "the verb is one of the table's");
+	contract(cmd->verb <= CMD_SCRUB, "the verb is one of the table's");
 	switch (cmd->verb) {
 	case CMD_ADD:
 		contract(cmd->path && in_buffer(cmd->path, buf) &&
@@ -131,6 +139,15 @@ static void check_fields(const struct config_command *cmd, const char *buf)
 			 "read-pattern is quorum or fifo");
 		break;
 	case CMD_REWRITE_CORRUPTED:
+		break;
+	case CMD_SCRUB:
+		contract(cmd->scrub <= CONFIG_SCRUB_STOP,
+			 "scrub is start, repair or stop");
+		contract(cmd->rate == -1 ||
+				 (cmd->rate >= 0 &&
+				  cmd->rate <= CONFIG_MAX_SCRUB_RATE &&
+				  cmd->scrub != CONFIG_SCRUB_STOP),
+			 "a scrub rate is in range, and never given to stop");
 		break;
 	}
 }
@@ -159,6 +176,12 @@ static int format_command(const struct config_command *cmd, char *out,
 	case CMD_REWRITE_CORRUPTED:
 		return snprintf(out, len, "%s %s", verb,
 				cmd->on ? "on" : "off");
+	case CMD_SCRUB:
+		if (cmd->rate < 0)
+			return snprintf(out, len, "%s %s", verb,
+					scrub_words[cmd->scrub]);
+		return snprintf(out, len, "%s %s rate=%d", verb,
+				scrub_words[cmd->scrub], cmd->rate);
 	}
 	return -1;
 }
@@ -186,7 +209,8 @@ static void check_round_trip(const struct config_command *cmd)
 		 "the printed command parses");
 	contract(again.verb == cmd->verb && again.number == cmd->number &&
 			 again.read_pattern == cmd->read_pattern &&
-			 again.on == cmd->on &&
+			 again.on == cmd->on && again.scrub == cmd->scrub &&
+			 again.rate == cmd->rate &&
 			 same_string(again.path, cmd->path) &&
 			 same_string(again.name, cmd->name),
 		 "the printed command parses to the same command");
@@ -256,6 +280,9 @@ static void check_config(const struct config_args *a, int ret,
 		 "the threshold is in 1..children");
 	contract(cfg->threads >= 1 && cfg->threads <= CONFIG_MAX_THREADS,
 		 "threads is in range");
+	contract(cfg->scrub_rate >= 0 &&
+			 cfg->scrub_rate <= CONFIG_MAX_SCRUB_RATE,
+		 "the scrub rate is in range");
 	contract(cfg->mountpoint && cfg->mountpoint[0] == '/',
 		 "the mountpoint is absolute");
 	for (int i = 0; i < cfg->children.n; i++)
