@@ -17,6 +17,7 @@
  */
 #define _GNU_SOURCE
 #include "children/children.h"
+#include "children/children_i.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -43,6 +44,7 @@ struct child {
 	char reason[256];		/* guarded by the set's lock */
 	atomic_uint_fast64_t errors[3]; /* indexed by enum child_op */
 	atomic_int streak;		/* failed reads in a row */
+	atomic_int orphans;		/* timed-out parts still running */
 	atomic_uint_fast64_t bytes_done, bytes_total, files_done, files_total;
 };
 
@@ -165,6 +167,16 @@ void child_count_error(struct child *c, enum child_op op)
 uint64_t child_errors(const struct child *c, enum child_op op)
 {
 	return atomic_load_explicit(&c->errors[op], memory_order_relaxed);
+}
+
+int child_orphans(const struct child *c)
+{
+	return atomic_load(&c->orphans);
+}
+
+void child_orphan(struct child *c, int delta)
+{
+	atomic_fetch_add(&c->orphans, delta);
 }
 
 int child_error_streak(struct child *c, bool failed)

@@ -199,9 +199,15 @@ struct child_io {
 	size_t len;
 	off_t off;
 	bool cached;  /* buffered I/O: try it inline before queueing it */
+	struct child *child; /* whose part: counts it while orphaned */
+	bool own_buf; /* buf may be handed over (freed with free()) */
 	int ret;      /* out: bytes done, or -errno */
 	bool done;    /* out: ret is set (set false before the call) */
 	bool refused; /* out: the file refuses inline tries: stop trying */
+	/* out: not answered within the timeout: ret is -ETIMEDOUT and the
+	 * part still runs in the kernel; if own_buf, buf now belongs to
+	 * the ring, which frees it when the part ends. */
+	bool orphaned;
 };
 
 /*
@@ -210,7 +216,15 @@ struct child_io {
  * the pool. Cached parts are first tried inline without blocking
  * (RWF_NOWAIT): a page-cache hit costs less than any queueing. A part may
  * complete short, as pread/pwrite may; the caller finishes it.
+ * With timeout_ms > 0, parts on the ring that take longer are orphaned
+ * (see struct child_io), so one hung child cannot hold the request; the
+ * pool's fallback has no timeout.
  */
-void child_io_run(struct pool *pool, struct child_io *io, int n);
+void child_io_run(struct pool *pool, struct child_io *io, int n,
+		  int timeout_ms);
+
+/* Parts of c that timed out and still run in the kernel. A resync must
+ * wait for them: a late write would land over the copy. */
+int child_orphans(const struct child *c);
 
 #endif

@@ -15,24 +15,69 @@
  */
 #define _GNU_SOURCE
 #include "children/children.h"
+#include "children/children_i.h"
 
 #include <errno.h>
 #include <liburing.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #define RING_ENTRIES CHILDREN_MAX
+/* Parts in flight on one ring, orphans included. */
+#define RING_SLOTS 256
+
+/*
+ * A ring and what its submissions are for. An entry's user data is a slot
+ * number: the slot points at the caller's part while the caller waits,
+ * and is cut loose (io NULL) when the part is orphaned, so a completion
+ * that comes after the caller gave up touches nothing of the caller's.
+ */
+struct ring {
+	struct io_uring uring;
+	struct slot {
+		struct child_io *io; /* NULL: orphaned */
+		struct child *child; /* an orphan's child (a reference) */
+		void *buf;	     /* an orphan's buffer, freed at the end */
+		bool busy;
+	} slot[RING_SLOTS];
+	int orphans;
+};
 
 static pthread_key_t ring_key;
 static pthread_once_t ring_once = PTHREAD_ONCE_INIT;
 static bool ring_broken; /* io_uring refused once: never try again */
 
-static void ring_free(void *ring)
+static void slot_end(struct ring *r, int k, int res);
+
+/* Rings a thread left while orphans were still in flight: a hung child
+ * may never answer, and the thread (or the daemon's exit) must not wait
+ * for it. Kept reachable; the kernel may still write their buffers. */
+static pthread_mutex_t abandoned_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ring *abandoned[64];
+static int nabandoned;
+
+/* Reap what has ended; a ring with orphans left is set aside. */
+static void ring_free(void *arg)
 {
-	io_uring_queue_exit(ring);
-	free(ring);
+	struct ring *r = arg;
+	struct io_uring_cqe *cqe;
+
+	while (r->orphans > 0 && io_uring_peek_cqe(&r->uring, &cqe) == 0) {
+		slot_end(r, (int)io_uring_cqe_get_data64(cqe), cqe->res);
+		io_uring_cqe_seen(&r->uring, cqe);
+	}
+	if (r->orphans > 0) {
+		pthread_mutex_lock(&abandoned_lock);
+		if (nabandoned < 64)
+			abandoned[nabandoned++] = r;
+		pthread_mutex_unlock(&abandoned_lock);
+		return;
+	}
+	io_uring_queue_exit(&r->uring);
+	free(r);
 }
 
 static void ring_key_create(void)
@@ -42,9 +87,9 @@ static void ring_key_create(void)
 }
 
 /* This thread's ring, or NULL when io_uring cannot be used. */
-static struct io_uring *thread_ring(void)
+static struct ring *thread_ring(void)
 {
-	struct io_uring *ring;
+	struct ring *ring;
 
 	pthread_once(&ring_once, ring_key_create);
 	if (ring_broken)
@@ -53,7 +98,7 @@ static struct io_uring *thread_ring(void)
 	if (ring)
 		return ring;
 	ring = calloc(1, sizeof(*ring));
-	if (!ring || io_uring_queue_init(RING_ENTRIES, ring, 0)) {
+	if (!ring || io_uring_queue_init(RING_ENTRIES, &ring->uring, 0)) {
 		free(ring);
 		ring_broken = true;
 		return NULL;
@@ -65,58 +110,152 @@ static struct io_uring *thread_ring(void)
 	return ring;
 }
 
-static void prep(struct io_uring_sqe *sqe, struct child_io *io)
+static int slot_take(struct ring *r, struct child_io *io)
+{
+	for (int k = 0; k < RING_SLOTS; k++) {
+		if (!r->slot[k].busy) {
+			r->slot[k] = (struct slot){.io = io, .busy = true};
+			return k;
+		}
+	}
+	return -1;
+}
+
+/* A completion: the waiting caller's part, or an orphan's end. */
+static void slot_end(struct ring *r, int k, int res)
+{
+	struct slot *sl = &r->slot[k];
+
+	if (sl->io) {
+		sl->io->ret = res;
+		sl->io->done = true;
+	} else {
+		free(sl->buf);
+		if (sl->child) {
+			child_orphan(sl->child, -1);
+			child_put(sl->child);
+		}
+		r->orphans--;
+	}
+	sl->busy = false;
+}
+
+/* The caller gives up on a part: it ends as -ETIMEDOUT for the caller,
+ * and the ring keeps what the kernel may still touch. */
+static void slot_orphan(struct ring *r, int k)
+{
+	struct slot *sl = &r->slot[k];
+	struct child_io *io = sl->io;
+
+	io->ret = -ETIMEDOUT;
+	io->done = true;
+	io->orphaned = true;
+	sl->buf = io->own_buf ? io->buf : NULL;
+	sl->child = io->child;
+	if (sl->child) {
+		child_get(sl->child);
+		child_orphan(sl->child, 1);
+	}
+	sl->io = NULL;
+	r->orphans++;
+}
+
+static void prep(struct io_uring_sqe *sqe, struct child_io *io, int k)
 {
 	if (io->write)
 		io_uring_prep_write(sqe, io->fd, io->buf, io->len, io->off);
 	else
 		io_uring_prep_read(sqe, io->fd, io->buf, io->len, io->off);
-	io_uring_sqe_set_data(sqe, io);
+	io_uring_sqe_set_data64(sqe, (uint64_t)k);
 }
 
-/* A ring that failed may hold unsubmitted entries: never reuse it. */
-static void ring_drop(struct io_uring *ring)
+/* A ring that failed may hold unsubmitted entries: never reuse it. Its
+ * orphans keep it alive until they end (ring_free). */
+static void ring_drop(struct ring *ring)
 {
 	pthread_setspecific(ring_key, NULL);
 	ring_free(ring);
 }
 
-/* Submit every part and collect what completes; parts left undone on
- * failure are for the caller to finish another way. */
-static void ring_run(struct io_uring *ring, struct child_io *io, int n)
+static struct __kernel_timespec until(const struct timespec *deadline)
 {
-	struct child_io *part;
-	struct io_uring_cqe *cqe;
-	int queued = 0, ret;
-	bool failed = false;
+	struct timespec now;
+	long long ns;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	ns = (deadline->tv_sec - now.tv_sec) * 1000000000LL +
+	     (deadline->tv_nsec - now.tv_nsec);
+	if (ns < 0)
+		ns = 0;
+	return (struct __kernel_timespec){.tv_sec = ns / 1000000000LL,
+					  .tv_nsec = ns % 1000000000LL};
+}
+
+/* Wait for one completion, until the deadline if there is one. */
+static int wait_one(struct ring *r, struct io_uring_cqe **cqe,
+		    const struct timespec *deadline)
+{
+	struct __kernel_timespec ts;
+
+	if (!deadline)
+		return io_uring_wait_cqe(&r->uring, cqe);
+	ts = until(deadline);
+	return io_uring_wait_cqe_timeout(&r->uring, cqe, &ts);
+}
+
+static int submit_parts(struct ring *r, struct child_io *io, int n, int *slot)
+{
+	int queued = 0;
 
 	for (int i = 0; i < n; i++) {
+		slot[i] = -1;
 		if (io[i].fd < 0 || io[i].done)
 			continue;
-		prep(io_uring_get_sqe(ring), &io[i]);
+		slot[i] = slot_take(r, &io[i]);
+		if (slot[i] < 0)
+			continue; /* the pool does it */
+		prep(io_uring_get_sqe(&r->uring), &io[i], slot[i]);
 		queued++;
 	}
-	ret = io_uring_submit(ring);
+	return queued;
+}
+
+/* Submit every part and collect what completes; parts left undone on
+ * failure are for the caller to finish another way. */
+static void ring_run(struct ring *r, struct child_io *io, int n,
+		     const struct timespec *deadline)
+{
+	int slot[CHILDREN_MAX], queued = submit_parts(r, io, n, slot), ret;
+	struct io_uring_cqe *cqe;
+	bool failed = false;
+
+	ret = io_uring_submit(&r->uring);
 	if (ret < queued) {
-		queued = ret < 0 ? 0 : ret;
-		failed = true;
+		for (int i = 0; i < n; i++)
+			if (slot[i] >= 0)
+				r->slot[slot[i]].busy = false;
+		ring_drop(r);
+		return;
 	}
 	while (queued > 0) {
-		ret = io_uring_wait_cqe(ring, &cqe);
+		ret = wait_one(r, &cqe, deadline);
 		if (ret == -EINTR)
 			continue;
+		if (ret == -ETIME)
+			break;
 		if (ret) {
 			failed = true;
 			break;
 		}
-		part = io_uring_cqe_get_data(cqe);
-		part->ret = cqe->res;
-		part->done = true;
-		io_uring_cqe_seen(ring, cqe);
-		queued--;
+		queued -= r->slot[io_uring_cqe_get_data64(cqe)].io != NULL;
+		slot_end(r, (int)io_uring_cqe_get_data64(cqe), cqe->res);
+		io_uring_cqe_seen(&r->uring, cqe);
 	}
+	for (int i = 0; i < n && queued > 0; i++)
+		if (slot[i] >= 0 && !io[i].done)
+			slot_orphan(r, slot[i]);
 	if (failed)
-		ring_drop(ring);
+		ring_drop(r);
 }
 
 static void pool_io_one(void *arg, int i)
@@ -155,17 +294,28 @@ static void try_inline(struct child_io *io)
 	io->done = true;
 }
 
-void child_io_run(struct pool *pool, struct child_io *io, int n)
+void child_io_run(struct pool *pool, struct child_io *io, int n,
+		  int timeout_ms)
 {
-	struct io_uring *ring;
+	struct timespec deadline;
+	struct ring *ring;
 	bool undone = false;
 
 	for (int i = 0; i < n; i++)
 		if (io[i].fd >= 0 && io[i].cached)
 			try_inline(&io[i]);
 	ring = thread_ring();
+	if (ring && timeout_ms > 0) {
+		clock_gettime(CLOCK_MONOTONIC, &deadline);
+		deadline.tv_sec += timeout_ms / 1000;
+		deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+		if (deadline.tv_nsec >= 1000000000) {
+			deadline.tv_sec++;
+			deadline.tv_nsec -= 1000000000;
+		}
+	}
 	if (ring)
-		ring_run(ring, io, n);
+		ring_run(ring, io, n, timeout_ms > 0 ? &deadline : NULL);
 	for (int i = 0; i < n; i++)
 		undone |= io[i].fd >= 0 && !io[i].done;
 	if (undone)

@@ -104,6 +104,14 @@ static int cmd_resync(struct fs *fs, const struct config_command *cmd,
 		snprintf(err, errlen, "no child is named '%s'", cmd->name);
 		return -ENOENT;
 	}
+	if (child_orphans(c) > 0) {
+		snprintf(err, errlen,
+			 "%d requests to '%s' timed out and are still running "
+			 "there; try again once they end",
+			 child_orphans(c), child_name(c));
+		child_put(c);
+		return -EBUSY;
+	}
 	resync_stop(fs, c);
 	ret = children_begin_resync(fs->set, c, err, errlen);
 	if (!ret && resync_start(fs, c, false))

@@ -339,6 +339,8 @@ static int read_part(struct read_op *op, const struct child_view *v, int i,
 	*io = (struct child_io){
 		.fd = fd,
 		.buf = op->buf[i],
+		.child = v->child[i],
+		.own_buf = true,
 		.len = op->size,
 		.off = op->off,
 		.cached = inline_worthwhile(op->file, &op->file->no_inline_read,
@@ -387,10 +389,12 @@ static void read_voters(struct fanout *fo, struct read_op *op)
 				     ? read_part(op, fo->view, i, &io[i])
 				     : 0;
 	}
-	child_io_run(fo->fs->pool, io, fo->view->n);
+	child_io_run(fo->fs->pool, io, fo->view->n, fo->fs->timeout_ms);
 	for (int i = 0; i < fo->view->n; i++) {
 		if (io[i].fd < 0)
 			continue;
+		if (io[i].orphaned)
+			op->buf[i] = NULL; /* the ring frees it when done */
 		note_refused(&op->file->no_inline_read, &io[i],
 			     child_slot(fo->view->child[i]));
 		if (io[i].ret >= 0)
@@ -736,6 +740,7 @@ static void write_children(struct fanout *fo, struct write_op *op)
 		if (!fo->ret[i])
 			io[i] = (struct child_io){
 				.fd = fd,
+				.child = fo->view->child[i],
 				.write = true,
 				.buf = (void *)op->buf,
 				.len = op->size,
@@ -744,7 +749,7 @@ static void write_children(struct fanout *fo, struct write_op *op)
 					op->file, &op->file->no_inline_write,
 					child_slot(fo->view->child[i]))};
 	}
-	child_io_run(fo->fs->pool, io, fo->view->n);
+	child_io_run(fo->fs->pool, io, fo->view->n, fo->fs->timeout_ms);
 	for (int i = 0; i < fo->view->n; i++) {
 		size_t done = io[i].ret < 0 ? 0 : (size_t)io[i].ret;
 

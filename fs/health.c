@@ -60,8 +60,13 @@ void health_missed(struct fs *fs, struct child *c, const char *type,
 {
 	char reason[256];
 
-	snprintf(reason, sizeof(reason), "missed a %s of '%s': %s", type, path,
-		 strerror(-error));
+	if (error == -ETIMEDOUT)
+		snprintf(reason, sizeof(reason),
+			 "did not answer a %s of '%s' within %d ms", type, path,
+			 fs->timeout_ms);
+	else
+		snprintf(reason, sizeof(reason), "missed a %s of '%s': %s",
+			 type, path, strerror(-error));
 	demote(fs, c, error == -ETIMEDOUT ? CHILD_FAILED : CHILD_STALE, reason,
 	       !(strcmp(type, "write") == 0 && fs_device_error(error)));
 }

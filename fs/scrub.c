@@ -506,15 +506,23 @@ static void chunk_read(struct scrub *s, struct scrub_chunk *c)
 		else
 			io[k] = (struct child_io){.fd = fd,
 						  .buf = c->buf[k],
+						  .child = c->view->child[i],
+						  .own_buf = true,
 						  .len = want,
 						  .off = c->off};
 	}
-	child_io_run(s->fs->pool, io, c->n);
+	child_io_run(s->fs->pool, io, c->n, s->fs->timeout_ms);
 	for (int k = 0; k < c->n; k++) {
 		ssize_t got;
 
 		if (io[k].fd < 0)
 			continue;
+		if (io[k].orphaned) {
+			c->buf[k] = NULL; /* the ring frees it when done */
+			c->ballot[k].error = -ETIMEDOUT;
+			close(io[k].fd);
+			continue;
+		}
 		got = read_rest(io[k].fd, direct[k], c->buf[k], want, c->off,
 				io[k].ret);
 		close(io[k].fd);
