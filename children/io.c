@@ -294,8 +294,7 @@ static void try_inline(struct child_io *io)
 	io->done = true;
 }
 
-void child_io_run(struct pool *pool, struct child_io *io, int n,
-		  int timeout_ms)
+void child_io_run(struct pool *pool, struct child_io *io, int n, int timeout_ms)
 {
 	struct timespec deadline;
 	struct ring *ring;

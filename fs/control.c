@@ -36,12 +36,16 @@ static int cmd_add(struct fs *fs, const struct config_command *cmd, char *err,
 {
 	int roots[CHILDREN_MAX], n = children_roots(fs->set, roots), ret, fd;
 	struct child *c;
-	char *real;
+	char *real = NULL;
 
 	ret = config_check_new_child(cmd->path, fs->mountpoint, &fs->mount_st,
 				     roots, n, &real, err, errlen);
-	if (ret)
+	if (!ret && fs->record)
+		ret = record_check_new(fs->record, real, err, errlen);
+	if (ret) {
+		free(real);
 		return ret;
+	}
 	ret = children_add(fs->set, real, cmd->name, &c, err, errlen);
 	free(real);
 	if (ret)
@@ -121,8 +125,8 @@ static int cmd_resync(struct fs *fs, const struct config_command *cmd,
 	return ret;
 }
 
-static int cmd_scrub(struct fs *fs, const struct config_command *cmd,
-		     char *err, size_t errlen)
+static int cmd_scrub(struct fs *fs, const struct config_command *cmd, char *err,
+		     size_t errlen)
 {
 	if (cmd->scrub == CONFIG_SCRUB_STOP)
 		return scrub_stop(fs, err, errlen);

@@ -136,6 +136,10 @@ void record_unmount(struct record *r, struct child_set *set);
 void record_demoted(struct record *r, struct child_set *set);
 void record_promoted(struct record *r, struct child_set *set, struct child *c);
 int record_added(struct record *r, struct child_set *set, struct child *c);
+/* Refuse (-EINVAL, reason in err) a directory offered to `add` whose
+ * record names another set. */
+int record_check_new(struct record *r, const char *path, char *err,
+		     size_t errlen);
 void record_removed(struct record *r, struct child_set *set, struct child *c);
 
 /*

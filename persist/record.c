@@ -719,3 +719,25 @@ struct json_object *record_status(struct record *r)
 	pthread_mutex_unlock(&r->lock);
 	return o;
 }
+
+int record_check_new(struct record *r, const char *path, char *err,
+		     size_t errlen)
+{
+	struct persist_state st;
+	char why[128];
+	int ret = load_path(path, &st, why, sizeof(why));
+
+	if (ret)
+		return 0; /* no record, or an unreadable one: a new child */
+	pthread_mutex_lock(&r->lock);
+	ret = strcmp(st.set, r->set.set)
+		      ? refuse(err, errlen,
+			       "'%s' belongs to another quorumfs set "
+			       "(%s/.quorumfs "
+			       "names a different set); refusing to mix sets",
+			       path, path)
+		      : 0;
+	pthread_mutex_unlock(&r->lock);
+	persist_clear(&st);
+	return ret;
+}
