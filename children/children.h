@@ -195,6 +195,7 @@ void pool_run(struct pool *pool, int n, pool_fn *fn, void *arg);
 struct child_io {
 	int fd;
 	bool write;
+	int sync; /* CHILD_IO_FSYNC or _FDATASYNC: a sync, not a read/write */
 	void *buf;
 	size_t len;
 	off_t off;
@@ -209,6 +210,8 @@ struct child_io {
 	 * the ring, which frees it when the part ends. */
 	bool orphaned;
 };
+
+enum { CHILD_IO_FSYNC = 1, CHILD_IO_FDATASYNC };
 
 /*
  * Do every part at once and return when all are done: submitted together

@@ -162,7 +162,12 @@ static void slot_orphan(struct ring *r, int k)
 
 static void prep(struct io_uring_sqe *sqe, struct child_io *io, int k)
 {
-	if (io->write)
+	if (io->sync)
+		io_uring_prep_fsync(sqe, io->fd,
+				    io->sync == CHILD_IO_FDATASYNC
+					    ? IORING_FSYNC_DATASYNC
+					    : 0);
+	else if (io->write)
 		io_uring_prep_write(sqe, io->fd, io->buf, io->len, io->off);
 	else
 		io_uring_prep_read(sqe, io->fd, io->buf, io->len, io->off);
@@ -265,8 +270,12 @@ static void pool_io_one(void *arg, int i)
 
 	if (io->fd < 0 || io->done)
 		return;
-	r = io->write ? pwrite(io->fd, io->buf, io->len, io->off)
-		      : pread(io->fd, io->buf, io->len, io->off);
+	if (io->sync)
+		r = io->sync == CHILD_IO_FDATASYNC ? fdatasync(io->fd)
+						   : fsync(io->fd);
+	else
+		r = io->write ? pwrite(io->fd, io->buf, io->len, io->off)
+			      : pread(io->fd, io->buf, io->len, io->off);
 	io->ret = r < 0 ? -errno : (int)r;
 	io->done = true;
 }

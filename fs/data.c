@@ -811,7 +811,6 @@ struct fd_op {
 	int (*call)(int fd, const struct fd_op *op);
 	int mode;
 	off_t off, len;
-	bool datasync;
 };
 
 static void fd_body(struct fanout *fo, int i)
@@ -864,16 +863,31 @@ int fs_fallocate(struct fs *fs, struct fs_file *f, int mode, off_t off,
 	return ret;
 }
 
-static int call_fsync(int fd, const struct fd_op *op)
-{
-	return errno_of(op->datasync ? fdatasync(fd) : fsync(fd));
-}
-
+/* On the ring like reads and writes, so that io-timeout bounds it too. */
 int fs_fsync(struct fs *fs, struct fs_file *f, bool datasync)
 {
-	struct fd_op op = {.file = f, .call = call_fsync, .datasync = datasync};
+	const struct child_view *view = children_view_get(fs->set);
+	struct fanout fo = {.fs = fs, .view = view};
+	struct child_io io[CHILDREN_MAX];
+	int ret, fd;
 
-	return fd_run(fs, &op, "flush");
+	for (int i = 0; i < view->n; i++) {
+		io[i] = (struct child_io){.fd = -1};
+		fo.ret[i] = file_fd(fs, f, view, i, &fd);
+		if (!fo.ret[i])
+			io[i] = (struct child_io){
+				.fd = fd,
+				.child = view->child[i],
+				.sync = datasync ? CHILD_IO_FDATASYNC
+						 : CHILD_IO_FSYNC};
+	}
+	child_io_run(fs->pool, io, view->n, fs->timeout_ms);
+	for (int i = 0; i < view->n; i++)
+		if (io[i].fd >= 0)
+			fo.ret[i] = io[i].ret < 0 ? io[i].ret : 0;
+	ret = fanout_tally(&fo, "flush", f->node, 0, 0);
+	children_view_put(view);
+	return ret;
 }
 
 /* close() of a duplicate reports what the child's close would (NFS). */

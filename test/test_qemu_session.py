@@ -29,9 +29,12 @@ def run(*cmd, timeout=120):
 
 
 def tree(root):
-    """Relative path -> bytes of every regular file under root."""
+    """Relative path -> bytes of every regular file under root, without
+    a child's own .quorumfs record."""
     out = {}
-    for d, _, files in os.walk(root):
+    for d, dirs, files in os.walk(root):
+        if d == str(root) and ".quorumfs" in dirs:
+            dirs.remove(".quorumfs")
         for name in files:
             p = os.path.join(d, name)
             with open(p, "rb") as f:
