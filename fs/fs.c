@@ -158,11 +158,14 @@ static void fanout_task(void *arg, int i)
 	struct fanout *fo = arg;
 
 	fo->body(fo, i);
+	atomic_store(&fo->done[i], true);
 }
 
 void fanout_run(struct fanout *fo)
 {
+	health_watch(fo->fs, fo);
 	pool_run(fo->fs->pool, fo->view->n, fanout_task, fo);
+	health_unwatch(fo->fs, fo);
 }
 
 int fanout_error_vote(const struct fanout *fo)
@@ -226,8 +229,8 @@ void fs_announce_write(struct fs *fs, struct node *n, off_t off, off_t len)
 {
 	char *path;
 
-	if (!fs->record || record_announced(fs->record, n->key_dev,
-					    n->key_ino, off, len))
+	if (!fs->record ||
+	    record_announced(fs->record, n->key_dev, n->key_ino, off, len))
 		return;
 	path = node_path(fs, n);
 	if (path)
@@ -247,8 +250,7 @@ void fs_announce_tree(struct fs *fs)
  * and must not vote again before they have it (health.c). Opening a file
  * changes nothing and is left out.
  */
-static void demote_missed(struct fanout *fo, const char *type,
-			  const char *path)
+static void demote_missed(struct fanout *fo, const char *type, const char *path)
 {
 	for (int i = 0; i < fo->view->n && !fo->probe; i++)
 		if (fo->view->votes[i] && fo->ret[i])

@@ -106,6 +106,7 @@ struct fs {
 	bool health_stop;	  /* guarded by health_lock */
 	bool health_running;
 	pthread_t health;
+	struct fanout *running; /* guarded by health_lock: the watchdog's */
 
 	pthread_mutex_t resync_lock;
 	struct resync *resyncs;		       /* guarded by resync_lock */
@@ -197,6 +198,11 @@ struct fanout {
 	void *arg;
 	bool probe; /* changes nothing: a failure is no missed write */
 	int ret[CHILDREN_MAX];
+	/* The watchdog's view of a running fan-out (health.c). */
+	struct timespec started;
+	atomic_bool done[CHILDREN_MAX];
+	bool overdue; /* guarded by fs->health_lock */
+	struct fanout *prev, *next; /* guarded by fs->health_lock */
 };
 
 void fanout_run(struct fanout *fo);
@@ -260,6 +266,10 @@ void health_missed(struct fs *fs, struct child *c, const char *type,
 void health_read_error(struct fs *fs, struct child *c, int error);
 int health_start(struct fs *fs);
 void health_stop(struct fs *fs);
+/* A fan-out through the pool, watched: a child that does not answer in
+ * io-timeout is failed, so no later request waits for it. */
+void health_watch(struct fs *fs, struct fanout *fo);
+void health_unwatch(struct fs *fs, struct fanout *fo);
 
 /*
  * Scrub (scrub.c): one background job reads and votes every regular file

@@ -21,14 +21,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static void demote(struct fs *fs, struct child *c, enum child_state to,
 		   const char *reason, bool tree)
 {
 	enum child_state now = child_state(c);
 
-	/* failed outranks stale; a syncing child is resync's business */
-	if (now == CHILD_FAILED || now == CHILD_SYNCING || now == to)
+	/* failed outranks stale; a syncing child is resync's business
+	 * unless it stops answering */
+	if (now == CHILD_FAILED || now == to ||
+	    (now == CHILD_SYNCING && to == CHILD_STALE))
 		return;
 	if (fs->record)
 		record_set_behind(fs->record, c, tree);
@@ -113,17 +116,123 @@ static void start_wanted(struct fs *fs, unsigned int wanted)
 	pthread_mutex_unlock(&fs->control_lock);
 }
 
+/* ---- the watchdog of pool fan-outs ---- */
+
+/*
+ * Metadata calls (lookup, open, close...) run on the pool, synchronously:
+ * one that a hung child holds cannot be taken back. The watchdog fails
+ * that child once it is io-timeout late, so that every later request
+ * leaves it out; the call it holds returns when the child answers.
+ */
+void health_watch(struct fs *fs, struct fanout *fo)
+{
+	if (fs->timeout_ms <= 0)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &fo->started);
+	for (int i = 0; i < fo->view->n; i++)
+		atomic_init(&fo->done[i], false);
+	fo->overdue = false;
+	pthread_mutex_lock(&fs->health_lock);
+	fo->prev = NULL;
+	fo->next = fs->running;
+	if (fo->next)
+		fo->next->prev = fo;
+	fs->running = fo;
+	pthread_mutex_unlock(&fs->health_lock);
+}
+
+void health_unwatch(struct fs *fs, struct fanout *fo)
+{
+	if (fs->timeout_ms <= 0)
+		return;
+	pthread_mutex_lock(&fs->health_lock);
+	if (fo->prev)
+		fo->prev->next = fo->next;
+	else
+		fs->running = fo->next;
+	if (fo->next)
+		fo->next->prev = fo->prev;
+	pthread_mutex_unlock(&fs->health_lock);
+}
+
+static long long ms_since(const struct timespec *t)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (now.tv_sec - t->tv_sec) * 1000LL +
+	       (now.tv_nsec - t->tv_nsec) / 1000000;
+}
+
+/* Children of overdue fan-outs (references), each once; health_lock held. */
+static int overdue_locked(struct fs *fs, struct child **late)
+{
+	int n = 0;
+
+	for (struct fanout *fo = fs->running; fo; fo = fo->next) {
+		if (fo->overdue || ms_since(&fo->started) < fs->timeout_ms)
+			continue;
+		fo->overdue = true;
+		for (int i = 0; i < fo->view->n && n < CHILDREN_MAX; i++) {
+			if (atomic_load(&fo->done[i]))
+				continue;
+			child_get(fo->view->child[i]);
+			late[n++] = fo->view->child[i];
+		}
+	}
+	return n;
+}
+
+static void fail_late(struct fs *fs, struct child **late, int n)
+{
+	char reason[128];
+
+	snprintf(reason, sizeof(reason),
+		 "did not answer a metadata call within %d ms", fs->timeout_ms);
+	for (int i = 0; i < n; i++) {
+		health_demote(fs, late[i], CHILD_FAILED, reason);
+		child_put(late[i]);
+	}
+}
+
+static void health_sleep(struct fs *fs)
+{
+	struct timespec until;
+	int ms = fs->timeout_ms / 4 > 100 ? fs->timeout_ms / 4 : 100;
+
+	if (fs->timeout_ms <= 0) {
+		pthread_cond_wait(&fs->health_wake, &fs->health_lock);
+		return;
+	}
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += ms / 1000;
+	until.tv_nsec += (long)(ms % 1000) * 1000000;
+	if (until.tv_nsec >= 1000000000) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000;
+	}
+	pthread_cond_timedwait(&fs->health_wake, &fs->health_lock, &until);
+}
+
 static void *health_thread(void *arg)
 {
 	struct fs *fs = arg;
+	struct child *late[CHILDREN_MAX];
 	unsigned int wanted;
+	int nlate;
 
 	pthread_mutex_lock(&fs->health_lock);
 	while (!fs->health_stop) {
+		nlate = overdue_locked(fs, late);
+		if (nlate) {
+			pthread_mutex_unlock(&fs->health_lock);
+			fail_late(fs, late, nlate);
+			pthread_mutex_lock(&fs->health_lock);
+		}
 		wanted = fs->want_resync;
 		fs->want_resync = 0;
 		if (!wanted) {
-			pthread_cond_wait(&fs->health_wake, &fs->health_lock);
+			health_sleep(fs);
 			continue;
 		}
 		pthread_mutex_unlock(&fs->health_lock);
