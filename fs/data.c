@@ -829,6 +829,8 @@ static int fd_run(struct fs *fs, struct fd_op *op, const char *type)
 	struct fanout fo = {.fs = fs, .view = view, .body = fd_body, .arg = op};
 	int ret;
 
+	/* Closing a file opened for reading changes nothing on any child. */
+	fo.probe = (op->file->flags & O_ACCMODE) == O_RDONLY;
 	fanout_run(&fo);
 	ret = fanout_tally(&fo, type, op->file->node, op->off, op->len);
 	children_view_put(view);
