@@ -882,11 +882,11 @@ static int start_threads(const struct config *cfg, struct child_set *set,
 		ret = fs_new(set, *pool, *log, &q->fs);
 	if (!ret)
 		ret = fs_set_mount(q->fs, cfg->mountpoint, &q->mount_st);
+	children_set_log(set, *log);
 	if (!ret)
 		ret = fs_start_health(q->fs, record, cfg->io_timeout_ms);
 	if (!ret)
 		fs_set_scrub_rate(q->fs, cfg->scrub_rate);
-	children_set_log(set, *log);
 	if (ret)
 		fprintf(stderr, "quorumfs: cannot start: %s\n", strerror(-ret));
 	hup_log = *log;

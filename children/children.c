@@ -637,6 +637,16 @@ enum child_state children_set_state(struct child_set *set, struct child *c,
 	return old;
 }
 
+void children_log_state(struct child_set *set, struct child *c)
+{
+	char reason[sizeof(c->reason)];
+
+	pthread_mutex_lock(&set->lock);
+	memcpy(reason, c->reason, sizeof(reason));
+	pthread_mutex_unlock(&set->lock);
+	emit_state(set, c, CHILD_OK, child_state(c), reason);
+}
+
 int children_begin_resync(struct child_set *set, struct child *c, char *err,
 			  size_t errlen)
 {

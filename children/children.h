@@ -129,6 +129,10 @@ int children_set_rewrite(struct child_set *set, bool on, char *err,
 enum child_state children_set_state(struct child_set *set, struct child *c,
 				    enum child_state state, const char *reason);
 
+/* Log c's current state as a change from ok, with its reason: for
+ * states set at mount, before the event log existed. */
+void children_log_state(struct child_set *set, struct child *c);
+
 /* Stop c voting and mark it syncing, unless that would leave fewer
  * voting children than the threshold (-EINVAL). */
 int children_begin_resync(struct child_set *set, struct child *c, char *err,

@@ -52,32 +52,48 @@ static bool ring_broken; /* io_uring refused once: never try again */
 
 static void slot_end(struct ring *r, int k, int res);
 
-/* Rings a thread left while orphans were still in flight: a hung child
- * may never answer, and the thread (or the daemon's exit) must not wait
- * for it. Kept reachable; the kernel may still write their buffers. */
-static pthread_mutex_t abandoned_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct ring *abandoned[64];
-static int nabandoned;
+/*
+ * A ring its thread left while orphans were still in flight: a detached
+ * thread waits for them, so their child's count of running parts still
+ * drops (a resync waits for it), while neither the leaving thread nor the
+ * daemon's exit waits for a child that may never answer.
+ */
+static void *reap_orphans(void *arg)
+{
+	struct ring *r = arg;
+	struct io_uring_cqe *cqe;
 
-/* Reap what has ended; a ring with orphans left is set aside. */
+	while (r->orphans > 0 && io_uring_wait_cqe(&r->uring, &cqe) == 0) {
+		slot_end(r, (int)io_uring_cqe_get_data64(cqe), cqe->res);
+		io_uring_cqe_seen(&r->uring, cqe);
+	}
+	io_uring_queue_exit(&r->uring);
+	free(r);
+	return NULL;
+}
+
+/* Reap what has ended; a ring with orphans left goes to a reaper. */
 static void ring_free(void *arg)
 {
 	struct ring *r = arg;
 	struct io_uring_cqe *cqe;
+	pthread_attr_t attr;
+	pthread_t t;
 
 	while (r->orphans > 0 && io_uring_peek_cqe(&r->uring, &cqe) == 0) {
 		slot_end(r, (int)io_uring_cqe_get_data64(cqe), cqe->res);
 		io_uring_cqe_seen(&r->uring, cqe);
 	}
 	if (r->orphans > 0) {
-		pthread_mutex_lock(&abandoned_lock);
-		if (nabandoned < 64)
-			abandoned[nabandoned++] = r;
-		pthread_mutex_unlock(&abandoned_lock);
-		return;
+		pthread_attr_init(&attr);
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		if (pthread_create(&t, &attr, reap_orphans, r) == 0)
+			r = NULL; /* else: wait here, as the last resort */
+		pthread_attr_destroy(&attr);
+		if (!r)
+			return;
 	}
-	io_uring_queue_exit(&r->uring);
-	free(r);
+	reap_orphans(r);
 }
 
 static void ring_key_create(void)

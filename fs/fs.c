@@ -92,10 +92,13 @@ int fs_start_health(struct fs *fs, struct record *record, int timeout_ms)
 
 	fs->record = record;
 	fs->timeout_ms = timeout_ms;
-	/* Children that were behind at mount start their copy at once. */
+	/* Children that were behind at mount: say why, and start their
+	 * copy at once. */
 	for (int i = 0; i < n; i++) {
-		if (child_state(m[i]) == CHILD_STALE)
+		if (child_state(m[i]) == CHILD_STALE) {
+			children_log_state(fs->set, m[i]);
 			fs->want_resync |= 1u << child_slot(m[i]);
+		}
 		child_put(m[i]);
 	}
 	return health_start(fs);

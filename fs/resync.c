@@ -357,6 +357,38 @@ static int create_entry(struct resync *rs, int dfd, const char *name,
 	return ret ? ret : PLACED_MADE;
 }
 
+/*
+ * Write the voted bytes to the child through the ring, under io-timeout:
+ * the copy holds the chunk's range exclusively, so a child that hangs
+ * here would hold every caller of those bytes.
+ */
+static int write_out(struct resync *rs, int out, const struct fs_read *r,
+		     off_t off)
+{
+	for (int k = 0; k < r->iovcnt; k++) {
+		struct child_io io = {.fd = out,
+				      .write = true,
+				      .child = rs->child,
+				      .buf = r->iov[k].iov_base,
+				      .len = r->iov[k].iov_len,
+				      .off = off};
+
+		child_io_run(rs->fs->pool, &io, 1, rs->fs->timeout_ms);
+		if (io.ret == -ETIMEDOUT)
+			snprintf(rs->reason, sizeof(rs->reason),
+				 "did not answer a resync write within %d ms",
+				 rs->fs->timeout_ms);
+		if (io.ret < 0)
+			return io.ret;
+		if ((size_t)io.ret < io.len &&
+		    pwrite(out, (char *)io.buf + io.ret, io.len - io.ret,
+			   off + io.ret) != (ssize_t)(io.len - io.ret))
+			return errno ? -errno : -ENOSPC;
+		off += io.len;
+	}
+	return 0;
+}
+
 /* Copy one chunk of data at off (a data region of the voters). */
 static int copy_chunk(struct resync *rs, struct fs_file *f, int out, off_t off,
 		      off_t len)
@@ -369,8 +401,8 @@ static int copy_chunk(struct resync *rs, struct fs_file *f, int out, off_t off,
 
 	range_lock(&n->ranges, &claim, off, off + len, true);
 	ret = read_voted_locked(rs->fs, view, f, off, len, &r);
-	if (!ret && r.len && pwritev(out, r.iov, r.iovcnt, off) < 0)
-		ret = -errno;
+	if (!ret && r.len)
+		ret = write_out(rs, out, &r, off);
 	range_unlock(&n->ranges, &claim);
 	fs_read_release(&r);
 	children_view_put(view);

@@ -120,6 +120,15 @@ static int check_member(struct record *r, const struct persist_state *st,
 	return 0;
 }
 
+/* A child whose record was lost or wiped joins under a new identity:
+ * the member its path stood for is gone. */
+static void forget_path(struct persist_state *set, const char *path)
+{
+	for (int m = set->n - 1; m >= 0; m--)
+		if (strcmp(set->member[m].path, path) == 0)
+			persist_remove_member(set, set->member[m].id);
+}
+
 /* Slot i's standing from its own record (loaded: persist_load's result). */
 static int place(struct record *r, int i, const struct persist_state *st,
 		 int loaded, const char *path, char *err, size_t errlen)
@@ -130,6 +139,7 @@ static int place(struct record *r, int i, const struct persist_state *st,
 		persist_new_id(r->id[i]);
 		if (r->fresh_set)
 			return 0;
+		forget_path(&r->set, path);
 		r->behind[i] = true;
 		snprintf(r->why[i], sizeof(r->why[i]), "%s",
 			 loaded == -ENOENT
@@ -163,6 +173,22 @@ static bool on_command_line(const struct record *r, int n, const char *id)
 	return false;
 }
 
+/* The member's directory is there but its record is not, or is garbage
+ * (an unreachable directory is merely absent and keeps its place). */
+static bool lost_record(const char *path)
+{
+	struct persist_state st;
+	char why[128];
+	struct stat dir;
+	int ret;
+
+	if (stat(path, &dir) || !S_ISDIR(dir.st_mode))
+		return false;
+	ret = load_path(path, &st, why, sizeof(why));
+	persist_clear(&st);
+	return ret == -ENOENT || ret == -EINVAL;
+}
+
 /* Members the command line left out: mount the ones still reachable. */
 static int add_extras(struct record *r, struct children_config *cfg)
 {
@@ -174,8 +200,16 @@ static int add_extras(struct record *r, struct children_config *cfg)
 		char why[128];
 		int i = cfg->n;
 
-		if (on_command_line(r, n, pm->id) ||
-		    load_path(pm->path, &st, why, sizeof(why)))
+		if (on_command_line(r, n, pm->id))
+			continue;
+		if (lost_record(pm->path)) {
+			/* Its identity is gone: offered again, it joins anew.
+			 */
+			persist_remove_member(&r->set, pm->id);
+			m--;
+			continue;
+		}
+		if (load_path(pm->path, &st, why, sizeof(why)))
 			continue;
 		if (strcmp(st.set, r->set.set) || strcmp(st.child, pm->id)) {
 			persist_clear(&st);
