@@ -203,11 +203,11 @@ struct child_io {
 	void *buf;
 	size_t len;
 	off_t off;
-	bool cached;  /* buffered I/O: try it inline before queueing it */
+	bool cached; /* buffered I/O: try it inline before queueing it */
 	struct child *child; /* whose part: counts it while orphaned */
-	bool own_buf; /* buf may be handed over (freed with free()) */
-	int ret;      /* out: bytes done, or -errno */
-	bool done;    /* out: ret is set (set false before the call) */
+	bool own_buf;	     /* buf may be handed over (freed with free()) */
+	int ret;	     /* out: bytes done, or -errno */
+	bool done;	     /* out: ret is set (set false before the call) */
 	bool refused; /* out: the file refuses inline tries: stop trying */
 	/* out: not answered within the timeout: ret is -ETIMEDOUT and the
 	 * part still runs in the kernel; if own_buf, buf now belongs to

@@ -154,9 +154,8 @@ static int check_numbers(const struct config_args *a, struct config *cfg,
 			    "from 1 to %d",
 			    a->threads, CONFIG_MAX_THREADS);
 	cfg->io_timeout_ms = CONFIG_DEFAULT_IO_TIMEOUT * 1000;
-	if (a->io_timeout &&
-	    !parse_int(a->io_timeout, 0, CONFIG_MAX_IO_TIMEOUT,
-		       &cfg->io_timeout_ms))
+	if (a->io_timeout && !parse_int(a->io_timeout, 0, CONFIG_MAX_IO_TIMEOUT,
+					&cfg->io_timeout_ms))
 		return fail(err, errlen,
 			    "io-timeout=%s is invalid: it must be a whole "
 			    "number of seconds from 0 (no timeout) to %d",
@@ -333,8 +332,8 @@ static int parse_switch(char **word, int n, struct config_command *cmd,
 static int parse_scrub(char **word, int n, struct config_command *cmd,
 		       char *err, size_t errlen)
 {
-	static const char usage[] =
-		"usage: scrub start|repair [rate=MIB_PER_SECOND], or scrub stop";
+	static const char usage[] = "usage: scrub start|repair "
+				    "[rate=MIB_PER_SECOND], or scrub stop";
 
 	cmd->rate = -1;
 	if (n < 2 || n > 3)
@@ -347,9 +346,9 @@ static int parse_scrub(char **word, int n, struct config_command *cmd,
 		cmd->scrub = CONFIG_SCRUB_STOP;
 	else
 		return fail(err, errlen, "%s", usage);
-	if (n == 3 && (strncmp(word[2], "rate=", 5) != 0 ||
-		       !parse_int(word[2] + 5, 0, CONFIG_MAX_SCRUB_RATE,
-				  &cmd->rate)))
+	if (n == 3 &&
+	    (strncmp(word[2], "rate=", 5) != 0 ||
+	     !parse_int(word[2] + 5, 0, CONFIG_MAX_SCRUB_RATE, &cmd->rate)))
 		return fail(err, errlen,
 			    "scrub takes rate=N after %s, N a whole number of "
 			    "MiB/s from 0 (unlimited) to %d, not '%s'",

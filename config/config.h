@@ -46,7 +46,7 @@ struct config {
 	int io_timeout_ms; /* per child request; 0: none */
 	int scrub_rate;	   /* MiB/s a scrub reads at by default; 0: unlimited */
 	char *log_path;	   /* absolute, or NULL for no event log */
-	char *mountpoint; /* absolute */
+	char *mountpoint;  /* absolute */
 };
 
 #define CONFIG_DEFAULT_THREADS 16
@@ -108,7 +108,7 @@ struct config_command {
 	const char *name; /* add (NULL: the path), remove, resync */
 	int number;	  /* threshold */
 	enum read_pattern read_pattern;
-	bool on; /* rewrite-corrupted */
+	bool on;			/* rewrite-corrupted */
 	enum config_scrub_action scrub; /* scrub */
 	/* scrub start and repair: rate=N in MiB/s (0: unlimited), or -1
 	 * when not given (the mount's scrub-rate). */

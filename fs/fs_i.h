@@ -201,7 +201,7 @@ struct fanout {
 	/* The watchdog's view of a running fan-out (health.c). */
 	struct timespec started;
 	atomic_bool done[CHILDREN_MAX];
-	bool overdue; /* guarded by fs->health_lock */
+	bool overdue;		    /* guarded by fs->health_lock */
 	struct fanout *prev, *next; /* guarded by fs->health_lock */
 };
 
@@ -286,8 +286,7 @@ void health_unwatch(struct fs *fs, struct fanout *fo);
  * scrub_free (fs_free) ends a running job and frees everything.
  */
 struct scrub;
-int scrub_start(struct fs *fs, bool repair, int rate, char *err,
-		size_t errlen);
+int scrub_start(struct fs *fs, bool repair, int rate, char *err, size_t errlen);
 int scrub_stop(struct fs *fs, char *err, size_t errlen);
 struct json_object;
 void scrub_status(struct fs *fs, struct json_object *status);

@@ -40,9 +40,9 @@
 
 /* One child's answer. A plain value the caller fills. */
 struct vote_ballot {
-	int error;        /* 0 on success, else a negative errno */
+	int error;	  /* 0 on success, else a negative errno */
 	const void *data; /* the child's bytes; ignored when error != 0 */
-	size_t len;       /* how many bytes the child returned */
+	size_t len;	  /* how many bytes the child returned */
 };
 
 /* The outcome of vote_whole(). */
@@ -53,9 +53,9 @@ struct vote_result {
 	 * but disagreed so that no version reached threshold.
 	 */
 	int error;
-	int winner;     /* index of a ballot holding the winning bytes, or -1 */
-	int count;      /* ballots in the winning version (0 if none) */
-	int successes;  /* ballots with error == 0 */
+	int winner;	/* index of a ballot holding the winning bytes, or -1 */
+	int count;	/* ballots in the winning version (0 if none) */
+	int successes;	/* ballots with error == 0 */
 	bool unanimous; /* every successful ballot held the same bytes */
 	/*
 	 * loser[i] is true for a successful ballot outside the winning
