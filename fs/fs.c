@@ -228,18 +228,49 @@ static void syncing_child_failed(struct fanout *fo, int i)
 			   reason);
 }
 
+/* Bits of the node's intent cache for [off, off + len), or 0 when the
+ * range reaches past what the cache covers. */
+static uint64_t intent_bits(off_t off, off_t len)
+{
+	int64_t first = off / PERSIST_REGION;
+	int64_t last = (off + (len ? len : 1) - 1) / PERSIST_REGION;
+
+	if (last >= 64)
+		return 0;
+	return (last == 63 ? ~0ULL : (1ULL << (last + 1)) - 1) &
+	       ~((1ULL << first) - 1);
+}
+
+/*
+ * Every write asks; almost every answer is "already announced", so the
+ * node caches that for its first 64 regions and the record's lock is
+ * only taken for a region new in this generation.
+ */
 void fs_announce_write(struct fs *fs, struct node *n, off_t off, off_t len)
 {
+	uint64_t bits = intent_bits(off, len), gen;
 	char *path;
 
-	if (!fs->record ||
-	    record_announced(fs->record, n->key_dev, n->key_ino, off, len))
+	if (!fs->record)
 		return;
-	path = node_path(fs, n);
-	if (path)
+	gen = record_generation(fs->record);
+	if (bits && atomic_load(&n->intent_gen) == gen &&
+	    (atomic_load(&n->intent_mask) & bits) == bits)
+		return;
+	if (!record_announced(fs->record, n->key_dev, n->key_ino, off, len)) {
+		path = node_path(fs, n);
+		if (!path)
+			return; /* not announced: nothing to cache */
 		record_announce(fs->record, fs->set, n->key_dev, n->key_ino,
 				path, off, len);
-	free(path);
+		free(path);
+	}
+	/* A lost race only costs another trip to the record. */
+	if (atomic_load(&n->intent_gen) != gen) {
+		atomic_store(&n->intent_mask, 0);
+		atomic_store(&n->intent_gen, gen);
+	}
+	atomic_fetch_or(&n->intent_mask, bits);
 }
 
 void fs_announce_tree(struct fs *fs)

@@ -88,6 +88,10 @@ struct node {
 	/* A size no child is below, kept so that writes growing the file can
 	 * lock everything past it (see data.c). */
 	_Atomic int64_t size_hint;
+	/* Intent regions 0..63 already announced in generation intent_gen:
+	 * lets a write skip the record's lock (fs_announce_write). */
+	_Atomic uint64_t intent_gen;
+	_Atomic uint64_t intent_mask;
 };
 
 struct fs {

@@ -148,6 +148,8 @@ void record_removed(struct record *r, struct child_set *set, struct child *c);
  */
 bool record_announced(struct record *r, uint64_t dev, uint64_t ino, off_t off,
 		      off_t len);
+/* The current generation, without the lock (announcements are per one). */
+uint64_t record_generation(struct record *r);
 void record_announce(struct record *r, struct child_set *set, uint64_t dev,
 		     uint64_t ino, const char *path, off_t off, off_t len);
 /* Announce a namespace change while some member is not in step. */

@@ -12,6 +12,7 @@
 #include <json-c/json.h>
 #include <linux/openat2.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,7 @@ struct record {
 	bool tree[CHILDREN_MAX];     /* by slot: missed more than data */
 	char why[CHILDREN_MAX][160]; /* by slot: why behind */
 	bool tree_announced;
+	_Atomic uint64_t generation; /* set.generation, readable unlocked */
 	struct announced *announced; /* this generation's, unordered */
 	size_t nannounced;
 	int nextra;
@@ -432,6 +434,7 @@ static void bump_locked(struct record *r, struct child_set *set)
 	const struct child_view *v = children_view_get(set);
 
 	r->set.generation++;
+	atomic_store(&r->generation, r->set.generation);
 	r->nannounced = 0;
 	r->tree_announced = false;
 	for (int i = 0; i < v->n; i++) {
@@ -774,4 +777,9 @@ int record_check_new(struct record *r, const char *path, char *err,
 	pthread_mutex_unlock(&r->lock);
 	persist_clear(&st);
 	return ret;
+}
+
+uint64_t record_generation(struct record *r)
+{
+	return atomic_load(&r->generation);
 }
