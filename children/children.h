@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 /* Most children one set holds, matching VOTE_MAX_BALLOTS. */
 #define CHILDREN_MAX 32
@@ -213,6 +214,7 @@ struct child_io {
 	 * part still runs in the kernel; if own_buf, buf now belongs to
 	 * the ring, which frees it when the part ends. */
 	bool orphaned;
+	bool in_ring; /* private: still running on the caller's ring */
 };
 
 enum { CHILD_IO_FSYNC = 1, CHILD_IO_FDATASYNC };
@@ -229,6 +231,24 @@ enum { CHILD_IO_FSYNC = 1, CHILD_IO_FDATASYNC };
  */
 void child_io_run(struct pool *pool, struct child_io *io, int n,
 		  int timeout_ms);
+
+/*
+ * The same, but it may return before every part is done: after each
+ * completion, enough(arg, io, n) is asked whether the answers so far
+ * suffice. Returns true when it left parts running (done still false);
+ * then child_io_finish() must be called on the same thread before io is
+ * freed, to wait for them (until the same deadline, orphaning what misses
+ * it).
+ */
+struct child_io_wait {
+	bool (*enough)(void *arg, const struct child_io *io, int n);
+	void *arg;
+	struct timespec deadline; /* private */
+	bool timed;		  /* private */
+};
+bool child_io_start(struct pool *pool, struct child_io *io, int n,
+		    int timeout_ms, struct child_io_wait *w);
+void child_io_finish(struct child_io *io, int n, struct child_io_wait *w);
 
 /* Parts of c that timed out and still run in the kernel. A resync must
  * wait for them: a late write would land over the copy. */

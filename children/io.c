@@ -145,6 +145,7 @@ static void slot_end(struct ring *r, int k, int res)
 	if (sl->io) {
 		sl->io->ret = res;
 		sl->io->done = true;
+		sl->io->in_ring = false;
 	} else {
 		free(sl->buf);
 		if (sl->child) {
@@ -166,6 +167,7 @@ static void slot_orphan(struct ring *r, int k)
 	io->ret = -ETIMEDOUT;
 	io->done = true;
 	io->orphaned = true;
+	io->in_ring = false;
 	sl->buf = io->own_buf ? io->buf : NULL;
 	sl->child = io->child;
 	if (sl->child) {
@@ -224,42 +226,61 @@ static int wait_one(struct ring *r, struct io_uring_cqe **cqe,
 	return io_uring_wait_cqe_timeout(&r->uring, cqe, &ts);
 }
 
-static int submit_parts(struct ring *r, struct child_io *io, int n, int *slot)
+static int submit_parts(struct ring *r, struct child_io *io, int n)
 {
-	int queued = 0;
+	int queued = 0, k;
 
 	for (int i = 0; i < n; i++) {
-		slot[i] = -1;
 		if (io[i].fd < 0 || io[i].done)
 			continue;
-		slot[i] = slot_take(r, &io[i]);
-		if (slot[i] < 0)
+		k = slot_take(r, &io[i]);
+		if (k < 0)
 			continue; /* the pool does it */
-		prep(io_uring_get_sqe(&r->uring), &io[i], slot[i]);
+		prep(io_uring_get_sqe(&r->uring), &io[i], k);
+		io[i].in_ring = true;
 		queued++;
 	}
 	return queued;
 }
 
-/* Submit every part and collect what completes; parts left undone on
- * failure are for the caller to finish another way. */
-static void ring_run(struct ring *r, struct child_io *io, int n,
-		     const struct timespec *deadline)
+static int count_in_ring(const struct child_io *io, int n)
 {
-	int slot[CHILDREN_MAX], queued = submit_parts(r, io, n, slot), ret;
+	int queued = 0;
+
+	for (int i = 0; i < n; i++)
+		queued += io[i].in_ring && !io[i].done;
+	return queued;
+}
+
+/* Take every completion already there, without waiting. */
+static void reap_ready(struct ring *r)
+{
+	struct io_uring_cqe *cqe;
+
+	while (io_uring_peek_cqe(&r->uring, &cqe) == 0) {
+		slot_end(r, (int)io_uring_cqe_get_data64(cqe), cqe->res);
+		io_uring_cqe_seen(&r->uring, cqe);
+	}
+}
+
+/*
+ * Collect completions until every part of io is done, or enough() says
+ * the answers so far suffice, or the deadline passes: then the parts left
+ * are orphaned. Completions that are already there are all taken before
+ * enough() is asked, so parts the page cache served never look late.
+ */
+static void ring_wait(struct ring *r, struct child_io *io, int n,
+		      const struct child_io_wait *w)
+{
 	struct io_uring_cqe *cqe;
 	bool failed = false;
+	int ret;
 
-	ret = io_uring_submit(&r->uring);
-	if (ret < queued) {
-		for (int i = 0; i < n; i++)
-			if (slot[i] >= 0)
-				r->slot[slot[i]].busy = false;
-		ring_drop(r);
-		return;
-	}
-	while (queued > 0) {
-		ret = wait_one(r, &cqe, deadline);
+	reap_ready(r);
+	while (count_in_ring(io, n) > 0) {
+		if (w->enough && w->enough(w->arg, io, n))
+			return;
+		ret = wait_one(r, &cqe, w->timed ? &w->deadline : NULL);
 		if (ret == -EINTR)
 			continue;
 		if (ret == -ETIME)
@@ -268,15 +289,38 @@ static void ring_run(struct ring *r, struct child_io *io, int n,
 			failed = true;
 			break;
 		}
-		queued -= r->slot[io_uring_cqe_get_data64(cqe)].io != NULL;
-		slot_end(r, (int)io_uring_cqe_get_data64(cqe), cqe->res);
-		io_uring_cqe_seen(&r->uring, cqe);
+		reap_ready(r);
 	}
-	for (int i = 0; i < n && queued > 0; i++)
-		if (slot[i] >= 0 && !io[i].done)
-			slot_orphan(r, slot[i]);
+	for (int k = 0; k < RING_SLOTS && count_in_ring(io, n) > 0; k++) {
+		struct child_io *p = r->slot[k].io;
+
+		for (int i = 0; p && r->slot[k].busy && i < n; i++)
+			if (p == &io[i])
+				slot_orphan(r, k);
+	}
 	if (failed)
 		ring_drop(r);
+}
+
+/* Submit every part and collect what completes; parts left undone on
+ * failure are for the caller to finish another way. */
+static void ring_run(struct ring *r, struct child_io *io, int n,
+		     const struct child_io_wait *w)
+{
+	int queued = submit_parts(r, io, n), ret;
+
+	ret = io_uring_submit(&r->uring);
+	if (ret < queued) {
+		for (int k = 0; k < RING_SLOTS; k++)
+			for (int i = 0; i < n; i++)
+				if (r->slot[k].busy && r->slot[k].io == &io[i])
+					r->slot[k].busy = false;
+		for (int i = 0; i < n; i++)
+			io[i].in_ring = false;
+		ring_drop(r);
+		return;
+	}
+	ring_wait(r, io, n, w);
 }
 
 static void pool_io_one(void *arg, int i)
@@ -284,7 +328,7 @@ static void pool_io_one(void *arg, int i)
 	struct child_io *io = (struct child_io *)arg + i;
 	ssize_t r;
 
-	if (io->fd < 0 || io->done)
+	if (io->fd < 0 || io->done || io->in_ring)
 		return;
 	if (io->sync)
 		r = io->sync == CHILD_IO_FDATASYNC ? fdatasync(io->fd)
@@ -319,29 +363,55 @@ static void try_inline(struct child_io *io)
 	io->done = true;
 }
 
-void child_io_run(struct pool *pool, struct child_io *io, int n, int timeout_ms)
+static void deadline_in(struct timespec *deadline, int timeout_ms)
 {
-	struct timespec deadline;
+	clock_gettime(CLOCK_MONOTONIC, deadline);
+	deadline->tv_sec += timeout_ms / 1000;
+	deadline->tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+	if (deadline->tv_nsec >= 1000000000) {
+		deadline->tv_sec++;
+		deadline->tv_nsec -= 1000000000;
+	}
+}
+
+bool child_io_start(struct pool *pool, struct child_io *io, int n,
+		    int timeout_ms, struct child_io_wait *w)
+{
 	struct ring *ring;
 	bool undone = false;
 
-	for (int i = 0; i < n; i++)
+	for (int i = 0; i < n; i++) {
+		io[i].in_ring = false;
 		if (io[i].fd >= 0 && io[i].cached)
 			try_inline(&io[i]);
-	ring = thread_ring();
-	if (ring && timeout_ms > 0) {
-		clock_gettime(CLOCK_MONOTONIC, &deadline);
-		deadline.tv_sec += timeout_ms / 1000;
-		deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-		if (deadline.tv_nsec >= 1000000000) {
-			deadline.tv_sec++;
-			deadline.tv_nsec -= 1000000000;
-		}
 	}
+	w->timed = timeout_ms > 0;
+	if (w->timed)
+		deadline_in(&w->deadline, timeout_ms);
+	ring = thread_ring();
 	if (ring)
-		ring_run(ring, io, n, timeout_ms > 0 ? &deadline : NULL);
+		ring_run(ring, io, n, w);
 	for (int i = 0; i < n; i++)
-		undone |= io[i].fd >= 0 && !io[i].done;
+		undone |= io[i].fd >= 0 && !io[i].done && !io[i].in_ring;
 	if (undone)
 		pool_run(pool, n, pool_io_one, io);
+	return count_in_ring(io, n) > 0;
+}
+
+void child_io_finish(struct child_io *io, int n, struct child_io_wait *w)
+{
+	struct ring *ring;
+
+	if (count_in_ring(io, n) == 0)
+		return;
+	ring = pthread_getspecific(ring_key);
+	w->enough = NULL;
+	ring_wait(ring, io, n, w);
+}
+
+void child_io_run(struct pool *pool, struct child_io *io, int n, int timeout_ms)
+{
+	struct child_io_wait w = {0};
+
+	child_io_start(pool, io, n, timeout_ms, &w);
 }

@@ -41,6 +41,9 @@ struct fs_file {
 	/* Bit per slot: that child's file system refuses RWF_NOWAIT reads
 	 * (writes), so its buffered parts go straight to the ring. */
 	atomic_uint no_inline_read, no_inline_write;
+	/* The open handle's, plus one per read still checking late voters
+	 * after its answer went: the handle may be released before. */
+	atomic_int refs;
 	struct fs_file *prev, *next; /* guarded by fs->files_lock */
 };
 
@@ -141,6 +144,7 @@ static struct fs_file *file_new(struct node *n, int flags)
 		return NULL;
 	for (int s = 0; s < CHILDREN_MAX; s++)
 		atomic_init(&f->fd[s], -1);
+	atomic_init(&f->refs, 1);
 	f->node = n;
 	f->direct = flags & O_DIRECT;
 	/* The kernel gives offsets even for O_APPEND: never let a child
@@ -215,13 +219,20 @@ int fs_create(struct fs *fs, uint64_t parent, const char *name, mode_t mode,
 	return ret;
 }
 
-void fs_release(struct fs *fs, struct fs_file *f)
+static void file_put(struct fs *fs, struct fs_file *f)
 {
 	struct node *n = f->node;
 
-	files_unlink(fs, f);
+	if (atomic_fetch_sub(&f->refs, 1) > 1)
+		return;
 	file_close(f);
 	node_unref(fs, n);
+}
+
+void fs_release(struct fs *fs, struct fs_file *f)
+{
+	files_unlink(fs, f);
+	file_put(fs, f);
 }
 
 void files_forget_slot(struct fs *fs, int slot)
@@ -280,10 +291,15 @@ static void grow_hint(struct node *n, off_t end)
 struct read_op {
 	struct fs *fs;
 	struct fs_file *file;
+	const struct child_view *view;
 	off_t off;
 	size_t size;
+	bool early; /* may answer before every voter has (fs_read) */
 	char *buf[CHILDREN_MAX];
 	size_t len[CHILDREN_MAX];
+	struct child_io io[CHILDREN_MAX];
+	struct child_io_wait wait;
+	bool late[CHILDREN_MAX]; /* still reading when the answer went */
 };
 
 /*
@@ -377,11 +393,64 @@ static int read_rest(struct read_op *op, int i, const struct child_io *io)
 	return ret;
 }
 
-/* Every voting child reads the range into its own buffer, at once. */
+/* The parts voting child i's answer is made of, once it arrived. */
+static int read_arrived(struct read_op *op, int i)
+{
+	struct child_io *io = &op->io[i];
+
+	if (io->orphaned)
+		op->buf[i] = NULL; /* the ring frees it when done */
+	note_refused(&op->file->no_inline_read, io,
+		     child_slot(op->view->child[i]));
+	if (io->ret >= 0)
+		child_error_streak(op->view->child[i], false);
+	return io->ret < 0 ? io->ret : read_rest(op, i, io);
+}
+
+/* A complete answer: all asked for, or an O_DIRECT end of file. */
+static bool whole_part(const struct read_op *op, const struct child_io *io)
+{
+	return io->done && io->ret >= 0 &&
+	       ((size_t)io->ret == io->len || op->file->direct);
+}
+
+/*
+ * Whether the answers in so far settle the vote: a strict majority of the
+ * voters (and at least threshold) returned the same bytes. No later
+ * answer can outvote them, so the reader need not wait for it.
+ */
+static bool majority_agrees(void *arg, const struct child_io *io, int n)
+{
+	const struct read_op *op = arg;
+	int need = op->view->voters / 2 + 1;
+
+	if (need < op->view->threshold)
+		need = op->view->threshold;
+	for (int i = 0; i < n; i++) {
+		int same = 1;
+
+		if (!whole_part(op, &io[i]))
+			continue;
+		for (int j = i + 1; j < n; j++)
+			same += whole_part(op, &io[j]) &&
+				io[j].ret == io[i].ret &&
+				!memcmp(io[i].buf, io[j].buf, io[i].ret);
+		if (same >= need)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Every voting child reads the range into its own buffer, at once. An
+ * early read stops waiting once a strict majority agrees; the others are
+ * late, and fs_read_release() checks them.
+ */
 static void read_voters(struct fanout *fo, struct read_op *op)
 {
-	struct child_io io[CHILDREN_MAX];
+	struct child_io *io = op->io;
 
+	op->view = fo->view;
 	for (int i = 0; i < fo->view->n; i++) {
 		io[i] = (struct child_io){.fd = -1};
 		op->len[i] = 0;
@@ -389,23 +458,30 @@ static void read_voters(struct fanout *fo, struct read_op *op)
 				     ? read_part(op, fo->view, i, &io[i])
 				     : 0;
 	}
-	child_io_run(fo->fs->pool, io, fo->view->n, fo->fs->timeout_ms);
+	op->wait = (struct child_io_wait){.arg = op};
+	if (op->early && fo->view->voters > 1)
+		op->wait.enough = majority_agrees;
+	child_io_start(fo->fs->pool, io, fo->view->n, fo->fs->timeout_ms,
+		       &op->wait);
 	for (int i = 0; i < fo->view->n; i++) {
-		if (io[i].fd < 0)
-			continue;
-		if (io[i].orphaned)
-			op->buf[i] = NULL; /* the ring frees it when done */
-		note_refused(&op->file->no_inline_read, &io[i],
-			     child_slot(fo->view->child[i]));
-		if (io[i].ret >= 0)
-			child_error_streak(fo->view->child[i], false);
-		fo->ret[i] =
-			io[i].ret < 0 ? io[i].ret : read_rest(op, i, &io[i]);
+		op->late[i] = io[i].fd >= 0 && !io[i].done;
+		if (io[i].fd >= 0 && !op->late[i])
+			fo->ret[i] = read_arrived(op, i);
 	}
 }
 
+/* A read answered before every voter was: what its release checks. */
+struct read_late {
+	struct range_claim claim;
+	struct read_op op;
+	bool held; /* holds a reference to op.file */
+};
+
+static void read_late_end(struct read_late *late, const struct fs_read *r);
+
 struct read_answer {
 	struct fs *fs;
+	struct read_late *late;	 /* voters still reading, or NULL */
 	size_t size;		 /* of each buffer */
 	char *buf[CHILDREN_MAX]; /* every buffer the answer may point into */
 	struct iovec iov[];
@@ -419,9 +495,12 @@ static int answer_new(struct fs_read *r, struct read_op *op, int iovcnt)
 	if (!a)
 		return -ENOMEM;
 	a->fs = op->fs;
+	a->late = NULL;
 	a->size = op->size;
-	memcpy(a->buf, op->buf, sizeof(a->buf));
-	memset(op->buf, 0, sizeof(op->buf));
+	for (int i = 0; i < CHILDREN_MAX; i++) {
+		a->buf[i] = op->late[i] ? NULL : op->buf[i];
+		op->buf[i] = op->late[i] ? op->buf[i] : NULL;
+	}
 	r->owner = a;
 	r->iov = a->iov;
 	r->iovcnt = 0;
@@ -448,6 +527,8 @@ void fs_read_release(struct fs_read *r)
 
 	if (!a)
 		return;
+	if (a->late)
+		read_late_end(a->late, r);
 	for (int i = 0; i < CHILDREN_MAX; i++)
 		fs_buf_put(a->fs, a->buf[i], a->size);
 	free(a);
@@ -495,7 +576,7 @@ static int read_ballots(struct fanout *fo, struct read_op *op,
 	int n = 0;
 
 	for (int i = 0; i < fo->view->n; i++) {
-		if (!fo->view->votes[i])
+		if (!fo->view->votes[i] || op->late[i])
 			continue;
 		map[n] = i;
 		b[n++] = (struct vote_ballot){.error = fo->ret[i],
@@ -663,38 +744,122 @@ static int read_fifo(struct fanout *fo, struct read_op *op, struct fs_read *r)
 	return ret; /* the last child's error, as QEMU's fifo does */
 }
 
+static int read_voted(struct read_op *op, const struct child_view *view,
+		      struct fs_read *r)
+{
+	struct fanout fo = {.fs = op->fs, .view = view, .arg = op};
+
+	memset(r, 0, sizeof(*r));
+	op->view = view;
+	if (view->read_pattern == READ_PATTERN_FIFO)
+		return read_fifo(&fo, op, r);
+	return read_quorum(&fo, op, r);
+}
+
 int read_voted_locked(struct fs *fs, const struct child_view *view,
 		      struct fs_file *f, off_t off, size_t size,
 		      struct fs_read *r)
 {
 	struct read_op op = {.fs = fs, .file = f, .off = off, .size = size};
-	struct fanout fo = {.fs = fs, .view = view, .arg = &op};
-	int ret;
+	int ret = read_voted(&op, view, r);
 
-	memset(r, 0, sizeof(*r));
-	if (view->read_pattern == READ_PATTERN_FIFO)
-		ret = read_fifo(&fo, &op, r);
-	else
-		ret = read_quorum(&fo, &op, r);
 	for (int i = 0; i < CHILDREN_MAX; i++)
 		fs_buf_put(fs, op.buf[i], size);
 	return ret;
 }
 
+static bool same_as_answer(const struct fs_read *r, const char *buf, size_t len)
+{
+	if (len != r->len)
+		return false;
+	for (int k = 0; k < r->iovcnt; k++) {
+		if (memcmp(buf, r->iov[k].iov_base, r->iov[k].iov_len))
+			return false;
+		buf += r->iov[k].iov_len;
+	}
+	return true;
+}
+
+/*
+ * The late voters' answers, once in: each is reported like any loser
+ * when it failed or differs from what the reader got (r; NULL when the
+ * read failed), and rewritten under rewrite-corrupted.
+ */
+static void check_late(struct read_op *op, const struct fs_read *r)
+{
+	const struct child_view *v = op->view;
+	char *path = NULL;
+
+	child_io_finish(op->io, v->n, &op->wait);
+	for (int i = 0; i < v->n; i++) {
+		int ret;
+
+		if (!op->late[i])
+			continue;
+		op->late[i] = false;
+		ret = read_arrived(op, i);
+		if (!ret && (!r || same_as_answer(r, op->buf[i], op->len[i])))
+			continue;
+		if (!path)
+			path = node_path(op->fs, op->file->node);
+		report_read(op->fs, v, i, path, op->off, op->size, ret);
+		if (!ret && v->rewrite_corrupted && r->iovcnt == 1)
+			rewrite_child(op, v, i, r->iov[0].iov_base, r->len,
+				      op->off);
+	}
+	free(path);
+}
+
+static void read_late_end(struct read_late *late, const struct fs_read *r)
+{
+	struct read_op *op = &late->op;
+
+	check_late(op, r);
+	range_unlock(&op->file->node->ranges, &late->claim);
+	for (int i = 0; i < CHILDREN_MAX; i++)
+		fs_buf_put(op->fs, op->buf[i], op->size);
+	children_view_put(op->view);
+	if (late->held)
+		file_put(op->fs, op->file);
+	free(late);
+}
+
+static bool any_late(const struct read_op *op)
+{
+	for (int i = 0; i < op->view->n; i++)
+		if (op->late[i])
+			return true;
+	return false;
+}
+
+/*
+ * A voted read that answers once a strict majority agrees. The range
+ * stays claimed, and the view held, until the late voters are checked in
+ * fs_read_release(), so they vote on the same bytes the others did.
+ */
 int fs_read(struct fs *fs, struct fs_file *f, off_t off, size_t size,
 	    struct fs_read *r)
 {
-	const struct child_view *view;
-	struct range_claim claim;
+	struct read_late *late = malloc(sizeof(*late));
 	int ret;
 
+	memset(r, 0, sizeof(*r));
+	if (!late)
+		return -ENOMEM;
 	/* The view after the claim: a write that overlaps and came first
 	 * has demoted any child that missed it by now. */
-	range_lock(&f->node->ranges, &claim, off, off + size, false);
-	view = children_view_get(fs->set);
-	ret = read_voted_locked(fs, view, f, off, size, r);
-	range_unlock(&f->node->ranges, &claim);
-	children_view_put(view);
+	range_lock(&f->node->ranges, &late->claim, off, off + size, false);
+	late->held = false;
+	late->op = (struct read_op){
+		.fs = fs, .file = f, .off = off, .size = size, .early = true};
+	ret = read_voted(&late->op, children_view_get(fs->set), r);
+	if (!ret && any_late(&late->op)) {
+		atomic_fetch_add(&f->refs, 1);
+		late->held = true;
+		((struct read_answer *)r->owner)->late = late;
+		return 0;
+	}
+	read_late_end(late, ret ? NULL : r);
 	return ret;
 }
 

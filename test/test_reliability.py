@@ -20,6 +20,11 @@ log, to the child's state, and how the child comes back.
   that errno, never EIO.
 - A child that hangs while it is being resynced stalls no caller beyond
   the timeout.
+- A read answers once a strict majority agrees: with one child of three
+  stalled mid-read, the read returns the majority's bytes while the stall
+  still holds; the late answer is still checked when it comes, reported
+  if it differs (and rewritten under rewrite-corrupted), silently
+  accepted if it agrees; and a write to the range waits for that check.
 
 The faults come from faultfs (test/faultfs/) standing in for one child,
 and from small tmpfs and ext4 file systems that really fill up. "Never
@@ -36,6 +41,7 @@ import os
 import random
 import re
 import sys
+import threading
 import threading
 import time
 
@@ -929,3 +935,93 @@ def test_a_child_that_hangs_during_its_resync_stalls_no_caller(
     resync_when_idle(m, name)
     wait_child_state(m, name, "ok", timeout=60)
     assert_same_tree(children[0], ffs.backing)
+
+
+# --- 8. reads answer on a strict majority ------------------------------
+
+def majority_mount(faulty, tmpfs_dir, scratch_fs, quorum, opts=()):
+    """a, b on tmpfs and a faultfs child, threshold 2, a long io-timeout
+    (so only the majority rule can end a read early), and an image."""
+    ffs = faulty(scratch_fs("tmpfs"))
+    children = [tmpfs_dir / "c0", tmpfs_dir / "c1"]
+    for c in children:
+        c.mkdir()
+    m = quorum(children=children + [ffs.mnt], threshold=2,
+               opts=["io-timeout=120"] + list(opts))
+    data = random.Random(8).randbytes(1 * MiB)
+    write_file(m.path("img"), data)
+    return m, ffs, data
+
+
+def reports_for(m, child):
+    return [d for d in m.events_named("QUORUM_REPORT_BAD")
+            if d["node-name"] == child]
+
+
+@pytest.mark.timeout(60)
+def test_a_read_answers_on_a_majority_and_checks_the_late_child(
+        faulty, tmpfs_dir, scratch_fs, quorum):
+    m, ffs, data = majority_mount(faulty, tmpfs_dir, scratch_fs, quorum)
+    ffs.set("hang op=read path=/img")
+    # The stall is never lifted before the read returns: an answer now
+    # can only come from the two children that agree.
+    assert pread_at(m.path("img"), 64 * KiB, 64 * KiB) == \
+        data[64 * KiB:128 * KiB]
+    assert reports_for(m, ffs.mnt) == [], "the late child was judged early"
+    # Lift the stall and corrupt what the late read returns: it is still
+    # checked, and reported for exactly the range the reader asked for.
+    ffs.set("flip op=read path=/img")
+    bad = m.wait_event("QUORUM_REPORT_BAD",
+                       lambda d: d["node-name"] == ffs.mnt)
+    assert (bad["sector-num"], bad["sectors-count"]) == (64 * KiB // 512,
+                                                     64 * KiB // 512), bad
+    assert "error" not in bad, bad
+    assert child_status(status(m), ffs.mnt)["state"] == "ok"
+
+
+@pytest.mark.timeout(60)
+def test_a_late_answer_that_agrees_is_not_reported_and_holds_writes(
+        faulty, tmpfs_dir, scratch_fs, quorum):
+    m, ffs, data = majority_mount(faulty, tmpfs_dir, scratch_fs, quorum)
+    ffs.set("hang op=read path=/img")
+    assert pread_at(m.path("img"), 0, 4 * KiB) == data[:4 * KiB]
+    # A write over the range waits for the late child's check: the read
+    # still claims its bytes, so the late answer is one the others gave.
+    done = threading.Event()
+    new = b"\x5a" * 4 * KiB
+
+    def overwrite():
+        fd = os.open(m.path("img"), os.O_WRONLY)
+        try:
+            os.pwrite(fd, new, 0)
+        finally:
+            os.close(fd)
+        done.set()
+    t = threading.Thread(target=overwrite, daemon=True)
+    t.start()
+    assert not done.wait(0.5), "a write overtook a read's late check"
+    ffs.clear()
+    assert done.wait(30 * qfs.deadline_scale()), "the write never ran"
+    t.join()
+    assert reports_for(m, ffs.mnt) == [], "an agreeing late answer reported"
+    assert pread_at(m.path("img"), 0, 4 * KiB) == new
+    for c in (tmpfs_dir / "c0", tmpfs_dir / "c1", ffs.backing):
+        assert read_file(os.path.join(c, "img"))[:4 * KiB] == new, c
+
+
+@pytest.mark.timeout(60)
+def test_a_late_corrupt_answer_is_rewritten_under_rewrite_corrupted(
+        faulty, tmpfs_dir, scratch_fs, quorum):
+    m, ffs, data = majority_mount(faulty, tmpfs_dir, scratch_fs, quorum,
+                                  opts=["rewrite-corrupted"])
+    # The child's own copy is bad and its read stalls: the answer comes
+    # from the other two, the rewrite once the bad copy arrives.
+    with open(os.path.join(ffs.backing, "img"), "r+b") as f:
+        f.seek(8 * KiB)
+        f.write(b"\0" * 4 * KiB)
+    ffs.set("hang op=read path=/img")
+    assert pread_at(m.path("img"), 0, 64 * KiB) == data[:64 * KiB]
+    ffs.clear()
+    m.wait_event("QUORUM_REPORT_BAD", lambda d: d["node-name"] == ffs.mnt)
+    qfs.wait_for(lambda: read_file(os.path.join(ffs.backing, "img")) == data,
+                 10, "the late child's copy to be rewritten")
