@@ -462,17 +462,10 @@ static void unlink_member_locked(struct child_set *set, struct child *c)
 /* Wait until no view names c, or ms have passed; true if drained. */
 static bool drain(struct child_set *set, struct child *c, int ms)
 {
+	struct timespec deadline;
 	bool drained;
 
-	struct timespec deadline;
-
-	clock_gettime(CLOCK_REALTIME, &deadline);
-	deadline.tv_sec += ms / 1000;
-	deadline.tv_nsec += (long)(ms % 1000) * 1000000;
-	if (deadline.tv_nsec >= 1000000000) {
-		deadline.tv_sec++;
-		deadline.tv_nsec -= 1000000000;
-	}
+	children_deadline(CLOCK_REALTIME, ms, &deadline);
 	pthread_mutex_lock(&set->drain_lock);
 	while (atomic_load(&c->views) > 0)
 		if (pthread_cond_timedwait(&set->drained, &set->drain_lock,

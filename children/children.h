@@ -250,6 +250,9 @@ bool child_io_start(struct pool *pool, struct child_io *io, int n,
 		    int timeout_ms, struct child_io_wait *w);
 void child_io_finish(struct child_io *io, int n, struct child_io_wait *w);
 
+/* out = now on clock, plus ms: a deadline for timed waits. */
+void children_deadline(clockid_t clock, int ms, struct timespec *out);
+
 /* Parts of c that timed out and still run in the kernel. A resync must
  * wait for them: a late write would land over the copy. */
 int child_orphans(const struct child *c);

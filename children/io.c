@@ -363,14 +363,14 @@ static void try_inline(struct child_io *io)
 	io->done = true;
 }
 
-static void deadline_in(struct timespec *deadline, int timeout_ms)
+void children_deadline(clockid_t clock, int ms, struct timespec *out)
 {
-	clock_gettime(CLOCK_MONOTONIC, deadline);
-	deadline->tv_sec += timeout_ms / 1000;
-	deadline->tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-	if (deadline->tv_nsec >= 1000000000) {
-		deadline->tv_sec++;
-		deadline->tv_nsec -= 1000000000;
+	clock_gettime(clock, out);
+	out->tv_sec += ms / 1000;
+	out->tv_nsec += (long)(ms % 1000) * 1000000;
+	if (out->tv_nsec >= 1000000000) {
+		out->tv_sec++;
+		out->tv_nsec -= 1000000000;
 	}
 }
 
@@ -387,7 +387,7 @@ bool child_io_start(struct pool *pool, struct child_io *io, int n,
 	}
 	w->timed = timeout_ms > 0;
 	if (w->timed)
-		deadline_in(&w->deadline, timeout_ms);
+		children_deadline(CLOCK_MONOTONIC, timeout_ms, &w->deadline);
 	ring = thread_ring();
 	if (ring)
 		ring_run(ring, io, n, w);

@@ -479,6 +479,37 @@ struct read_late {
 
 static void read_late_end(struct read_late *late, const struct fs_read *r);
 
+/*
+ * Each thread keeps one read_late for its next read, so a read costs no
+ * allocation for it: a read and its late check always run on the thread
+ * that started them.
+ */
+static pthread_key_t late_key;
+static pthread_once_t late_once = PTHREAD_ONCE_INIT;
+static bool late_keyless;
+
+static void late_key_create(void)
+{
+	late_keyless = pthread_key_create(&late_key, free) != 0;
+}
+
+static struct read_late *late_take(void)
+{
+	struct read_late *late = NULL;
+
+	pthread_once(&late_once, late_key_create);
+	if (!late_keyless && (late = pthread_getspecific(late_key)))
+		pthread_setspecific(late_key, NULL);
+	return late ? late : malloc(sizeof(*late));
+}
+
+static void late_give(struct read_late *late)
+{
+	if (late_keyless || pthread_getspecific(late_key) ||
+	    pthread_setspecific(late_key, late))
+		free(late);
+}
+
 struct read_answer {
 	struct fs *fs;
 	struct read_late *late;	 /* voters still reading, or NULL */
@@ -821,7 +852,7 @@ static void read_late_end(struct read_late *late, const struct fs_read *r)
 	children_view_put(op->view);
 	if (late->held)
 		file_put(op->fs, op->file);
-	free(late);
+	late_give(late);
 }
 
 static bool any_late(const struct read_op *op)
@@ -840,7 +871,7 @@ static bool any_late(const struct read_op *op)
 int fs_read(struct fs *fs, struct fs_file *f, off_t off, size_t size,
 	    struct fs_read *r)
 {
-	struct read_late *late = malloc(sizeof(*late));
+	struct read_late *late = late_take();
 	int ret;
 
 	memset(r, 0, sizeof(*r));

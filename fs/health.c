@@ -204,13 +204,7 @@ static void health_sleep(struct fs *fs)
 		pthread_cond_wait(&fs->health_wake, &fs->health_lock);
 		return;
 	}
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += ms / 1000;
-	until.tv_nsec += (long)(ms % 1000) * 1000000;
-	if (until.tv_nsec >= 1000000000) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000;
-	}
+	children_deadline(CLOCK_REALTIME, ms, &until);
 	pthread_cond_timedwait(&fs->health_wake, &fs->health_lock, &until);
 }
 
