@@ -9,6 +9,8 @@
   After a failing test teardown is best-effort (lazy unmount, terminate,
   kill) so that nothing is left mounted either way.
 - run_daemon: runs quorumfs on a command line that must be refused.
+- faulty: a factory for faultfs mounts (test/faultfs/) over a directory,
+  stopped checked after a passing test.
 
 The daemon is QFS_BIN (default build/quorumfs), prefixed by QFS_WRAPPER
 (e.g. "valgrind --error-exitcode=99 -q").
@@ -20,6 +22,7 @@ import threading
 import pytest
 
 import qfs
+from faultfs import FaultFS, FaultFSError
 
 # Everything started or mounted in this session, for the last-resort
 # sweep in pytest_sessionfinish.
@@ -194,3 +197,37 @@ def run_daemon(tmp_path):
     """run_daemon(*args, timeout=10) -> (returncode, stderr) for a command
     line that quorumfs must refuse without mounting anything."""
     return qfs.DaemonRun(tmp_path)
+
+
+@pytest.fixture
+def faulty(request, tmp_path, scratch_fs):
+    """Factory: faulty(backing_dir) -> a started FaultFS over it, e.g. to
+    be given to quorumfs as a child. Name this fixture before `quorum` in
+    a test's arguments, so that faultfs is stopped after quorumfs: checked
+    (exit status 0) after a passing test, killed otherwise. It is set up
+    after scratch_fs, so the backing file systems outlive it."""
+    made = []
+
+    def make(backing):
+        mnt = tmp_path / ("faultfs%d" % len(made))
+        mnt.mkdir()
+        ffs = FaultFS(backing, mnt)
+        made.append(ffs)
+        return ffs.start()
+
+    yield make
+    call = getattr(request.node, "rep_call", None)
+    passed = call is not None and call.passed
+    errors = []
+    for ffs in reversed(made):
+        if passed:
+            try:
+                ffs.stop()
+            except FaultFSError as e:
+                errors.append("%s: %s" % (ffs, e))
+        else:
+            sys.stderr.write("faultfs stderr (%s):\n%s\n" % (
+                ffs.mnt, ffs.stderr()[-4000:]))
+            ffs.cleanup()
+    if errors:
+        pytest.fail("checked stop of faultfs failed:\n" + "\n".join(errors))

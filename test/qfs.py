@@ -45,6 +45,28 @@ def deadline_scale():
     return 5.0 if daemon_wrapper() else 1.0
 
 
+# -- small file helpers shared by the tests --
+
+def read_file(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def write_file(path, data, mode=None):
+    with open(path, "wb") as f:
+        f.write(data)
+    if mode is not None:
+        os.chmod(path, mode)
+
+
+def pread_at(path, off, length):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, off)
+    finally:
+        os.close(fd)
+
+
 def wait_for(cond, timeout, what, interval=0.02):
     """Poll cond() until it returns a true value, which is returned.
     Fails the test with `what` when timeout seconds pass first."""

@@ -24,22 +24,13 @@ import threading
 import pytest
 
 import qfs
+from qfs import read_file, write_file
 from control_util import (KiB, MiB, RESERVED, AlignedBuffer, Writer, assert_same_tree,
                           block, check_status_shape, child_status, control,
                           control_errno, control_errors, stable_status,
                           status, status_text, tree_mtimes, tree_state,
                           wait_child_state, wait_status, wait_writes,
                           walk)
-
-
-def write_file(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def read_file(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def corrupt(path, offset=0, count=4096):

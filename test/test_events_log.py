@@ -21,6 +21,7 @@ import time
 import pytest
 
 import qfs
+from qfs import read_file, write_file
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -37,16 +38,6 @@ def pattern(size, seed=1):
         out += (b"%08d:%08d|" % (seed, block)) * 16
         block += 1
     return bytes(out[:size])
-
-
-def write_file(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def read_file(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def invert(path, offset=0, count=None):

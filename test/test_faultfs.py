@@ -24,7 +24,8 @@ import time
 import pytest
 
 import qfs
-from faultfs import FaultFS, FaultFSError, faultfs_binary, rule
+from qfs import read_file, write_file
+from faultfs import FaultFS, faultfs_binary, rule
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,37 +36,11 @@ MiB = 1024 * KiB
 # --- fixtures ----------------------------------------------------------
 
 @pytest.fixture
-def mount_faultfs(request, tmp_path, scratch_fs, callers):
-    """Factory: mount_faultfs(backing_dir) -> a started FaultFS. After a
-    passing test each is stopped checked (exit status 0), otherwise
-    cleaned up best-effort. Set up after scratch_fs and callers, so torn
-    down before them: the backing file systems are unmounted after
-    faultfs is gone, and callers are reaped after their stalls ended."""
-    made = []
-
-    def make(backing):
-        mnt = tmp_path / ("mnt%d" % len(made))
-        mnt.mkdir()
-        ffs = FaultFS(backing, mnt)
-        made.append(ffs)
-        return ffs.start()
-
-    yield make
-    call = getattr(request.node, "rep_call", None)
-    passed = call is not None and call.passed
-    errors = []
-    for ffs in reversed(made):
-        if passed:
-            try:
-                ffs.stop()
-            except FaultFSError as e:
-                errors.append("%s: %s" % (ffs, e))
-        else:
-            sys.stderr.write("faultfs stderr (%s):\n%s\n" % (
-                ffs.mnt, ffs.stderr()[-4000:]))
-            ffs.cleanup()
-    if errors:
-        pytest.fail("checked stop failed:\n" + "\n".join(errors))
+def mount_faultfs(callers, faulty):
+    """Factory: mount_faultfs(backing_dir) -> a started FaultFS (the
+    faulty fixture). Set up after callers, so torn down before them:
+    callers are reaped after their stalls ended."""
+    return faulty
 
 
 @pytest.fixture
@@ -82,16 +57,6 @@ def pattern(size, seed=1):
         out += (b"%08d:%08d|" % (seed, block)) * 16
         block += 1
     return bytes(out[:size])
-
-
-def write_file(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def read_file(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def pread(path, length, offset):

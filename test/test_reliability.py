@@ -40,7 +40,6 @@ import json
 import os
 import random
 import re
-import sys
 import threading
 import threading
 import time
@@ -48,10 +47,10 @@ import time
 import pytest
 
 import qfs
+from qfs import pread_at, read_file, write_file
 from control_util import (KiB, MiB, AlignedBuffer, assert_same_tree, block,
                           child_status, control, control_errno, pwrite_full,
                           status, wait_child_state, wait_status)
-from faultfs import FaultFS, FaultFSError
 
 IO_TIMEOUT = 2   # io-timeout=S of the mounts that hang a child
 SLACK = 6        # what a loaded 2-core machine may add to any one call
@@ -65,57 +64,7 @@ TIMED_OUT = r"(?i)timed out|within \d+ ms"
 
 # --- fixtures ----------------------------------------------------------
 
-@pytest.fixture
-def faulty(request, tmp_path, scratch_fs):
-    """Factory: faulty(backing_dir) -> a started FaultFS over it, to be
-    given to quorumfs as a child. Name this fixture before `quorum` in a
-    test's arguments, so that faultfs is stopped after quorumfs: checked
-    (exit status 0) after a passing test, killed otherwise."""
-    made = []
-
-    def make(backing):
-        mnt = tmp_path / ("faultfs%d" % len(made))
-        mnt.mkdir()
-        ffs = FaultFS(backing, mnt)
-        made.append(ffs)
-        return ffs.start()
-
-    yield make
-    call = getattr(request.node, "rep_call", None)
-    passed = call is not None and call.passed
-    errors = []
-    for ffs in reversed(made):
-        if passed:
-            try:
-                ffs.stop()
-            except FaultFSError as e:
-                errors.append("%s: %s" % (ffs, e))
-        else:
-            sys.stderr.write("faultfs stderr (%s):\n%s\n" % (
-                ffs.mnt, ffs.stderr()[-4000:]))
-            ffs.cleanup()
-    if errors:
-        pytest.fail("checked stop of faultfs failed:\n" + "\n".join(errors))
-
-
 # --- helpers -----------------------------------------------------------
-
-def read_file(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def write_file(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def pread_at(path, off, length):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.pread(fd, length, off)
-    finally:
-        os.close(fd)
 
 
 def record_of(child):

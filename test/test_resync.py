@@ -21,6 +21,7 @@ import stat
 import pytest
 
 import qfs
+from qfs import read_file, write_file
 from control_util import (KiB, MiB, AlignedBuffer, Writer, assert_same_tree,
                           block, check_status_shape, child_status, control,
                           control_errno, pwrite_full, status, tree_mtimes,
@@ -39,18 +40,6 @@ NEWER_TIME = (1_650_000_000, 987_654_321)
 def kind_of(backing):
     """"tmpfs" or "ext4": the kind of file system `backing` lies on."""
     return backing.parent.name.split("-")[0]
-
-
-def write_file(path, data, mode=None):
-    with open(path, "wb") as f:
-        f.write(data)
-    if mode is not None:
-        os.chmod(path, mode)
-
-
-def read_file(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def build_static_tree(m):

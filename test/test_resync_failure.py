@@ -10,18 +10,9 @@ import os
 import pytest
 
 from control_util import child_status, control, wait_status
+from qfs import read_file, write_file
 
 MiB = 1024 * 1024
-
-
-def write_file(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def read_file(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 @pytest.mark.timeout(60)

@@ -22,6 +22,7 @@ import time
 import pytest
 
 import qfs
+from qfs import read_file, write_file
 from faultfs import FaultFS, rule
 from control_util import (KiB, MiB, AlignedBuffer, Writer, control,
                           control_errno, control_errors, status,
@@ -30,16 +31,6 @@ from control_util import (KiB, MiB, AlignedBuffer, Writer, control,
 BLOCK = 4 * KiB
 CHUNK = 1 * MiB
 NFILES = 40
-
-
-def write_file(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def read_file(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def corrupt(path, offset, count, mask=0xFF):
