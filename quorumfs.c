@@ -25,7 +25,7 @@
 #include "children/children.h"
 #include "config/config.h"
 #include "events/events.h"
-#include "fs/fs.h"
+#include "tree/tree.h"
 #include "persist/persist.h"
 
 /* Largest request the kernel sends us whole: QEMU issues 1 MiB I/O. */

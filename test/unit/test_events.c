@@ -22,39 +22,15 @@
 
 #include <json-c/json.h>
 
+#include "test/unit/unit.h"
+
 enum {
 	MAX_LINES = 64,
 	SHORT_WAIT_MS = 500, /* for what must be written at once */
 	LONG_WAIT_MS = 5000, /* for what a throttle window delays */
 };
 
-static int tests_passed, tests_failed;
-static bool current_failed;
 
-static void check(bool ok, const char *expr, const char *file, int line)
-{
-	if (ok)
-		return;
-	fprintf(stderr, "%s:%d: check failed: %s\n", file, line, expr);
-	current_failed = true;
-}
-
-#define CHECK(cond) check((cond), #cond, __FILE__, __LINE__)
-
-static void run(void (*test)(void), const char *name)
-{
-	current_failed = false;
-	test();
-	if (current_failed) {
-		fprintf(stderr, "FAIL %s\n", name);
-		tests_failed++;
-	} else {
-		fprintf(stderr, "ok   %s\n", name);
-		tests_passed++;
-	}
-}
-
-#define RUN(test) run(test, #test)
 
 /* CLOCK_REALTIME in ms, the clock event timestamps use. */
 static int64_t wall_ms(void)
@@ -643,6 +619,5 @@ int main(void)
 	RUN(test_null_log_is_a_no_op);
 	RUN(test_full_queue_drops_and_counts_instead_of_blocking);
 
-	printf("%d passed, %d failed\n", tests_passed, tests_failed);
-	return tests_failed ? 1 : 0;
+	return unit_summary();
 }

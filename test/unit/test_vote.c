@@ -6,9 +6,6 @@
  * the same bytes, a different seed gives a different version. Failed
  * ballots carry a NULL data pointer and a bogus length, so a vote that
  * looked at them would crash under the sanitizers instead of passing.
- *
- * Prints one line per failed check, then "N passed, N failed" (tests, not
- * checks) and exits non-zero if any test failed.
  */
 #include "vote/vote.h"
 
@@ -17,33 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "test/unit/unit.h"
+
 #define BS 4096
 #define MIB (1024 * 1024)
-
-static bool current_test_failed;
-
-static void check_that(bool ok, const char *what, const char *file, int line)
-{
-	if (ok)
-		return;
-	current_test_failed = true;
-	fprintf(stderr, "%s:%d: check failed: %s\n", file, line, what);
-}
-
-static void check_equal(long long actual, long long expected, const char *what,
-			const char *file, int line)
-{
-	if (actual == expected)
-		return;
-	current_test_failed = true;
-	fprintf(stderr, "%s:%d: %s is %lld, expected %lld\n", file, line, what,
-		actual, expected);
-}
-
-#define CHECK(cond) check_that((cond), #cond, __FILE__, __LINE__)
-#define CHECK_EQ(actual, expected)                                             \
-	check_equal((long long)(actual), (long long)(expected), #actual,       \
-		    __FILE__, __LINE__)
 
 /* Fills buf with bytes determined by seed alone. */
 static void fill(unsigned char *buf, size_t len, unsigned seed)
@@ -995,82 +969,54 @@ static void test_first_difference_prefers_a_byte_over_the_length(void)
 	CHECK_EQ(vote_first_difference(A, 2 * BS, b, 100), 50);
 }
 
-/* ---- runner ---- */
-
-struct test {
-	const char *name;
-	void (*run)(void);
-};
-
-#define TEST(fn)                                                               \
-	{                                                                      \
-#fn, fn                                                        \
-	}
-
-static const struct test tests[] = {
-	TEST(test_all_agree_returns_first_without_losers),
-	TEST(test_all_agree_after_failures_returns_first_success),
-	TEST(test_one_corrupt_child_of_three_is_the_only_loser),
-	TEST(test_two_identically_corrupt_children_outvote_the_good_one),
-	TEST(test_disagreement_below_threshold_returns_eio_without_losers),
-	TEST(test_too_few_successes_returns_the_error_vote),
-	TEST(test_failed_ballots_are_never_losers),
-	TEST(test_data_tie_goes_to_the_version_first_seen_at_highest_index),
-	TEST(test_data_tie_follows_first_sighting_not_last_member),
-	TEST(test_threshold_one_lets_a_lone_version_win),
-	TEST(test_whole_vote_treats_a_short_read_as_another_version),
-	TEST(test_whole_vote_lets_agreeing_short_reads_win_at_eof),
-	TEST(test_empty_ballots_agree),
-	TEST(test_five_ballots_across_thresholds_one_to_five),
-	TEST(test_five_ballots_with_errors_across_thresholds_one_to_five),
-	TEST(test_thirty_two_agreeing_ballots_are_unanimous),
-	TEST(test_thirty_two_distinct_ballots_go_to_the_last_at_threshold_one),
-	TEST(test_several_versions_are_counted_apart),
-	TEST(test_a_tie_of_three_versions_goes_to_the_last_first_seen),
-	TEST(test_prefixes_of_the_same_bytes_are_versions_by_length),
-	TEST(test_versions_differing_only_in_the_last_byte_are_apart),
-	TEST(test_the_last_byte_of_a_mebibyte_splits_the_vote),
-	TEST(test_versions_differing_only_in_the_first_byte_are_apart),
-	TEST(test_random_ballots_are_grouped_as_the_reference_says),
-	TEST(test_invalid_arguments_are_refused_with_einval),
-	TEST(test_error_tie_goes_to_the_error_first_seen_at_highest_index),
-	TEST(test_most_common_error_wins_over_a_later_one),
-	TEST(test_error_vote_without_failures_answers_eio),
-	TEST(test_blocks_all_agree_gives_every_block_to_the_first_voter),
-	TEST(test_disjoint_corruption_fails_the_whole_vote_with_eio),
-	TEST(test_disjoint_corruption_is_rescued_block_by_block),
-	TEST(test_blocks_tie_rule_applies_to_each_block),
-	TEST(test_blocks_fail_with_eio_when_a_block_has_no_quorum),
-	TEST(test_blocks_with_too_few_successes_return_the_error_vote),
-	TEST(test_blocks_short_tail_is_part_of_the_answer),
-	TEST(test_blocks_child_missing_the_tail_loses_only_the_tail),
-	TEST(test_blocks_majority_at_eof_ends_the_answer_on_a_boundary),
-	TEST(test_blocks_first_block_won_by_empty_gives_length_zero),
-	TEST(test_blocks_of_empty_ballots_give_length_zero),
-	TEST(test_blocks_stop_at_the_first_short_winning_block),
-	TEST(test_blocks_across_thresholds_one_to_five),
-	TEST(test_blocks_rescue_scattered_corruption_in_a_mebibyte),
-	TEST(test_first_difference_of_equal_buffers_is_minus_one),
-	TEST(test_first_difference_finds_the_first_differing_byte),
-	TEST(test_first_difference_of_a_prefix_is_the_shorter_length),
-	TEST(test_first_difference_prefers_a_byte_over_the_length),
-};
-
 int main(void)
 {
-	int passed = 0, failed_tests = 0;
-
 	make_versions();
-	for (size_t k = 0; k < sizeof(tests) / sizeof(tests[0]); k++) {
-		current_test_failed = false;
-		tests[k].run();
-		if (current_test_failed) {
-			failed_tests++;
-			fprintf(stderr, "FAIL %s\n", tests[k].name);
-		} else {
-			passed++;
-		}
-	}
-	printf("%d passed, %d failed\n", passed, failed_tests);
-	return failed_tests ? 1 : 0;
+	RUN(test_all_agree_returns_first_without_losers);
+	RUN(test_all_agree_after_failures_returns_first_success);
+	RUN(test_one_corrupt_child_of_three_is_the_only_loser);
+	RUN(test_two_identically_corrupt_children_outvote_the_good_one);
+	RUN(test_disagreement_below_threshold_returns_eio_without_losers);
+	RUN(test_too_few_successes_returns_the_error_vote);
+	RUN(test_failed_ballots_are_never_losers);
+	RUN(test_data_tie_goes_to_the_version_first_seen_at_highest_index);
+	RUN(test_data_tie_follows_first_sighting_not_last_member);
+	RUN(test_threshold_one_lets_a_lone_version_win);
+	RUN(test_whole_vote_treats_a_short_read_as_another_version);
+	RUN(test_whole_vote_lets_agreeing_short_reads_win_at_eof);
+	RUN(test_empty_ballots_agree);
+	RUN(test_five_ballots_across_thresholds_one_to_five);
+	RUN(test_five_ballots_with_errors_across_thresholds_one_to_five);
+	RUN(test_thirty_two_agreeing_ballots_are_unanimous);
+	RUN(test_thirty_two_distinct_ballots_go_to_the_last_at_threshold_one);
+	RUN(test_several_versions_are_counted_apart);
+	RUN(test_a_tie_of_three_versions_goes_to_the_last_first_seen);
+	RUN(test_prefixes_of_the_same_bytes_are_versions_by_length);
+	RUN(test_versions_differing_only_in_the_last_byte_are_apart);
+	RUN(test_the_last_byte_of_a_mebibyte_splits_the_vote);
+	RUN(test_versions_differing_only_in_the_first_byte_are_apart);
+	RUN(test_random_ballots_are_grouped_as_the_reference_says);
+	RUN(test_invalid_arguments_are_refused_with_einval);
+	RUN(test_error_tie_goes_to_the_error_first_seen_at_highest_index);
+	RUN(test_most_common_error_wins_over_a_later_one);
+	RUN(test_error_vote_without_failures_answers_eio);
+	RUN(test_blocks_all_agree_gives_every_block_to_the_first_voter);
+	RUN(test_disjoint_corruption_fails_the_whole_vote_with_eio);
+	RUN(test_disjoint_corruption_is_rescued_block_by_block);
+	RUN(test_blocks_tie_rule_applies_to_each_block);
+	RUN(test_blocks_fail_with_eio_when_a_block_has_no_quorum);
+	RUN(test_blocks_with_too_few_successes_return_the_error_vote);
+	RUN(test_blocks_short_tail_is_part_of_the_answer);
+	RUN(test_blocks_child_missing_the_tail_loses_only_the_tail);
+	RUN(test_blocks_majority_at_eof_ends_the_answer_on_a_boundary);
+	RUN(test_blocks_first_block_won_by_empty_gives_length_zero);
+	RUN(test_blocks_of_empty_ballots_give_length_zero);
+	RUN(test_blocks_stop_at_the_first_short_winning_block);
+	RUN(test_blocks_across_thresholds_one_to_five);
+	RUN(test_blocks_rescue_scattered_corruption_in_a_mebibyte);
+	RUN(test_first_difference_of_equal_buffers_is_minus_one);
+	RUN(test_first_difference_finds_the_first_differing_byte);
+	RUN(test_first_difference_of_a_prefix_is_the_shorter_length);
+	RUN(test_first_difference_prefers_a_byte_over_the_length);
+	return unit_summary();
 }

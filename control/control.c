@@ -8,7 +8,7 @@
  * as CONTROL_ERROR and kept for the status.
  */
 #define _GNU_SOURCE
-#include "fs/fs_i.h"
+#include "tree/tree_i.h"
 
 #include <errno.h>
 #include <json-c/json.h>

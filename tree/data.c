@@ -16,7 +16,7 @@
  * buffer only when the file is O_DIRECT and libfuse's buffer is not.
  */
 #define _GNU_SOURCE
-#include "fs/fs_i.h"
+#include "tree/tree_i.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -7,7 +7,7 @@
  * keeps readdir offsets stable however the children order their entries.
  */
 #define _GNU_SOURCE
-#include "fs/fs_i.h"
+#include "tree/tree_i.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -6,7 +6,7 @@
  * answer cannot reach the caller.
  */
 #define _GNU_SOURCE
-#include "fs/fs_i.h"
+#include "tree/tree_i.h"
 
 #include <errno.h>
 #include <fcntl.h>

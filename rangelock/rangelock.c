@@ -8,7 +8,7 @@
  * Files see few concurrent requests (the kernel's queue depth), so a list
  * scan is cheaper than any tree.
  */
-#include "fs/fs_i.h"
+#include "rangelock/rangelock.h"
 
 void range_locks_init(struct range_locks *rl)
 {

@@ -3,7 +3,7 @@
  * modifying operation shares.
  */
 #define _GNU_SOURCE
-#include "fs/fs_i.h"
+#include "tree/tree_i.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -22,7 +22,7 @@
  * A failure on the child fails the child, never the mount.
  */
 #define _GNU_SOURCE
-#include "fs/fs_i.h"
+#include "tree/tree_i.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -12,15 +12,16 @@
  * job to end.
  * No lock but a range lock is held while waiting for children.
  */
-#ifndef QFS_FS_I_H
-#define QFS_FS_I_H
+#ifndef QFS_TREE_I_H
+#define QFS_TREE_I_H
 
-#include "fs/fs.h"
+#include "tree/tree.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 
 #include "children/children.h"
+#include "rangelock/rangelock.h"
 #include "events/events.h"
 #include "persist/persist.h"
 
@@ -32,37 +33,9 @@
 #define FS_BUF_KEEP 48
 /* Block size of the per-block rescue vote. */
 #define FS_VOTE_BLOCK 4096
-#define FS_OFF_MAX INT64_MAX
+#define FS_OFF_MAX RANGE_END
 /* Failed reads in a row that fail a child. */
 #define FS_ERROR_LIMIT 3
-
-/* ---- range locks (rangelock.c) ---- */
-
-/*
- * One request's claim on [start, end) of a file. Claims are granted in
- * arrival order: a claim waits while any earlier claim, granted or not,
- * overlaps it and either of the two is exclusive. That keeps writes to a
- * range in one order on every child and lets no reader starve a writer.
- * The struct lives on the requester's stack.
- */
-struct range_claim {
-	off_t start, end;
-	bool exclusive;
-	struct range_claim *next; /* guarded by the set's mutex */
-};
-
-struct range_locks {
-	pthread_mutex_t mutex;
-	pthread_cond_t changed;
-	struct range_claim *head, *tail; /* guarded by mutex */
-};
-
-void range_locks_init(struct range_locks *rl);
-void range_locks_destroy(struct range_locks *rl);
-/* Blocks until granted. end may be FS_OFF_MAX for "to end of file". */
-void range_lock(struct range_locks *rl, struct range_claim *c, off_t start,
-		off_t end, bool exclusive);
-void range_unlock(struct range_locks *rl, struct range_claim *c);
 
 /* ---- nodes (nodes.c) ---- */
 

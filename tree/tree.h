@@ -19,8 +19,8 @@
  * Writes follow QEMU's quorum: they go to every child and succeed when at
  * least threshold voting children took them; there is no rollback.
  */
-#ifndef QFS_FS_H
-#define QFS_FS_H
+#ifndef QFS_TREE_H
+#define QFS_TREE_H
 
 #include <stdbool.h>
 #include <stdint.h>

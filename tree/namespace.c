@@ -13,7 +13,7 @@
  * the attributes are those of a child in the winning version.
  */
 #define _GNU_SOURCE
-#include "fs/fs_i.h"
+#include "tree/tree_i.h"
 
 #include <errno.h>
 #include <fcntl.h>

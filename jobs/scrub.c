@@ -41,7 +41,7 @@
  * takes control_lock, so a command may wait for the job to end.
  */
 #define _GNU_SOURCE
-#include "fs/fs_i.h"
+#include "tree/tree_i.h"
 
 #include <errno.h>
 #include <fcntl.h>

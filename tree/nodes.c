@@ -14,7 +14,7 @@
  * or something references it: an open file, or a node naming it as parent.
  */
 #define _GNU_SOURCE
-#include "fs/fs_i.h"
+#include "tree/tree_i.h"
 
 #include <errno.h>
 #include <fcntl.h>

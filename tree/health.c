@@ -15,7 +15,7 @@
  * range lock the copy may need. A small thread starts them instead.
  */
 #define _GNU_SOURCE
-#include "fs/fs_i.h"
+#include "tree/tree_i.h"
 
 #include <errno.h>
 #include <stdio.h>
