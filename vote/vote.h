@@ -33,6 +33,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /* Most children a vote handles; matches the child set's limit. */
@@ -119,5 +120,50 @@ int vote_blocks(const struct vote_ballot *ballots, int n, int threshold,
  */
 ssize_t vote_first_difference(const void *a, size_t alen, const void *b,
 			      size_t blen);
+
+/* ---- the write rule (vote/write.c) ---- */
+
+/*
+ * True for an errno that means a device or its space failed (EIO,
+ * ENOSPC, EDQUOT, EROFS, ETIMEDOUT, ENOTCONN...), as opposed to one that
+ * says the request itself was wrong (EEXIST, ENOTEMPTY, EINVAL from an
+ * O_DIRECT alignment probe...). error is a negative errno.
+ */
+bool vote_device_error(int error);
+
+/*
+ * True when all n answers are the same failure and it is not a device
+ * error: every child refused the request alike, so the caller gets that
+ * errno and no child is at fault. False for n == 0.
+ */
+bool vote_refused_by_all(const int *error, int n);
+
+/* The outcome of vote_write(). */
+struct vote_write_result {
+	/* 0 when at least threshold voters took the change; otherwise the
+	 * errno the caller gets: the common refusal, or the error vote. */
+	int error;
+	int successes;	      /* voters that took it */
+	bool nobody_at_fault; /* vote_refused_by_all(): report nothing */
+};
+
+/*
+ * QEMU's write rule (quorum_aio_finalize for writes): error[0..n) are the
+ * voting children's answers (0 or -errno). Success when at least
+ * threshold of them succeeded; else the most common error, ties to the
+ * one first seen at the highest index. Returns r->error; n may be 0
+ * (then -EIO).
+ */
+int vote_write(const int *error, int n, int threshold,
+	       struct vote_write_result *r);
+
+/*
+ * The size vote: sizes are voted like data (vote_whole) so that one
+ * truncated child cannot take a file down. error[i] != 0 excludes
+ * size[i]. With by_value false only existence is voted (directory sizes
+ * differ between file systems): every success agrees.
+ */
+int vote_sizes(const int64_t *size, const int *error, int n, int threshold,
+	       bool by_value, struct vote_result *r);
 
 #endif
