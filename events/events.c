@@ -219,8 +219,8 @@ static int add_string(struct json_object *obj, const char *key,
 }
 
 /*
- * Fields in the order of SPEC §6's example. QEMU's QAPI visitor puts
- * "error" second; no JSON reader depends on member order.
+ * Fields in the order of the README's example (Event log). QEMU's QAPI visitor
+ * puts "error" second; no JSON reader depends on member order.
  */
 static struct json_object *report_bad_data(const char *type,
 					   const char *node_name, uint64_t off,

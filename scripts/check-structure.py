@@ -35,7 +35,7 @@ BENCH_FUNCTION_MAX = 80
 STRUCT_FIELDS_MAX = 16
 # Top-level folders that are not production code.
 NOT_PRODUCTION = {"test", "bench", "scripts", "docs", "packaging"}
-OUTSIDE_DOCS = re.compile(r"\.\./shared|\b(SPEC|QEMU-QUORUM|REPLICATION)\.md")
+OUTSIDE_DOCS = re.compile(r"\.\./shared|\bSPEC\b|\b(QEMU-QUORUM|REPLICATION|PEERS-PERF|STYLE)(\.md)?\b")
 
 
 def tracked_files():

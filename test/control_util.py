@@ -1,4 +1,4 @@
-"""Helpers for the control-file and resync tests (SPEC section 4).
+"""Helpers for the control-file and resync tests (README "Runtime control").
 
 - control() / control_errno(): one write() of one command to
   MOUNTPOINT/.control, the way `echo CMD > .control` does it.

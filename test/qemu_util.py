@@ -4,7 +4,8 @@ O_DIRECT I/O from Python, model QEMU's vote (block/quorum.c) and the
 daemon's per-block rescue, and compare a throttled event log with the
 events a sequence of requests should have produced.
 
-The vote model follows QEMU-QUORUM.md section 2 step by step, so a
+The vote model follows QEMU's quorum_vote() (README "How requests
+are decided") step by step, so a
 differential test can check it against qemu-io first and then use it to
 predict what qemu-io cannot show: the rescued bytes and the events.
 """

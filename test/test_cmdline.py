@@ -1,6 +1,6 @@
 """The command line: every invalid one is refused before anything is
 mounted, with one line on stderr that starts with "quorumfs: " and names
-the bad option or path (SPEC section 2); the valid ones mount."""
+the bad option or path (README "Command line"); the valid ones mount."""
 
 import errno
 import os

@@ -1,4 +1,5 @@
-"""Concurrent I/O on one file (SPEC section 3, Ordering).
+"""Concurrent I/O on one file (README "How requests are decided",
+Ordering).
 
 Threads with their own file descriptors write and read overlapping
 ranges of one file for DURATION seconds. Every 512-byte sector a write

@@ -1,5 +1,6 @@
 """MOUNTPOINT/.control: runtime membership and rules, refusals and the
-status document (SPEC sections 4 and 6).
+status document (README "Runtime control" and
+"Event log").
 
 Each write() to .control is one command. A refused command fails that
 write with the errno an administrator would expect (EINVAL for a

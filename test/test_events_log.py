@@ -1,4 +1,4 @@
-"""The JSON event log through a real mount (SPEC section 6).
+"""The JSON event log through a real mount (README "Event log").
 
 Every line is one object in QMP's envelope. MOUNTED opens a mount's log
 and UNMOUNTED closes it. QUORUM_REPORT_BAD and QUORUM_FAILURE count

@@ -1,4 +1,5 @@
-"""Faulty children through a real mount (SPEC sections 3, 6 and 8).
+"""Faulty children through a real mount (README "How
+requests are decided", "Event log" and "Faults and what they do").
 
 One child at a time is made to misbehave the way disks and operators do:
 its copy of a file is deleted, corrupted, replaced by a directory, or

@@ -1,5 +1,5 @@
-"""Random-operation data integrity against an in-memory model (SPEC
-sections 3 and 9).
+"""Random-operation data integrity against an in-memory model (README
+"How requests are decided" and "Behaving like a local filesystem").
 
 A seeded stream of OPS operations on one file through the mount: writes
 at random offsets and sizes, truncates that grow and shrink, punched

@@ -1,4 +1,5 @@
-"""The file-system surface through a real mount (SPEC sections 3, 8, 9).
+"""The file-system surface through a real mount (README "How
+requests are decided" and "Behaving like a local filesystem").
 
 Each operation is checked on the mount and on every child: the children
 must end up holding the same names, contents and metadata, exactly as if
@@ -417,7 +418,7 @@ def open_deep(root, names, create=False):
 
 
 def test_paths_longer_than_path_max_work_on_the_mount(backing, quorum):
-    # SPEC 9: no path-length ceiling of our own. 25 levels of 200-byte
+    # README "Behaving like a local filesystem": no path-length ceiling of our own. 25 levels of 200-byte
     # names make a path of over 5000 bytes below the mount.
     m = quorum()
     names = ["%02d" % i + "d" * 198 for i in range(25)]
@@ -1219,7 +1220,7 @@ def test_reserved_name_cannot_be_the_target_of_rename_or_link(quorum, name,
 
 def test_a_childs_own_control_file_and_metadata_are_hidden(tmp_path,
                                                           quorum):
-    # SPEC 4 and 5: .control is never backed by a child, and a child's
+    # README "Runtime control" and "The record": .control is never backed by a child, and a child's
     # .quorumfs is never shown on the mount.
     children = []
     for i in range(3):

@@ -1,4 +1,5 @@
-"""The mount against QEMU's quorum driver (SPEC section 3, QEMU-QUORUM.md).
+"""The mount against QEMU's quorum driver (README "How requests
+are decided").
 
 Each image set is a few raw 1 MiB images with seeded corruption. For every
 threshold the same requests (4 KiB and 64 KiB, aligned, O_DIRECT) go
@@ -8,7 +9,7 @@ children hold the same images:
 - wherever QEMU returns data, the mount returns the same bytes;
 - wherever QEMU fails, the mount fails with EIO too, unless every 4 KiB
   block of the request has a threshold majority: then it rescues the read
-  with exactly the per-block majority (beyond QEMU, SPEC section 3);
+  with exactly the per-block majority (beyond QEMU: README, Per-block rescue);
 - the event log holds the REPORT_BAD and QUORUM_FAILURE events QEMU's
   rules give, as far as its 1 s throttle lets them through.
 
@@ -332,8 +333,8 @@ def test_stat_shows_the_majority_size_and_reports_the_truncated_child(
     dirs = make_children(ext4_dir, imgs)
     m = quorum(children=dirs, threshold=2)
     assert os.stat(m.path(FILE)).st_size == IMAGE_SIZE
-    # SPEC section 3: "the size a quorum of children agree on;
-    # disagreement is reported".
+    # README: the size is "the size a quorum of children agree on",
+    # and a size that lost the vote is reported.
     m.wait_event("QUORUM_REPORT_BAD", lambda d: d["node-name"] == dirs[2],
                  timeout=5)
 
@@ -346,7 +347,7 @@ def test_stat_without_a_size_quorum_fails_with_eio_and_an_event(
     with pytest.raises(OSError) as e:
         os.stat(m.path(FILE))
     assert e.value.errno == errno.EIO
-    # SPEC section 8: every error a caller sees has an event explaining
+    # Every error a caller sees has an event explaining
     # it; a failed vote is a QUORUM_FAILURE.
     m.wait_event("QUORUM_FAILURE", lambda d: d["reference"] == FILE,
                  timeout=5)

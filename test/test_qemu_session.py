@@ -1,4 +1,5 @@
-"""QEMU's own tools on a mount (SPEC sections 1 and 9): the session a user
+"""QEMU's own tools on a mount (README "What it is" and
+"Behaving like a local filesystem"): the session a user
 runs before starting a VM on quorumfs, over children on ext4 with
 cache=none (O_DIRECT) wherever QEMU allows it.
 

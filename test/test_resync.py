@@ -1,4 +1,5 @@
-"""Resync of a new or re-synced child through .control (SPEC section 4).
+"""Resync of a new or re-synced child through .control (README "Runtime control",
+Adding a child).
 
 A child added with `add PATH` receives every write at once but does not
 vote until a background copy of the voted tree has filled it; `resync

@@ -1,4 +1,4 @@
-"""Scrub: `scrub start|repair|stop` through .control (SPEC section 4).
+"""Scrub: `scrub start|repair|stop` through .control (README "Scrub").
 
 A scrub reads every regular file from every voting child and votes it as
 a read would: a copy that differs from the voted bytes is reported as
