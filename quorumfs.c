@@ -1,7 +1,7 @@
 /*
  * quorumfs: main() and the FUSE low-level operations.
  *
- * Each handler decodes its request, makes one call into the fs module
+ * Each handler decodes its request, makes one call into the tree module
  * (where every rule lives) and replies exactly once, holding no lock.
  * Regular files are opened in direct-I/O mode: every read reaches the
  * daemon and is voted, never served from the kernel's page cache, and the
@@ -24,9 +24,9 @@
 
 #include "children/children.h"
 #include "config/config.h"
+#include "control/control.h"
 #include "events/events.h"
 #include "tree/tree.h"
-#include "persist/persist.h"
 
 /* Largest request the kernel sends us whole: QEMU issues 1 MiB I/O. */
 #define QFS_MAX_IO (1024 * 1024)
@@ -46,12 +46,12 @@ struct open_reply {
 #define QFS_FOPEN_PARALLEL_DIRECT_WRITES (1u << 6)
 
 struct qfs {
-	struct fs *fs;
+	struct control *ctl;
+	struct tree *tree; /* control_tree(ctl), once started */
 	struct fuse_session *se;
 	double timeout; /* entry and attribute cache time, seconds */
 	uid_t owner;	/* the mounting user owns .control */
 	gid_t group;
-	struct stat mount_st; /* the mountpoint before mounting */
 };
 
 /*
@@ -71,24 +71,24 @@ static struct qfs *qfs_of(fuse_req_t req)
 	return fuse_req_userdata(req);
 }
 
-static struct fs *fs_of(fuse_req_t req)
+static struct tree *tree_of(fuse_req_t req)
 {
-	return qfs_of(req)->fs;
+	return qfs_of(req)->tree;
 }
 
-static struct fs_file *file_of(struct fuse_file_info *fi)
+static struct tree_file *file_of(struct fuse_file_info *fi)
 {
-	return (struct fs_file *)(uintptr_t)fi->fh;
+	return (struct tree_file *)(uintptr_t)fi->fh;
 }
 
-static struct fs_caller caller_of(fuse_req_t req)
+static struct tree_caller caller_of(fuse_req_t req)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 
-	return (struct fs_caller){.uid = ctx->uid, .gid = ctx->gid};
+	return (struct tree_caller){.uid = ctx->uid, .gid = ctx->gid};
 }
 
-static void reply_entry(fuse_req_t req, int ret, const struct fs_entry *e)
+static void reply_entry(fuse_req_t req, int ret, const struct tree_entry *e)
 {
 	struct fuse_entry_param p = {0};
 
@@ -138,12 +138,12 @@ static bool refuse_control(fuse_req_t req, fuse_ino_t ino, int err)
 	return true;
 }
 
-static void control_open(fuse_req_t req, struct fuse_file_info *fi)
+static void file_control_open(fuse_req_t req, struct fuse_file_info *fi)
 {
 	struct control_handle *h = calloc(1, sizeof(*h));
 
 	if (h && (fi->flags & O_ACCMODE) != O_WRONLY) {
-		h->status = fs_status(fs_of(req));
+		h->status = control_status(qfs_of(req)->ctl);
 		h->len = h->status ? strlen(h->status) : 0;
 		if (!h->status) {
 			free(h);
@@ -163,15 +163,15 @@ static void control_open(fuse_req_t req, struct fuse_file_info *fi)
 	}
 }
 
-static struct control_handle *control_of(struct fuse_file_info *fi)
+static struct control_handle *file_control_of(struct fuse_file_info *fi)
 {
 	return (struct control_handle *)(uintptr_t)fi->fh;
 }
 
-static void control_read(fuse_req_t req, size_t size, off_t off,
-			 struct fuse_file_info *fi)
+static void file_control_read(fuse_req_t req, size_t size, off_t off,
+			      struct fuse_file_info *fi)
 {
-	struct control_handle *h = control_of(fi);
+	struct control_handle *h = file_control_of(fi);
 	char *copy;
 
 	if ((size_t)off >= h->len)
@@ -191,9 +191,9 @@ static void control_read(fuse_req_t req, size_t size, off_t off,
 	free(copy);
 }
 
-static void control_write(fuse_req_t req, const char *buf, size_t size)
+static void file_control_write(fuse_req_t req, const char *buf, size_t size)
 {
-	int ret = fs_control(fs_of(req), buf, size);
+	int ret = control_command(qfs_of(req)->ctl, buf, size);
 
 	if (ret)
 		fuse_reply_err(req, -ret);
@@ -201,9 +201,9 @@ static void control_write(fuse_req_t req, const char *buf, size_t size)
 		fuse_reply_write(req, size);
 }
 
-static void control_release(fuse_req_t req, struct fuse_file_info *fi)
+static void file_control_release(fuse_req_t req, struct fuse_file_info *fi)
 {
-	struct control_handle *h = control_of(fi);
+	struct control_handle *h = file_control_of(fi);
 
 	free(h->status);
 	free(h);
@@ -224,21 +224,21 @@ static void qfs_init(void *userdata, struct fuse_conn_info *conn)
 
 static void qfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	struct fs_entry e;
+	struct tree_entry e;
 
-	if (parent == FS_ROOT_INO && strcmp(name, ".control") == 0) {
+	if (parent == TREE_ROOT_INO && strcmp(name, ".control") == 0) {
 		e.ino = QFS_CONTROL_INO;
 		e.attr = control_attr(qfs_of(req));
 		reply_entry(req, 0, &e);
 		return;
 	}
-	reply_entry(req, fs_lookup(fs_of(req), parent, name, &e), &e);
+	reply_entry(req, tree_lookup(tree_of(req), parent, name, &e), &e);
 }
 
 static void qfs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
 	if (!is_control(ino))
-		fs_forget(fs_of(req), ino, nlookup);
+		tree_forget(tree_of(req), ino, nlookup);
 	fuse_reply_none(req);
 }
 
@@ -247,8 +247,8 @@ static void qfs_forget_multi(fuse_req_t req, size_t count,
 {
 	for (size_t i = 0; i < count; i++)
 		if (!is_control(forgets[i].ino))
-			fs_forget(fs_of(req), forgets[i].ino,
-				  forgets[i].nlookup);
+			tree_forget(tree_of(req), forgets[i].ino,
+				    forgets[i].nlookup);
 	fuse_reply_none(req);
 }
 
@@ -263,29 +263,29 @@ static void qfs_getattr(fuse_req_t req, fuse_ino_t ino,
 		reply_attr(req, 0, &st);
 		return;
 	}
-	reply_attr(req, fs_getattr(fs_of(req), ino, &st), &st);
+	reply_attr(req, tree_getattr(tree_of(req), ino, &st), &st);
 }
 
 static int setattr_flags(int to_set)
 {
 	static const struct {
-		int fuse, fs;
+		int fuse, tree;
 	} map[] = {
-		{FUSE_SET_ATTR_MODE, FS_SET_MODE},
-		{FUSE_SET_ATTR_UID, FS_SET_UID},
-		{FUSE_SET_ATTR_GID, FS_SET_GID},
-		{FUSE_SET_ATTR_SIZE, FS_SET_SIZE},
-		{FUSE_SET_ATTR_ATIME, FS_SET_ATIME},
-		{FUSE_SET_ATTR_MTIME, FS_SET_MTIME},
-		{FUSE_SET_ATTR_ATIME_NOW, FS_SET_ATIME_NOW},
-		{FUSE_SET_ATTR_MTIME_NOW, FS_SET_MTIME_NOW},
-		{FUSE_SET_ATTR_CTIME, FS_SET_CTIME},
+		{FUSE_SET_ATTR_MODE, TREE_SET_MODE},
+		{FUSE_SET_ATTR_UID, TREE_SET_UID},
+		{FUSE_SET_ATTR_GID, TREE_SET_GID},
+		{FUSE_SET_ATTR_SIZE, TREE_SET_SIZE},
+		{FUSE_SET_ATTR_ATIME, TREE_SET_ATIME},
+		{FUSE_SET_ATTR_MTIME, TREE_SET_MTIME},
+		{FUSE_SET_ATTR_ATIME_NOW, TREE_SET_ATIME_NOW},
+		{FUSE_SET_ATTR_MTIME_NOW, TREE_SET_MTIME_NOW},
+		{FUSE_SET_ATTR_CTIME, TREE_SET_CTIME},
 	};
 	int out = 0;
 
 	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
 		if (to_set & map[i].fuse)
-			out |= map[i].fs;
+			out |= map[i].tree;
 	return out;
 }
 
@@ -305,8 +305,8 @@ static void qfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		reply_attr(req, ret, &st);
 		return;
 	}
-	ret = fs_setattr(fs_of(req), ino, fi ? file_of(fi) : NULL, attr,
-			 setattr_flags(to_set), &st);
+	ret = tree_setattr(tree_of(req), ino, fi ? file_of(fi) : NULL, attr,
+			   setattr_flags(to_set), &st);
 	reply_attr(req, ret, &st);
 }
 
@@ -317,7 +317,7 @@ static void qfs_readlink(fuse_req_t req, fuse_ino_t ino)
 
 	if (refuse_control(req, ino, EINVAL))
 		return;
-	len = fs_readlink(fs_of(req), ino, buf, sizeof(buf));
+	len = tree_readlink(tree_of(req), ino, buf, sizeof(buf));
 	if (len == (ssize_t)sizeof(buf))
 		len = -ENAMETOOLONG;
 	if (len < 0) {
@@ -331,73 +331,76 @@ static void qfs_readlink(fuse_req_t req, fuse_ino_t ino)
 static void qfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
 		      mode_t mode, dev_t rdev)
 {
-	struct fs_caller who = caller_of(req);
-	struct fs_entry e;
+	struct tree_caller who = caller_of(req);
+	struct tree_entry e;
 
-	reply_entry(req,
-		    fs_mknod(fs_of(req), parent, name, mode, rdev, &who, &e),
-		    &e);
+	reply_entry(
+		req,
+		tree_mknod(tree_of(req), parent, name, mode, rdev, &who, &e),
+		&e);
 }
 
 static void qfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 		      mode_t mode)
 {
-	struct fs_caller who = caller_of(req);
-	struct fs_entry e;
+	struct tree_caller who = caller_of(req);
+	struct tree_entry e;
 
-	reply_entry(req, fs_mkdir(fs_of(req), parent, name, mode, &who, &e),
+	reply_entry(req, tree_mkdir(tree_of(req), parent, name, mode, &who, &e),
 		    &e);
 }
 
 static void qfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
 			const char *name)
 {
-	struct fs_caller who = caller_of(req);
-	struct fs_entry e;
+	struct tree_caller who = caller_of(req);
+	struct tree_entry e;
 
-	reply_entry(req, fs_symlink(fs_of(req), link, parent, name, &who, &e),
+	reply_entry(req,
+		    tree_symlink(tree_of(req), link, parent, name, &who, &e),
 		    &e);
 }
 
 static void qfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 		     const char *newname)
 {
-	struct fs_entry e;
+	struct tree_entry e;
 
 	if (refuse_control(req, ino, EPERM))
 		return;
-	reply_entry(req, fs_link(fs_of(req), ino, newparent, newname, &e), &e);
+	reply_entry(req, tree_link(tree_of(req), ino, newparent, newname, &e),
+		    &e);
 }
 
 static void qfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	fuse_reply_err(req, -fs_unlink(fs_of(req), parent, name));
+	fuse_reply_err(req, -tree_unlink(tree_of(req), parent, name));
 }
 
 static void qfs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	fuse_reply_err(req, -fs_rmdir(fs_of(req), parent, name));
+	fuse_reply_err(req, -tree_rmdir(tree_of(req), parent, name));
 }
 
 static void qfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		       fuse_ino_t newparent, const char *newname,
 		       unsigned int flags)
 {
-	fuse_reply_err(req, -fs_rename(fs_of(req), parent, name, newparent,
-				       newname, flags));
+	fuse_reply_err(req, -tree_rename(tree_of(req), parent, name, newparent,
+					 newname, flags));
 }
 
 static void qfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct open_reply out = {0};
-	struct fs_file *f;
+	struct tree_file *f;
 	int ret;
 
 	if (is_control(ino)) {
-		control_open(req, fi);
+		file_control_open(req, fi);
 		return;
 	}
-	ret = fs_open(fs_of(req), ino, fi->flags, &f);
+	ret = tree_open(tree_of(req), ino, fi->flags, &f);
 	if (ret) {
 		fuse_reply_err(req, -ret);
 		return;
@@ -405,18 +408,18 @@ static void qfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	out.fh = (uintptr_t)f;
 	out.open_flags = QFS_FOPEN_DIRECT_IO | QFS_FOPEN_PARALLEL_DIRECT_WRITES;
 	if (fuse_reply_buf(req, (const char *)&out, sizeof(out)) == -ENOENT)
-		fs_release(fs_of(req), f); /* the open was interrupted */
+		tree_release(tree_of(req), f); /* the open was interrupted */
 }
 
 static void qfs_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 		       mode_t mode, struct fuse_file_info *fi)
 {
-	struct fs_caller who = caller_of(req);
+	struct tree_caller who = caller_of(req);
 	struct fuse_entry_param p = {0};
-	struct fs_entry e;
-	struct fs_file *f;
-	int ret = fs_create(fs_of(req), parent, name, mode, fi->flags, &who, &e,
-			    &f);
+	struct tree_entry e;
+	struct tree_file *f;
+	int ret = tree_create(tree_of(req), parent, name, mode, fi->flags, &who,
+			      &e, &f);
 
 	if (ret) {
 		fuse_reply_err(req, -ret);
@@ -428,8 +431,8 @@ static void qfs_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	fi->fh = (uintptr_t)f;
 	fi->direct_io = 1;
 	if (fuse_reply_create(req, &p, fi) == -ENOENT) {
-		fs_release(fs_of(req), f);
-		fs_forget(fs_of(req), e.ino, 1);
+		tree_release(tree_of(req), f);
+		tree_forget(tree_of(req), e.ino, 1);
 	}
 }
 
@@ -437,20 +440,20 @@ static void qfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
 	struct qfs *q = qfs_of(req);
-	struct fs_read r;
+	struct tree_answer r;
 	int ret;
 
 	if (is_control(ino)) {
-		control_read(req, size, off, fi);
+		file_control_read(req, size, off, fi);
 		return;
 	}
-	ret = fs_read(q->fs, file_of(fi), off, size, &r);
+	ret = tree_read(q->tree, file_of(fi), off, size, &r);
 	if (ret)
 		fuse_reply_err(req, -ret);
 	else
 		fuse_reply_iov(req, r.iov, r.iovcnt);
-	fs_read_release(&r);
-	if (fs_fatal(q->fs))
+	tree_answer_release(&r);
+	if (tree_fatal(q->tree))
 		fuse_session_exit(q->se); /* blkverify: stop like QEMU */
 }
 
@@ -460,10 +463,10 @@ static void qfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 	ssize_t ret;
 
 	if (is_control(ino)) {
-		control_write(req, buf, size);
+		file_control_write(req, buf, size);
 		return;
 	}
-	ret = fs_write(fs_of(req), file_of(fi), buf, size, off);
+	ret = tree_write(tree_of(req), file_of(fi), buf, size, off);
 	if (ret < 0)
 		fuse_reply_err(req, (int)-ret);
 	else
@@ -475,17 +478,17 @@ static void qfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (is_control(ino))
 		fuse_reply_err(req, 0);
 	else
-		fuse_reply_err(req, -fs_flush(fs_of(req), file_of(fi)));
+		fuse_reply_err(req, -tree_flush(tree_of(req), file_of(fi)));
 }
 
 static void qfs_release(fuse_req_t req, fuse_ino_t ino,
 			struct fuse_file_info *fi)
 {
 	if (is_control(ino)) {
-		control_release(req, fi);
+		file_control_release(req, fi);
 		return;
 	}
-	fs_release(fs_of(req), file_of(fi));
+	tree_release(tree_of(req), file_of(fi));
 	fuse_reply_err(req, 0);
 }
 
@@ -495,8 +498,8 @@ static void qfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 	if (is_control(ino))
 		fuse_reply_err(req, 0);
 	else
-		fuse_reply_err(req,
-			       -fs_fsync(fs_of(req), file_of(fi), datasync));
+		fuse_reply_err(
+			req, -tree_fsync(tree_of(req), file_of(fi), datasync));
 }
 
 static void qfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
@@ -504,8 +507,8 @@ static void qfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
 {
 	if (refuse_control(req, ino, EPERM))
 		return;
-	fuse_reply_err(req,
-		       -fs_fallocate(fs_of(req), file_of(fi), mode, off, len));
+	fuse_reply_err(req, -tree_fallocate(tree_of(req), file_of(fi), mode,
+					    off, len));
 }
 
 static void qfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
@@ -517,7 +520,7 @@ static void qfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		fuse_reply_err(req, EINVAL); /* the kernel handles the rest */
 		return;
 	}
-	ret = fs_lseek(fs_of(req), file_of(fi), off, whence);
+	ret = tree_lseek(tree_of(req), file_of(fi), off, whence);
 	if (ret < 0)
 		fuse_reply_err(req, (int)-ret);
 	else
@@ -527,8 +530,8 @@ static void qfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 static void qfs_opendir(fuse_req_t req, fuse_ino_t ino,
 			struct fuse_file_info *fi)
 {
-	struct fs_dir *d;
-	int ret = fs_opendir(fs_of(req), ino, &d);
+	struct tree_dir *d;
+	int ret = tree_opendir(tree_of(req), ino, &d);
 
 	if (refuse_control(req, ino, ENOTDIR))
 		return;
@@ -538,13 +541,13 @@ static void qfs_opendir(fuse_req_t req, fuse_ino_t ino,
 	}
 	fi->fh = (uintptr_t)d;
 	if (fuse_reply_open(req, fi) == -ENOENT)
-		fs_releasedir(d);
+		tree_releasedir(d);
 }
 
 static void qfs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			struct fuse_file_info *fi)
 {
-	const struct fs_dir *d = (const struct fs_dir *)(uintptr_t)fi->fh;
+	const struct tree_dir *d = (const struct tree_dir *)(uintptr_t)fi->fh;
 	char *buf = malloc(size);
 	size_t pos = 0;
 	const char *name;
@@ -555,7 +558,7 @@ static void qfs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	for (size_t i = off; fs_dir_entry(d, i, &name, &st); i++) {
+	for (size_t i = off; tree_dir_entry(d, i, &name, &st); i++) {
 		size_t len = fuse_add_direntry(req, buf + pos, size - pos, name,
 					       &st, (off_t)i + 1);
 
@@ -571,7 +574,7 @@ static void qfs_releasedir(fuse_req_t req, fuse_ino_t ino,
 			   struct fuse_file_info *fi)
 {
 	(void)ino;
-	fs_releasedir((struct fs_dir *)(uintptr_t)fi->fh);
+	tree_releasedir((struct tree_dir *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
 
@@ -581,13 +584,13 @@ static void qfs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
 	if (refuse_control(req, ino, ENOTDIR))
 		return;
 	(void)fi;
-	fuse_reply_err(req, -fs_fsyncdir(fs_of(req), ino, datasync));
+	fuse_reply_err(req, -tree_fsyncdir(tree_of(req), ino, datasync));
 }
 
 static void qfs_statfs(fuse_req_t req, fuse_ino_t ino)
 {
 	struct statvfs st;
-	int ret = fs_statfs(fs_of(req), &st);
+	int ret = tree_statfs(tree_of(req), &st);
 
 	(void)ino;
 	if (ret)
@@ -601,8 +604,8 @@ static void qfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 {
 	if (refuse_control(req, ino, EPERM))
 		return;
-	fuse_reply_err(req,
-		       -fs_setxattr(fs_of(req), ino, name, value, size, flags));
+	fuse_reply_err(req, -tree_setxattr(tree_of(req), ino, name, value, size,
+					   flags));
 }
 
 /* get and list share the size protocol: 0 asks for the length. */
@@ -627,7 +630,7 @@ static void qfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 		return;
 	buf = size ? malloc(size) : NULL;
 	ret = size && !buf ? -ENOMEM
-			   : fs_getxattr(fs_of(req), ino, name, buf, size);
+			   : tree_getxattr(tree_of(req), ino, name, buf, size);
 	reply_xattr(req, ret, buf, size);
 	free(buf);
 }
@@ -642,7 +645,8 @@ static void qfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		return;
 	}
 	buf = size ? malloc(size) : NULL;
-	ret = size && !buf ? -ENOMEM : fs_listxattr(fs_of(req), ino, buf, size);
+	ret = size && !buf ? -ENOMEM
+			   : tree_listxattr(tree_of(req), ino, buf, size);
 	reply_xattr(req, ret, buf, size);
 	free(buf);
 }
@@ -651,7 +655,7 @@ static void qfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
 	if (refuse_control(req, ino, EPERM))
 		return;
-	fuse_reply_err(req, -fs_removexattr(fs_of(req), ino, name));
+	fuse_reply_err(req, -tree_removexattr(tree_of(req), ino, name));
 }
 
 static const struct fuse_lowlevel_ops qfs_ops = {
@@ -783,47 +787,6 @@ static void set_sighup(bool reopen)
 
 /* ---- main ---- */
 
-static void emit_mount_event(struct event_log *log, const char *name,
-			     const struct config *cfg)
-{
-	struct json_object *data = json_object_new_object();
-	struct json_object *children = json_object_new_array();
-
-	for (int i = 0; i < cfg->children.n; i++)
-		json_object_array_add(children, json_object_new_string(
-							cfg->children.path[i]));
-	json_object_object_add(data, "mountpoint",
-			       json_object_new_string(cfg->mountpoint));
-	json_object_object_add(data, "children", children);
-	json_object_object_add(data, "threshold",
-			       json_object_new_int(cfg->children.threshold));
-	event_log_emit(log, name, data);
-}
-
-/* UNMOUNTED names the children and threshold in force at the end. */
-static void emit_unmounted(struct event_log *log, struct child_set *set,
-			   const char *mountpoint)
-{
-	struct json_object *status = children_status(set), *list, *children;
-	struct json_object *data = json_object_new_object(), *v;
-
-	json_object_object_add(data, "mountpoint",
-			       json_object_new_string(mountpoint));
-	children = json_object_new_array();
-	if (json_object_object_get_ex(status, "children", &list))
-		for (size_t i = 0; i < json_object_array_length(list); i++)
-			if (json_object_object_get_ex(
-				    json_object_array_get_idx(list, i), "path",
-				    &v))
-				json_object_array_add(children,
-						      json_object_get(v));
-	json_object_object_add(data, "children", children);
-	if (json_object_object_get_ex(status, "threshold", &v))
-		json_object_object_add(data, "threshold", json_object_get(v));
-	json_object_put(status);
-	event_log_emit(log, "UNMOUNTED", data);
-}
-
 static int run_loop(struct fuse_session *se,
 		    const struct fuse_cmdline_opts *opts)
 {
@@ -846,141 +809,58 @@ static int run_loop(struct fuse_session *se,
 	return ret;
 }
 
-/*
- * Check the log file can be opened before the daemon detaches, so a bad
- * path is reported on the terminal. The log itself starts later.
- */
-static int check_log(const char *path)
+/* Serve until unmounted; returns the exit status. The threads start
+ * after fuse_daemonize(), whose fork() would leave them behind. */
+static int serve(const struct fuse_cmdline_opts *opts, struct qfs *q)
 {
-	int fd;
-
-	if (!path)
-		return 0;
-	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-	if (fd < 0) {
-		fprintf(stderr, "quorumfs: log=%s cannot be opened: %s\n", path,
-			strerror(errno));
-		return -1;
-	}
-	close(fd);
-	return 0;
-}
-
-/*
- * Everything that starts threads. It runs after fuse_daemonize(), whose
- * fork() would leave the threads behind in the parent.
- */
-static int start_threads(const struct config *cfg, struct child_set *set,
-			 struct record *record, struct qfs *q,
-			 struct event_log **log, struct pool **pool)
-{
-	int ret = cfg->log_path ? event_log_open(cfg->log_path, log) : 0;
-
-	if (!ret)
-		ret = pool_new(cfg->threads, pool);
-	if (!ret)
-		ret = fs_new(set, *pool, *log, &q->fs);
-	if (!ret)
-		ret = fs_set_mount(q->fs, cfg->mountpoint, &q->mount_st);
-	children_set_log(set, *log);
-	if (!ret)
-		ret = fs_start_health(q->fs, record, cfg->io_timeout_ms);
-	if (!ret)
-		fs_set_scrub_rate(q->fs, cfg->scrub_rate);
-	if (ret)
-		fprintf(stderr, "quorumfs: cannot start: %s\n", strerror(-ret));
-	hup_log = *log;
-	return ret;
-}
-
-/* Serve until unmounted; returns the exit status. */
-static int serve(const struct fuse_cmdline_opts *opts, const struct config *cfg,
-		 struct child_set *set, struct record *record, struct qfs *q)
-{
-	struct event_log *log = NULL;
-	struct pool *pool = NULL;
+	char err[512];
 	int ret = 1;
 
 	fuse_daemonize(opts->foreground);
-	if (start_threads(cfg, set, record, q, &log, &pool) == 0) {
-		set_sighup(log != NULL);
-		emit_mount_event(log, "MOUNTED", cfg);
+	if (control_start(q->ctl, err, sizeof(err)) == 0) {
+		q->tree = control_tree(q->ctl);
+		hup_log = control_log(q->ctl);
+		set_sighup(hup_log != NULL);
 		ret = run_loop(q->se, opts) ? 1 : 0;
-		if (fs_fatal(q->fs))
+		if (tree_fatal(q->tree))
 			ret = 1; /* blkverify found a mismatch */
-		event_log_flush_throttled(log);
-		emit_unmounted(log, set, cfg->mountpoint);
 		set_sighup(false);
+	} else {
+		fprintf(stderr, "quorumfs: %s\n", err);
 	}
 	fuse_session_unmount(q->se);
-	fs_free(q->fs);
-	/* Only a clean stop marks the record clean. */
-	if (ret == 0)
-		record_unmount(record, set);
-	pool_free(pool);
-	event_log_close(log);
 	return ret;
-}
-
-/*
- * Open the children as their .quorumfs records say: members the command
- * line left out join, children that are behind start stale, a child of
- * another set is refused. Returns 0, or prints why and returns 1.
- */
-static int open_children(const struct config *cfg, struct record **record,
-			 struct child_set **set)
-{
-	struct children_config cc = cfg->children;
-	char err[512];
-	int ret = record_scan(&cc, record, err, sizeof(err));
-
-	if (ret) {
-		fprintf(stderr, "quorumfs: %s\n", err);
-		return 1;
-	}
-	ret = children_new(&cc, set);
-	if (ret) {
-		fprintf(stderr, "quorumfs: cannot open the children: %s\n",
-			strerror(-ret));
-		return 1;
-	}
-	if (record_start(*record, *set, err, sizeof(err))) {
-		fprintf(stderr, "quorumfs: %s\n", err);
-		return 1;
-	}
-	return 0;
 }
 
 static int start(struct fuse_args *args, const struct fuse_cmdline_opts *opts,
 		 const struct config *cfg)
 {
 	struct qfs q = {.timeout = 1.0, .owner = geteuid(), .group = getegid()};
-	struct child_set *set = NULL;
-	struct record *record = NULL;
+	struct stat mount_st;
+	char err[512];
 	int ret = 1;
 
-	if (check_log(cfg->log_path))
-		return 1;
-	if (stat(cfg->mountpoint, &q.mount_st)) {
+	if (stat(cfg->mountpoint, &mount_st)) {
 		fprintf(stderr, "quorumfs: mountpoint '%s': %s\n",
 			cfg->mountpoint, strerror(errno));
 		return 1;
 	}
-	if (open_children(cfg, &record, &set))
-		goto out_children;
+	if (control_open(cfg, &mount_st, &q.ctl, err, sizeof(err))) {
+		fprintf(stderr, "quorumfs: %s\n", err);
+		return 1;
+	}
 	q.se = fuse_session_new(args, &qfs_ops, sizeof(qfs_ops), &q);
 	if (!q.se)
-		goto out_children;
+		goto out;
 	if (fuse_set_signal_handlers(q.se))
 		goto out_session;
 	if (fuse_session_mount(q.se, cfg->mountpoint) == 0)
-		ret = serve(opts, cfg, set, record, &q);
+		ret = serve(opts, &q);
 	fuse_remove_signal_handlers(q.se);
 out_session:
 	fuse_session_destroy(q.se);
-out_children:
-	children_free(set);
-	record_free(record);
+out:
+	control_stop(q.ctl, ret == 0);
 	return ret;
 }
 

@@ -199,6 +199,22 @@ void child_set_progress(struct child *c, uint64_t bytes_done,
 	atomic_store(&c->files_total, files_total);
 }
 
+void children_deadline(clockid_t clock, int ms, struct timespec *out)
+{
+	clock_gettime(clock, out);
+	out->tv_sec += ms / 1000;
+	out->tv_nsec += (long)(ms % 1000) * 1000000;
+	if (out->tv_nsec >= 1000000000) {
+		out->tv_sec++;
+		out->tv_nsec -= 1000000000;
+	}
+}
+
+void child_proc_path(int fd, char buf[64])
+{
+	snprintf(buf, 64, "/proc/self/fd/%d", fd);
+}
+
 /* ---- views ---- */
 
 static void view_free(struct view_holder *h)

@@ -18,6 +18,8 @@
 #ifndef QFS_CHILDREN_H
 #define QFS_CHILDREN_H
 
+#include <errno.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -26,6 +28,13 @@
 
 /* Most children one set holds, matching VOTE_MAX_BALLOTS. */
 #define CHILDREN_MAX 32
+/* Alignment of every buffer handed to a child (O_DIRECT on ext4/xfs). */
+#define CHILD_IO_ALIGN 4096
+/* The largest request: the kernel sends at most 1 MiB (max_write and
+ * max_pages), and resync and scrub work in 1 MiB chunks. */
+#define CHILD_IO_MAX (1024 * 1024)
+/* Device-error reads in a row that fail a child. */
+#define CHILD_READ_ERROR_LIMIT 3
 
 enum child_state {
 	CHILD_OK,      /* votes and receives everything */
@@ -250,11 +259,98 @@ bool child_io_start(struct pool *pool, struct child_io *io, int n,
 		    int timeout_ms, struct child_io_wait *w);
 void child_io_finish(struct child_io *io, int n, struct child_io_wait *w);
 
-/* out = now on clock, plus ms: a deadline for timed waits. */
-void children_deadline(clockid_t clock, int ms, struct timespec *out);
-
 /* Parts of c that timed out and still run in the kernel. A resync must
  * wait for them: a late write would land over the copy. */
 int child_orphans(const struct child *c);
+
+/* A system call's result as the project returns it: 0 when r >= 0, else
+ * -errno. */
+static inline int child_result(int r)
+{
+	return r < 0 ? -errno : 0;
+}
+
+/* The path /proc/self/fd/FD, for calls that take a path, not a handle. */
+void child_proc_path(int fd, char buf[64]);
+
+/* out = now on clock, plus ms: a deadline for timed waits. */
+void children_deadline(clockid_t clock, int ms, struct timespec *out);
+
+/* ---- buffers (buffers.c) ---- */
+
+/*
+ * A CHILD_IO_ALIGN-aligned buffer of at least size bytes, reused from a
+ * small process-wide cache when size <= CHILD_IO_MAX; NULL when out of
+ * memory. Give it back with child_buf_put() with the same size (NULL is
+ * accepted). child_buf_alloc() is a fresh one, freed with free().
+ * child_bufs_release() frees the cache, at exit.
+ */
+void *child_buf_alloc(size_t size);
+void *child_buf_get(size_t size);
+void child_buf_put(void *buf, size_t size);
+void child_bufs_release(void);
+
+/* ---- health (health.c): what a failure makes of a child ---- */
+
+/* A state to move to, or none (changes false, to == the state now). */
+struct child_verdict {
+	enum child_state to;
+	bool changes;
+	bool whole_tree; /* its resync must copy the whole tree */
+};
+
+/*
+ * Pure decisions, given the child's state now:
+ *   missed:   a voting child failed a change the quorum took (data_write:
+ *             a write of file data, error its -errno);
+ *   late:     it did not answer within io-timeout;
+ *   read_failed: a read failed with error; streak counts the failed
+ *             reads in a row, this one included (child_error_streak);
+ *   syncing_failed: a syncing child failed a write.
+ */
+struct child_verdict child_health_missed(enum child_state now, bool data_write,
+					 int error);
+struct child_verdict child_health_late(enum child_state now);
+struct child_verdict child_health_read_failed(enum child_state now, int error,
+					      int streak);
+struct child_verdict child_health_syncing_failed(enum child_state now,
+						 int error);
+
+/* ---- one request to every child, watched (request.c) ---- */
+
+/*
+ * The watchdog over running requests: a child that has not answered a
+ * request io-timeout after it started is passed to late(arg, child),
+ * once per request, from the thread qfs-watchdog (with a reference the
+ * watchdog drops after the call). timeout_ms 0 watches nothing and runs
+ * no thread. Returns 0 and *out, or -errno. Free it once no request runs.
+ */
+typedef void child_late_fn(void *arg, struct child *c);
+struct watchdog;
+int watchdog_new(int timeout_ms, child_late_fn *late, void *arg,
+		 struct watchdog **out);
+void watchdog_free(struct watchdog *wd);
+
+/*
+ * One call sent to every child of a view, md raid1's r1bio: the caller
+ * fills view, body and arg on its stack; child_request_run() runs
+ * body(rq, i) for every view index i on the pool (i == 0 on the calling
+ * thread) and returns when all have; each body stores its result, 0 or
+ * -errno, in ret[i]. The view stays the caller's.
+ */
+struct child_request {
+	const struct child_view *view;
+	void (*body)(struct child_request *rq, int i);
+	void *arg;
+	int ret[CHILDREN_MAX];
+	/* Private: the watchdog's view of the request. */
+	struct timespec started;
+	atomic_bool done[CHILDREN_MAX];
+	bool overdue; /* guarded by the watchdog's lock */
+	struct child_request *prev, *next;
+};
+/* wd may be NULL (unwatched). */
+void child_request_run(struct child_request *rq, struct pool *pool,
+		       struct watchdog *wd);
 
 #endif

@@ -72,6 +72,12 @@ static void *reap_orphans(void *arg)
 	return NULL;
 }
 
+static void *reaper_thread(void *arg)
+{
+	pthread_setname_np(pthread_self(), "qfs-reaper");
+	return reap_orphans(arg);
+}
+
 /* Reap what has ended; a ring with orphans left goes to a reaper. */
 static void ring_free(void *arg)
 {
@@ -87,7 +93,7 @@ static void ring_free(void *arg)
 	if (r->orphans > 0) {
 		pthread_attr_init(&attr);
 		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-		if (pthread_create(&t, &attr, reap_orphans, r) == 0)
+		if (pthread_create(&t, &attr, reaper_thread, r) == 0)
 			r = NULL; /* else: wait here, as the last resort */
 		pthread_attr_destroy(&attr);
 		if (!r)
@@ -361,17 +367,6 @@ static void try_inline(struct child_io *io)
 	}
 	io->ret = r < 0 ? -errno : (int)r;
 	io->done = true;
-}
-
-void children_deadline(clockid_t clock, int ms, struct timespec *out)
-{
-	clock_gettime(clock, out);
-	out->tv_sec += ms / 1000;
-	out->tv_nsec += (long)(ms % 1000) * 1000000;
-	if (out->tv_nsec >= 1000000000) {
-		out->tv_sec++;
-		out->tv_nsec -= 1000000000;
-	}
 }
 
 bool child_io_start(struct pool *pool, struct child_io *io, int n,

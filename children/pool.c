@@ -15,7 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-struct fanout {
+struct pool_batch {
 	pool_fn *fn;
 	void *arg;
 	int remaining; /* guarded by lock */
@@ -24,7 +24,7 @@ struct fanout {
 };
 
 struct task {
-	struct fanout *fanout;
+	struct pool_batch *batch;
 	int index;
 	struct task *next; /* guarded by pool->lock */
 };
@@ -39,7 +39,7 @@ struct pool {
 	pthread_t thread[];
 };
 
-static void fanout_finish(struct fanout *f)
+static void batch_finish(struct pool_batch *f)
 {
 	pthread_mutex_lock(&f->lock);
 	if (--f->remaining == 0)
@@ -70,10 +70,10 @@ static void *pool_worker(void *arg)
 	struct task *t;
 
 	while ((t = pool_take(pool))) {
-		struct fanout *f = t->fanout;
+		struct pool_batch *f = t->batch;
 
 		f->fn(f->arg, t->index);
-		fanout_finish(f);
+		batch_finish(f);
 	}
 	return NULL;
 }
@@ -123,13 +123,13 @@ void pool_free(struct pool *pool)
 void pool_run(struct pool *pool, int n, pool_fn *fn, void *arg)
 {
 	struct task task[CHILDREN_MAX];
-	struct fanout f = {.fn = fn, .arg = arg, .remaining = n - 1};
+	struct pool_batch f = {.fn = fn, .arg = arg, .remaining = n - 1};
 
 	if (n > 1) {
 		pthread_mutex_init(&f.lock, NULL);
 		pthread_cond_init(&f.done, NULL);
 		for (int i = 1; i < n; i++)
-			task[i] = (struct task){.fanout = &f, .index = i};
+			task[i] = (struct task){.batch = &f, .index = i};
 		pthread_mutex_lock(&pool->lock);
 		for (int i = 1; i < n; i++) {
 			if (pool->tail)

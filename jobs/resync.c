@@ -22,7 +22,7 @@
  * A failure on the child fails the child, never the mount.
  */
 #define _GNU_SOURCE
-#include "tree/tree_i.h"
+#include "jobs/jobs_i.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -36,31 +36,29 @@
 #include <time.h>
 #include <unistd.h>
 
-#define RESYNC_CHUNK (1024 * 1024)
+#define RESYNC_CHUNK CHILD_IO_MAX
 
+/* One child's copy. Its fields are the job's identity and stop flag,
+ * then the thread's own progress and copy state. */
 struct resync {
-	struct fs *fs;
+	struct jobs *jobs;
+	struct tree *tree;   /* jobs->tree */
 	struct child *child; /* a reference */
 	int slot;
 	pthread_t thread;
 	atomic_bool stop;
-	struct resync *next; /* guarded by fs->resync_lock */
+	struct resync *next; /* guarded by jobs->resync_lock */
 	/* Only the resync thread touches the rest. */
 	uint64_t bytes_done, bytes_total, files_done, files_total;
 	uint64_t file_base; /* bytes of the files copied before this one */
-	uint64_t created;   /* entries made in the current pass */
 	bool catchup;	    /* a pass that only fills in missing entries */
 	bool partial;	    /* may copy only what the record says it missed */
 	struct timespec last_progress;
 	char reason[256];
-	struct node **linked; /* files with several names, already copied */
+	struct tree_node *
+		*linked; /* files with several names, already copied */
 	size_t nlinked;
 };
-
-static int errno_of(int r)
-{
-	return r < 0 ? -errno : 0;
-}
 
 static int fail(struct resync *rs, int err, const char *what, const char *name)
 {
@@ -101,7 +99,7 @@ static void progress(struct resync *rs, bool force)
 	add_count(d, "bytes-total", rs->bytes_total);
 	add_count(d, "files-done", rs->files_done);
 	add_count(d, "files-total", rs->files_total);
-	event_log_emit(rs->fs->log, "RESYNC_PROGRESS", d);
+	event_log_emit(rs->jobs->log, "RESYNC_PROGRESS", d);
 }
 
 /*
@@ -117,51 +115,52 @@ static void advance(struct resync *rs, uint64_t done)
 		rs->bytes_done = done;
 }
 
-/* ---- walking the voted tree ---- */
+/* ---- counting what there is to copy ---- */
 
-typedef int entry_fn(struct resync *rs, struct node *dir, const char *name,
-		     const struct fs_entry *e);
-
-/* Call fn for every entry of the voted listing of dir. */
-static int walk_dir(struct resync *rs, struct node *dir, entry_fn *fn)
+static int count_entry(struct walk *w, struct tree_node *dir, const char *name,
+		       const struct tree_entry *e)
 {
-	struct fs *fs = rs->fs;
-	struct fs_dir *d;
-	const char *name;
-	struct stat st;
-	int ret = fs_opendir(fs, node_ino(fs, dir), &d);
+	struct resync *rs = w->arg;
 
-	if (ret)
-		return fail(rs, ret, "cannot list",
-			    dir->name ? dir->name : "/");
-	for (size_t i = 0; !ret && fs_dir_entry(d, i, &name, &st); i++) {
-		struct fs_entry e;
-
-		if (atomic_load(&rs->stop))
-			ret = -ECANCELED;
-		else if (!strcmp(name, ".") || !strcmp(name, ".."))
-			continue;
-		else if (fs_lookup(fs, node_ino(fs, dir), name, &e) == 0) {
-			ret = fn(rs, dir, name, &e);
-			fs_forget(fs, e.ino, 1);
-		}
-		/* An entry gone since the listing needs no copy. */
-	}
-	fs_releasedir(d);
-	return ret;
-}
-
-static int count_entry(struct resync *rs, struct node *dir, const char *name,
-		       const struct fs_entry *e)
-{
 	(void)dir;
 	(void)name;
 	rs->files_total++;
 	if (S_ISREG(e->attr.st_mode))
 		rs->bytes_total += e->attr.st_size;
-	if (S_ISDIR(e->attr.st_mode))
-		return walk_dir(rs, node_get(rs->fs, e->ino), count_entry);
 	return 0;
+}
+
+static int count_unlisted(struct walk *w, struct tree_node *dir, int error)
+{
+	struct resync *rs = w->arg;
+	char *path = tree_node_path(rs->tree, dir);
+	int ret = fail(rs, error, "cannot list", path && *path ? path : "/");
+
+	free(path);
+	return ret;
+}
+
+/* An entry without a quorum is left alone: the vote decides it later. */
+static int count_unvoted(struct walk *w, struct tree_node *dir,
+			 const char *name, int error)
+{
+	(void)w;
+	(void)dir;
+	(void)name;
+	(void)error;
+	return 0;
+}
+
+static int count_tree(struct resync *rs)
+{
+	struct walk w = {.tree = rs->tree,
+			 .entry = count_entry,
+			 .unlisted = count_unlisted,
+			 .unvoted = count_unvoted,
+			 .stop = &rs->stop,
+			 .arg = rs};
+
+	return walk_tree(&w, tree_root(rs->tree));
 }
 
 /* ---- making the child's tree match ---- */
@@ -198,14 +197,14 @@ static int remove_tree(int dfd, const char *name)
 		return -errno;
 	if (remove_dir_contents(fd))
 		return -errno;
-	return errno_of(unlinkat(dfd, name, AT_REMOVEDIR));
+	return child_result(unlinkat(dfd, name, AT_REMOVEDIR));
 }
 
 /* Remove what the child has in dir that the voted listing lacks. */
-static int remove_extras(struct resync *rs, struct node *dir, int dfd,
-			 const struct fs_dir *voted)
+static int remove_extras(struct resync *rs, struct tree_node *dir, int dfd,
+			 const struct tree_dir *voted)
 {
-	struct fs *fs = rs->fs;
+	struct tree *tree = rs->tree;
 	struct dirent *de;
 	int ret = 0, fd;
 	DIR *d;
@@ -221,13 +220,13 @@ static int remove_extras(struct resync *rs, struct node *dir, int dfd,
 	while (!ret && (de = readdir(d))) {
 		bool keep = !strcmp(de->d_name, ".") ||
 			    !strcmp(de->d_name, "..") ||
-			    (dir == &fs->root &&
-			     fs_reserved_name(FS_ROOT_INO, de->d_name));
+			    (dir == tree_root(tree) &&
+			     tree_reserved_name(TREE_ROOT_INO, de->d_name));
 		const char *name;
 		struct stat st;
 
-		for (size_t i = 0; !keep && fs_dir_entry(voted, i, &name, &st);
-		     i++)
+		for (size_t i = 0;
+		     !keep && tree_dir_entry(voted, i, &name, &st); i++)
 			keep = strcmp(name, de->d_name) == 0;
 		if (!keep)
 			ret = remove_tree(dfd, de->d_name);
@@ -236,7 +235,7 @@ static int remove_extras(struct resync *rs, struct node *dir, int dfd,
 	return ret;
 }
 
-static bool already_linked(struct resync *rs, struct node *n)
+static bool already_linked(struct resync *rs, struct tree_node *n)
 {
 	for (size_t i = 0; i < rs->nlinked; i++)
 		if (rs->linked[i] == n)
@@ -244,21 +243,21 @@ static bool already_linked(struct resync *rs, struct node *n)
 	return false;
 }
 
-static void remember_linked(struct resync *rs, struct node *n)
+static void remember_linked(struct resync *rs, struct tree_node *n)
 {
-	struct node **grown =
+	struct tree_node **grown =
 		realloc(rs->linked, (rs->nlinked + 1) * sizeof(*grown));
 
 	if (!grown)
 		return; /* a later name becomes a copy, not a link */
 	rs->linked = grown;
 	rs->linked[rs->nlinked++] = n;
-	node_ref(rs->fs, n);
+	tree_node_ref(rs->tree, n);
 }
 
 /* Truncate the child's existing file under the file's whole range, so
  * it keeps its inode (open handles stay valid) and starts empty. */
-static int empty_file(struct node *n, int dfd, const char *name)
+static int empty_file(struct tree_node *n, int dfd, const char *name)
 {
 	struct range_claim claim;
 	int fd, ret;
@@ -266,18 +265,18 @@ static int empty_file(struct node *n, int dfd, const char *name)
 	fd = openat(dfd, name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-	range_lock(&n->ranges, &claim, 0, FS_OFF_MAX, true);
-	ret = errno_of(ftruncate(fd, 0));
-	range_unlock(&n->ranges, &claim);
+	range_lock(tree_node_ranges(n), &claim, 0, RANGE_END, true);
+	ret = child_result(ftruncate(fd, 0));
+	range_unlock(tree_node_ranges(n), &claim);
 	close(fd);
 	return ret;
 }
 
 /* Another name of a file copied already: link it, unless it is one. */
-static int link_entry(struct resync *rs, struct node *n, int dfd,
+static int link_entry(struct resync *rs, struct tree_node *n, int dfd,
 		      const char *name, const struct stat *have, bool exists)
 {
-	int fd = node_fd(rs->fs, n, rs->slot);
+	int fd = tree_node_fd(rs->tree, n, rs->slot);
 	struct stat st;
 	char proc[64];
 
@@ -288,12 +287,13 @@ static int link_entry(struct resync *rs, struct node *n, int dfd,
 		return 0;
 	if (exists)
 		remove_tree(dfd, name);
-	fd_proc_path(fd, proc);
-	return errno_of(linkat(AT_FDCWD, proc, dfd, name, AT_SYMLINK_FOLLOW));
+	child_proc_path(fd, proc);
+	return child_result(
+		linkat(AT_FDCWD, proc, dfd, name, AT_SYMLINK_FOLLOW));
 }
 
 static int make_entry(struct resync *rs, int dfd, const char *name,
-		      const struct fs_entry *e)
+		      const struct tree_entry *e)
 {
 	mode_t mode = e->attr.st_mode;
 	char target[PATH_MAX + 1];
@@ -301,20 +301,21 @@ static int make_entry(struct resync *rs, int dfd, const char *name,
 	int fd;
 
 	if (S_ISDIR(mode))
-		return errno_of(mkdirat(dfd, name, mode & 07777));
+		return child_result(mkdirat(dfd, name, mode & 07777));
 	if (S_ISREG(mode)) {
 		fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
 			    mode & 07777);
-		return fd < 0 ? -errno : errno_of(close(fd));
+		return fd < 0 ? -errno : child_result(close(fd));
 	}
 	if (S_ISLNK(mode)) {
-		len = fs_readlink(rs->fs, e->ino, target, sizeof(target) - 1);
+		len = tree_readlink(rs->tree, e->ino, target,
+				    sizeof(target) - 1);
 		if (len < 0)
 			return (int)len;
 		target[len] = '\0';
-		return errno_of(symlinkat(target, dfd, name));
+		return child_result(symlinkat(target, dfd, name));
 	}
-	return errno_of(mknodat(dfd, name, mode, e->attr.st_rdev));
+	return child_result(mknodat(dfd, name, mode, e->attr.st_rdev));
 }
 
 enum placed_how {
@@ -329,9 +330,9 @@ enum placed_how {
  * replaced. Returns an enum placed_how, or -errno.
  */
 static int create_entry(struct resync *rs, int dfd, const char *name,
-			const struct fs_entry *e)
+			const struct tree_entry *e)
 {
-	struct node *n = node_get(rs->fs, e->ino);
+	struct tree_node *n = tree_node(rs->tree, e->ino);
 	mode_t type = e->attr.st_mode & S_IFMT;
 	struct stat have;
 	bool exists = fstatat(dfd, name, &have, AT_SYMLINK_NOFOLLOW) == 0;
@@ -362,7 +363,7 @@ static int create_entry(struct resync *rs, int dfd, const char *name,
  * the copy holds the chunk's range exclusively, so a child that hangs
  * here would hold every caller of those bytes.
  */
-static int write_out(struct resync *rs, int out, const struct fs_read *r,
+static int write_out(struct resync *rs, int out, const struct tree_answer *r,
 		     off_t off)
 {
 	for (int k = 0; k < r->iovcnt; k++) {
@@ -373,11 +374,11 @@ static int write_out(struct resync *rs, int out, const struct fs_read *r,
 				      .len = r->iov[k].iov_len,
 				      .off = off};
 
-		child_io_run(rs->fs->pool, &io, 1, rs->fs->timeout_ms);
+		child_io_run(rs->jobs->pool, &io, 1, rs->jobs->timeout_ms);
 		if (io.ret == -ETIMEDOUT)
 			snprintf(rs->reason, sizeof(rs->reason),
 				 "did not answer a resync write within %d ms",
-				 rs->fs->timeout_ms);
+				 rs->jobs->timeout_ms);
 		if (io.ret < 0)
 			return io.ret;
 		if ((size_t)io.ret < io.len &&
@@ -390,45 +391,45 @@ static int write_out(struct resync *rs, int out, const struct fs_read *r,
 }
 
 /* Copy one chunk of data at off (a data region of the voters). */
-static int copy_chunk(struct resync *rs, struct fs_file *f, int out, off_t off,
-		      off_t len)
+static int copy_chunk(struct resync *rs, struct tree_file *f, int out,
+		      off_t off, off_t len)
 {
-	const struct child_view *view = children_view_get(rs->fs->set);
-	struct node *n = fs_file_node(f);
+	const struct child_view *view = children_view_get(rs->jobs->set);
+	struct tree_node *n = tree_file_node(f);
 	struct range_claim claim;
-	struct fs_read r;
+	struct tree_answer r;
 	int ret;
 
-	range_lock(&n->ranges, &claim, off, off + len, true);
-	ret = read_voted_locked(rs->fs, view, f, off, len, &r);
+	range_lock(tree_node_ranges(n), &claim, off, off + len, true);
+	ret = tree_read_locked(rs->tree, view, f, off, len, &r);
 	if (!ret && r.len)
 		ret = write_out(rs, out, &r, off);
-	range_unlock(&n->ranges, &claim);
-	fs_read_release(&r);
+	range_unlock(tree_node_ranges(n), &claim);
+	tree_answer_release(&r);
 	children_view_put(view);
 	return ret;
 }
 
 /* Give the child's file the voted size, with every write held off. */
-static int finish_file(struct resync *rs, struct fs_file *f, int out)
+static int finish_file(struct resync *rs, struct tree_file *f, int out)
 {
-	const struct child_view *view = children_view_get(rs->fs->set);
-	struct node *n = fs_file_node(f);
+	const struct child_view *view = children_view_get(rs->jobs->set);
+	struct tree_node *n = tree_file_node(f);
 	struct range_claim claim;
 	struct stat st;
 	int ret;
 
-	range_lock(&n->ranges, &claim, 0, FS_OFF_MAX, true);
-	ret = attr_vote(rs->fs, view, n, &st);
+	range_lock(tree_node_ranges(n), &claim, 0, RANGE_END, true);
+	ret = tree_attr_vote(rs->tree, view, n, &st);
 	if (!ret)
-		ret = errno_of(ftruncate(out, st.st_size));
-	range_unlock(&n->ranges, &claim);
+		ret = child_result(ftruncate(out, st.st_size));
+	range_unlock(tree_node_ranges(n), &claim);
 	children_view_put(view);
 	return ret;
 }
 
 /* Copy the voters' data regions inside [off, end). */
-static int copy_data(struct resync *rs, struct fs_file *f, int out, off_t off,
+static int copy_data(struct resync *rs, struct tree_file *f, int out, off_t off,
 		     off_t end)
 {
 	const struct child_view *view;
@@ -436,11 +437,11 @@ static int copy_data(struct resync *rs, struct fs_file *f, int out, off_t off,
 	int ret = 0;
 
 	while (!ret && off < end && !atomic_load(&rs->stop)) {
-		view = children_view_get(rs->fs->set);
-		data = lseek_voted_locked(rs->fs, view, f, off, SEEK_DATA);
+		view = children_view_get(rs->jobs->set);
+		data = tree_lseek_locked(rs->tree, view, f, off, SEEK_DATA);
 		hole = data < 0 ? data
-				: lseek_voted_locked(rs->fs, view, f, data,
-						     SEEK_HOLE);
+				: tree_lseek_locked(rs->tree, view, f, data,
+						    SEEK_HOLE);
 		children_view_put(view);
 		if (data == -ENXIO || data >= end)
 			break;
@@ -459,26 +460,26 @@ static int copy_data(struct resync *rs, struct fs_file *f, int out, off_t off,
 }
 
 /* Copy the voted data of e into the child's file behind handle. */
-static int copy_file(struct resync *rs, const struct fs_entry *e, int handle)
+static int copy_file(struct resync *rs, const struct tree_entry *e, int handle)
 {
-	struct fs_file *f;
+	struct tree_file *f;
 	char proc[64];
 	int out, ret;
 
-	ret = fs_open(rs->fs, e->ino, O_RDONLY, &f);
+	ret = tree_open(rs->tree, e->ino, O_RDONLY, &f);
 	if (ret)
 		return ret;
-	fd_proc_path(handle, proc);
+	child_proc_path(handle, proc);
 	out = open(proc, O_WRONLY | O_CLOEXEC);
 	if (out < 0) {
 		ret = -errno;
 	} else {
-		ret = copy_data(rs, f, out, 0, FS_OFF_MAX);
+		ret = copy_data(rs, f, out, 0, RANGE_END);
 		if (!ret)
 			ret = finish_file(rs, f, out);
 		close(out);
 	}
-	fs_release(rs->fs, f);
+	tree_release(rs->tree, f);
 	rs->file_base += e->attr.st_size;
 	advance(rs, rs->file_base);
 	return ret;
@@ -490,7 +491,7 @@ static int copy_xattrs(struct resync *rs, uint64_t ino, const char *proc)
 	ssize_t len, vlen;
 	int ret = 0;
 
-	len = fs_listxattr(rs->fs, ino, NULL, 0);
+	len = tree_listxattr(rs->tree, ino, NULL, 0);
 	if (len <= 0)
 		return len < 0 && len != -ENOTSUP ? (int)len : 0;
 	list = malloc(len);
@@ -499,13 +500,13 @@ static int copy_xattrs(struct resync *rs, uint64_t ino, const char *proc)
 		ret = -ENOMEM;
 		goto out;
 	}
-	len = fs_listxattr(rs->fs, ino, list, len);
+	len = tree_listxattr(rs->tree, ino, list, len);
 	for (ssize_t i = 0; !ret && len > 0 && i < len;
 	     i += strlen(list + i) + 1) {
-		vlen = fs_getxattr(rs->fs, ino, list + i, value,
-				   XATTR_SIZE_MAX);
+		vlen = tree_getxattr(rs->tree, ino, list + i, value,
+				     XATTR_SIZE_MAX);
 		if (vlen >= 0)
-			ret = errno_of(
+			ret = child_result(
 				setxattr(proc, list + i, value, vlen, 0));
 	}
 out:
@@ -527,16 +528,16 @@ static int copy_metadata(struct resync *rs, int handle, uint64_t ino,
 	char proc[64];
 	int ret;
 
-	fd_proc_path(handle, proc);
-	ret = errno_of(fchownat(handle, "", st->st_uid, st->st_gid,
-				AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
+	child_proc_path(handle, proc);
+	ret = child_result(fchownat(handle, "", st->st_uid, st->st_gid,
+				    AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
 	if (!ret && !link)
-		ret = errno_of(chmod(proc, st->st_mode & 07777));
+		ret = child_result(chmod(proc, st->st_mode & 07777));
 	if (!ret && !link)
 		ret = copy_xattrs(rs, ino, proc);
 	if (!ret)
-		ret = errno_of(utimensat(handle, "", ts,
-					 AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
+		ret = child_result(utimensat(
+			handle, "", ts, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
 	return ret;
 }
 
@@ -547,7 +548,7 @@ static void resync_finish(struct resync *rs, int ret)
 	if (ret == -ECANCELED)
 		return; /* removed or unmounting: nothing to report */
 	if (ret) {
-		children_set_state(rs->fs->set, rs->child, CHILD_FAILED,
+		children_set_state(rs->jobs->set, rs->child, CHILD_FAILED,
 				   rs->reason[0] ? rs->reason : strerror(-ret));
 		return;
 	}
@@ -557,30 +558,30 @@ static void resync_finish(struct resync *rs, int ret)
 	d = event_data(rs);
 	add_count(d, "bytes", rs->bytes_done);
 	add_count(d, "files", rs->files_done);
-	event_log_emit(rs->fs->log, "RESYNC_COMPLETED", d);
+	event_log_emit(rs->jobs->log, "RESYNC_COMPLETED", d);
 	/* In step on disk before it votes: a crash from here on must not
 	 * find it behind and copy it all again, nor find it ahead. */
-	if (rs->fs->record)
-		record_promoted(rs->fs->record, rs->fs->set, rs->child);
-	children_set_state(rs->fs->set, rs->child, CHILD_OK,
+	if (rs->jobs->record)
+		record_promoted(rs->jobs->record, rs->jobs->set, rs->child);
+	children_set_state(rs->jobs->set, rs->child, CHILD_OK,
 			   "resync completed");
 }
 
 /* An entry made on the child while its directory was held. */
 struct placed {
-	struct fs_entry e;
+	struct tree_entry e;
 	int handle; /* O_PATH handle of the child's entry */
 	enum placed_how how;
 };
 
-static int copy_dir(struct resync *rs, struct node *dir);
+static int copy_dir(struct resync *rs, struct tree_node *dir);
 
 /* Place one listed entry; 0 when it is gone since the listing. */
-static int place_entry(struct resync *rs, struct node *dir, int dfd,
+static int place_entry(struct resync *rs, struct tree_node *dir, int dfd,
 		       const char *name, struct placed *p)
 {
-	struct fs *fs = rs->fs;
-	int ret = fs_lookup(fs, node_ino(fs, dir), name, &p->e);
+	struct tree *tree = rs->tree;
+	int ret = tree_lookup(tree, tree_node_ino(tree, dir), name, &p->e);
 
 	if (ret == -ENOENT)
 		return 0;
@@ -593,15 +594,15 @@ static int place_entry(struct resync *rs, struct node *dir, int dfd,
 		ret = p->handle < 0 ? -errno : 1;
 	}
 	if (ret == 1) {
-		struct node *n = node_get(fs, p->e.ino);
+		struct tree_node *n = tree_node(tree, p->e.ino);
 
-		node_adopt_fd(fs, n, rs->slot, p->handle);
+		tree_node_adopt_fd(tree, n, rs->slot, p->handle);
 		if (p->how == PLACED_MADE && S_ISREG(p->e.attr.st_mode) &&
 		    p->e.attr.st_nlink > 1)
 			remember_linked(rs, n);
 		return 1;
 	}
-	fs_forget(fs, p->e.ino, 1);
+	tree_forget(tree, p->e.ino, 1);
 	return fail(rs, ret, "cannot create", name);
 }
 
@@ -611,24 +612,24 @@ static int place_entry(struct resync *rs, struct node *dir, int dfd,
  * exclusively nothing moves. Afterwards every change in this directory
  * reaches the child too. Contents are copied later, through the handles.
  */
-static int complete_dir(struct resync *rs, struct node *dir, int dfd,
+static int complete_dir(struct resync *rs, struct tree_node *dir, int dfd,
 			struct placed **out, size_t *count)
 {
-	struct fs *fs = rs->fs;
+	struct tree *tree = rs->tree;
 	struct range_claim claim;
-	struct fs_dir *voted;
+	struct tree_dir *voted;
 	struct placed *p = NULL;
 	const char *name;
 	struct stat st;
 	size_t n = 0;
 	int ret;
 
-	range_lock(&dir->ranges, &claim, 0, FS_OFF_MAX, true);
-	ret = fs_opendir(fs, node_ino(fs, dir), &voted);
+	range_lock(tree_node_ranges(dir), &claim, 0, RANGE_END, true);
+	ret = tree_opendir(tree, tree_node_ino(tree, dir), &voted);
 	if (ret)
 		goto out;
 	ret = remove_extras(rs, dir, dfd, voted);
-	for (size_t i = 0; !ret && fs_dir_entry(voted, i, &name, &st); i++) {
+	for (size_t i = 0; !ret && tree_dir_entry(voted, i, &name, &st); i++) {
 		struct placed *grown;
 
 		if (!strcmp(name, ".") || !strcmp(name, ".."))
@@ -643,9 +644,9 @@ static int complete_dir(struct resync *rs, struct node *dir, int dfd,
 		n += ret == 1;
 		ret = ret < 0 ? ret : 0;
 	}
-	fs_releasedir(voted);
+	tree_releasedir(voted);
 out:
-	range_unlock(&dir->ranges, &claim);
+	range_unlock(tree_node_ranges(dir), &claim);
 	*out = p;
 	*count = n;
 	return ret;
@@ -653,7 +654,7 @@ out:
 
 static int copy_content(struct resync *rs, struct placed *p)
 {
-	struct node *n = node_get(rs->fs, p->e.ino);
+	struct tree_node *n = tree_node(rs->tree, p->e.ino);
 	int ret = 0;
 
 	if (S_ISDIR(p->e.attr.st_mode)) {
@@ -670,9 +671,9 @@ static int copy_content(struct resync *rs, struct placed *p)
 	return ret ? ret : copy_metadata(rs, p->handle, p->e.ino, &p->e.attr);
 }
 
-static int copy_dir(struct resync *rs, struct node *dir)
+static int copy_dir(struct resync *rs, struct tree_node *dir)
 {
-	int dfd = node_fd(rs->fs, dir, rs->slot), ret;
+	int dfd = tree_node_fd(rs->tree, dir, rs->slot), ret;
 	struct placed *p;
 	size_t n;
 
@@ -690,7 +691,7 @@ static int copy_dir(struct resync *rs, struct node *dir)
 		if (atomic_load(&rs->stop))
 			ret = -ECANCELED;
 		close(p[i].handle);
-		fs_forget(rs->fs, p[i].e.ino, 1);
+		tree_forget(rs->tree, p[i].e.ino, 1);
 		rs->files_done += !rs->catchup;
 		progress(rs, false);
 	}
@@ -700,28 +701,28 @@ static int copy_dir(struct resync *rs, struct node *dir)
 
 static int copy_root_metadata(struct resync *rs)
 {
-	int fd = node_fd(rs->fs, &rs->fs->root, rs->slot);
+	int fd = tree_node_fd(rs->tree, tree_root(rs->tree), rs->slot);
 	struct stat st;
 	int ret;
 
 	if (fd < 0)
 		return fd;
-	ret = fs_getattr(rs->fs, FS_ROOT_INO, &st);
-	return ret ? ret : copy_metadata(rs, fd, FS_ROOT_INO, &st);
+	ret = tree_getattr(rs->tree, TREE_ROOT_INO, &st);
+	return ret ? ret : copy_metadata(rs, fd, TREE_ROOT_INO, &st);
 }
 
 /* Directories a live change could not complete on the child (a rename
  * from a directory not copied yet): complete them again. */
 static int copy_dirty(struct resync *rs)
 {
-	struct node *dir;
+	struct tree_node *dir;
 	int ret = 0;
 
 	rs->catchup = true;
-	while (!ret && (dir = resync_take_dirty(rs->fs, rs->slot))) {
-		if (node_fd(rs->fs, dir, rs->slot) >= 0)
+	while (!ret && (dir = tree_take_incomplete(rs->tree, rs->slot))) {
+		if (tree_node_fd(rs->tree, dir, rs->slot) >= 0)
 			ret = copy_dir(rs, dir);
-		node_unref(rs->fs, dir);
+		tree_node_unref(rs->tree, dir);
 	}
 	return ret;
 }
@@ -739,14 +740,14 @@ static int copy_tree_finish(struct resync *rs)
 		ret = copy_dirty(rs);
 		if (ret)
 			break;
-		pthread_rwlock_wrlock(&rs->fs->ns_barrier);
-		if (!resync_has_dirty(rs->fs, rs->slot)) {
+		tree_barrier_raise(rs->tree);
+		if (!tree_has_incomplete(rs->tree, rs->slot)) {
 			ret = copy_root_metadata(rs);
 			resync_finish(rs, ret);
-			pthread_rwlock_unlock(&rs->fs->ns_barrier);
+			tree_barrier_lower(rs->tree);
 			return ret;
 		}
-		pthread_rwlock_unlock(&rs->fs->ns_barrier);
+		tree_barrier_lower(rs->tree);
 	}
 	resync_finish(rs, ret);
 	return ret;
@@ -754,7 +755,7 @@ static int copy_tree_finish(struct resync *rs)
 
 static int copy_tree(struct resync *rs)
 {
-	int ret = copy_dir(rs, &rs->fs->root);
+	int ret = copy_dir(rs, tree_root(rs->tree));
 
 	if (ret) {
 		resync_finish(rs, ret);
@@ -765,42 +766,22 @@ static int copy_tree(struct resync *rs)
 
 /* ---- copying only what a returning child missed ---- */
 
-/* Resolve a path of the mount, one voted lookup per component. */
-static int lookup_path(struct fs *fs, const char *path, struct fs_entry *e)
-{
-	char *copy = strdup(path), *save = NULL, *name;
-	uint64_t dir = FS_ROOT_INO;
-	int ret = copy ? 0 : -ENOMEM;
-
-	e->ino = FS_ROOT_INO;
-	for (name = copy ? strtok_r(copy, "/", &save) : NULL; name && !ret;
-	     name = strtok_r(NULL, "/", &save)) {
-		ret = fs_lookup(fs, dir, name, e);
-		if (dir != FS_ROOT_INO)
-			fs_forget(fs, dir, 1);
-		dir = e->ino;
-	}
-	if (ret && dir != FS_ROOT_INO)
-		fs_forget(fs, dir, 1);
-	free(copy);
-	return ret;
-}
-
 /* The regions one file was written in while the child was away. */
 static int copy_regions(struct resync *rs, const struct persist_file *pf,
-			const struct fs_entry *e)
+			const struct tree_entry *e)
 {
-	int handle = node_fd(rs->fs, node_get(rs->fs, e->ino), rs->slot);
-	struct fs_file *f;
+	int handle =
+		tree_node_fd(rs->tree, tree_node(rs->tree, e->ino), rs->slot);
+	struct tree_file *f;
 	char proc[64];
 	int out, ret;
 
 	if (handle < 0 || !S_ISREG(e->attr.st_mode))
 		return -ENOENT; /* not a plain data change: copy the tree */
-	ret = fs_open(rs->fs, e->ino, O_RDONLY, &f);
+	ret = tree_open(rs->tree, e->ino, O_RDONLY, &f);
 	if (ret)
 		return ret;
-	fd_proc_path(handle, proc);
+	child_proc_path(handle, proc);
 	out = open(proc, O_WRONLY | O_CLOEXEC);
 	ret = out < 0 ? -errno : 0;
 	for (int k = 0; !ret && k < pf->nregions; k++)
@@ -812,7 +793,7 @@ static int copy_regions(struct resync *rs, const struct persist_file *pf,
 		ret = copy_metadata(rs, handle, e->ino, &e->attr);
 	if (out >= 0)
 		close(out);
-	fs_release(rs->fs, f);
+	tree_release(rs->tree, f);
 	return ret;
 }
 
@@ -828,14 +809,14 @@ static int copy_missed(struct resync *rs, const struct persist_missed *m)
 	for (int i = 0; i < m->nfiles; i++)
 		rs->bytes_total += m->file[i].nregions * PERSIST_REGION;
 	for (int i = 0; i < m->nfiles && !ret; i++) {
-		struct fs_entry e;
+		struct tree_entry e;
 
-		ret = lookup_path(rs->fs, m->file[i].path, &e);
+		ret = walk_lookup_path(rs->tree, m->file[i].path, &e);
 		if (ret == -ENOENT)
 			return ret;
 		if (!ret) {
 			ret = copy_regions(rs, &m->file[i], &e);
-			fs_forget(rs->fs, e.ino, 1);
+			tree_forget(rs->tree, e.ino, 1);
 		}
 		rs->files_done++;
 		rs->file_base += m->file[i].nregions * PERSIST_REGION;
@@ -854,9 +835,9 @@ static int try_missed(struct resync *rs)
 	struct persist_missed m;
 	int ret;
 
-	if (!rs->fs->record || !rs->partial)
+	if (!rs->jobs->record || !rs->partial)
 		return -ENOENT;
-	record_missed(rs->fs->record, rs->fs->set, rs->child, &m);
+	record_missed(rs->jobs->record, rs->jobs->set, rs->child, &m);
 	ret = m.tree ? -ENOENT : copy_missed(rs, &m);
 	persist_missed_free(&m);
 	/* Anything unexpected (a file turned directory...): the whole tree
@@ -883,7 +864,7 @@ static void *resync_thread(void *arg)
 
 	if (try_missed(rs) != -ENOENT)
 		return NULL;
-	ret = walk_dir(rs, &rs->fs->root, count_entry);
+	ret = count_tree(rs);
 	progress(rs, true);
 	if (ret)
 		resync_finish(rs, ret);
@@ -895,53 +876,54 @@ static void *resync_thread(void *arg)
 static void resync_free(struct resync *rs)
 {
 	for (size_t i = 0; i < rs->nlinked; i++)
-		node_unref(rs->fs, rs->linked[i]);
+		tree_node_unref(rs->tree, rs->linked[i]);
 	free(rs->linked);
 	child_put(rs->child);
 	free(rs);
 }
 
 /* Take c's job out of the list, or NULL. */
-static struct resync *resync_take(struct fs *fs, struct child *c)
+static struct resync *resync_take(struct jobs *jobs, struct child *c)
 {
 	struct resync **pp, *rs = NULL;
 
-	pthread_mutex_lock(&fs->resync_lock);
-	for (pp = &fs->resyncs; *pp; pp = &(*pp)->next) {
+	pthread_mutex_lock(&jobs->resync_lock);
+	for (pp = &jobs->resyncs; *pp; pp = &(*pp)->next) {
 		if (c == NULL || (*pp)->child == c) {
 			rs = *pp;
 			*pp = rs->next;
 			break;
 		}
 	}
-	pthread_mutex_unlock(&fs->resync_lock);
+	pthread_mutex_unlock(&jobs->resync_lock);
 	return rs;
 }
 
-void resync_stop(struct fs *fs, struct child *c)
+void resync_stop(struct jobs *jobs, struct child *c)
 {
 	struct resync *rs;
 
-	while ((rs = resync_take(fs, c))) {
+	while ((rs = resync_take(jobs, c))) {
 		atomic_store(&rs->stop, true);
 		pthread_join(rs->thread, NULL);
-		resync_forget_dirty(fs, rs->slot);
+		tree_forget_incomplete(jobs->tree, rs->slot);
 		resync_free(rs);
 		if (c)
 			break;
 	}
 }
 
-int resync_start(struct fs *fs, struct child *c, bool partial)
+int resync_start(struct jobs *jobs, struct child *c, bool partial)
 {
 	struct resync *rs;
 	int ret;
 
-	resync_stop(fs, c); /* a finished or running earlier job */
+	resync_stop(jobs, c); /* a finished or running earlier job */
 	rs = calloc(1, sizeof(*rs));
 	if (!rs)
 		return -ENOMEM;
-	rs->fs = fs;
+	rs->jobs = jobs;
+	rs->tree = jobs->tree;
 	rs->child = c;
 	rs->slot = child_slot(c);
 	rs->partial = partial;
@@ -953,65 +935,9 @@ int resync_start(struct fs *fs, struct child *c, bool partial)
 		return ret;
 	}
 	pthread_setname_np(rs->thread, "qfs-resync");
-	pthread_mutex_lock(&fs->resync_lock);
-	rs->next = fs->resyncs;
-	fs->resyncs = rs;
-	pthread_mutex_unlock(&fs->resync_lock);
+	pthread_mutex_lock(&jobs->resync_lock);
+	rs->next = jobs->resyncs;
+	jobs->resyncs = rs;
+	pthread_mutex_unlock(&jobs->resync_lock);
 	return 0;
-}
-
-/* ---- directories a live change left incomplete on a syncing child ---- */
-
-struct dirty_dir {
-	struct node *dir; /* a reference */
-	struct dirty_dir *next;
-};
-
-void resync_mark_dirty(struct fs *fs, int slot, struct node *dir)
-{
-	struct dirty_dir *d = malloc(sizeof(*d));
-
-	if (!d)
-		return; /* the child turns ok incomplete: lookups report it */
-	node_ref(fs, dir);
-	d->dir = dir;
-	pthread_mutex_lock(&fs->resync_lock);
-	d->next = fs->dirty[slot];
-	fs->dirty[slot] = d;
-	pthread_mutex_unlock(&fs->resync_lock);
-}
-
-struct node *resync_take_dirty(struct fs *fs, int slot)
-{
-	struct dirty_dir *d;
-	struct node *dir = NULL;
-
-	pthread_mutex_lock(&fs->resync_lock);
-	d = fs->dirty[slot];
-	if (d)
-		fs->dirty[slot] = d->next;
-	pthread_mutex_unlock(&fs->resync_lock);
-	if (d) {
-		dir = d->dir;
-		free(d);
-	}
-	return dir;
-}
-
-bool resync_has_dirty(struct fs *fs, int slot)
-{
-	bool dirty;
-
-	pthread_mutex_lock(&fs->resync_lock);
-	dirty = fs->dirty[slot] != NULL;
-	pthread_mutex_unlock(&fs->resync_lock);
-	return dirty;
-}
-
-void resync_forget_dirty(struct fs *fs, int slot)
-{
-	struct node *dir;
-
-	while ((dir = resync_take_dirty(fs, slot)))
-		node_unref(fs, dir);
 }

@@ -19,7 +19,7 @@
  *      claim on the chunk's range (writes claim exclusively, so a busy
  *      image never shows a half-applied write) every voting copy is read
  *      into its own aligned buffer and compared. Only when they differ is
- *      each FS_VOTE_BLOCK block voted on its own; a child's run of lost
+ *      each TREE_VOTE_BLOCK block voted on its own; a child's run of lost
  *      blocks is one finding, a run of blocks without quorum is one
  *      unrecoverable finding and is never repaired. With repair the chunk
  *      is then claimed exclusively, read and voted again (a write may have
@@ -36,12 +36,15 @@
  * condition variable that scrub_stop() and unmount signal, so both end a
  * scrub at once.
  *
- * Locks: s->lock is a leaf. Commands take it under fs->control_lock, the
- * job under a file's range lock while it records a finding. The job never
- * takes control_lock, so a command may wait for the job to end.
+ * The same pass, quiet (no events, no status) and at threshold 1, settles
+ * the regions a crash left in flight (scrub_settle_file, for settle.c).
+ *
+ * Locks: s->lock is a leaf. Commands take it under jobs->lock, the job
+ * under a file's range lock while it records a finding. The job never
+ * takes jobs->lock, so a command may wait for the job to end.
  */
 #define _GNU_SOURCE
-#include "tree/tree_i.h"
+#include "jobs/jobs_i.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -54,8 +57,7 @@
 
 #include "vote/vote.h"
 
-#define SCRUB_CHUNK FS_BUF_SIZE
-#define SCRUB_BLOCKS (SCRUB_CHUNK / FS_VOTE_BLOCK)
+#define SCRUB_CHUNK CHILD_IO_MAX
 /* The status keeps the last findings, for an operator to act on. */
 #define SCRUB_FINDINGS 64
 #define MIB (1024 * 1024)
@@ -123,9 +125,10 @@ struct scrub_run {
 };
 
 struct scrub {
-	struct fs *fs;
+	struct jobs *jobs;
+	bool quiet; /* settling after a crash: no events, threshold 1 */
 	pthread_t thread;
-	bool joinable; /* guarded by fs->control_lock */
+	bool joinable; /* guarded by jobs->lock */
 	atomic_bool stop;
 	pthread_mutex_t lock;
 	pthread_cond_t wake;	   /* CLOCK_MONOTONIC; signalled on stop */
@@ -140,10 +143,10 @@ struct scrub {
 
 /* One file being scrubbed; the job's own. */
 struct scrub_file {
-	struct node *node;
+	struct tree_node *node;
 	off_t size; /* how far the data pass compares: the voted size */
 	/* By slot: a shorter copy's own end; its blocks past it do not vote
-	 * (FS_OFF_MAX for every other copy). */
+	 * (RANGE_END for every other copy). */
 	off_t own_end[CHILDREN_MAX];
 	/* By slot: a size finding, recorded after the data pass filled the
 	 * tail of a copy that repair extended. */
@@ -152,28 +155,6 @@ struct scrub_file {
 		uint64_t off, len;
 		char *node;
 	} sized[CHILDREN_MAX];
-};
-
-/*
- * One chunk of a file as every voting child holds it. Ballot k is view
- * index index[k]; block masks have bit k for ballot k.
- */
-struct scrub_chunk {
-	struct scrub_file *file;
-	const struct child_view *view;
-	off_t off;
-	size_t len;
-	int n;
-	int index[CHILDREN_MAX];
-	char *buf[CHILDREN_MAX];
-	struct vote_ballot ballot[CHILDREN_MAX];
-	size_t own_len[CHILDREN_MAX];	  /* bytes of ballot k that vote */
-	int winner[SCRUB_BLOCKS];	  /* ballot holding the voted bytes */
-	uint32_t bad[SCRUB_BLOCKS];	  /* lost the vote: reported */
-	uint32_t fill[SCRUB_BLOCKS];	  /* differs past its own end */
-	uint32_t excluded[SCRUB_BLOCKS];  /* past its own end: no vote */
-	uint32_t no_quorum[SCRUB_BLOCKS]; /* bit 0: no version won */
-	bool dirty;			  /* any mask above is set */
 };
 
 static uint64_t min_u64(uint64_t a, uint64_t b)
@@ -287,36 +268,32 @@ static struct json_object *finding_event(const struct scrub_finding *f)
 	return d;
 }
 
-/* The path of n, or of the entry leaf in directory n. Caller frees. */
-static char *entry_path(struct scrub *s, struct node *n, const char *leaf)
-{
-	char *dir = node_path(s->fs, n), *path = NULL;
-
-	if (!leaf || !dir)
-		return dir;
-	if (asprintf(&path, "%s%s%s", dir, *dir ? "/" : "", leaf) < 0)
-		path = NULL;
-	free(dir);
-	return path;
-}
-
 /*
  * Count a finding, keep it for the status and log SCRUB_MISMATCH. The file
  * is n, or the entry leaf of directory n; node is the child's name, or
  * NULL where no child can be blamed (no quorum).
  */
-static void record(struct scrub *s, struct node *n, const char *leaf,
+static void record(struct scrub *s, struct tree_node *n, const char *leaf,
 		   const char *node, enum finding_kind kind, uint64_t off,
 		   uint64_t len, bool repaired)
 {
-	struct scrub_finding f = {.path = entry_path(s, n, leaf),
-				  .node = node ? strdup(node) : NULL,
-				  .kind = kind,
-				  .off = off,
-				  .len = len,
-				  .repaired = repaired};
-	struct json_object *d = finding_event(&f);
+	struct scrub_finding f = {
+		.path = leaf ? tree_entry_path(s->jobs->tree, n, leaf)
+			     : tree_node_path(s->jobs->tree, n),
+		.node = node ? strdup(node) : NULL,
+		.kind = kind,
+		.off = off,
+		.len = len,
+		.repaired = repaired};
+	struct json_object *d;
 	struct scrub_finding *slot;
+
+	if (s->quiet) {
+		free(f.path);
+		free(f.node);
+		return;
+	}
+	d = finding_event(&f);
 
 	pthread_mutex_lock(&s->lock);
 	s->run.mismatches++;
@@ -331,7 +308,7 @@ static void record(struct scrub *s, struct node *n, const char *leaf,
 	free(slot->node);
 	*slot = f;
 	pthread_mutex_unlock(&s->lock);
-	event_log_emit(s->fs->log, "SCRUB_MISMATCH", d);
+	event_log_emit(s->jobs->log, "SCRUB_MISMATCH", d);
 }
 
 /* SCRUB_PROGRESS, at most once a second. */
@@ -340,6 +317,8 @@ static void progress(struct scrub *s)
 	struct json_object *d;
 	struct timespec now;
 
+	if (s->quiet)
+		return;
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	if (now.tv_sec - s->last_progress.tv_sec < 1)
 		return;
@@ -352,7 +331,7 @@ static void progress(struct scrub *s)
 	add_int(d, "bytes-total", s->run.bytes_total);
 	add_int(d, "mismatches", s->run.mismatches);
 	pthread_mutex_unlock(&s->lock);
-	event_log_emit(s->fs->log, "SCRUB_PROGRESS", d);
+	event_log_emit(s->jobs->log, "SCRUB_PROGRESS", d);
 }
 
 /* Why the run failed, for the status. */
@@ -396,370 +375,24 @@ static void pace(struct scrub *s, uint64_t bytes)
 	pthread_mutex_unlock(&s->lock);
 }
 
-/* ---- reading and writing copies ---- */
-
-/*
- * Open slot's copy of n. Reads use O_DIRECT unless the copy's file system
- * refused it once (tmpfs); writes are buffered. Returns an fd or -errno
- * (-ENOENT: the child has no such file).
- */
-static int open_copy(struct scrub *s, struct node *n, int slot, int flags,
-		     bool *direct)
-{
-	int pfd = node_fd(s->fs, n, slot), fd;
-	char proc[64];
-
-	*direct = false;
-	if (pfd < 0)
-		return pfd;
-	fd_proc_path(pfd, proc);
-	if (flags == O_RDONLY && !(s->buffered & (1u << slot))) {
-		fd = open(proc, O_RDONLY | O_DIRECT | O_CLOEXEC);
-		if (fd >= 0) {
-			*direct = true;
-			return fd;
-		}
-		if (errno != EINVAL)
-			return -errno;
-		s->buffered |= 1u << slot;
-	}
-	fd = open(proc, flags | O_CLOEXEC);
-	return fd < 0 ? -errno : fd;
-}
-
-/* Finish a read that came back short: at end of file for O_DIRECT, else
- * read on. Returns the bytes read or -errno. */
-static ssize_t read_rest(int fd, bool direct, char *buf, size_t want, off_t off,
-			 ssize_t got)
-{
-	while (got >= 0 && (size_t)got < want && !direct) {
-		ssize_t r = pread(fd, buf + got, want - got, off + got);
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return r < 0 ? -errno : got;
-		got += r;
-	}
-	return got;
-}
-
-/*
- * A copy whose file system takes O_DIRECT opens but refuses the reads
- * (an alignment larger than FS_ALIGN): read it through the page cache,
- * from now on.
- */
-static ssize_t read_buffered(struct scrub *s, struct scrub_chunk *c, int k,
-			     size_t want)
-{
-	int slot = child_slot(c->view->child[c->index[k]]);
-	bool direct;
-	ssize_t got;
-	int fd;
-
-	s->buffered |= 1u << slot;
-	fd = open_copy(s, c->file->node, slot, O_RDONLY, &direct);
-	if (fd < 0)
-		return fd;
-	got = read_rest(fd, false, c->buf[k], want, c->off, 0);
-	close(fd);
-	return got;
-}
-
-/* How many bytes of the chunk lie before a copy's own end. */
-static size_t own_bytes(const struct scrub_chunk *c, off_t end)
-{
-	if (end <= c->off)
-		return 0;
-	return min_u64((uint64_t)(end - c->off), c->len);
-}
-
-/* Read every voting copy of the chunk into its own buffer, at once. */
-static void chunk_read(struct scrub *s, struct scrub_chunk *c)
-{
-	struct child_io io[CHILDREN_MAX];
-	bool direct[CHILDREN_MAX];
-	/* O_DIRECT reads whole blocks; the tail past len is not used. */
-	size_t want = (c->len + FS_ALIGN - 1) / FS_ALIGN * FS_ALIGN;
-
-	c->n = 0;
-	for (int i = 0; i < c->view->n; i++) {
-		int k, slot, fd;
-		off_t end;
-
-		if (!c->view->votes[i])
-			continue;
-		k = c->n++;
-		slot = child_slot(c->view->child[i]);
-		end = c->file->own_end[slot];
-		c->index[k] = i;
-		c->ballot[k] = (struct vote_ballot){0};
-		c->own_len[k] = own_bytes(c, end);
-		io[k] = (struct child_io){.fd = -1};
-		if (!c->buf[k])
-			c->buf[k] = fs_buf_get(s->fs, SCRUB_CHUNK);
-		fd = c->buf[k] ? open_copy(s, c->file->node, slot, O_RDONLY,
-					   &direct[k])
-			       : -ENOMEM;
-		if (fd < 0)
-			c->ballot[k].error = fd;
-		else
-			io[k] = (struct child_io){.fd = fd,
-						  .buf = c->buf[k],
-						  .child = c->view->child[i],
-						  .own_buf = true,
-						  .len = want,
-						  .off = c->off};
-	}
-	child_io_run(s->fs->pool, io, c->n, s->fs->timeout_ms);
-	for (int k = 0; k < c->n; k++) {
-		ssize_t got;
-
-		if (io[k].fd < 0)
-			continue;
-		if (io[k].orphaned) {
-			c->buf[k] = NULL; /* the ring frees it when done */
-			c->ballot[k].error = -ETIMEDOUT;
-			close(io[k].fd);
-			continue;
-		}
-		got = read_rest(io[k].fd, direct[k], c->buf[k], want, c->off,
-				io[k].ret);
-		close(io[k].fd);
-		if (got == -EINVAL && direct[k])
-			got = read_buffered(s, c, k, want);
-		if (got < 0)
-			c->ballot[k].error = (int)got;
-		else
-			c->ballot[k] = (struct vote_ballot){
-				.data = c->buf[k],
-				.len = min_u64((uint64_t)got, c->len)};
-	}
-}
-
-static void chunk_release(struct scrub *s, struct scrub_chunk *c)
-{
-	for (int k = 0; k < CHILDREN_MAX; k++) {
-		fs_buf_put(s->fs, c->buf[k], SCRUB_CHUNK);
-		c->buf[k] = NULL;
-	}
-}
-
 /* A read failure other than a missing file is the child's read error. */
-static void report_read_errors(struct scrub *s, const struct scrub_chunk *c)
+static void report_read_errors(struct scrub *s, const struct chunk *c)
 {
 	char *path = NULL;
 
-	for (int k = 0; k < c->n; k++) {
+	for (int k = 0; k < c->n && !s->quiet; k++) {
 		struct child *child = c->view->child[c->index[k]];
 		int error = c->ballot[k].error;
 
 		if (!error || error == -ENOENT || error == -ENOMEM)
 			continue;
 		if (!path)
-			path = node_path(s->fs, c->file->node);
+			path = tree_node_path(s->jobs->tree, c->node);
 		child_count_error(child, CHILD_OP_READ);
-		event_log_report_bad(s->fs->log, "read", child_name(child),
+		event_log_report_bad(s->jobs->log, "read", child_name(child),
 				     c->off, c->len, error, path ? path : "");
 	}
 	free(path);
-}
-
-/* ---- the vote ---- */
-
-static size_t chunk_blocks(const struct scrub_chunk *c)
-{
-	return (c->len + FS_VOTE_BLOCK - 1) / FS_VOTE_BLOCK;
-}
-
-/* The memcmp fast path: every copy read the whole chunk, all alike. */
-static bool chunk_identical(const struct scrub_chunk *c)
-{
-	const struct vote_ballot *first = &c->ballot[0];
-
-	for (int k = 0; k < c->n; k++) {
-		const struct vote_ballot *b = &c->ballot[k];
-
-		if (b->error || c->own_len[k] < c->len || b->len != first->len)
-			return false;
-		if (k > 0 && memcmp(b->data, first->data, b->len))
-			return false;
-	}
-	return c->n > 0;
-}
-
-/* Ballot k's block: its bytes in [start, start + size). */
-static struct vote_ballot block_of(const struct scrub_chunk *c, int k,
-				   size_t start, size_t size)
-{
-	const struct vote_ballot *b = &c->ballot[k];
-
-	if (b->error)
-		return (struct vote_ballot){.error = b->error};
-	if (b->len <= start)
-		return (struct vote_ballot){.data = b->data, .len = 0};
-	return (struct vote_ballot){.data = (const char *)b->data + start,
-				    .len = min_u64(b->len - start, size)};
-}
-
-static bool same_bytes(const struct vote_ballot *a, const struct vote_ballot *b)
-{
-	return a->len == b->len &&
-	       (!a->len || !memcmp(a->data, b->data, a->len));
-}
-
-/*
- * Vote block b alone (vote_blocks() over the one block) and mark what it
- * decided. Copies past their own end are left out of the vote and marked
- * for filling where they differ from the winner.
- */
-static int block_vote(struct scrub_chunk *c, size_t b, int threshold)
-{
-	size_t start = b * FS_VOTE_BLOCK;
-	size_t size = min_u64(FS_VOTE_BLOCK, c->len - start);
-	struct vote_ballot bb[CHILDREN_MAX], own[CHILDREN_MAX];
-	struct vote_blocks_result r;
-	int w = -1, ret;
-
-	c->bad[b] = c->fill[b] = c->excluded[b] = c->no_quorum[b] = 0;
-	for (int k = 0; k < c->n; k++) {
-		own[k] = bb[k] = block_of(c, k, start, size);
-		if (!bb[k].error && start + size > c->own_len[k]) {
-			c->excluded[b] |= 1u << k;
-			bb[k] = (struct vote_ballot){.error = -ENODATA};
-		}
-	}
-	ret = vote_blocks(bb, c->n, threshold, FS_VOTE_BLOCK, &w, &r);
-	if (ret == -ENOMEM)
-		return ret;
-	if (!ret && w < 0) {
-		/* Every voter is at end of file here: nothing to differ. */
-		for (int k = 0; k < c->n && w < 0; k++)
-			w = bb[k].error ? -1 : k;
-	}
-	c->winner[b] = w;
-	if (ret || w < 0) {
-		c->no_quorum[b] = 1;
-		c->dirty = true;
-		return 0;
-	}
-	for (int k = 0; k < c->n; k++) {
-		if (r.bad[k])
-			c->bad[b] |= 1u << k;
-		if ((c->excluded[b] & (1u << k)) &&
-		    !same_bytes(&own[k], &bb[w]))
-			c->fill[b] |= 1u << k;
-	}
-	c->dirty |= c->bad[b] || c->fill[b];
-	return 0;
-}
-
-static int chunk_vote(struct scrub_chunk *c)
-{
-	size_t nblocks = chunk_blocks(c);
-	int ret = 0;
-
-	c->dirty = false;
-	if (c->n == 0 || chunk_identical(c))
-		return 0;
-	for (size_t b = 0; !ret && b < nblocks; b++)
-		ret = block_vote(c, b, c->view->threshold);
-	return ret;
-}
-
-/* A run of consecutive blocks whose mask has bit: [start, end) in the
- * chunk. *b is where to look next. */
-static bool next_run(const struct scrub_chunk *c, const uint32_t *mask,
-		     uint32_t bit, size_t *b, size_t *start, size_t *end)
-{
-	size_t nblocks = chunk_blocks(c);
-
-	while (*b < nblocks && !(mask[*b] & bit))
-		(*b)++;
-	if (*b == nblocks)
-		return false;
-	*start = *b * FS_VOTE_BLOCK;
-	while (*b < nblocks && (mask[*b] & bit))
-		(*b)++;
-	*end = min_u64(*b * FS_VOTE_BLOCK, c->len);
-	return true;
-}
-
-/* ---- repair ---- */
-
-static int pwrite_full(int fd, const char *buf, size_t len, off_t off)
-{
-	while (len > 0) {
-		ssize_t r = pwrite(fd, buf, len, off);
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return r < 0 ? -errno : -EIO;
-		buf += r;
-		len -= r;
-		off += r;
-	}
-	return 0;
-}
-
-/* Write the voted bytes of [start, end) of the chunk at fd. */
-static int write_run(const struct scrub_chunk *c, int fd, size_t start,
-		     size_t end)
-{
-	int ret = 0;
-
-	for (size_t at = start; !ret && at < end; at += FS_VOTE_BLOCK) {
-		size_t b = at / FS_VOTE_BLOCK;
-		struct vote_ballot w = block_of(
-			c, c->winner[b], at, min_u64(FS_VOTE_BLOCK, end - at));
-
-		ret = pwrite_full(fd, w.data, w.len, c->off + at);
-	}
-	return ret;
-}
-
-/* Write every run of ballot k that mask marks; false if any failed. */
-static bool write_runs(const struct scrub_chunk *c, int fd, int k,
-		       const uint32_t *mask)
-{
-	size_t b = 0, start, end;
-	bool ok = true;
-
-	while (next_run(c, mask, 1u << k, &b, &start, &end))
-		ok &= write_run(c, fd, start, end) == 0;
-	return ok;
-}
-
-/*
- * Write the voted bytes over ballot k's lost and missing blocks and make
- * them durable. Returns true when all of it reached the copy.
- */
-static bool repair_copy(struct scrub *s, const struct scrub_chunk *c, int k)
-{
-	struct child *child = c->view->child[c->index[k]];
-	bool direct, ok;
-	int fd = open_copy(s, c->file->node, child_slot(child), O_WRONLY,
-			   &direct);
-
-	if (fd < 0)
-		return false;
-	ok = write_runs(c, fd, k, c->bad);
-	ok &= write_runs(c, fd, k, c->fill);
-	ok &= fdatasync(fd) == 0;
-	close(fd);
-	if (!ok)
-		child_count_error(child, CHILD_OP_WRITE);
-	return ok;
-}
-
-static bool ballot_marked(const struct scrub_chunk *c, const uint32_t *mask,
-			  int k)
-{
-	for (size_t b = 0; b < chunk_blocks(c); b++)
-		if (mask[b] & (1u << k))
-			return true;
-	return false;
 }
 
 /*
@@ -767,22 +400,23 @@ static bool ballot_marked(const struct scrub_chunk *c, const uint32_t *mask,
  * run of lost blocks. A tail that could not be filled leaves the copy's
  * size finding unrepaired.
  */
-static void settle_copy(struct scrub *s, struct scrub_chunk *c, int k,
-			bool repair)
+static void settle_copy(struct scrub *s, struct scrub_file *f, struct chunk *c,
+			int k, bool repair)
 {
 	struct child *child = c->view->child[c->index[k]];
-	bool lost = ballot_marked(c, c->bad, k);
-	bool fill = ballot_marked(c, c->fill, k);
-	bool ok = (lost || fill) && repair && repair_copy(s, c, k);
+	bool lost = chunk_marked(c, c->votes.bad, k);
+	bool fill = chunk_marked(c, c->votes.fill, k);
+	bool ok = (lost || fill) && repair && chunk_repair_copy(c, k);
 	bool tail_lost = false;
 	size_t b = 0, start, end;
 
 	for (size_t i = 0; i < chunk_blocks(c); i++)
-		tail_lost |= c->no_quorum[i] && (c->excluded[i] & (1u << k));
+		tail_lost |= c->votes.no_quorum[i] &&
+			     (c->votes.excluded[i] & (1u << k));
 	if ((fill && !ok) || tail_lost)
-		c->file->sized[child_slot(child)].repaired = false;
-	while (next_run(c, c->bad, 1u << k, &b, &start, &end))
-		record(s, c->file->node, NULL, child_name(child), FINDING_DATA,
+		f->sized[child_slot(child)].repaired = false;
+	while (chunk_next_run(c, c->votes.bad, 1u << k, &b, &start, &end))
+		record(s, c->node, NULL, child_name(child), FINDING_DATA,
 		       c->off + start, end - start, ok);
 }
 
@@ -790,14 +424,15 @@ static void settle_copy(struct scrub *s, struct scrub_chunk *c, int k,
  * Record what the vote found, after repairing it when asked (the caller
  * then holds the chunk exclusively).
  */
-static void chunk_settle(struct scrub *s, struct scrub_chunk *c, bool repair)
+static void chunk_settle(struct scrub *s, struct scrub_file *f, struct chunk *c,
+			 bool repair)
 {
 	size_t b = 0, start, end;
 
 	for (int k = 0; k < c->n; k++)
-		settle_copy(s, c, k, repair);
-	while (next_run(c, c->no_quorum, 1, &b, &start, &end))
-		record(s, c->file->node, NULL, NULL, FINDING_NO_QUORUM,
+		settle_copy(s, f, c, k, repair);
+	while (chunk_next_run(c, c->votes.no_quorum, 1, &b, &start, &end))
+		record(s, c->node, NULL, NULL, FINDING_NO_QUORUM,
 		       c->off + start, end - start, false);
 }
 
@@ -808,28 +443,34 @@ static void chunk_settle(struct scrub *s, struct scrub_chunk *c, bool repair)
 static int scrub_chunk(struct scrub *s, struct scrub_file *f, off_t off,
 		       size_t len)
 {
-	struct scrub_chunk c = {.file = f, .off = off, .len = len};
-	struct range_locks *ranges = &f->node->ranges;
+	struct chunk c = {.jobs = s->jobs,
+			  .node = f->node,
+			  .own_end = f->own_end,
+			  .buffered = &s->buffered,
+			  .view = children_view_get(s->jobs->set),
+			  .off = off,
+			  .len = len};
+	struct range_locks *ranges = tree_node_ranges(f->node);
 	struct range_claim claim;
 	int ret;
 
-	c.view = children_view_get(s->fs->set);
+	c.threshold = s->quiet ? 1 : c.view->threshold;
 	range_lock(ranges, &claim, off, off + len, false);
-	chunk_read(s, &c);
+	chunk_read(&c);
 	ret = chunk_vote(&c);
 	range_unlock(ranges, &claim);
 	report_read_errors(s, &c);
-	if (!ret && c.dirty && s->run.repair) {
+	if (!ret && c.votes.dirty && s->run.repair) {
 		range_lock(ranges, &claim, off, off + len, true);
-		chunk_read(s, &c);
+		chunk_read(&c);
 		ret = chunk_vote(&c);
-		if (!ret && c.dirty)
-			chunk_settle(s, &c, true);
+		if (!ret && c.votes.dirty)
+			chunk_settle(s, f, &c, true);
 		range_unlock(ranges, &claim);
-	} else if (!ret && c.dirty) {
-		chunk_settle(s, &c, false);
+	} else if (!ret && c.votes.dirty) {
+		chunk_settle(s, f, &c, false);
 	}
-	chunk_release(s, &c);
+	chunk_release(&c);
 	children_view_put(c.view);
 	return ret;
 }
@@ -837,11 +478,12 @@ static int scrub_chunk(struct scrub *s, struct scrub_file *f, off_t off,
 /* ---- sizes ---- */
 
 /* Give slot's copy the voted size; the data pass fills a longer one. */
-static bool resize_copy(struct scrub *s, struct node *n, struct child *child,
-			off_t size)
+static bool resize_copy(struct scrub *s, struct tree_node *n,
+			struct child *child, off_t size)
 {
 	bool direct, ok;
-	int fd = open_copy(s, n, child_slot(child), O_WRONLY, &direct);
+	int fd = copy_open(s->jobs, n, child_slot(child), O_WRONLY,
+			   &s->buffered, &direct);
 
 	if (fd < 0)
 		return false;
@@ -853,10 +495,10 @@ static bool resize_copy(struct scrub *s, struct node *n, struct child *child,
 }
 
 /* The size of view index i's copy in *size, or -errno. */
-static int stat_copy(struct scrub *s, struct node *n, struct child *child,
+static int stat_copy(struct scrub *s, struct tree_node *n, struct child *child,
 		     off_t *size)
 {
-	int pfd = node_fd(s->fs, n, child_slot(child));
+	int pfd = tree_node_fd(s->jobs->tree, n, child_slot(child));
 	struct stat st;
 
 	if (pfd < 0)
@@ -894,26 +536,26 @@ static void size_settle(struct scrub *s, struct scrub_file *f,
 			const struct child_view *v, const off_t *size,
 			const int *error)
 {
-	struct vote_ballot b[CHILDREN_MAX];
-	int index[CHILDREN_MAX], n = 0;
-	off_t smallest = FS_OFF_MAX, largest = 0;
+	int index[CHILDREN_MAX], err[CHILDREN_MAX], n = 0;
+	off_t smallest = RANGE_END, largest = 0;
+	int64_t sz[CHILDREN_MAX];
 	struct vote_result r;
 
 	for (int i = 0; i < v->n; i++) {
 		if (!v->votes[i])
 			continue;
 		index[n] = i;
-		b[n++] = (struct vote_ballot){.error = error[i],
-					      .data = &size[i],
-					      .len = sizeof(*size)};
+		err[n] = error[i];
+		sz[n++] = size[i];
 		if (!error[i] && size[i] < smallest)
 			smallest = size[i];
 		if (!error[i] && size[i] > largest)
 			largest = size[i];
 	}
 	f->size = 0;
-	if (n == 0 || vote_whole(b, n, v->threshold, &r)) {
-		if (smallest == FS_OFF_MAX)
+	if (n == 0 ||
+	    vote_sizes(sz, err, n, s->quiet ? 1 : v->threshold, true, &r)) {
+		if (smallest == RANGE_END)
 			return;
 		f->size = smallest;
 		if (largest > smallest)
@@ -929,17 +571,18 @@ static void size_settle(struct scrub *s, struct scrub_file *f,
 
 static void size_check(struct scrub *s, struct scrub_file *f)
 {
-	const struct child_view *v = children_view_get(s->fs->set);
+	const struct child_view *v = children_view_get(s->jobs->set);
 	off_t size[CHILDREN_MAX] = {0};
 	int error[CHILDREN_MAX] = {0};
 	struct range_claim claim;
 
-	range_lock(&f->node->ranges, &claim, 0, FS_OFF_MAX, s->run.repair);
+	range_lock(tree_node_ranges(f->node), &claim, 0, RANGE_END,
+		   s->run.repair);
 	for (int i = 0; i < v->n; i++)
 		if (v->votes[i])
 			error[i] = stat_copy(s, f->node, v->child[i], &size[i]);
 	size_settle(s, f, v, size, error);
-	range_unlock(&f->node->ranges, &claim);
+	range_unlock(tree_node_ranges(f->node), &claim);
 	for (int i = 0; i < v->n; i++) {
 		const char *name = child_name(v->child[i]);
 
@@ -969,7 +612,7 @@ static void size_report(struct scrub *s, struct scrub_file *f)
 	}
 }
 
-/* ---- walking the voted tree ---- */
+/* ---- files ---- */
 
 static void add_bytes(struct scrub *s, uint64_t *field, uint64_t n)
 {
@@ -978,95 +621,121 @@ static void add_bytes(struct scrub *s, uint64_t *field, uint64_t n)
 	pthread_mutex_unlock(&s->lock);
 }
 
-static int scrub_file(struct scrub *s, const struct fs_entry *e)
+static void file_start(struct scrub *s, struct scrub_file *f,
+		       const struct tree_entry *e)
 {
-	struct scrub_file f = {.node = node_get(s->fs, e->ino)};
+	*f = (struct scrub_file){.node = tree_node(s->jobs->tree, e->ino)};
+	for (int slot = 0; slot < CHILDREN_MAX; slot++)
+		f->own_end[slot] = RANGE_END;
+	size_check(s, f);
+}
+
+/* The data pass over [off, end) of the file, up to its voted size. */
+static int scrub_range(struct scrub *s, struct scrub_file *f, off_t off,
+		       off_t end)
+{
 	int ret = 0;
 
-	for (int slot = 0; slot < CHILDREN_MAX; slot++)
-		f.own_end[slot] = FS_OFF_MAX;
-	size_check(s, &f);
-	for (off_t off = 0; !ret && off < f.size; off += SCRUB_CHUNK) {
-		size_t len = min_u64(SCRUB_CHUNK, f.size - off);
+	if (end > f->size)
+		end = f->size;
+	for (; !ret && off < end; off += SCRUB_CHUNK) {
+		size_t len = min_u64(SCRUB_CHUNK, end - off);
 
-		if (stopping(s)) {
-			ret = -ECANCELED;
-			break;
-		}
-		ret = scrub_chunk(s, &f, off, len);
+		if (stopping(s))
+			return -ECANCELED;
+		ret = scrub_chunk(s, f, off, len);
 		add_bytes(s, &s->run.bytes_done, len);
 		progress(s);
 		pace(s, len);
 	}
+	return ret;
+}
+
+static int scrub_file(struct scrub *s, const struct tree_entry *e)
+{
+	struct scrub_file f;
+	int ret;
+
+	file_start(s, &f, e);
+	ret = scrub_range(s, &f, 0, f.size);
 	size_report(s, &f);
 	add_bytes(s, &s->run.files_done, 1);
 	progress(s);
 	return ret;
 }
 
-typedef int entry_fn(struct scrub *s, const struct fs_entry *e);
+/* ---- walking the voted tree ---- */
 
-/* Call fn for every entry of dir's voted listing. Only the root's
- * listing must succeed: a directory may go away while it is walked. */
-static int walk_dir(struct scrub *s, struct node *dir, entry_fn *fn)
+static int walk_file(struct walk *w, struct tree_node *dir, const char *name,
+		     const struct tree_entry *e)
 {
-	struct fs *fs = s->fs;
-	struct fs_dir *d;
-	const char *name;
-	struct stat st;
-	int ret = fs_opendir(fs, node_ino(fs, dir), &d);
+	struct scrub *s = w->arg;
 
-	if (ret) {
-		char reason[128];
-
-		snprintf(reason, sizeof(reason), "cannot list %s: %s",
-			 dir == &fs->root ? "the root" : "a directory",
-			 strerror(-ret));
-		if (dir == &fs->root || ret == -ENOMEM)
-			set_reason(s, reason);
-		return dir == &fs->root || ret == -ENOMEM ? ret : 0;
-	}
-	for (size_t i = 0; !ret && fs_dir_entry(d, i, &name, &st); i++) {
-		struct fs_entry e;
-		int found;
-
-		if (stopping(s)) {
-			ret = -ECANCELED;
-			break;
-		}
-		if (!strcmp(name, ".") || !strcmp(name, ".."))
-			continue;
-		found = fs_lookup(fs, node_ino(fs, dir), name, &e);
-		if (found == -ENOENT)
-			continue; /* gone since the listing */
-		if (found == -ENOMEM) {
-			ret = found;
-			break;
-		}
-		if (found) {
-			/* Listed, but its kind or size has no quorum. */
-			if (fn == scrub_file)
-				record(s, dir, name, NULL, FINDING_NO_QUORUM, 0,
-				       0, false);
-			continue;
-		}
-		if (S_ISDIR(e.attr.st_mode))
-			ret = walk_dir(s, node_get(fs, e.ino), fn);
-		else if (S_ISREG(e.attr.st_mode))
-			ret = fn(s, &e);
-		fs_forget(fs, e.ino, 1);
-	}
-	fs_releasedir(d);
-	return ret;
+	(void)dir;
+	(void)name;
+	if (!S_ISREG(e->attr.st_mode))
+		return 0;
+	return scrub_file(s, e);
 }
 
-static int count_file(struct scrub *s, const struct fs_entry *e)
+static int count_file(struct walk *w, struct tree_node *dir, const char *name,
+		      const struct tree_entry *e)
 {
+	struct scrub *s = w->arg;
+
+	(void)dir;
+	(void)name;
+	if (!S_ISREG(e->attr.st_mode))
+		return 0;
 	pthread_mutex_lock(&s->lock);
 	s->run.files_total++;
 	s->run.bytes_total += e->attr.st_size;
 	pthread_mutex_unlock(&s->lock);
 	return 0;
+}
+
+/* Only the root's listing must succeed: a directory may go away while it
+ * is walked. */
+static int walk_unlisted(struct walk *w, struct tree_node *dir, int error)
+{
+	struct scrub *s = w->arg;
+	bool root = dir == tree_root(s->jobs->tree);
+	char reason[128];
+
+	snprintf(reason, sizeof(reason), "cannot list %s: %s",
+		 root ? "the root" : "a directory", strerror(-error));
+	if (root || error == -ENOMEM)
+		set_reason(s, reason);
+	return root || error == -ENOMEM ? error : 0;
+}
+
+/* Listed, but its kind or size has no quorum: a finding (once, in the
+ * pass that scrubs). */
+static int walk_unvoted(struct walk *w, struct tree_node *dir, const char *name,
+			int error)
+{
+	struct scrub *s = w->arg;
+
+	if (error == -ENOMEM)
+		return error;
+	if (w->entry == walk_file)
+		record(s, dir, name, NULL, FINDING_NO_QUORUM, 0, 0, false);
+	return 0;
+}
+
+static int scrub_walk(struct scrub *s,
+		      int (*entry)(struct walk *w, struct tree_node *dir,
+				   const char *name,
+				   const struct tree_entry *e))
+{
+	struct walk w = {.tree = s->jobs->tree,
+			 .entry = entry,
+			 .unlisted = walk_unlisted,
+			 .unvoted = walk_unvoted,
+			 .stop = &s->stop,
+			 .arg = s};
+
+	return walk_tree(&w, tree_root(s->jobs->tree));
 }
 
 /* ---- the job ---- */
@@ -1094,7 +763,7 @@ static void scrub_finish(struct scrub *s, int ret)
 	s->run.finished = time(NULL);
 	s->state = state;
 	pthread_mutex_unlock(&s->lock);
-	event_log_emit(s->fs->log, "SCRUB_COMPLETED", d);
+	event_log_emit(s->jobs->log, "SCRUB_COMPLETED", d);
 }
 
 static void *scrub_thread(void *arg)
@@ -1104,30 +773,85 @@ static void *scrub_thread(void *arg)
 
 	clock_gettime(CLOCK_MONOTONIC, &s->pace_start);
 	s->last_progress = s->pace_start;
-	ret = walk_dir(s, &s->fs->root, count_file);
+	ret = scrub_walk(s, count_file);
 	if (!ret)
-		ret = walk_dir(s, &s->fs->root, scrub_file);
+		ret = scrub_walk(s, walk_file);
 	scrub_finish(s, ret);
 	return NULL;
 }
 
-static int scrub_new(struct fs *fs, struct scrub **out)
+static int scrub_new(struct jobs *jobs, struct scrub **out)
 {
 	struct scrub *s = calloc(1, sizeof(*s));
 	pthread_condattr_t attr;
 
 	if (!s)
 		return -ENOMEM;
-	s->fs = fs;
+	s->jobs = jobs;
 	atomic_init(&s->stop, false);
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_condattr_init(&attr);
 	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
 	pthread_cond_init(&s->wake, &attr);
 	pthread_condattr_destroy(&attr);
-	s->run.rate = fs->scrub_rate;
+	s->run.rate = jobs->scrub_rate;
 	*out = s;
 	return 0;
+}
+
+static void scrub_destroy(struct scrub *s)
+{
+	run_release(&s->run);
+	counts_release(&s->total);
+	pthread_cond_destroy(&s->wake);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+}
+
+/* Make every copy durable: a settled file must not come back different
+ * after a power cut. */
+static int sync_copies(struct scrub *s, struct tree_node *n)
+{
+	const struct child_view *v = children_view_get(s->jobs->set);
+	int ret = 0;
+
+	for (int i = 0; i < v->n; i++) {
+		bool direct;
+		int fd = copy_open(s->jobs, n, child_slot(v->child[i]),
+				   O_WRONLY, &s->buffered, &direct);
+
+		if (fd == -ENOENT)
+			continue;
+		if (fd < 0 || fsync(fd))
+			ret = ret ? ret : fd < 0 ? fd : -errno;
+		if (fd >= 0)
+			close(fd);
+	}
+	children_view_put(v);
+	return ret;
+}
+
+int scrub_settle_file(struct jobs *jobs, const struct tree_entry *e,
+		      const int64_t *region, int nregions)
+{
+	struct scrub *s;
+	struct scrub_file f;
+	int ret = scrub_new(jobs, &s);
+
+	if (ret)
+		return ret;
+	s->quiet = true;
+	s->run.repair = true;
+	s->run.rate = 0;
+	file_start(s, &f, e);
+	for (int k = 0; !ret && k < nregions; k++)
+		ret = scrub_range(s, &f, region[k] * PERSIST_REGION,
+				  (region[k] + 1) * PERSIST_REGION);
+	size_report(s, &f);
+	if (!ret)
+		ret = sync_copies(s, f.node);
+	scrub_destroy(s);
+	return ret;
 }
 
 /* End the job, if any, and wait for its thread. */
@@ -1153,14 +877,17 @@ static bool scrub_running(struct scrub *s)
 	return running;
 }
 
-int scrub_start(struct fs *fs, bool repair, int rate, char *err, size_t errlen)
+int scrub_init(struct jobs *jobs)
 {
-	struct scrub *s;
+	return scrub_new(jobs, &jobs->scrub);
+}
+
+int scrub_start(struct jobs *jobs, bool repair, int rate, char *err,
+		size_t errlen)
+{
+	struct scrub *s = jobs->scrub;
 	int ret;
 
-	if (!fs->scrub && (ret = scrub_new(fs, &fs->scrub)))
-		return ret;
-	s = fs->scrub;
 	if (scrub_running(s)) {
 		snprintf(err, errlen,
 			 "a scrub is already running (scrub stop ends it)");
@@ -1170,7 +897,7 @@ int scrub_start(struct fs *fs, bool repair, int rate, char *err, size_t errlen)
 	pthread_mutex_lock(&s->lock);
 	run_release(&s->run);
 	s->run.repair = repair;
-	s->run.rate = rate < 0 ? fs->scrub_rate : rate;
+	s->run.rate = rate < 0 ? jobs->scrub_rate : rate;
 	s->run.started = time(NULL);
 	s->state = SCRUB_RUNNING;
 	atomic_store(&s->stop, false);
@@ -1192,43 +919,30 @@ int scrub_start(struct fs *fs, bool repair, int rate, char *err, size_t errlen)
 	return 0;
 }
 
-int scrub_stop(struct fs *fs, char *err, size_t errlen)
+int scrub_stop(struct jobs *jobs, char *err, size_t errlen)
 {
-	if (!fs->scrub || !scrub_running(fs->scrub)) {
+	if (!scrub_running(jobs->scrub)) {
 		snprintf(err, errlen, "no scrub is running");
 		return -EINVAL;
 	}
-	scrub_join(fs->scrub);
+	scrub_join(jobs->scrub);
 	return 0;
 }
 
-void scrub_free(struct fs *fs)
+void scrub_free(struct jobs *jobs)
 {
-	struct scrub *s = fs->scrub;
-
-	if (!s)
+	if (!jobs->scrub)
 		return;
-	scrub_join(s);
-	run_release(&s->run);
-	counts_release(&s->total);
-	pthread_cond_destroy(&s->wake);
-	pthread_mutex_destroy(&s->lock);
-	free(s);
-	fs->scrub = NULL;
+	scrub_join(jobs->scrub);
+	scrub_destroy(jobs->scrub);
+	jobs->scrub = NULL;
 }
 
-void scrub_forget_child(struct fs *fs, const char *name)
+void scrub_forget_child(struct jobs *jobs, const char *name)
 {
-	if (!fs->scrub)
-		return;
-	pthread_mutex_lock(&fs->scrub->lock);
-	count_remove(&fs->scrub->total, name);
-	pthread_mutex_unlock(&fs->scrub->lock);
-}
-
-void fs_set_scrub_rate(struct fs *fs, int rate)
-{
-	fs->scrub_rate = rate;
+	pthread_mutex_lock(&jobs->scrub->lock);
+	count_remove(&jobs->scrub->total, name);
+	pthread_mutex_unlock(&jobs->scrub->lock);
 }
 
 /* ---- status ---- */
@@ -1304,23 +1018,16 @@ static void add_child_counts(struct json_object *status,
 		struct json_object *c = json_object_array_get_idx(list, i);
 		struct scrub_count *n = NULL;
 
-		if (total && json_object_object_get_ex(c, "name", &name))
+		if (json_object_object_get_ex(c, "name", &name))
 			n = count_find(total, json_object_get_string(name));
 		add_int(c, "scrub-mismatches", n ? n->n : 0);
 	}
 }
 
-void scrub_status(struct fs *fs, struct json_object *status)
+void scrub_status(struct jobs *jobs, struct json_object *status)
 {
-	struct scrub *s = fs->scrub;
-	struct scrub_run idle = {.rate = fs->scrub_rate};
+	struct scrub *s = jobs->scrub;
 
-	if (!s) {
-		json_object_object_add(status, "scrub",
-				       run_json(&idle, SCRUB_IDLE));
-		add_child_counts(status, NULL);
-		return;
-	}
 	pthread_mutex_lock(&s->lock);
 	json_object_object_add(status, "scrub", run_json(&s->run, s->state));
 	add_child_counts(status, &s->total);

@@ -270,11 +270,6 @@ static struct json_object *state_json(const struct persist_state *st)
 	return o;
 }
 
-static int errno_of(int r)
-{
-	return r < 0 ? -errno : 0;
-}
-
 /* fsync the .quorumfs directory, so a rename or a creation is durable. */
 static int sync_dir(int root_fd)
 {
@@ -284,7 +279,7 @@ static int sync_dir(int root_fd)
 
 	if (fd < 0)
 		return -errno;
-	ret = errno_of(fsync(fd));
+	ret = child_result(fsync(fd));
 	close(fd);
 	return ret;
 }
@@ -332,9 +327,9 @@ int persist_save(int root_fd, const struct persist_state *st)
 	if (!ret)
 		ret = write_all(fd, "\n");
 	if (!ret)
-		ret = errno_of(fsync(fd));
+		ret = child_result(fsync(fd));
 	if (!ret)
-		ret = errno_of(
+		ret = child_result(
 			renameat(root_fd, STATE_TMP, root_fd, STATE_NAME));
 	if (!ret)
 		ret = sync_dir(root_fd);
@@ -369,7 +364,7 @@ int persist_log_append(int root_fd, const char *line)
 	if (!ret)
 		ret = write_all(fd, line);
 	if (!ret)
-		ret = errno_of(fdatasync(fd));
+		ret = child_result(fdatasync(fd));
 	close(fd);
 	return ret;
 }
@@ -382,7 +377,7 @@ int persist_log_reset(int root_fd)
 
 	if (fd < 0)
 		return errno == ENOENT ? 0 : -errno;
-	ret = errno_of(fsync(fd));
+	ret = child_result(fsync(fd));
 	close(fd);
 	return ret;
 }

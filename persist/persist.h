@@ -18,8 +18,18 @@
  * older number, so the next mount knows it is behind and what it missed:
  * the intent lines from its generation on.
  *
- * This module only reads and writes the files; what the numbers mean for
- * voting is decided by its callers (quorumfs.c at mount, fs/ at runtime).
+ * Two halves: persist.c reads and writes the files, record.c is the
+ * policy built on them, the set's record at runtime (below): who is a
+ * member, who is behind and since when, what was announced. What a
+ * child's state means for voting is decided above (children/ and
+ * tree/); settling the regions an unclean stop left in flight is a job
+ * (jobs/settle.c), which reads them here.
+ *
+ * Conventions: functions return 0 or -errno; err gets a one-sentence
+ * reason where a function takes one. Files are replaced atomically and
+ * made durable before a function returns success; on failure the files
+ * are as they were, or (an append) hold a torn last line the reader
+ * ignores.
  */
 #ifndef QFS_PERSIST_H
 #define QFS_PERSIST_H
@@ -122,9 +132,8 @@ int record_scan(struct children_config *cfg, struct record **out, char *err,
 /*
  * Once the set exists: mark children that are behind stale, refuse a
  * mount with fewer children in step than the threshold, raise the
- * generation on the others and open their logs. On an unclean record,
- * first makes the regions the log announced identical on every child in
- * step (the writes in flight when the daemon died).
+ * generation on the others. After an unclean stop the caller then
+ * settles what was in flight (record_unclean, record_in_flight).
  */
 int record_start(struct record *r, struct child_set *set, char *err,
 		 size_t errlen);
@@ -161,5 +170,12 @@ void record_set_behind(struct record *r, struct child *c, bool tree);
 /* What child c missed, from an in-step child's log (tree when unsure). */
 int record_missed(struct record *r, struct child_set *set, struct child *c,
 		  struct persist_missed *m);
+/* The set was not unmounted cleanly: settle before serving. */
+bool record_unclean(struct record *r);
+/* Every region announced since the log was last cleared, read from a
+ * voting child's log (-ENOENT: none was announced). Free with
+ * persist_missed_free(). */
+int record_in_flight(struct record *r, struct child_set *set,
+		     struct persist_missed *m);
 /* Members the record names that are not mounted (JSON array). */
 struct json_object *record_status(struct record *r);

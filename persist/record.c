@@ -10,17 +10,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
-#include <linux/openat2.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
-
-#include "vote/vote.h"
 
 #define ANNOUNCED_MAX 65536
 
@@ -272,148 +268,6 @@ out:
 	return ret;
 }
 
-/* ---- mount: settling the writes a crash left in flight ---- */
-
-#define CHUNK (1024 * 1024)
-#define BLOCK 4096
-
-static int open_beneath(int root_fd, const char *path)
-{
-	struct open_how how = {.flags = O_RDWR | O_CLOEXEC | O_NOFOLLOW,
-			       .resolve = RESOLVE_BENEATH |
-					  RESOLVE_NO_SYMLINKS |
-					  RESOLVE_NO_MAGICLINKS};
-	long fd = syscall(SYS_openat2, root_fd, path, &how, sizeof(how));
-
-	return fd < 0 ? -errno : (int)fd;
-}
-
-/* The size most children have (ties: the highest index, QEMU's rule). */
-static off_t voted_size(const int *fd, int n)
-{
-	off_t size[CHILDREN_MAX], best = 0;
-	int best_count = 0;
-
-	for (int i = 0; i < n; i++) {
-		struct stat st;
-
-		size[i] = fstat(fd[i], &st) ? -1 : st.st_size;
-	}
-	for (int i = 0; i < n; i++) {
-		int count = 0;
-
-		for (int k = 0; k < n; k++)
-			count += size[k] == size[i];
-		if (size[i] >= 0 && count >= best_count) {
-			best = size[i];
-			best_count = count;
-		}
-	}
-	return best;
-}
-
-/* Make [off, off + len) identical on every child: the block vote's
- * winner (threshold 1: every block has one) over every other copy. */
-static int settle_chunk(const int *fd, int n, char **buf, off_t off, size_t len,
-			char *voted)
-{
-	struct vote_ballot b[CHILDREN_MAX];
-	struct vote_blocks_result vr;
-	int winner[CHUNK / BLOCK], ret;
-
-	for (int i = 0; i < n; i++) {
-		ssize_t r = pread(fd[i], buf[i], len, off);
-
-		b[i] = (struct vote_ballot){.error = r < 0 ? -errno : 0,
-					    .data = buf[i],
-					    .len = r < 0 ? 0 : (size_t)r};
-	}
-	ret = vote_blocks(b, n, 1, BLOCK, winner, &vr);
-	if (ret)
-		return ret;
-	for (size_t k = 0; k * BLOCK < vr.len; k++) {
-		size_t blen =
-			vr.len - k * BLOCK < BLOCK ? vr.len - k * BLOCK : BLOCK;
-
-		memcpy(voted + k * BLOCK, buf[winner[k]] + k * BLOCK, blen);
-	}
-	for (int i = 0; i < n; i++)
-		if (vr.bad[i] &&
-		    pwrite(fd[i], voted + vr.bad_start[i],
-			   (vr.bad_end[i] < vr.len ? vr.bad_end[i] : vr.len) -
-				   vr.bad_start[i],
-			   off + vr.bad_start[i]) < 0)
-			return -errno;
-	return 0;
-}
-
-static int settle_regions(const int *fd, int n, const struct persist_file *f,
-			  char **buf, char *voted)
-{
-	off_t size = voted_size(fd, n);
-	int ret = 0;
-
-	for (int k = 0; k < f->nregions && !ret; k++) {
-		off_t start = f->region[k] * PERSIST_REGION;
-		off_t end = start + PERSIST_REGION;
-
-		for (off_t off = start; off < end && off < size && !ret;
-		     off += CHUNK)
-			ret = settle_chunk(
-				fd, n, buf, off,
-				end - off < CHUNK ? end - off : CHUNK, voted);
-	}
-	for (int i = 0; i < n && !ret; i++)
-		if (ftruncate(fd[i], size) || fsync(fd[i]))
-			ret = -errno;
-	return ret;
-}
-
-/* One file the log named: a file some children lack is left to the vote. */
-static int settle_file(const struct child_view *v, const struct persist_file *f,
-		       char **buf, char *voted)
-{
-	int fd[CHILDREN_MAX], n = 0, ret = 0;
-
-	for (int i = 0; i < v->n; i++) {
-		int r = open_beneath(child_root_fd(v->child[i]), f->path);
-
-		if (r >= 0)
-			fd[n++] = r;
-		else if (!ret)
-			ret = r;
-	}
-	if (!ret && n == v->n)
-		ret = settle_regions(fd, n, f, buf, voted);
-	for (int i = 0; i < n; i++)
-		close(fd[i]);
-	return ret == -ENOENT ? 0 : ret;
-}
-
-static int settle(struct record *r, const struct child_view *v)
-{
-	struct persist_missed m;
-	char *buf[CHILDREN_MAX] = {0}, *voted = malloc(CHUNK);
-	int ret = persist_log_missed(child_root_fd(v->child[0]),
-				     r->set.log_since, &m);
-
-	if (ret == -ENOENT)
-		ret = 0; /* nothing was announced: nothing was in flight */
-	else if (!ret) {
-		for (int i = 0; i < v->n && voted; i++)
-			buf[i] = malloc(CHUNK);
-		for (int i = 0; i < m.nfiles && !ret; i++)
-			ret = voted && buf[v->n - 1]
-				      ? settle_file(v, &m.file[i], buf, voted)
-				      : -ENOMEM;
-		persist_missed_free(&m);
-	}
-	for (int i = 0; i < v->n; i++)
-		free(buf[i]);
-	free(voted);
-	return ret;
-}
-
 /* ---- saving records ---- */
 
 /* c's record at generation gen (the set's own fields otherwise). */
@@ -490,11 +344,6 @@ int record_start(struct record *r, struct child_set *set, char *err,
 			 v->voters, (unsigned long long)r->set.generation,
 			 v->threshold);
 		ret = -EINVAL;
-	} else if (r->unclean && (ret = settle(r, v))) {
-		snprintf(err, errlen,
-			 "cannot settle the writes of an unclean shutdown: "
-			 "%s",
-			 strerror(-ret));
 	}
 	children_view_put(v);
 	if (!ret) {
@@ -776,6 +625,26 @@ int record_check_new(struct record *r, const char *path, char *err,
 		      : 0;
 	pthread_mutex_unlock(&r->lock);
 	persist_clear(&st);
+	return ret;
+}
+
+bool record_unclean(struct record *r)
+{
+	return r->unclean;
+}
+
+int record_in_flight(struct record *r, struct child_set *set,
+		     struct persist_missed *m)
+{
+	const struct child_view *v = children_view_get(set);
+	int ret = -ENOENT;
+
+	memset(m, 0, sizeof(*m));
+	for (int i = 0; i < v->n && ret == -ENOENT; i++)
+		if (v->votes[i])
+			ret = persist_log_missed(child_root_fd(v->child[i]),
+						 r->set.log_since, m);
+	children_view_put(v);
 	return ret;
 }
 

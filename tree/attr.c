@@ -19,14 +19,131 @@
 
 #include "vote/vote.h"
 
-static int errno_of(int r)
+struct stat_op {
+	struct tree *tree;
+	struct tree_node *node;
+	struct stat st[CHILDREN_MAX];
+};
+
+static void stat_body(struct child_request *rq, int i)
 {
-	return r < 0 ? -errno : 0;
+	struct stat_op *op = rq->arg;
+	int fd = tree_node_fd(op->tree, op->node,
+			      child_slot(rq->view->child[i]));
+
+	if (fd < 0) {
+		rq->ret[i] = fd;
+		return;
+	}
+	rq->ret[i] = child_result(fstatat(fd, "", &op->st[i],
+					  AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
+}
+
+/*
+ * Report what the size vote found: children that could not be asked,
+ * children whose size lost, and no quorum at all. Sizes are not a byte
+ * range, so the reports carry sector 0, count 0.
+ */
+static void attr_report(struct tree *tree, const struct child_view *view,
+			struct tree_node *n, const int *error, const int *index,
+			int nb, const struct vote_result *r)
+{
+	char *path = tree_node_path(tree, n);
+	const char *file = path ? path : "";
+
+	for (int k = 0; k < nb; k++) {
+		struct child *c = view->child[index[k]];
+
+		if (error[k] || (!r->error && r->loser[k])) {
+			child_count_error(c, CHILD_OP_READ);
+			event_log_report_bad(tree->log, "read", child_name(c),
+					     0, 0, error[k], file);
+		}
+	}
+	if (r->error)
+		event_log_quorum_failure(tree->log, file, 0, 0);
+	free(path);
+}
+
+/* Voted attributes from per-child stats. Directory sizes differ between
+ * file systems, so only a regular file's size is voted. */
+static int attr_from_stats(struct tree *tree, const struct child_request *rq,
+			   struct tree_node *n, const struct stat *st,
+			   struct stat *out)
+{
+	int index[CHILDREN_MAX], error[CHILDREN_MAX], nb = 0;
+	const struct child_view *view = rq->view;
+	bool sized = S_ISREG(n->type);
+	int64_t size[CHILDREN_MAX];
+	struct vote_result r;
+
+	for (int i = 0; i < view->n; i++) {
+		if (!view->votes[i])
+			continue;
+		index[nb] = i;
+		error[nb] = rq->ret[i];
+		size[nb++] = st[i].st_size;
+	}
+	if (nb == 0)
+		return -EIO;
+	vote_sizes(size, error, nb, sized ? view->threshold : 1, sized, &r);
+	if (vote_refused_by_all(error, nb))
+		return r.error;
+	if (r.error || !r.unanimous || r.successes < nb)
+		attr_report(tree, view, n, error, index, nb, &r);
+	if (!r.error)
+		*out = st[index[r.winner]];
+	return r.error;
+}
+
+int tree_attr_vote(struct tree *tree, const struct child_view *view,
+		   struct tree_node *n, struct stat *st)
+{
+	struct stat_op op = {.tree = tree, .node = n};
+	struct child_request rq = {.view = view, .body = stat_body, .arg = &op};
+	int ret;
+
+	tree_fanout(tree, &rq);
+	ret = attr_from_stats(tree, &rq, n, op.st, st);
+	if (!ret) {
+		st->st_ino = n->key_ino;
+		if (n == &tree->table.root)
+			st->st_ino = TREE_ROOT_INO;
+	}
+	return ret;
+}
+
+/* The voted attributes of a node, consistent with in-flight writes. */
+int node_attr(struct tree *tree, const struct child_view *view,
+	      struct tree_node *n, struct stat *st)
+{
+	struct range_claim claim;
+	int ret;
+
+	if (!S_ISREG(n->type))
+		return tree_attr_vote(tree, view, n, st);
+	/* A write that grows the file must not be seen half applied. */
+	range_lock(&n->ranges, &claim, 0, RANGE_END, false);
+	ret = tree_attr_vote(tree, view, n, st);
+	if (!ret)
+		atomic_store(&n->size_hint, st->st_size);
+	range_unlock(&n->ranges, &claim);
+	return ret;
+}
+
+int tree_getattr(struct tree *tree, uint64_t ino, struct stat *st)
+{
+	const struct child_view *view = children_view_get(tree->set);
+	int ret = node_attr(tree, view, tree_node(tree, ino), st);
+
+	children_view_put(view);
+	return ret;
 }
 
 struct setattr_op {
-	struct node *node;
-	struct fs_file *file;
+	struct tree *tree;
+	struct tree_node *node;
+	struct tree_file *file;
 	const struct stat *attr;
 	int to_set;
 };
@@ -36,81 +153,85 @@ static int set_times(int fd, const struct setattr_op *op)
 	struct timespec ts[2] = {{.tv_nsec = UTIME_OMIT},
 				 {.tv_nsec = UTIME_OMIT}};
 
-	if (op->to_set & FS_SET_ATIME)
+	if (op->to_set & TREE_SET_ATIME)
 		ts[0] = op->attr->st_atim;
-	if (op->to_set & FS_SET_MTIME)
+	if (op->to_set & TREE_SET_MTIME)
 		ts[1] = op->attr->st_mtim;
-	if (op->to_set & FS_SET_ATIME_NOW)
+	if (op->to_set & TREE_SET_ATIME_NOW)
 		ts[0].tv_nsec = UTIME_NOW;
-	if (op->to_set & FS_SET_MTIME_NOW)
+	if (op->to_set & TREE_SET_MTIME_NOW)
 		ts[1].tv_nsec = UTIME_NOW;
-	return errno_of(
+	return child_result(
 		utimensat(fd, "", ts, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
 }
 
-static int set_one(struct fs *fs, const struct setattr_op *op, int slot)
+static int set_one(struct tree *tree, const struct setattr_op *op, int slot)
 {
-	int fd = node_fd(fs, op->node, slot);
+	int fd = tree_node_fd(tree, op->node, slot);
 	char proc[64];
 	int r = 0;
 
 	if (fd < 0)
 		return fd;
-	fd_proc_path(fd, proc);
-	if (op->to_set & FS_SET_MODE)
-		r = errno_of(chmod(proc, op->attr->st_mode & 07777));
-	if (!r && (op->to_set & (FS_SET_UID | FS_SET_GID)))
-		r = errno_of(
+	child_proc_path(fd, proc);
+	if (op->to_set & TREE_SET_MODE)
+		r = child_result(chmod(proc, op->attr->st_mode & 07777));
+	if (!r && (op->to_set & (TREE_SET_UID | TREE_SET_GID)))
+		r = child_result(
 			fchownat(fd, "",
-				 (op->to_set & FS_SET_UID) ? op->attr->st_uid
-							   : (uid_t)-1,
-				 (op->to_set & FS_SET_GID) ? op->attr->st_gid
-							   : (gid_t)-1,
+				 (op->to_set & TREE_SET_UID) ? op->attr->st_uid
+							     : (uid_t)-1,
+				 (op->to_set & TREE_SET_GID) ? op->attr->st_gid
+							     : (gid_t)-1,
 				 AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
-	if (!r && (op->to_set & FS_SET_SIZE)) {
-		int ffd = op->file ? fs_file_fd(fs, op->file, slot) : -1;
+	if (!r && (op->to_set & TREE_SET_SIZE)) {
+		int ffd = op->file ? file_fd(tree, op->file, slot) : -1;
 
-		r = errno_of(ffd >= 0 ? ftruncate(ffd, op->attr->st_size)
-				      : truncate(proc, op->attr->st_size));
+		r = child_result(ffd >= 0 ? ftruncate(ffd, op->attr->st_size)
+					  : truncate(proc, op->attr->st_size));
 	}
-	if (!r && (op->to_set & (FS_SET_ATIME | FS_SET_MTIME |
-				 FS_SET_ATIME_NOW | FS_SET_MTIME_NOW)))
+	if (!r && (op->to_set & (TREE_SET_ATIME | TREE_SET_MTIME |
+				 TREE_SET_ATIME_NOW | TREE_SET_MTIME_NOW)))
 		r = set_times(fd, op);
 	return r;
 }
 
-static void setattr_body(struct fanout *fo, int i)
+static void setattr_body(struct child_request *rq, int i)
 {
-	fo->ret[i] = set_one(fo->fs, fo->arg, child_slot(fo->view->child[i]));
+	struct setattr_op *op = rq->arg;
+
+	rq->ret[i] = set_one(op->tree, op, child_slot(rq->view->child[i]));
 }
 
-int fs_setattr(struct fs *fs, uint64_t ino, struct fs_file *f,
-	       const struct stat *attr, int to_set, struct stat *st)
+int tree_setattr(struct tree *tree, uint64_t ino, struct tree_file *f,
+		 const struct stat *attr, int to_set, struct stat *st)
 {
-	const struct child_view *view = children_view_get(fs->set);
-	struct setattr_op op = {.node = node_get(fs, ino),
+	const struct child_view *view = children_view_get(tree->set);
+	struct setattr_op op = {.tree = tree,
+				.node = tree_node(tree, ino),
 				.file = f,
 				.attr = attr,
 				.to_set = to_set};
-	struct fanout fo = {
-		.fs = fs, .view = view, .body = setattr_body, .arg = &op};
+	struct child_request rq = {
+		.view = view, .body = setattr_body, .arg = &op};
 	struct range_claim claim;
-	bool sized = to_set & FS_SET_SIZE;
+	bool sized = to_set & TREE_SET_SIZE;
 	int ret;
 
 	/* A size change moves every byte past it: order it with all I/O. */
 	if (sized)
-		range_lock(&op.node->ranges, &claim, 0, FS_OFF_MAX, true);
+		range_lock(&op.node->ranges, &claim, 0, RANGE_END, true);
 	if (sized)
-		fs_announce_write(fs, op.node, attr->st_size, 1);
-	if (to_set & ~FS_SET_SIZE)
-		fs_announce_tree(fs);
-	fanout_run(&fo);
-	ret = fanout_tally(&fo, "write", op.node, sized ? attr->st_size : 0, 0);
+		intent_write(tree, op.node, attr->st_size, 1);
+	if (to_set & ~TREE_SET_SIZE)
+		intent_tree(tree);
+	tree_fanout(tree, &rq);
+	ret = tree_outcome(tree, view, rq.ret, false, "write", op.node,
+			   sized ? attr->st_size : 0, 0);
 	if (!ret && sized)
 		atomic_store(&op.node->size_hint, attr->st_size);
 	if (!ret)
-		ret = attr_vote(fs, view, op.node, st);
+		ret = tree_attr_vote(tree, view, op.node, st);
 	if (sized)
 		range_unlock(&op.node->ranges, &claim);
 	children_view_put(view);
@@ -122,7 +243,8 @@ int fs_setattr(struct fs *fs, uint64_t ino, struct fs_file *f,
  * like data: link targets and xattr values.
  */
 struct value_op {
-	struct node *node;
+	struct tree *tree;
+	struct tree_node *node;
 	const char *name; /* xattr name, NULL for readlink / list */
 	size_t size;	  /* 0: only the length is asked for */
 	bool list;
@@ -140,58 +262,58 @@ static ssize_t value_get(const struct value_op *op, int fd, char *buf,
 	/* xattrs of a symlink would be those of the /proc link itself. */
 	if (S_ISLNK(op->node->type))
 		return op->list ? 0 : (errno = ENODATA, -1);
-	fd_proc_path(fd, proc);
+	child_proc_path(fd, proc);
 	if (op->list)
 		return listxattr(proc, buf, size);
 	return getxattr(proc, op->name, buf, size);
 }
 
-static void value_body(struct fanout *fo, int i)
+static void value_body(struct child_request *rq, int i)
 {
-	struct value_op *op = fo->arg;
-	int fd = node_fd(fo->fs, op->node, child_slot(fo->view->child[i]));
+	struct value_op *op = rq->arg;
+	int fd = tree_node_fd(op->tree, op->node,
+			      child_slot(rq->view->child[i]));
 
 	op->buf[i] = NULL;
-	fo->ret[i] = 0;
-	if (!fo->view->votes[i])
+	rq->ret[i] = 0;
+	if (!rq->view->votes[i])
 		return;
 	if (fd < 0) {
-		fo->ret[i] = fd;
+		rq->ret[i] = fd;
 		return;
 	}
 	if (op->size) {
 		op->buf[i] = malloc(op->size);
 		if (!op->buf[i]) {
-			fo->ret[i] = -ENOMEM;
+			rq->ret[i] = -ENOMEM;
 			return;
 		}
 	}
 	op->len[i] = value_get(op, fd, op->buf[i], op->size);
 	if (op->len[i] < 0)
-		fo->ret[i] = -errno;
+		rq->ret[i] = -errno;
 }
 
 /* Vote the values; on success copy the winner out and return its length. */
-static ssize_t value_vote(struct fs *fs, struct value_op *op, void *out)
+static ssize_t value_vote(struct tree *tree, struct value_op *op, void *out)
 {
-	const struct child_view *view = children_view_get(fs->set);
-	struct fanout fo = {
-		.fs = fs, .view = view, .body = value_body, .arg = op};
+	const struct child_view *view = children_view_get(tree->set);
+	struct child_request rq = {.view = view, .body = value_body, .arg = op};
 	struct vote_ballot b[CHILDREN_MAX];
 	int index[CHILDREN_MAX], n = 0;
 	struct vote_result r;
 	ssize_t ret;
 
-	fanout_run(&fo);
+	tree_fanout(tree, &rq);
 	for (int i = 0; i < view->n; i++) {
 		if (!view->votes[i])
 			continue;
 		index[n] = i;
 		b[n++] = (struct vote_ballot){
-			.error = fo.ret[i],
+			.error = rq.ret[i],
 			.data = op->size ? (void *)op->buf[i] : &op->len[i],
 			.len = op->size ? (size_t)op->len[i] : sizeof(ssize_t)};
-		if (fo.ret[i])
+		if (rq.ret[i])
 			b[n - 1].len = 0;
 	}
 	ret = n ? vote_whole(b, n, view->threshold, &r) : -EIO;
@@ -206,32 +328,38 @@ static ssize_t value_vote(struct fs *fs, struct value_op *op, void *out)
 	return ret;
 }
 
-ssize_t fs_readlink(struct fs *fs, uint64_t ino, char *buf, size_t size)
-{
-	struct value_op op = {.node = node_get(fs, ino), .size = size};
-
-	return value_vote(fs, &op, buf);
-}
-
-ssize_t fs_getxattr(struct fs *fs, uint64_t ino, const char *name, void *value,
-		    size_t size)
+ssize_t tree_readlink(struct tree *tree, uint64_t ino, char *buf, size_t size)
 {
 	struct value_op op = {
-		.node = node_get(fs, ino), .name = name, .size = size};
+		.tree = tree, .node = tree_node(tree, ino), .size = size};
 
-	return value_vote(fs, &op, value);
+	return value_vote(tree, &op, buf);
 }
 
-ssize_t fs_listxattr(struct fs *fs, uint64_t ino, char *list, size_t size)
+ssize_t tree_getxattr(struct tree *tree, uint64_t ino, const char *name,
+		      void *value, size_t size)
 {
-	struct value_op op = {
-		.node = node_get(fs, ino), .list = true, .size = size};
+	struct value_op op = {.tree = tree,
+			      .node = tree_node(tree, ino),
+			      .name = name,
+			      .size = size};
 
-	return value_vote(fs, &op, list);
+	return value_vote(tree, &op, value);
+}
+
+ssize_t tree_listxattr(struct tree *tree, uint64_t ino, char *list, size_t size)
+{
+	struct value_op op = {.tree = tree,
+			      .node = tree_node(tree, ino),
+			      .list = true,
+			      .size = size};
+
+	return value_vote(tree, &op, list);
 }
 
 struct xattr_change {
-	struct node *node;
+	struct tree *tree;
+	struct tree_node *node;
 	const char *name;
 	const void *value;
 	size_t size;
@@ -239,84 +367,88 @@ struct xattr_change {
 	bool remove;
 };
 
-static void xattr_body(struct fanout *fo, int i)
+static void xattr_body(struct child_request *rq, int i)
 {
-	struct xattr_change *op = fo->arg;
-	int fd = node_fd(fo->fs, op->node, child_slot(fo->view->child[i]));
+	struct xattr_change *op = rq->arg;
+	int fd = tree_node_fd(op->tree, op->node,
+			      child_slot(rq->view->child[i]));
 	char proc[64];
 
 	if (fd < 0) {
-		fo->ret[i] = fd;
+		rq->ret[i] = fd;
 		return;
 	}
 	if (S_ISLNK(op->node->type)) {
-		fo->ret[i] = -EPERM; /* as for user.* on a local symlink */
+		rq->ret[i] = -EPERM; /* as for user.* on a local symlink */
 		return;
 	}
-	fd_proc_path(fd, proc);
-	fo->ret[i] = errno_of(op->remove ? removexattr(proc, op->name)
-					 : setxattr(proc, op->name, op->value,
-						    op->size, op->flags));
+	child_proc_path(fd, proc);
+	rq->ret[i] =
+		child_result(op->remove ? removexattr(proc, op->name)
+					: setxattr(proc, op->name, op->value,
+						   op->size, op->flags));
 }
 
-static int xattr_change(struct fs *fs, struct xattr_change *op)
+static int xattr_change(struct tree *tree, struct xattr_change *op)
 {
-	const struct child_view *view = children_view_get(fs->set);
-	struct fanout fo = {
-		.fs = fs, .view = view, .body = xattr_body, .arg = op};
+	const struct child_view *view = children_view_get(tree->set);
+	struct child_request rq = {.view = view, .body = xattr_body, .arg = op};
 	int ret;
 
-	fs_announce_tree(fs);
-	fanout_run(&fo);
-	ret = fanout_tally(&fo, "write", op->node, 0, 0);
+	intent_tree(tree);
+	tree_fanout(tree, &rq);
+	ret = tree_outcome(tree, view, rq.ret, false, "write", op->node, 0, 0);
 	children_view_put(view);
 	return ret;
 }
 
-int fs_setxattr(struct fs *fs, uint64_t ino, const char *name,
-		const void *value, size_t size, int flags)
+int tree_setxattr(struct tree *tree, uint64_t ino, const char *name,
+		  const void *value, size_t size, int flags)
 {
-	struct xattr_change op = {.node = node_get(fs, ino),
+	struct xattr_change op = {.tree = tree,
+				  .node = tree_node(tree, ino),
 				  .name = name,
 				  .value = value,
 				  .size = size,
 				  .flags = flags};
 
-	return xattr_change(fs, &op);
+	return xattr_change(tree, &op);
 }
 
-int fs_removexattr(struct fs *fs, uint64_t ino, const char *name)
+int tree_removexattr(struct tree *tree, uint64_t ino, const char *name)
 {
-	struct xattr_change op = {
-		.node = node_get(fs, ino), .name = name, .remove = true};
+	struct xattr_change op = {.tree = tree,
+				  .node = tree_node(tree, ino),
+				  .name = name,
+				  .remove = true};
 
-	return xattr_change(fs, &op);
+	return xattr_change(tree, &op);
 }
 
 struct statfs_op {
 	struct statvfs st[CHILDREN_MAX];
 };
 
-static void statfs_body(struct fanout *fo, int i)
+static void statfs_body(struct child_request *rq, int i)
 {
-	struct statfs_op *op = fo->arg;
+	struct statfs_op *op = rq->arg;
 
-	fo->ret[i] = errno_of(
-		fstatvfs(child_root_fd(fo->view->child[i]), &op->st[i]));
+	rq->ret[i] = child_result(
+		fstatvfs(child_root_fd(rq->view->child[i]), &op->st[i]));
 }
 
 /* The smallest free space of any voting child: what can still be written. */
-int fs_statfs(struct fs *fs, struct statvfs *st)
+int tree_statfs(struct tree *tree, struct statvfs *st)
 {
-	const struct child_view *view = children_view_get(fs->set);
+	const struct child_view *view = children_view_get(tree->set);
 	struct statfs_op op;
-	struct fanout fo = {
-		.fs = fs, .view = view, .body = statfs_body, .arg = &op};
+	struct child_request rq = {
+		.view = view, .body = statfs_body, .arg = &op};
 	int best = -1, ret = 0;
 
-	fanout_run(&fo);
+	tree_fanout(tree, &rq);
 	for (int i = 0; i < view->n; i++) {
-		if (!view->votes[i] || fo.ret[i])
+		if (!view->votes[i] || rq.ret[i])
 			continue;
 		if (best < 0 ||
 		    (uint64_t)op.st[i].f_bavail * op.st[i].f_frsize <
@@ -327,7 +459,7 @@ int fs_statfs(struct fs *fs, struct statvfs *st)
 	if (best >= 0)
 		*st = op.st[best];
 	else
-		ret = fanout_error_vote(&fo);
+		ret = tree_error_vote(rq.view, rq.ret);
 	children_view_put(view);
 	return ret;
 }

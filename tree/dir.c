@@ -23,13 +23,14 @@ struct dir_name {
 	int child; /* view index of the child that listed it */
 };
 
-struct fs_dir {
+struct tree_dir {
 	size_t count;
 	struct dir_name *entry;
 };
 
 struct list_op {
-	struct node *node;
+	struct tree *tree;
+	struct tree_node *node;
 	struct dir_name *names[CHILDREN_MAX];
 	size_t count[CHILDREN_MAX];
 };
@@ -72,7 +73,7 @@ static int list_child(struct list_op *op, int i, int fd)
 	errno = 0;
 	while (!ret && (de = readdir(d))) {
 		bool hidden = op->node->parent == NULL &&
-			      fs_reserved_name(FS_ROOT_INO, de->d_name);
+			      tree_reserved_name(TREE_ROOT_INO, de->d_name);
 
 		if (!hidden)
 			ret = list_add(op, i, &cap, de);
@@ -83,21 +84,22 @@ static int list_child(struct list_op *op, int i, int fd)
 	return ret;
 }
 
-static void list_body(struct fanout *fo, int i)
+static void list_body(struct child_request *rq, int i)
 {
-	struct list_op *op = fo->arg;
-	int pfd = node_fd(fo->fs, op->node, child_slot(fo->view->child[i]));
+	struct list_op *op = rq->arg;
+	int pfd = tree_node_fd(op->tree, op->node,
+			       child_slot(rq->view->child[i]));
 	int fd;
 
-	fo->ret[i] = 0;
-	if (!fo->view->votes[i])
+	rq->ret[i] = 0;
+	if (!rq->view->votes[i])
 		return;
 	if (pfd < 0) {
-		fo->ret[i] = pfd;
+		rq->ret[i] = pfd;
 		return;
 	}
 	fd = openat(pfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	fo->ret[i] = fd < 0 ? -errno : list_child(op, i, fd);
+	rq->ret[i] = fd < 0 ? -errno : list_child(op, i, fd);
 }
 
 static int by_name(const void *a, const void *b)
@@ -109,8 +111,8 @@ static int by_name(const void *a, const void *b)
 }
 
 /* Keep names that threshold children list; report the others. */
-static size_t merge(struct fanout *fo, struct dir_name *all, size_t total,
-		    struct dir_name *out)
+static size_t merge(struct child_request *rq, struct list_op *op,
+		    struct dir_name *all, size_t total, struct dir_name *out)
 {
 	size_t kept = 0;
 
@@ -119,59 +121,59 @@ static size_t merge(struct fanout *fo, struct dir_name *all, size_t total,
 		for (j = i + 1; j < total && !strcmp(all[i].name, all[j].name);
 		     j++)
 			free(all[j].name);
-		if ((int)(j - i) >= fo->view->threshold) {
+		if ((int)(j - i) >= rq->view->threshold) {
 			out[kept++] = all[i];
 			continue;
 		}
-		event_log_report_bad(fo->fs->log, "read",
-				     child_name(fo->view->child[all[i].child]),
+		event_log_report_bad(op->tree->log, "read",
+				     child_name(rq->view->child[all[i].child]),
 				     0, 0, 0, all[i].name);
 		free(all[i].name);
 	}
 	return kept;
 }
 
-static int listing_vote(struct fanout *fo, struct list_op *op, struct fs_dir *d)
+static int listing_vote(struct child_request *rq, struct list_op *op,
+			struct tree_dir *d)
 {
 	size_t total = 0, pos = 0, good = 0;
 	struct dir_name *all;
 
-	for (int i = 0; i < fo->view->n; i++) {
+	for (int i = 0; i < rq->view->n; i++) {
 		total += op->count[i];
-		good += fo->view->votes[i] && !fo->ret[i];
+		good += rq->view->votes[i] && !rq->ret[i];
 	}
-	if ((int)good < fo->view->threshold)
-		return fanout_error_vote(fo);
+	if ((int)good < rq->view->threshold)
+		return tree_error_vote(rq->view, rq->ret);
 	all = malloc((total ? total : 1) * sizeof(*all));
 	d->entry = malloc((total ? total : 1) * sizeof(*d->entry));
 	if (!all || !d->entry) {
 		free(all);
 		return -ENOMEM;
 	}
-	for (int i = 0; i < fo->view->n; i++) {
+	for (int i = 0; i < rq->view->n; i++) {
 		if (op->count[i])
 			memcpy(all + pos, op->names[i],
 			       op->count[i] * sizeof(*all));
 		pos += op->count[i];
 		op->count[i] = 0; /* the names now belong to all[] */
 	}
-	d->count = merge(fo, all, total, d->entry);
+	d->count = merge(rq, op, all, total, d->entry);
 	free(all);
 	return 0;
 }
 
-int fs_opendir(struct fs *fs, uint64_t ino, struct fs_dir **out)
+int tree_opendir(struct tree *tree, uint64_t ino, struct tree_dir **out)
 {
-	const struct child_view *view = children_view_get(fs->set);
-	struct list_op op = {.node = node_get(fs, ino)};
-	struct fanout fo = {
-		.fs = fs, .view = view, .body = list_body, .arg = &op};
-	struct fs_dir *d = calloc(1, sizeof(*d));
+	const struct child_view *view = children_view_get(tree->set);
+	struct list_op op = {.tree = tree, .node = tree_node(tree, ino)};
+	struct child_request rq = {.view = view, .body = list_body, .arg = &op};
+	struct tree_dir *d = calloc(1, sizeof(*d));
 	int ret = -ENOMEM;
 
 	if (d) {
-		fanout_run(&fo);
-		ret = listing_vote(&fo, &op, d);
+		tree_fanout(tree, &rq);
+		ret = listing_vote(&rq, &op, d);
 	}
 	for (int i = 0; i < view->n; i++) {
 		for (size_t k = 0; k < op.count[i]; k++)
@@ -181,13 +183,13 @@ int fs_opendir(struct fs *fs, uint64_t ino, struct fs_dir **out)
 	if (!ret)
 		*out = d;
 	else
-		fs_releasedir(d);
+		tree_releasedir(d);
 	children_view_put(view);
 	return ret;
 }
 
-bool fs_dir_entry(const struct fs_dir *d, size_t i, const char **name,
-		  struct stat *st)
+bool tree_dir_entry(const struct tree_dir *d, size_t i, const char **name,
+		    struct stat *st)
 {
 	if (i >= d->count)
 		return false;
@@ -198,7 +200,7 @@ bool fs_dir_entry(const struct fs_dir *d, size_t i, const char **name,
 	return true;
 }
 
-void fs_releasedir(struct fs_dir *d)
+void tree_releasedir(struct tree_dir *d)
 {
 	if (!d)
 		return;
@@ -209,39 +211,42 @@ void fs_releasedir(struct fs_dir *d)
 }
 
 struct dirsync_op {
-	struct node *node;
+	struct tree *tree;
+	struct tree_node *node;
 	bool datasync;
 };
 
-static void dirsync_body(struct fanout *fo, int i)
+static void dirsync_body(struct child_request *rq, int i)
 {
-	struct dirsync_op *op = fo->arg;
-	int pfd = node_fd(fo->fs, op->node, child_slot(fo->view->child[i]));
+	struct dirsync_op *op = rq->arg;
+	int pfd = tree_node_fd(op->tree, op->node,
+			       child_slot(rq->view->child[i]));
 	int fd;
 
-	fo->ret[i] = pfd;
+	rq->ret[i] = pfd;
 	if (pfd < 0)
 		return;
 	fd = openat(pfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0) {
-		fo->ret[i] = -errno;
+		rq->ret[i] = -errno;
 		return;
 	}
-	fo->ret[i] = (op->datasync ? fdatasync(fd) : fsync(fd)) ? -errno : 0;
+	rq->ret[i] = (op->datasync ? fdatasync(fd) : fsync(fd)) ? -errno : 0;
 	close(fd);
 }
 
-int fs_fsyncdir(struct fs *fs, uint64_t ino, bool datasync)
+int tree_fsyncdir(struct tree *tree, uint64_t ino, bool datasync)
 {
-	const struct child_view *view = children_view_get(fs->set);
-	struct dirsync_op op = {.node = node_get(fs, ino),
+	const struct child_view *view = children_view_get(tree->set);
+	struct dirsync_op op = {.tree = tree,
+				.node = tree_node(tree, ino),
 				.datasync = datasync};
-	struct fanout fo = {
-		.fs = fs, .view = view, .body = dirsync_body, .arg = &op};
+	struct child_request rq = {
+		.view = view, .body = dirsync_body, .arg = &op};
 	int ret;
 
-	fanout_run(&fo);
-	ret = fanout_tally(&fo, "flush", op.node, 0, 0);
+	tree_fanout(tree, &rq);
+	ret = tree_outcome(tree, view, rq.ret, false, "flush", op.node, 0, 0);
 	children_view_put(view);
 	return ret;
 }

@@ -10,7 +10,7 @@
  * Nodes are found by the identity (device, inode) of the file in the first
  * voting child that has it, so hard links share one node and one set of
  * range locks. The node id given to the kernel is the node's address (the
- * root is FS_ROOT_INO). A node lives while the kernel holds a lookup on it
+ * root is TREE_ROOT_INO). A node lives while the kernel holds a lookup on it
  * or something references it: an open file, or a node naming it as parent.
  */
 #define _GNU_SOURCE
@@ -24,35 +24,35 @@
 #include <string.h>
 #include <unistd.h>
 
-static size_t hash_index(const struct fs *fs, uint64_t dev, uint64_t ino)
+static size_t hash_index(const struct tree *tree, uint64_t dev, uint64_t ino)
 {
 	uint64_t h = ino * 0x9E3779B97F4A7C15ull ^ dev;
 
-	return (size_t)(h ^ (h >> 29)) & (fs->hash_size - 1);
+	return (size_t)(h ^ (h >> 29)) & (tree->table.size - 1);
 }
 
-static void node_init_fds(struct node *n)
+static void node_init_fds(struct tree_node *n)
 {
 	for (int s = 0; s < CHILDREN_MAX; s++)
 		atomic_init(&n->fd[s], -1);
 }
 
-int nodes_init(struct fs *fs)
+int nodes_init(struct tree *tree)
 {
 	struct child *m[CHILDREN_MAX];
-	int n = children_members(fs->set, m), ret = 0;
+	int n = children_members(tree->set, m), ret = 0;
 
-	pthread_mutex_init(&fs->table_lock, NULL);
-	fs->hash_size = 1024;
-	fs->hash = calloc(fs->hash_size, sizeof(*fs->hash));
-	if (!fs->hash) {
+	pthread_mutex_init(&tree->table.lock, NULL);
+	tree->table.size = 1024;
+	tree->table.hash = calloc(tree->table.size, sizeof(*tree->table.hash));
+	if (!tree->table.hash) {
 		ret = -ENOMEM;
 		goto out;
 	}
-	node_init_fds(&fs->root);
-	fs->root.type = S_IFDIR;
-	fs->root.nlookup = 1;
-	range_locks_init(&fs->root.ranges);
+	node_init_fds(&tree->table.root);
+	tree->table.root.type = S_IFDIR;
+	tree->table.root.nlookup = 1;
+	range_locks_init(&tree->table.root.ranges);
 	/* Every member, also those behind: their resync starts here. */
 	for (int i = 0; i < n; i++) {
 		int fd = dup(child_root_fd(m[i]));
@@ -61,7 +61,7 @@ int nodes_init(struct fs *fs)
 			ret = -errno;
 			goto out;
 		}
-		atomic_store(&fs->root.fd[child_slot(m[i])], fd);
+		atomic_store(&tree->table.root.fd[child_slot(m[i])], fd);
 	}
 out:
 	for (int i = 0; i < n; i++)
@@ -69,7 +69,7 @@ out:
 	return ret;
 }
 
-static void node_close_fds(struct node *n)
+static void node_close_fds(struct tree_node *n)
 {
 	for (int s = 0; s < CHILDREN_MAX; s++) {
 		int fd = atomic_load(&n->fd[s]);
@@ -79,7 +79,7 @@ static void node_close_fds(struct node *n)
 	}
 }
 
-static void node_free(struct node *n)
+static void node_free(struct tree_node *n)
 {
 	node_close_fds(n);
 	for (int i = 0; i < n->nretired; i++)
@@ -90,87 +90,89 @@ static void node_free(struct node *n)
 	free(n);
 }
 
-void nodes_destroy(struct fs *fs)
+void nodes_destroy(struct tree *tree)
 {
 	/* At unmount the kernel may not have forgotten everything. */
-	for (size_t i = 0; fs->hash && i < fs->hash_size; i++) {
-		struct node *n = fs->hash[i], *next;
+	for (size_t i = 0; tree->table.hash && i < tree->table.size; i++) {
+		struct tree_node *n = tree->table.hash[i], *next;
 
 		for (; n; n = next) {
 			next = n->hash_next;
 			node_free(n);
 		}
 	}
-	free(fs->hash);
-	node_close_fds(&fs->root);
-	range_locks_destroy(&fs->root.ranges);
-	pthread_mutex_destroy(&fs->table_lock);
+	free(tree->table.hash);
+	node_close_fds(&tree->table.root);
+	range_locks_destroy(&tree->table.root.ranges);
+	pthread_mutex_destroy(&tree->table.lock);
 }
 
-struct node *node_get(struct fs *fs, uint64_t ino)
+struct tree_node *tree_node(struct tree *tree, uint64_t ino)
 {
-	if (ino == FS_ROOT_INO)
-		return &fs->root;
-	return (struct node *)(uintptr_t)ino;
+	if (ino == TREE_ROOT_INO)
+		return &tree->table.root;
+	return (struct tree_node *)(uintptr_t)ino;
 }
 
-uint64_t node_ino(const struct fs *fs, const struct node *n)
+uint64_t tree_node_ino(const struct tree *tree, const struct tree_node *n)
 {
-	if (n == &fs->root)
-		return FS_ROOT_INO;
+	if (n == &tree->table.root)
+		return TREE_ROOT_INO;
 	return (uint64_t)(uintptr_t)n;
 }
 
-static struct node *hash_find(struct fs *fs, uint64_t dev, uint64_t ino)
+static struct tree_node *hash_find(struct tree *tree, uint64_t dev,
+				   uint64_t ino)
 {
-	struct node *n = fs->hash[hash_index(fs, dev, ino)];
+	struct tree_node *n = tree->table.hash[hash_index(tree, dev, ino)];
 
 	while (n && (n->key_dev != dev || n->key_ino != ino))
 		n = n->hash_next;
 	return n;
 }
 
-static void hash_grow(struct fs *fs)
+static void hash_grow(struct tree *tree)
 {
-	size_t old_size = fs->hash_size;
-	struct node **old = fs->hash, **grown;
+	size_t old_size = tree->table.size;
+	struct tree_node **old = tree->table.hash, **grown;
 
 	grown = calloc(old_size * 2, sizeof(*grown));
 	if (!grown)
 		return; /* a longer chain is slower, not wrong */
-	fs->hash = grown;
-	fs->hash_size = old_size * 2;
+	tree->table.hash = grown;
+	tree->table.size = old_size * 2;
 	for (size_t i = 0; i < old_size; i++) {
-		struct node *n = old[i], *next;
+		struct tree_node *n = old[i], *next;
 
 		for (; n; n = next) {
-			size_t h = hash_index(fs, n->key_dev, n->key_ino);
+			size_t h = hash_index(tree, n->key_dev, n->key_ino);
 
 			next = n->hash_next;
-			n->hash_next = fs->hash[h];
-			fs->hash[h] = n;
+			n->hash_next = tree->table.hash[h];
+			tree->table.hash[h] = n;
 		}
 	}
 	free(old);
 }
 
-static void hash_remove(struct fs *fs, struct node *n)
+static void hash_remove(struct tree *tree, struct tree_node *n)
 {
-	struct node **pp = &fs->hash[hash_index(fs, n->key_dev, n->key_ino)];
+	struct tree_node **pp =
+		&tree->table.hash[hash_index(tree, n->key_dev, n->key_ino)];
 
 	while (*pp != n)
 		pp = &(*pp)->hash_next;
 	*pp = n->hash_next;
-	fs->nodes--;
+	tree->table.count--;
 }
 
 /* Called with table_lock held; frees n and any parents it was keeping. */
-static void node_release_locked(struct fs *fs, struct node *n)
+static void node_release_locked(struct tree *tree, struct tree_node *n)
 {
-	while (n && n != &fs->root && n->nlookup == 0 && n->refs == 0) {
-		struct node *parent = n->parent;
+	while (n && n != &tree->table.root && n->nlookup == 0 && n->refs == 0) {
+		struct tree_node *parent = n->parent;
 
-		hash_remove(fs, n);
+		hash_remove(tree, n);
 		node_free(n);
 		n = parent;
 		if (n)
@@ -186,7 +188,7 @@ static bool deleted(int fd)
 }
 
 /* Called with table_lock held. */
-static void retire_deleted_locked(struct node *n,
+static void retire_deleted_locked(struct tree_node *n,
 				  const bool asked[CHILDREN_MAX])
 {
 	for (int s = 0; s < CHILDREN_MAX; s++) {
@@ -205,7 +207,7 @@ static void retire_deleted_locked(struct node *n,
 	}
 }
 
-static void install_fds(struct node *n, int fd[CHILDREN_MAX])
+static void install_fds(struct tree_node *n, int fd[CHILDREN_MAX])
 {
 	for (int s = 0; s < CHILDREN_MAX; s++) {
 		int expected = -1;
@@ -219,10 +221,12 @@ static void install_fds(struct node *n, int fd[CHILDREN_MAX])
 	}
 }
 
-static struct node *node_new_locked(struct fs *fs, struct node *parent,
-				    const char *name, const struct stat *key_st)
+static struct tree_node *node_new_locked(struct tree *tree,
+					 struct tree_node *parent,
+					 const char *name,
+					 const struct stat *key_st)
 {
-	struct node *n = calloc(1, sizeof(*n));
+	struct tree_node *n = calloc(1, sizeof(*n));
 
 	if (!n)
 		return NULL;
@@ -239,71 +243,73 @@ static struct node *node_new_locked(struct fs *fs, struct node *parent,
 	atomic_init(&n->size_hint, key_st->st_size);
 	n->parent = parent;
 	parent->refs++;
-	if (fs->nodes * 2 > fs->hash_size)
-		hash_grow(fs);
-	n->hash_next = fs->hash[hash_index(fs, n->key_dev, n->key_ino)];
-	fs->hash[hash_index(fs, n->key_dev, n->key_ino)] = n;
-	fs->nodes++;
+	if (tree->table.count * 2 > tree->table.size)
+		hash_grow(tree);
+	n->hash_next =
+		tree->table.hash[hash_index(tree, n->key_dev, n->key_ino)];
+	tree->table.hash[hash_index(tree, n->key_dev, n->key_ino)] = n;
+	tree->table.count++;
 	return n;
 }
 
-struct node *node_install(struct fs *fs, struct node *parent, const char *name,
-			  int fd[CHILDREN_MAX], const bool asked[CHILDREN_MAX],
-			  const struct stat *key_st)
+struct tree_node *node_install(struct tree *tree, struct tree_node *parent,
+			       const char *name, int fd[CHILDREN_MAX],
+			       const bool asked[CHILDREN_MAX],
+			       const struct stat *key_st)
 {
-	struct node *n;
+	struct tree_node *n;
 
-	pthread_mutex_lock(&fs->table_lock);
-	n = hash_find(fs, key_st->st_dev, key_st->st_ino);
+	pthread_mutex_lock(&tree->table.lock);
+	n = hash_find(tree, key_st->st_dev, key_st->st_ino);
 	if (!n)
-		n = node_new_locked(fs, parent, name, key_st);
+		n = node_new_locked(tree, parent, name, key_st);
 	if (n) {
 		retire_deleted_locked(n, asked);
 		install_fds(n, fd);
 		n->nlookup++;
 	}
-	pthread_mutex_unlock(&fs->table_lock);
+	pthread_mutex_unlock(&tree->table.lock);
 	for (int s = 0; s < CHILDREN_MAX; s++)
 		if (fd[s] >= 0)
 			close(fd[s]);
 	return n;
 }
 
-void node_ref(struct fs *fs, struct node *n)
+void tree_node_ref(struct tree *tree, struct tree_node *n)
 {
-	pthread_mutex_lock(&fs->table_lock);
+	pthread_mutex_lock(&tree->table.lock);
 	n->refs++;
-	pthread_mutex_unlock(&fs->table_lock);
+	pthread_mutex_unlock(&tree->table.lock);
 }
 
-void node_unref(struct fs *fs, struct node *n)
+void tree_node_unref(struct tree *tree, struct tree_node *n)
 {
-	pthread_mutex_lock(&fs->table_lock);
+	pthread_mutex_lock(&tree->table.lock);
 	n->refs--;
-	node_release_locked(fs, n);
-	pthread_mutex_unlock(&fs->table_lock);
+	node_release_locked(tree, n);
+	pthread_mutex_unlock(&tree->table.lock);
 }
 
-void node_forget(struct fs *fs, struct node *n, uint64_t nlookup)
+void node_forget(struct tree *tree, struct tree_node *n, uint64_t nlookup)
 {
-	pthread_mutex_lock(&fs->table_lock);
+	pthread_mutex_lock(&tree->table.lock);
 	n->nlookup -= nlookup < n->nlookup ? nlookup : n->nlookup;
-	node_release_locked(fs, n);
-	pthread_mutex_unlock(&fs->table_lock);
+	node_release_locked(tree, n);
+	pthread_mutex_unlock(&tree->table.lock);
 }
 
-void node_moved(struct fs *fs, const struct stat *key_st,
-		struct node *newparent, const char *newname)
+void node_moved(struct tree *tree, const struct stat *key_st,
+		struct tree_node *newparent, const char *newname)
 {
-	struct node *n;
+	struct tree_node *n;
 	char *name = strdup(newname);
 
 	if (!name)
 		return; /* only event paths go stale */
-	pthread_mutex_lock(&fs->table_lock);
-	n = hash_find(fs, key_st->st_dev, key_st->st_ino);
+	pthread_mutex_lock(&tree->table.lock);
+	n = hash_find(tree, key_st->st_dev, key_st->st_ino);
 	if (n) {
-		struct node *old_parent = n->parent;
+		struct tree_node *old_parent = n->parent;
 
 		free(n->name);
 		n->name = name;
@@ -311,26 +317,28 @@ void node_moved(struct fs *fs, const struct stat *key_st,
 		n->parent = newparent;
 		newparent->refs++;
 		old_parent->refs--;
-		node_release_locked(fs, old_parent);
+		node_release_locked(tree, old_parent);
 	}
-	pthread_mutex_unlock(&fs->table_lock);
+	pthread_mutex_unlock(&tree->table.lock);
 	free(name);
 }
 
-char *node_path(struct fs *fs, struct node *n)
+char *tree_node_path(struct tree *tree, struct tree_node *n)
 {
 	size_t len = 0, pos;
 	char *path;
 
-	pthread_mutex_lock(&fs->table_lock);
-	for (struct node *p = n; p && p != &fs->root; p = p->parent)
+	pthread_mutex_lock(&tree->table.lock);
+	for (struct tree_node *p = n; p && p != &tree->table.root;
+	     p = p->parent)
 		len += strlen(p->name) + 1;
 	len -= len > 0; /* no slash before the first name */
 	path = malloc(len + 1);
 	if (path) {
 		pos = len;
 		path[pos] = '\0';
-		for (struct node *p = n; p && p != &fs->root; p = p->parent) {
+		for (struct tree_node *p = n; p && p != &tree->table.root;
+		     p = p->parent) {
 			size_t l = strlen(p->name);
 
 			pos -= l;
@@ -339,27 +347,27 @@ char *node_path(struct fs *fs, struct node *n)
 				path[--pos] = '/';
 		}
 	}
-	pthread_mutex_unlock(&fs->table_lock);
+	pthread_mutex_unlock(&tree->table.lock);
 	return path;
 }
 
-int node_fd(struct fs *fs, struct node *n, int slot)
+int tree_node_fd(struct tree *tree, struct tree_node *n, int slot)
 {
 	char name[NAME_MAX + 1];
-	struct node *parent;
+	struct tree_node *parent;
 	struct stat st;
 	int fd = atomic_load(&n->fd[slot]), pfd, expected = -1;
 
 	if (fd >= 0)
 		return fd;
-	pthread_mutex_lock(&fs->table_lock);
+	pthread_mutex_lock(&tree->table.lock);
 	parent = n->parent;
 	if (parent)
 		snprintf(name, sizeof(name), "%s", n->name);
-	pthread_mutex_unlock(&fs->table_lock);
+	pthread_mutex_unlock(&tree->table.lock);
 	if (!parent)
 		return -ENOENT; /* the root of a child not set up yet */
-	pfd = node_fd(fs, parent, slot);
+	pfd = tree_node_fd(tree, parent, slot);
 	if (pfd < 0)
 		return pfd;
 	fd = openat(pfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
@@ -376,7 +384,8 @@ int node_fd(struct fs *fs, struct node *n, int slot)
 	return fd;
 }
 
-void node_adopt_fd(struct fs *fs, struct node *n, int slot, int handle)
+void tree_node_adopt_fd(struct tree *tree, struct tree_node *n, int slot,
+			int handle)
 {
 	bool asked[CHILDREN_MAX] = {false};
 	int expected = -1, copy = dup(handle);
@@ -384,16 +393,16 @@ void node_adopt_fd(struct fs *fs, struct node *n, int slot, int handle)
 	if (copy < 0)
 		return;
 	asked[slot] = true;
-	pthread_mutex_lock(&fs->table_lock);
+	pthread_mutex_lock(&tree->table.lock);
 	retire_deleted_locked(n, asked);
 	if (atomic_compare_exchange_strong(&n->fd[slot], &expected, copy))
 		copy = -1;
-	pthread_mutex_unlock(&fs->table_lock);
+	pthread_mutex_unlock(&tree->table.lock);
 	if (copy >= 0)
 		close(copy);
 }
 
-static void forget_slot(struct node *n, int slot)
+static void forget_slot(struct tree_node *n, int slot)
 {
 	int fd = atomic_exchange(&n->fd[slot], -1);
 
@@ -401,17 +410,40 @@ static void forget_slot(struct node *n, int slot)
 		close(fd);
 }
 
-void node_forget_slot(struct fs *fs, int slot)
+void node_forget_slot(struct tree *tree, int slot)
 {
-	pthread_mutex_lock(&fs->table_lock);
-	forget_slot(&fs->root, slot);
-	for (size_t i = 0; i < fs->hash_size; i++)
-		for (struct node *n = fs->hash[i]; n; n = n->hash_next)
+	pthread_mutex_lock(&tree->table.lock);
+	forget_slot(&tree->table.root, slot);
+	for (size_t i = 0; i < tree->table.size; i++)
+		for (struct tree_node *n = tree->table.hash[i]; n;
+		     n = n->hash_next)
 			forget_slot(n, slot);
-	pthread_mutex_unlock(&fs->table_lock);
+	pthread_mutex_unlock(&tree->table.lock);
 }
 
-void fd_proc_path(int fd, char buf[64])
+struct tree_node *tree_root(struct tree *tree)
 {
-	snprintf(buf, 64, "/proc/self/fd/%d", fd);
+	return &tree->table.root;
+}
+
+struct range_locks *tree_node_ranges(struct tree_node *n)
+{
+	return &n->ranges;
+}
+
+char *tree_entry_path(struct tree *tree, struct tree_node *parent,
+		      const char *name)
+{
+	char *dir = tree_node_path(tree, parent), *path = NULL;
+
+	if (!dir || asprintf(&path, "%s%s%s", dir, *dir ? "/" : "", name) < 0)
+		path = NULL;
+	free(dir);
+	return path;
+}
+
+bool tree_reserved_name(uint64_t parent, const char *name)
+{
+	return parent == TREE_ROOT_INO && (strcmp(name, ".control") == 0 ||
+					   strcmp(name, ".quorumfs") == 0);
 }

@@ -30,8 +30,6 @@ enum {
 	LONG_WAIT_MS = 5000, /* for what a throttle window delays */
 };
 
-
-
 /* CLOCK_REALTIME in ms, the clock event timestamps use. */
 static int64_t wall_ms(void)
 {
@@ -357,7 +355,7 @@ static void test_quorum_failure_has_reference_and_sectors(void)
 
 /* ---- throttling ---- */
 
-/* QEMU-QUORUM.md §8: sector 0 at once, sector 16 at +1 s, 8 dropped. */
+/* QEMU's monitor throttle: sector 0 at once, sector 16 at +1 s, 8 dropped. */
 static void test_report_bad_for_one_node_keeps_only_the_last_of_a_window(void)
 {
 	struct fixture fx;

@@ -1,0 +1,37 @@
+/* Private to the control module: the mount's objects, owned here. */
+#ifndef QFS_CONTROL_I_H
+#define QFS_CONTROL_I_H
+
+#include "control/control.h"
+
+#include <pthread.h>
+
+#include "children/children.h"
+#include "config/config.h"
+#include "events/events.h"
+#include "jobs/jobs.h"
+#include "persist/persist.h"
+#include "tree/tree.h"
+
+struct control {
+	const struct config *cfg;
+	struct stat mount_st; /* the mountpoint before mounting */
+	/* Made by control_open, in this order: */
+	struct record *record;
+	struct child_set *set;
+	/* Made by control_start, in this order: */
+	struct event_log *log;
+	struct pool *pool;
+	struct tree *tree;
+	struct jobs *jobs;
+	bool started; /* MOUNTED was logged */
+	/* Commands run one at a time; the last refusal is kept for the
+	 * status under error_lock (a leaf), so a status read never waits
+	 * for a running command. */
+	pthread_mutex_t command_lock;
+	pthread_mutex_t error_lock;
+	char last_error[512];	/* guarded by error_lock */
+	char last_command[256]; /* guarded by error_lock */
+};
+
+#endif

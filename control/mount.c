@@ -1,0 +1,204 @@
+/*
+ * The mount's lifecycle: what comes up in which order, and goes down in
+ * the reverse one (control.h draws both).
+ *
+ * Teardown order, and why:
+ *   1. the jobs: no copy or scrub may run (or log) past UNMOUNTED, and
+ *      each holds the tree;
+ *   2. the throttled events, then UNMOUNTED, the log's last word;
+ *   3. the tree: no request runs any more (the session ended);
+ *   4. the record, marked clean only after a clean stop: every child
+ *      synced, the intent log cleared when all members are in step;
+ *   5. the pool and the log, whose threads everything above used;
+ *   6. the set and the record's memory; the buffer cache.
+ */
+#define _GNU_SOURCE
+#include "control/control_i.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/*
+ * Check the log file can be opened before the daemon detaches, so a bad
+ * path is reported on the terminal. The log itself starts later.
+ */
+static int check_log(const char *path, char *err, size_t errlen)
+{
+	int fd;
+
+	if (!path)
+		return 0;
+	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		snprintf(err, errlen, "log=%s cannot be opened: %s", path,
+			 strerror(errno));
+		return -errno;
+	}
+	close(fd);
+	return 0;
+}
+
+/*
+ * Open the children as their .quorumfs records say: members the command
+ * line left out join, children that are behind start stale, a child of
+ * another set is refused.
+ */
+static int open_children(struct control *ctl, char *err, size_t errlen)
+{
+	struct children_config cc = ctl->cfg->children;
+	int ret = record_scan(&cc, &ctl->record, err, errlen);
+
+	if (ret)
+		return ret;
+	ret = children_new(&cc, &ctl->set);
+	if (ret) {
+		snprintf(err, errlen, "cannot open the children: %s",
+			 strerror(-ret));
+		return ret;
+	}
+	return record_start(ctl->record, ctl->set, err, errlen);
+}
+
+int control_open(const struct config *cfg, const struct stat *mount_st,
+		 struct control **out, char *err, size_t errlen)
+{
+	struct control *ctl = calloc(1, sizeof(*ctl));
+	int ret;
+
+	if (!ctl) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	ctl->cfg = cfg;
+	ctl->mount_st = *mount_st;
+	pthread_mutex_init(&ctl->command_lock, NULL);
+	pthread_mutex_init(&ctl->error_lock, NULL);
+	ret = check_log(cfg->log_path, err, errlen);
+	if (!ret)
+		ret = open_children(ctl, err, errlen);
+	if (ret) {
+		control_stop(ctl, false);
+		return ret;
+	}
+	*out = ctl;
+	return 0;
+}
+
+static void emit_mounted(struct control *ctl)
+{
+	const struct config *cfg = ctl->cfg;
+	struct json_object *data = json_object_new_object();
+	struct json_object *children = json_object_new_array();
+
+	for (int i = 0; i < cfg->children.n; i++)
+		json_object_array_add(children, json_object_new_string(
+							cfg->children.path[i]));
+	json_object_object_add(data, "mountpoint",
+			       json_object_new_string(cfg->mountpoint));
+	json_object_object_add(data, "children", children);
+	json_object_object_add(data, "threshold",
+			       json_object_new_int(cfg->children.threshold));
+	event_log_emit(ctl->log, "MOUNTED", data);
+}
+
+/* UNMOUNTED names the children and threshold in force at the end. */
+static void emit_unmounted(struct control *ctl)
+{
+	struct json_object *status = children_status(ctl->set), *list, *v;
+	struct json_object *data = json_object_new_object(), *children;
+
+	json_object_object_add(data, "mountpoint",
+			       json_object_new_string(ctl->cfg->mountpoint));
+	children = json_object_new_array();
+	if (json_object_object_get_ex(status, "children", &list))
+		for (size_t i = 0; i < json_object_array_length(list); i++)
+			if (json_object_object_get_ex(
+				    json_object_array_get_idx(list, i), "path",
+				    &v))
+				json_object_array_add(children,
+						      json_object_get(v));
+	json_object_object_add(data, "children", children);
+	if (json_object_object_get_ex(status, "threshold", &v))
+		json_object_object_add(data, "threshold", json_object_get(v));
+	json_object_put(status);
+	event_log_emit(ctl->log, "UNMOUNTED", data);
+}
+
+static int start_jobs(struct control *ctl)
+{
+	const struct jobs_config jc = {.set = ctl->set,
+				       .tree = ctl->tree,
+				       .pool = ctl->pool,
+				       .record = ctl->record,
+				       .log = ctl->log,
+				       .timeout_ms = ctl->cfg->io_timeout_ms,
+				       .scrub_rate = ctl->cfg->scrub_rate};
+
+	return jobs_new(&jc, &ctl->jobs);
+}
+
+int control_start(struct control *ctl, char *err, size_t errlen)
+{
+	const struct config *cfg = ctl->cfg;
+	int ret = cfg->log_path ? event_log_open(cfg->log_path, &ctl->log) : 0;
+
+	if (!ret)
+		ret = pool_new(cfg->threads, &ctl->pool);
+	children_set_log(ctl->set, ctl->log);
+	if (!ret)
+		ret = tree_new(ctl->set, ctl->pool, ctl->log, ctl->record,
+			       cfg->io_timeout_ms, &ctl->tree);
+	if (!ret)
+		ret = start_jobs(ctl);
+	if (ret) {
+		snprintf(err, errlen, "cannot start: %s", strerror(-ret));
+		return ret;
+	}
+	ret = jobs_settle(ctl->jobs);
+	if (ret) {
+		snprintf(err, errlen,
+			 "cannot settle the writes of an unclean shutdown: %s",
+			 strerror(-ret));
+		return ret;
+	}
+	emit_mounted(ctl);
+	ctl->started = true;
+	return 0;
+}
+
+void control_stop(struct control *ctl, bool clean)
+{
+	if (!ctl)
+		return;
+	jobs_free(ctl->jobs);
+	if (ctl->started) {
+		event_log_flush_throttled(ctl->log);
+		emit_unmounted(ctl);
+	}
+	tree_free(ctl->tree);
+	if (clean && ctl->started)
+		record_unmount(ctl->record, ctl->set);
+	pool_free(ctl->pool);
+	event_log_close(ctl->log);
+	children_free(ctl->set);
+	record_free(ctl->record);
+	child_bufs_release();
+	pthread_mutex_destroy(&ctl->error_lock);
+	pthread_mutex_destroy(&ctl->command_lock);
+	free(ctl);
+}
+
+struct tree *control_tree(struct control *ctl)
+{
+	return ctl->tree;
+}
+
+struct event_log *control_log(struct control *ctl)
+{
+	return ctl->log;
+}

@@ -1,0 +1,379 @@
+/*
+ * The chunk vote-and-repair of the jobs: one piece of a file as every
+ * voting child stores it, read, voted block by block, and the winning
+ * bytes written over the copies that lost. Scrub uses it for every file;
+ * settling after a crash (settle.c) uses it for the regions the intent
+ * log names.
+ *
+ * Reads go to the copies themselves, not through an open file of the
+ * mount: with O_DIRECT where the copy's file system allows it, so a job
+ * checks what is stored rather than what is cached, and does not push the
+ * VMs' data out of the page cache. A copy's blocks past its own end (a
+ * copy shorter than the voted size) never vote: they would vote for the
+ * zeros a repair extends it with; they are marked for filling instead.
+ *
+ * The caller holds the chunk's range claim: shared to look, exclusive to
+ * repair (reading and voting again under it, since a write may have
+ * changed the chunk meanwhile).
+ */
+#define _GNU_SOURCE
+#include "jobs/jobs_i.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+static uint64_t min_u64(uint64_t a, uint64_t b)
+{
+	return a < b ? a : b;
+}
+
+/* ---- reading copies ---- */
+
+int copy_open(struct jobs *jobs, struct tree_node *n, int slot, int flags,
+	      uint32_t *buffered, bool *direct)
+{
+	int pfd = tree_node_fd(jobs->tree, n, slot), fd;
+	char proc[64];
+
+	*direct = false;
+	if (pfd < 0)
+		return pfd;
+	child_proc_path(pfd, proc);
+	if (flags == O_RDONLY && !(*buffered & (1u << slot))) {
+		fd = open(proc, O_RDONLY | O_DIRECT | O_CLOEXEC);
+		if (fd >= 0) {
+			*direct = true;
+			return fd;
+		}
+		if (errno != EINVAL)
+			return -errno;
+		*buffered |= 1u << slot; /* tmpfs: no O_DIRECT */
+	}
+	fd = open(proc, flags | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+/* Finish a read that came back short: at end of file for O_DIRECT, else
+ * read on. Returns the bytes read or -errno. */
+static ssize_t read_rest(int fd, bool direct, char *buf, size_t want, off_t off,
+			 ssize_t got)
+{
+	while (got >= 0 && (size_t)got < want && !direct) {
+		ssize_t r = pread(fd, buf + got, want - got, off + got);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -errno : got;
+		got += r;
+	}
+	return got;
+}
+
+/*
+ * A copy whose file system takes O_DIRECT opens but refuses the reads
+ * (an alignment larger than CHILD_IO_ALIGN): read it through the page
+ * cache, from now on.
+ */
+static ssize_t read_buffered(struct chunk *c, int k, size_t want)
+{
+	int slot = child_slot(c->view->child[c->index[k]]);
+	bool direct;
+	ssize_t got;
+	int fd;
+
+	*c->buffered |= 1u << slot;
+	fd = copy_open(c->jobs, c->node, slot, O_RDONLY, c->buffered, &direct);
+	if (fd < 0)
+		return fd;
+	got = read_rest(fd, false, c->buf[k], want, c->off, 0);
+	close(fd);
+	return got;
+}
+
+/* How many bytes of the chunk lie before a copy's own end. */
+static size_t own_bytes(const struct chunk *c, off_t end)
+{
+	if (end <= c->off)
+		return 0;
+	return min_u64((uint64_t)(end - c->off), c->len);
+}
+
+/* Voting child i becomes ballot k: its buffer, and its part of the read
+ * (io->fd < 0 when it cannot be read; the ballot then holds why). */
+static void read_prepare(struct chunk *c, int i, int k, size_t want,
+			 struct child_io *io, bool *direct)
+{
+	int slot = child_slot(c->view->child[i]), fd;
+
+	c->index[k] = i;
+	c->ballot[k] = (struct vote_ballot){0};
+	c->own_len[k] = own_bytes(c, c->own_end[slot]);
+	*io = (struct child_io){.fd = -1};
+	if (!c->buf[k])
+		c->buf[k] = child_buf_get(CHILD_IO_MAX);
+	fd = c->buf[k] ? copy_open(c->jobs, c->node, slot, O_RDONLY,
+				   c->buffered, direct)
+		       : -ENOMEM;
+	if (fd < 0)
+		c->ballot[k].error = fd;
+	else
+		*io = (struct child_io){.fd = fd,
+					.buf = c->buf[k],
+					.child = c->view->child[i],
+					.own_buf = true,
+					.len = want,
+					.off = c->off};
+}
+
+/* Ballot k from its finished part. */
+static void read_collect(struct chunk *c, int k, size_t want,
+			 const struct child_io *io, bool direct)
+{
+	ssize_t got;
+
+	if (io->orphaned) {
+		c->buf[k] = NULL; /* the ring frees it when done */
+		c->ballot[k].error = -ETIMEDOUT;
+		close(io->fd);
+		return;
+	}
+	got = read_rest(io->fd, direct, c->buf[k], want, c->off, io->ret);
+	close(io->fd);
+	if (got == -EINVAL && direct)
+		got = read_buffered(c, k, want);
+	if (got < 0)
+		c->ballot[k].error = (int)got;
+	else
+		c->ballot[k] = (struct vote_ballot){
+			.data = c->buf[k],
+			.len = min_u64((uint64_t)got, c->len)};
+}
+
+void chunk_read(struct chunk *c)
+{
+	struct child_io io[CHILDREN_MAX];
+	bool direct[CHILDREN_MAX] = {false};
+	/* O_DIRECT reads whole blocks; the tail past len is not used. */
+	size_t want =
+		(c->len + CHILD_IO_ALIGN - 1) / CHILD_IO_ALIGN * CHILD_IO_ALIGN;
+
+	c->n = 0;
+	for (int i = 0; i < c->view->n; i++) {
+		if (!c->view->votes[i])
+			continue;
+		read_prepare(c, i, c->n, want, &io[c->n], &direct[c->n]);
+		c->n++;
+	}
+	child_io_run(c->jobs->pool, io, c->n, c->jobs->timeout_ms);
+	for (int k = 0; k < c->n; k++)
+		if (io[k].fd >= 0)
+			read_collect(c, k, want, &io[k], direct[k]);
+}
+
+void chunk_release(struct chunk *c)
+{
+	for (int k = 0; k < CHILDREN_MAX; k++) {
+		child_buf_put(c->buf[k], CHILD_IO_MAX);
+		c->buf[k] = NULL;
+	}
+}
+
+/* ---- the vote ---- */
+
+size_t chunk_blocks(const struct chunk *c)
+{
+	return (c->len + TREE_VOTE_BLOCK - 1) / TREE_VOTE_BLOCK;
+}
+
+/* The memcmp fast path: every copy read the whole chunk, all alike. */
+static bool chunk_identical(const struct chunk *c)
+{
+	const struct vote_ballot *first = &c->ballot[0];
+
+	for (int k = 0; k < c->n; k++) {
+		const struct vote_ballot *b = &c->ballot[k];
+
+		if (b->error || c->own_len[k] < c->len || b->len != first->len)
+			return false;
+		if (k > 0 && memcmp(b->data, first->data, b->len))
+			return false;
+	}
+	return c->n > 0;
+}
+
+/* Ballot k's block: its bytes in [start, start + size). */
+static struct vote_ballot block_of(const struct chunk *c, int k, size_t start,
+				   size_t size)
+{
+	const struct vote_ballot *b = &c->ballot[k];
+
+	if (b->error)
+		return (struct vote_ballot){.error = b->error};
+	if (b->len <= start)
+		return (struct vote_ballot){.data = b->data, .len = 0};
+	return (struct vote_ballot){.data = (const char *)b->data + start,
+				    .len = min_u64(b->len - start, size)};
+}
+
+static bool same_bytes(const struct vote_ballot *a, const struct vote_ballot *b)
+{
+	return a->len == b->len &&
+	       (!a->len || !memcmp(a->data, b->data, a->len));
+}
+
+/* Mark what block b's vote decided: r's losers, and the copies left out
+ * (past their own end) that differ from winner w. */
+static void block_marks(struct chunk *c, size_t b, int w,
+			const struct vote_blocks_result *r,
+			const struct vote_ballot *own,
+			const struct vote_ballot *voted)
+{
+	struct chunk_votes *v = &c->votes;
+
+	for (int k = 0; k < c->n; k++) {
+		if (r->bad[k])
+			v->bad[b] |= 1u << k;
+		if ((v->excluded[b] & (1u << k)) &&
+		    !same_bytes(&own[k], &voted[w]))
+			v->fill[b] |= 1u << k;
+	}
+	v->dirty |= v->bad[b] || v->fill[b];
+}
+
+/* Vote block b alone (vote_blocks() over the one block). */
+static int block_vote(struct chunk *c, size_t b)
+{
+	size_t start = b * TREE_VOTE_BLOCK;
+	size_t size = min_u64(TREE_VOTE_BLOCK, c->len - start);
+	struct vote_ballot bb[CHILDREN_MAX], own[CHILDREN_MAX];
+	struct chunk_votes *v = &c->votes;
+	struct vote_blocks_result r;
+	int w = -1, ret;
+
+	v->bad[b] = v->fill[b] = v->excluded[b] = v->no_quorum[b] = 0;
+	for (int k = 0; k < c->n; k++) {
+		own[k] = bb[k] = block_of(c, k, start, size);
+		if (!bb[k].error && start + size > c->own_len[k]) {
+			v->excluded[b] |= 1u << k;
+			bb[k] = (struct vote_ballot){.error = -ENODATA};
+		}
+	}
+	ret = vote_blocks(bb, c->n, c->threshold, TREE_VOTE_BLOCK, &w, &r);
+	if (ret == -ENOMEM)
+		return ret;
+	/* Every voter is at end of file here: nothing to differ. */
+	for (int k = 0; !ret && w < 0 && k < c->n; k++)
+		w = bb[k].error ? -1 : k;
+	v->winner[b] = w;
+	if (ret || w < 0) {
+		v->no_quorum[b] = 1;
+		v->dirty = true;
+		return 0;
+	}
+	block_marks(c, b, w, &r, own, bb);
+	return 0;
+}
+
+int chunk_vote(struct chunk *c)
+{
+	size_t nblocks = chunk_blocks(c);
+	int ret = 0;
+
+	c->votes.dirty = false;
+	if (c->n == 0 || chunk_identical(c))
+		return 0;
+	for (size_t b = 0; !ret && b < nblocks; b++)
+		ret = block_vote(c, b);
+	return ret;
+}
+
+bool chunk_next_run(const struct chunk *c, const uint32_t *mask, uint32_t bit,
+		    size_t *b, size_t *start, size_t *end)
+{
+	size_t nblocks = chunk_blocks(c);
+
+	while (*b < nblocks && !(mask[*b] & bit))
+		(*b)++;
+	if (*b == nblocks)
+		return false;
+	*start = *b * TREE_VOTE_BLOCK;
+	while (*b < nblocks && (mask[*b] & bit))
+		(*b)++;
+	*end = min_u64(*b * TREE_VOTE_BLOCK, c->len);
+	return true;
+}
+
+bool chunk_marked(const struct chunk *c, const uint32_t *mask, int k)
+{
+	for (size_t b = 0; b < chunk_blocks(c); b++)
+		if (mask[b] & (1u << k))
+			return true;
+	return false;
+}
+
+/* ---- repair ---- */
+
+static int pwrite_full(int fd, const char *buf, size_t len, off_t off)
+{
+	while (len > 0) {
+		ssize_t r = pwrite(fd, buf, len, off);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -errno : -EIO;
+		buf += r;
+		len -= r;
+		off += r;
+	}
+	return 0;
+}
+
+/* Write the voted bytes of [start, end) of the chunk at fd. */
+static int write_run(const struct chunk *c, int fd, size_t start, size_t end)
+{
+	int ret = 0;
+
+	for (size_t at = start; !ret && at < end; at += TREE_VOTE_BLOCK) {
+		size_t b = at / TREE_VOTE_BLOCK;
+		struct vote_ballot w =
+			block_of(c, c->votes.winner[b], at,
+				 min_u64(TREE_VOTE_BLOCK, end - at));
+
+		ret = pwrite_full(fd, w.data, w.len, c->off + at);
+	}
+	return ret;
+}
+
+/* Write every run of ballot k that mask marks; false if any failed. */
+static bool write_runs(const struct chunk *c, int fd, int k,
+		       const uint32_t *mask)
+{
+	size_t b = 0, start, end;
+	bool ok = true;
+
+	while (chunk_next_run(c, mask, 1u << k, &b, &start, &end))
+		ok &= write_run(c, fd, start, end) == 0;
+	return ok;
+}
+
+bool chunk_repair_copy(struct chunk *c, int k)
+{
+	struct child *child = c->view->child[c->index[k]];
+	bool direct, ok;
+	int fd = copy_open(c->jobs, c->node, child_slot(child), O_WRONLY,
+			   c->buffered, &direct);
+
+	if (fd < 0)
+		return false;
+	ok = write_runs(c, fd, k, c->votes.bad);
+	ok &= write_runs(c, fd, k, c->votes.fill);
+	ok &= fdatasync(fd) == 0;
+	close(fd);
+	if (!ok)
+		child_count_error(child, CHILD_OP_WRITE);
+	return ok;
+}

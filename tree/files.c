@@ -1,0 +1,223 @@
+/*
+ * Open files.
+ *
+ * An open file on the mount is one struct tree_file with a handle in each
+ * child, opened at tree_open() with the caller's flags (O_APPEND, O_CREAT
+ * and O_EXCL stripped: offsets come from the kernel, and creating is the
+ * namespace's business), or on first use for a child added later. The
+ * file holds a reference to its node, and every open file is on a list so
+ * that a child leaving the set can have its handles closed.
+ */
+#define _GNU_SOURCE
+#include "tree/tree_i.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+/* Open the child's handle of f now (a child added after tree_open()). */
+static int file_open_slot(struct tree *tree, struct tree_file *f, int slot)
+{
+	int pfd = tree_node_fd(tree, f->node, slot), fd, expected = -1;
+	char proc[64];
+
+	if (pfd < 0)
+		return pfd;
+	child_proc_path(pfd, proc);
+	fd = open(proc, f->flags);
+	if (fd < 0)
+		return -errno;
+	if (!atomic_compare_exchange_strong(&f->fd[slot], &expected, fd)) {
+		close(fd); /* another thread opened it first */
+		fd = expected;
+	}
+	return fd;
+}
+
+int file_fd(struct tree *tree, struct tree_file *f, int slot)
+{
+	int fd = atomic_load(&f->fd[slot]);
+
+	if (fd >= 0)
+		return fd;
+	if (f->err[slot])
+		return f->err[slot];
+	return file_open_slot(tree, f, slot);
+}
+
+int file_view_fd(struct tree *tree, const struct tree_file *f,
+		 const struct child_view *v, int i, int *fd)
+{
+	*fd = file_fd(tree, (struct tree_file *)f, child_slot(v->child[i]));
+	return *fd < 0 ? *fd : 0;
+}
+
+/* Whether child slot's buffered parts are worth trying inline. */
+bool file_inline_worthwhile(const struct tree_file *f, atomic_uint *refused,
+			    int slot)
+{
+	return !f->direct && !(atomic_load(refused) & (1u << slot));
+}
+
+void file_note_refused(atomic_uint *refused, const struct child_io *io,
+		       int slot)
+{
+	if (io->refused)
+		atomic_fetch_or(refused, 1u << slot);
+}
+
+/* ---- open / release ---- */
+
+struct open_op {
+	struct tree *tree;
+	struct tree_file *file;
+};
+
+static void open_body(struct child_request *rq, int i)
+{
+	struct open_op *op = rq->arg;
+	int slot = child_slot(rq->view->child[i]);
+	int fd = file_open_slot(op->tree, op->file, slot);
+
+	rq->ret[i] = fd < 0 ? fd : 0;
+	if (fd < 0 && rq->view->votes[i])
+		op->file->err[slot] = fd;
+}
+
+static void file_close(struct tree_file *f)
+{
+	for (int s = 0; s < CHILDREN_MAX; s++) {
+		int fd = atomic_load(&f->fd[s]);
+
+		if (fd >= 0)
+			close(fd);
+	}
+	free(f);
+}
+
+static void files_link(struct tree *tree, struct tree_file *f)
+{
+	pthread_mutex_lock(&tree->files.lock);
+	f->next = tree->files.head;
+	if (f->next)
+		f->next->prev = f;
+	tree->files.head = f;
+	pthread_mutex_unlock(&tree->files.lock);
+}
+
+static void files_unlink(struct tree *tree, struct tree_file *f)
+{
+	pthread_mutex_lock(&tree->files.lock);
+	if (f->prev)
+		f->prev->next = f->next;
+	else
+		tree->files.head = f->next;
+	if (f->next)
+		f->next->prev = f->prev;
+	pthread_mutex_unlock(&tree->files.lock);
+}
+
+static struct tree_file *file_new(struct tree_node *n, int flags)
+{
+	struct tree_file *f = calloc(1, sizeof(*f));
+
+	if (!f)
+		return NULL;
+	for (int s = 0; s < CHILDREN_MAX; s++)
+		atomic_init(&f->fd[s], -1);
+	atomic_init(&f->refs, 1);
+	f->node = n;
+	f->direct = flags & O_DIRECT;
+	/* The kernel gives offsets even for O_APPEND: never let a child
+	 * pick its own end of file. O_TRUNC is done once, at tree_open(). */
+	f->flags =
+		(flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_APPEND)) | O_CLOEXEC;
+	return f;
+}
+
+int tree_open(struct tree *tree, uint64_t ino, int flags,
+	      struct tree_file **out)
+{
+	const struct child_view *view = children_view_get(tree->set);
+	struct tree_node *n = tree_node(tree, ino);
+	struct tree_file *f = file_new(n, flags);
+	struct open_op op = {.tree = tree, .file = f};
+	struct child_request rq = {.view = view, .body = open_body, .arg = &op};
+	struct range_claim claim;
+	int ret;
+
+	if (!f) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	if (!S_ISREG(n->type)) {
+		ret = S_ISDIR(n->type) ? -EISDIR : -ENXIO;
+		goto out;
+	}
+	if (flags & O_TRUNC)
+		range_lock(&n->ranges, &claim, 0, RANGE_END, true);
+	if (flags & O_TRUNC)
+		intent_write(tree, n, 0, 1);
+	tree_fanout(tree, &rq);
+	f->flags &= ~O_TRUNC;
+	ret = tree_outcome(tree, view, rq.ret, !(flags & O_TRUNC),
+			   (flags & O_ACCMODE) == O_RDONLY ? "read" : "write",
+			   n, 0, 0);
+	if (flags & O_TRUNC) {
+		if (!ret)
+			atomic_store(&n->size_hint, 0);
+		range_unlock(&n->ranges, &claim);
+	}
+	if (ret)
+		goto out;
+	tree_node_ref(tree, n);
+	files_link(tree, f);
+	*out = f;
+	f = NULL;
+out:
+	if (f)
+		file_close(f);
+	children_view_put(view);
+	return ret;
+}
+
+void file_get(struct tree_file *f)
+{
+	atomic_fetch_add(&f->refs, 1);
+}
+
+void file_put(struct tree *tree, struct tree_file *f)
+{
+	struct tree_node *n = f->node;
+
+	if (atomic_fetch_sub(&f->refs, 1) > 1)
+		return;
+	file_close(f);
+	tree_node_unref(tree, n);
+}
+
+void tree_release(struct tree *tree, struct tree_file *f)
+{
+	files_unlink(tree, f);
+	file_put(tree, f);
+}
+
+void files_forget_slot(struct tree *tree, int slot)
+{
+	pthread_mutex_lock(&tree->files.lock);
+	for (struct tree_file *f = tree->files.head; f; f = f->next) {
+		int fd = atomic_exchange(&f->fd[slot], -1);
+
+		if (fd >= 0)
+			close(fd);
+		f->err[slot] = 0;
+	}
+	pthread_mutex_unlock(&tree->files.lock);
+}
+
+void files_release_all(struct tree *tree)
+{
+	while (tree->files.head)
+		tree_release(tree, tree->files.head);
+}
