@@ -55,6 +55,14 @@ struct view_holder {
 	struct child_set *set;
 };
 
+/* The voting rules in force, copied into every view. */
+struct set_rules {
+	int threshold;
+	enum read_pattern read_pattern;
+	bool rewrite_corrupted;
+	bool blkverify;
+};
+
 struct child_set {
 	pthread_mutex_t lock;
 	pthread_mutex_t drain_lock;
@@ -65,10 +73,7 @@ struct child_set {
 	int nmembers;
 	struct child *member[CHILDREN_MAX];
 	bool slot_used[CHILDREN_MAX];
-	int threshold;
-	enum read_pattern read_pattern;
-	bool rewrite_corrupted;
-	bool blkverify;
+	struct set_rules rules;
 };
 
 static int fail(char *err, size_t errlen, int ret, const char *fmt, ...)
@@ -280,10 +285,10 @@ static int publish_locked(struct child_set *set)
 		h->view.voters += s == CHILD_OK;
 		h->view.child[h->view.n++] = c;
 	}
-	h->view.threshold = set->threshold;
-	h->view.read_pattern = set->read_pattern;
-	h->view.rewrite_corrupted = set->rewrite_corrupted;
-	h->view.blkverify = set->blkverify;
+	h->view.threshold = set->rules.threshold;
+	h->view.read_pattern = set->rules.read_pattern;
+	h->view.rewrite_corrupted = set->rules.rewrite_corrupted;
+	h->view.blkverify = set->rules.blkverify;
 	set->current = h;
 	if (old && atomic_fetch_sub(&old->refs, 1) == 1)
 		view_free(old);
@@ -310,10 +315,10 @@ int children_new(const struct children_config *cfg, struct child_set **out)
 			set->nmembers++;
 		}
 	}
-	set->threshold = cfg->threshold;
-	set->read_pattern = cfg->read_pattern;
-	set->rewrite_corrupted = cfg->rewrite_corrupted;
-	set->blkverify = cfg->blkverify;
+	set->rules.threshold = cfg->threshold;
+	set->rules.read_pattern = cfg->read_pattern;
+	set->rules.rewrite_corrupted = cfg->rewrite_corrupted;
+	set->rules.blkverify = cfg->blkverify;
 	if (!ret) {
 		pthread_mutex_lock(&set->lock);
 		ret = publish_locked(set);
@@ -424,7 +429,7 @@ static int add_locked(struct child_set *set, const char *path, const char *name,
 {
 	int slot = free_slot_locked(set), ret;
 
-	if (set->blkverify)
+	if (set->rules.blkverify)
 		return fail(err, errlen, -EINVAL,
 			    "cannot add a child in blkverify mode");
 	if (slot < 0 || set->nmembers == CHILDREN_MAX)
@@ -501,11 +506,11 @@ int children_remove(struct child_set *set, struct child *c, int drain_ms,
 	voting = voting_members_locked(set) - (child_state(c) == CHILD_OK);
 	if (!find_locked(set, c->name)) {
 		ret = fail(err, errlen, -ENOENT, "no such child");
-	} else if (voting < set->threshold) {
+	} else if (voting < set->rules.threshold) {
 		ret = fail(err, errlen, -EINVAL,
 			   "removing '%s' would leave %d voting children, "
 			   "below the threshold %d",
-			   c->name, voting, set->threshold);
+			   c->name, voting, set->rules.threshold);
 	} else {
 		unlink_member_locked(set, c);
 		ret = publish_locked(set);
@@ -528,29 +533,73 @@ void children_release_slot(struct child_set *set, int slot)
 	pthread_mutex_unlock(&set->lock);
 }
 
+/* Refuse rules QEMU's quorum_open() refuses; voting: children ok now. */
+static int check_rules(const struct set_rules *now, const struct set_rules *r,
+		       int voting, char *err, size_t errlen)
+{
+	if (r->threshold != now->threshold &&
+	    (r->threshold < 1 || r->threshold > voting))
+		return fail(err, errlen, -EINVAL,
+			    "threshold %d is outside 1..%d (the voting "
+			    "children)",
+			    r->threshold, voting);
+	if (r->blkverify && r->threshold != 2)
+		return fail(err, errlen, -EINVAL,
+			    "blkverify needs threshold 2");
+	if (r->blkverify && r->read_pattern == READ_PATTERN_FIFO)
+		return fail(err, errlen, -EINVAL,
+			    "blkverify cannot be combined with "
+			    "read-pattern fifo");
+	if (r->blkverify && r->rewrite_corrupted)
+		return fail(err, errlen, -EINVAL,
+			    "blkverify cannot be combined with "
+			    "rewrite-corrupted");
+	return 0;
+}
+
+enum rule { RULE_THRESHOLD, RULE_READ_PATTERN, RULE_REWRITE };
+
+/* Change one rule in a new view, or nothing; *old gets its old value. */
+static int set_rule(struct child_set *set, enum rule which, int value, int *old,
+		    char *err, size_t errlen)
+{
+	struct set_rules was, r;
+	int ret;
+
+	pthread_mutex_lock(&set->lock);
+	was = r = set->rules;
+	switch (which) {
+	case RULE_THRESHOLD:
+		*old = r.threshold;
+		r.threshold = value;
+		break;
+	case RULE_READ_PATTERN:
+		*old = r.read_pattern;
+		r.read_pattern = value;
+		break;
+	case RULE_REWRITE:
+		*old = r.rewrite_corrupted;
+		r.rewrite_corrupted = value;
+		break;
+	}
+	ret = check_rules(&was, &r, voting_members_locked(set), err, errlen);
+	if (!ret) {
+		set->rules = r;
+		ret = publish_locked(set);
+		if (ret)
+			set->rules = was;
+	}
+	pthread_mutex_unlock(&set->lock);
+	return ret;
+}
+
 int children_set_threshold(struct child_set *set, int threshold, char *err,
 			   size_t errlen)
 {
+	int old, ret = set_rule(set, RULE_THRESHOLD, threshold, &old, err,
+				errlen);
 	struct json_object *d;
-	int old, voting, ret = 0;
 
-	pthread_mutex_lock(&set->lock);
-	old = set->threshold;
-	voting = voting_members_locked(set);
-	if (threshold < 1 || threshold > voting)
-		ret = fail(err, errlen, -EINVAL,
-			   "threshold %d is outside 1..%d (the voting "
-			   "children)",
-			   threshold, voting);
-	else if (set->blkverify && threshold != 2)
-		ret = fail(err, errlen, -EINVAL, "blkverify needs threshold 2");
-	if (!ret) {
-		set->threshold = threshold;
-		ret = publish_locked(set);
-		if (ret)
-			set->threshold = old;
-	}
-	pthread_mutex_unlock(&set->lock);
 	if (ret)
 		return ret;
 	d = json_object_new_object();
@@ -563,45 +612,17 @@ int children_set_threshold(struct child_set *set, int threshold, char *err,
 int children_set_read_pattern(struct child_set *set, enum read_pattern p,
 			      char *err, size_t errlen)
 {
-	enum read_pattern old;
-	int ret = 0;
+	int old;
 
-	pthread_mutex_lock(&set->lock);
-	old = set->read_pattern;
-	if (set->blkverify && p == READ_PATTERN_FIFO)
-		ret = fail(err, errlen, -EINVAL,
-			   "blkverify cannot be combined with "
-			   "read-pattern fifo");
-	if (!ret) {
-		set->read_pattern = p;
-		ret = publish_locked(set);
-		if (ret)
-			set->read_pattern = old;
-	}
-	pthread_mutex_unlock(&set->lock);
-	return ret;
+	return set_rule(set, RULE_READ_PATTERN, p, &old, err, errlen);
 }
 
 int children_set_rewrite(struct child_set *set, bool on, char *err,
 			 size_t errlen)
 {
-	bool old;
-	int ret = 0;
+	int old;
 
-	pthread_mutex_lock(&set->lock);
-	old = set->rewrite_corrupted;
-	if (set->blkverify && on)
-		ret = fail(err, errlen, -EINVAL,
-			   "blkverify cannot be combined with "
-			   "rewrite-corrupted");
-	if (!ret) {
-		set->rewrite_corrupted = on;
-		ret = publish_locked(set);
-		if (ret)
-			set->rewrite_corrupted = old;
-	}
-	pthread_mutex_unlock(&set->lock);
-	return ret;
+	return set_rule(set, RULE_REWRITE, on, &old, err, errlen);
 }
 
 static void emit_state(struct child_set *set, struct child *c,
@@ -664,14 +685,14 @@ int children_begin_resync(struct child_set *set, struct child *c, char *err,
 
 	pthread_mutex_lock(&set->lock);
 	voting = voting_members_locked(set) - (child_state(c) == CHILD_OK);
-	if (set->blkverify)
+	if (set->rules.blkverify)
 		ret = fail(err, errlen, -EINVAL,
 			   "cannot resync a child in blkverify mode");
-	else if (voting < set->threshold)
+	else if (voting < set->rules.threshold)
 		ret = fail(err, errlen, -EINVAL,
 			   "resyncing '%s' would leave %d voting children, "
 			   "below the threshold %d",
-			   c->name, voting, set->threshold);
+			   c->name, voting, set->rules.threshold);
 	else
 		old = set_state_locked(set, c, CHILD_SYNCING,
 				       "resync requested");
@@ -736,16 +757,18 @@ struct json_object *children_status(struct child_set *set)
 	pthread_mutex_lock(&set->lock);
 	voting = voting_members_locked(set);
 	json_object_object_add(o, "threshold",
-			       json_object_new_int(set->threshold));
+			       json_object_new_int(set->rules.threshold));
 	json_object_object_add(
 		o, "read-pattern",
-		json_object_new_string(set->read_pattern == READ_PATTERN_FIFO
+		json_object_new_string(set->rules.read_pattern ==
+						       READ_PATTERN_FIFO
 					       ? "fifo"
 					       : "quorum"));
-	json_object_object_add(o, "rewrite-corrupted",
-			       json_object_new_boolean(set->rewrite_corrupted));
+	json_object_object_add(
+		o, "rewrite-corrupted",
+		json_object_new_boolean(set->rules.rewrite_corrupted));
 	json_object_object_add(o, "blkverify",
-			       json_object_new_boolean(set->blkverify));
+			       json_object_new_boolean(set->rules.blkverify));
 	for (int i = 0; i < set->nmembers; i++) {
 		json_object_array_add(list,
 				      child_status_locked(set->member[i]));

@@ -270,6 +270,16 @@ static inline int child_result(int r)
 	return r < 0 ? -errno : 0;
 }
 
+/*
+ * pread() (write: pwrite()) until len bytes are done, end of file, or an
+ * error; EINTR is retried. direct: the file is O_DIRECT, where a short
+ * transfer ends it (going on from an unaligned offset fails: a short
+ * read is end of file, a short write a full disk). Returns the bytes
+ * done, or -errno when a call failed.
+ */
+ssize_t child_rw_full(int fd, bool write, bool direct, void *buf, size_t len,
+		      off_t off);
+
 /* The path /proc/self/fd/FD, for calls that take a path, not a handle. */
 void child_proc_path(int fd, char buf[64]);
 

@@ -369,6 +369,27 @@ static void try_inline(struct child_io *io)
 	io->done = true;
 }
 
+ssize_t child_rw_full(int fd, bool write, bool direct, void *buf, size_t len,
+		      off_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		char *at = (char *)buf + done;
+		ssize_t r = write ? pwrite(fd, at, len - done, off + done)
+				  : pread(fd, at, len - done, off + done);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		done += r;
+		if (r == 0 || (direct && done < len))
+			break;
+	}
+	return done;
+}
+
 bool child_io_start(struct pool *pool, struct child_io *io, int n,
 		    int timeout_ms, struct child_io_wait *w)
 {

@@ -60,16 +60,13 @@ int copy_open(struct jobs *jobs, struct tree_node *n, int slot, int flags,
 static ssize_t read_rest(int fd, bool direct, char *buf, size_t want, off_t off,
 			 ssize_t got)
 {
-	while (got >= 0 && (size_t)got < want && !direct) {
-		ssize_t r = pread(fd, buf + got, want - got, off + got);
+	ssize_t more;
 
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return r < 0 ? -errno : got;
-		got += r;
-	}
-	return got;
+	if (got < 0 || direct || (size_t)got >= want)
+		return got;
+	more = child_rw_full(fd, false, false, buf + got, want - got,
+			     off + got);
+	return more < 0 ? more : got + more;
 }
 
 /*
@@ -318,18 +315,11 @@ bool chunk_marked(const struct chunk *c, const uint32_t *mask, int k)
 
 static int pwrite_full(int fd, const char *buf, size_t len, off_t off)
 {
-	while (len > 0) {
-		ssize_t r = pwrite(fd, buf, len, off);
+	ssize_t r = child_rw_full(fd, true, false, (void *)buf, len, off);
 
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return r < 0 ? -errno : -EIO;
-		buf += r;
-		len -= r;
-		off += r;
-	}
-	return 0;
+	if (r < 0)
+		return (int)r;
+	return (size_t)r < len ? -EIO : 0;
 }
 
 /* Write the voted bytes of [start, end) of the chunk at fd. */

@@ -381,10 +381,16 @@ static int write_out(struct resync *rs, int out, const struct tree_answer *r,
 				 rs->jobs->timeout_ms);
 		if (io.ret < 0)
 			return io.ret;
-		if ((size_t)io.ret < io.len &&
-		    pwrite(out, (char *)io.buf + io.ret, io.len - io.ret,
-			   off + io.ret) != (ssize_t)(io.len - io.ret))
-			return errno ? -errno : -ENOSPC;
+		if ((size_t)io.ret < io.len) {
+			ssize_t more = child_rw_full(
+				out, true, false, (char *)io.buf + io.ret,
+				io.len - io.ret, off + io.ret);
+
+			if (more < 0)
+				return (int)more;
+			if ((size_t)more < io.len - io.ret)
+				return -ENOSPC;
+		}
 		off += io.len;
 	}
 	return 0;

@@ -1,7 +1,10 @@
 /*
- * setattr, readlink, statfs and extended attributes.
+ * Attributes: getattr, setattr, readlink, statfs and extended attributes.
  *
- * Changes go to every child and follow the write rule. Values read back
+ * Attributes come from one child: for regular files the size is voted
+ * (vote_sizes) and the attributes are those of a child in the winning
+ * version; directory sizes differ between file systems and are not
+ * voted. Changes go to every child and follow the write rule. Values read back
  * (link targets, xattr values) are voted like data, so one child's odd
  * answer cannot reach the caller.
  */

@@ -1,5 +1,6 @@
 /*
- * Lookup, attributes and namespace changes.
+ * Lookup and namespace changes (mknod, mkdir, symlink, link, unlink,
+ * rmdir, rename; create is mknod plus open).
  *
  * Every namespace operation is one struct ns_op sent to every child by
  * ns_body(): the per-child step is a single switch, so what "mkdir on a
@@ -8,9 +9,9 @@
  * results are voted:
  *   - a lookup is voted on existence and file type (the error vote decides
  *     between ENOENT and other errors);
- *   - a change succeeds when threshold voting children made it.
- * Attributes come from one child; for regular files the size is voted and
- * the attributes are those of a child in the winning version.
+ *   - a change succeeds when threshold voting children made it
+ *     (tree_outcome).
+ * The entry's attributes are then voted like a getattr (attr.c).
  */
 #define _GNU_SOURCE
 #include "tree/tree_i.h"

@@ -50,20 +50,11 @@ struct read_op {
 static int read_full(int fd, bool direct, char *buf, size_t size, off_t off,
 		     size_t *got)
 {
-	size_t done = 0;
+	ssize_t r = child_rw_full(fd, false, direct, buf, size, off);
 
-	while (done < size) {
-		ssize_t r = pread(fd, buf + done, size - done, off + done);
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		done += r;
-		if (r == 0 || (direct && done < size))
-			break;
-	}
-	*got = done;
+	if (r < 0)
+		return (int)r;
+	*got = r;
 	return 0;
 }
 

@@ -70,25 +70,16 @@ struct write_op {
 	off_t off;
 };
 
+/* An O_DIRECT write stops short when space runs out; going on from an
+ * unaligned offset would say EINVAL instead. */
 static int write_full(int fd, bool direct, const char *buf, size_t size,
 		      off_t off)
 {
-	size_t done = 0;
+	ssize_t r = child_rw_full(fd, true, direct, (void *)buf, size, off);
 
-	while (done < size) {
-		ssize_t r = pwrite(fd, buf + done, size - done, off + done);
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		done += r;
-		/* An O_DIRECT write stops short when space runs out; going
-		 * on from an unaligned offset would say EINVAL instead. */
-		if (r == 0 || (direct && done < size))
-			return -ENOSPC;
-	}
-	return 0;
+	if (r < 0)
+		return (int)r;
+	return (size_t)r < size ? -ENOSPC : 0;
 }
 
 /*
