@@ -13,6 +13,7 @@
 #include <fuse_lowlevel.h>
 #include <json-c/json.h>
 #include <limits.h>
+#include <linux/capability.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -81,11 +82,55 @@ static struct tree_file *file_of(struct fuse_file_info *fi)
 	return (struct tree_file *)(uintptr_t)fi->fh;
 }
 
+/*
+ * The caller's credentials beyond uid and gid, read from /proc only when
+ * a written file carries set-id bits. A caller whose status cannot be
+ * read (it exited) is treated as unprivileged: the bits go, as they
+ * would for any user but root.
+ */
+static bool caller_fsetid(void *ctx)
+{
+	const struct fuse_ctx *c = fuse_req_ctx(ctx);
+	unsigned long long caps = 0;
+	char path[64], line[256];
+	bool found = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)c->pid);
+	f = fopen(path, "re");
+	while (f && !found && fgets(line, sizeof(line), f))
+		found = sscanf(line, "CapEff: %llx", &caps) == 1;
+	if (f)
+		fclose(f);
+	return found && (caps & (1ULL << CAP_FSETID));
+}
+
+static bool caller_in_group(void *ctx, gid_t gid)
+{
+	gid_t groups[256];
+	int n = fuse_req_getgroups(ctx, 256, groups);
+
+	if (fuse_req_ctx(ctx)->gid == gid)
+		return true;
+	for (int i = 0; i < n && i < 256; i++)
+		if (groups[i] == gid)
+			return true;
+	return false;
+}
+
+static const struct tree_creds caller_creds = {
+	.fsetid = caller_fsetid,
+	.in_group = caller_in_group,
+};
+
 static struct tree_caller caller_of(fuse_req_t req)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 
-	return (struct tree_caller){.uid = ctx->uid, .gid = ctx->gid};
+	return (struct tree_caller){.uid = ctx->uid,
+				    .gid = ctx->gid,
+				    .creds = &caller_creds,
+				    .ctx = req};
 }
 
 static void reply_entry(fuse_req_t req, int ret, const struct tree_entry *e)
@@ -460,13 +505,14 @@ static void qfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void qfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		      size_t size, off_t off, struct fuse_file_info *fi)
 {
+	struct tree_caller who = caller_of(req);
 	ssize_t ret;
 
 	if (is_control(ino)) {
 		file_control_write(req, buf, size);
 		return;
 	}
-	ret = tree_write(tree_of(req), file_of(fi), buf, size, off);
+	ret = tree_write(tree_of(req), file_of(fi), buf, size, off, &who);
 	if (ret < 0)
 		fuse_reply_err(req, (int)-ret);
 	else

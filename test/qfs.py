@@ -18,6 +18,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -65,6 +66,23 @@ def pread_at(path, off, length):
         return os.pread(fd, length, off)
     finally:
         os.close(fd)
+
+
+def run_as(uid, gid, cwd, code, umask=0o022, groups=()):
+    """Run python code as uid:gid with cwd and umask. The chdir happens
+    before privileges drop, so root-only directories above cwd don't
+    matter; paths in code are relative to cwd."""
+    def drop():
+        os.chdir(cwd)
+        os.setgroups(list(groups))
+        os.setgid(gid)
+        os.setuid(uid)
+        os.umask(umask)
+    res = subprocess.run([sys.executable, "-I", "-c", code], preexec_fn=drop,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
 
 
 def wait_for(cond, timeout, what, interval=0.02):

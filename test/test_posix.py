@@ -1327,22 +1327,6 @@ def test_o_direct_unaligned_write_succeeds_or_fails_with_einval(
 CALLER = 1234
 
 
-def run_as(uid, gid, cwd, code, umask=0o022):
-    """Run python code as uid:gid with cwd and umask. The chdir happens
-    before privileges drop, so root-only directories above cwd don't
-    matter; paths in code are relative to cwd."""
-    def drop():
-        os.chdir(cwd)
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
-        os.umask(umask)
-    res = subprocess.run([sys.executable, "-I", "-c", code], preexec_fn=drop,
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    return res.stdout
-
-
 def public_dir(m, rel="pub"):
     os.mkdir(m.path(rel))
     os.chmod(m.path(rel), 0o777)
@@ -1362,7 +1346,7 @@ os.mkfifo("p")
 def test_entries_made_by_a_non_root_caller_are_owned_by_the_caller(
         backing, quorum):
     m = quorum(opts=["allow_other", "default_permissions"])
-    run_as(CALLER, CALLER, public_dir(m), CREATE_ALL)
+    qfs.run_as(CALLER, CALLER, public_dir(m), CREATE_ALL)
     for name in ("f", "d", "l", "p"):
         for p in children_of(m, "pub/" + name) + [m.path("pub/" + name)]:
             st = os.lstat(p)
@@ -1372,7 +1356,7 @@ def test_entries_made_by_a_non_root_caller_are_owned_by_the_caller(
 
 def test_the_caller_umask_applies_to_new_entries(backing, quorum):
     m = quorum(opts=["allow_other", "default_permissions"])
-    run_as(CALLER, CALLER, public_dir(m), CREATE_ALL, umask=0o002)
+    qfs.run_as(CALLER, CALLER, public_dir(m), CREATE_ALL, umask=0o002)
     for name, mode in (("f", 0o664), ("d", 0o775), ("p", 0o664)):
         st = assert_same_metadata(m, "pub/" + name)
         assert stat.S_IMODE(st.st_mode) == mode, name
@@ -1383,7 +1367,7 @@ def test_entries_in_a_setgid_directory_inherit_its_group(backing, quorum):
     sg = public_dir(m, "sg")
     os.chown(sg, 0, 4321)
     os.chmod(sg, 0o2777)
-    run_as(CALLER, CALLER, sg, CREATE_ALL)
+    qfs.run_as(CALLER, CALLER, sg, CREATE_ALL)
     for name in ("f", "d", "p"):
         st = assert_same_metadata(m, "sg/" + name)
         assert (st.st_uid, st.st_gid) == (CALLER, 4321), name
@@ -1394,7 +1378,7 @@ def test_default_permissions_deny_a_caller_without_access(quorum):
     m = quorum(opts=["allow_other", "default_permissions"])
     pub = public_dir(m)
     write(m.path("pub/secret"), b"root only", mode=0o600)
-    out = run_as(CALLER, CALLER, pub, """
+    out = qfs.run_as(CALLER, CALLER, pub, """
 try:
     open("secret", "rb").read()
     print("read")

@@ -112,6 +112,9 @@ int tree_attr_vote(struct tree *tree, const struct child_view *view,
 		st->st_ino = n->key_ino;
 		if (n == &tree->table.root)
 			st->st_ino = TREE_ROOT_INO;
+		atomic_store(&n->setid,
+			     S_ISREG(st->st_mode) &&
+				     (st->st_mode & (S_ISUID | S_ISGID)));
 	}
 	return ret;
 }

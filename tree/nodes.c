@@ -241,6 +241,8 @@ static struct tree_node *node_new_locked(struct tree *tree,
 	n->type = key_st->st_mode & S_IFMT;
 	range_locks_init(&n->ranges);
 	atomic_init(&n->size_hint, key_st->st_size);
+	atomic_init(&n->setid, S_ISREG(key_st->st_mode) &&
+				       (key_st->st_mode & (S_ISUID | S_ISGID)));
 	n->parent = parent;
 	parent->refs++;
 	if (tree->table.count * 2 > tree->table.size)

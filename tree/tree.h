@@ -46,10 +46,24 @@ struct tree_dir;
 
 #define TREE_ROOT_INO 1
 
-/* Who asked: new entries are owned by the caller, as on a local tree. */
+/*
+ * Who asked: new entries are owned by the caller, and a write by a
+ * caller without CAP_FSETID clears the file's set-user-ID and
+ * set-group-ID bits, as on a local file system. The credentials beyond
+ * uid and gid are asked for only when a written file carries those bits
+ * (they cost a look at /proc): creds->fsetid(ctx) is whether the caller
+ * holds CAP_FSETID, creds->in_group(ctx, gid) whether it is in group gid.
+ * creds NULL: a caller that keeps the bits.
+ */
+struct tree_creds {
+	bool (*fsetid)(void *ctx);
+	bool (*in_group)(void *ctx, gid_t gid);
+};
 struct tree_caller {
 	uid_t uid;
 	gid_t gid;
+	const struct tree_creds *creds;
+	void *ctx;
 };
 
 /* The answer of a lookup-like call: a node id and its voted attributes. */
@@ -168,9 +182,10 @@ int tree_read(struct tree *tree, struct tree_file *f, off_t off, size_t size,
 	      struct tree_answer *r);
 void tree_answer_release(struct tree_answer *r);
 
-/* Returns size on success: a quorum write is all or nothing. */
+/* Returns size on success: a quorum write is all or nothing. who may be
+ * NULL (a caller that keeps set-id bits). */
 ssize_t tree_write(struct tree *tree, struct tree_file *f, const void *buf,
-		   size_t size, off_t off);
+		   size_t size, off_t off, const struct tree_caller *who);
 int tree_fallocate(struct tree *tree, struct tree_file *f, int mode, off_t off,
 		   off_t len);
 int tree_fsync(struct tree *tree, struct tree_file *f, bool datasync);

@@ -54,6 +54,9 @@ struct tree_node {
 	 * lets a write skip the record's lock (intent.c). */
 	_Atomic uint64_t intent_gen;
 	_Atomic uint64_t intent_mask;
+	/* The last voted mode had S_ISUID or S_ISGID: a write must look
+	 * whether to clear them (write.c). */
+	atomic_bool setid;
 };
 
 /* Every node the kernel knows, by identity; the root is kept apart. */

@@ -133,8 +133,49 @@ static void write_children(struct tree *tree, const struct child_view *view,
 					    child_slot(view->child[i]));
 }
 
+/*
+ * The bits a write by who clears, the kernel's rule for a local file
+ * (setattr_should_drop_suidgid): a caller without CAP_FSETID loses
+ * S_ISUID, and S_ISGID where it means "run as the group" (group execute
+ * set) or where the caller is not in the file's group.
+ */
+static mode_t setid_to_clear(const struct stat *st,
+			     const struct tree_caller *who)
+{
+	mode_t kill = st->st_mode & S_ISUID;
+
+	if ((st->st_mode & S_ISGID) &&
+	    ((st->st_mode & S_IXGRP) ||
+	     !who->creds->in_group(who->ctx, st->st_gid)))
+		kill |= S_ISGID;
+	if (!kill || who->creds->fsetid(who->ctx))
+		return 0;
+	return kill;
+}
+
+/* Before a write, as file_remove_privs() does on a local file system. */
+static int drop_setid(struct tree *tree, struct tree_file *f,
+		      const struct tree_caller *who)
+{
+	const struct child_view *view;
+	struct stat st, now;
+	mode_t kill;
+	int ret;
+
+	if (!who || !who->creds || !atomic_load(&f->node->setid))
+		return 0;
+	view = children_view_get(tree->set);
+	ret = node_attr(tree, view, f->node, &st);
+	children_view_put(view);
+	if (ret || !(kill = setid_to_clear(&st, who)))
+		return ret;
+	st.st_mode &= ~kill;
+	return tree_setattr(tree, tree_node_ino(tree, f->node), f, &st,
+			    TREE_SET_MODE, &now);
+}
+
 ssize_t tree_write(struct tree *tree, struct tree_file *f, const void *buf,
-		   size_t size, off_t off)
+		   size_t size, off_t off, const struct tree_caller *who)
 {
 	const struct child_view *view = children_view_get(tree->set);
 	struct write_op op = {.file = f, .buf = buf, .size = size, .off = off};
@@ -143,6 +184,9 @@ ssize_t tree_write(struct tree *tree, struct tree_file *f, const void *buf,
 	char *copy = NULL;
 	ssize_t result;
 
+	result = drop_setid(tree, f, who);
+	if (result)
+		goto out;
 	if (f->direct && (uintptr_t)buf % CHILD_IO_ALIGN) {
 		copy = child_buf_get(size);
 		if (!copy) {
