@@ -266,19 +266,67 @@ void config_release(struct config *cfg)
 
 #define CMD_MAX_WORDS 4
 
-/* Split buf in place on spaces and tabs; false if there are too many. */
-static bool split_words(char *buf, char **word, int *nwords)
+/*
+ * One word of buf at *pos, unquoted in place (the result is never longer
+ * than the input): blanks end a word; 'single quotes' keep everything
+ * literally; "double quotes" keep everything but \" and \\, which
+ * stand for " and \; outside quotes a backslash keeps the next
+ * character. So `add "/srv/my disk"` and `add /srv/my\ disk` name one
+ * path, as in a shell. Returns the word, NULL at the end of buf, and
+ * sets *bad on an unterminated quote or a trailing backslash.
+ */
+static char *next_word(char *buf, size_t *pos, bool *bad)
 {
-	char *save = NULL;
+	char *in = buf + *pos, *out, *word;
+	char quote = 0;
+
+	while (*in == ' ' || *in == '\t')
+		in++;
+	if (!*in)
+		return NULL;
+	word = out = in;
+	for (; *in && (quote || (*in != ' ' && *in != '\t')); in++) {
+		if (!quote && (*in == '\'' || *in == '"')) {
+			quote = *in;
+		} else if (quote && *in == quote) {
+			quote = 0;
+		} else if (*in == '\\' && quote != '\'' &&
+			   (!quote || in[1] == '"' || in[1] == '\\')) {
+			if (!in[1]) {
+				*bad = true;
+				break;
+			}
+			*out++ = *++in;
+		} else {
+			*out++ = *in;
+		}
+	}
+	*bad |= quote != 0;
+	*pos = in - buf + (*in != '\0');
+	*out = '\0';
+	return word;
+}
+
+/* Split buf into words in place; -EINVAL with a reason in err. */
+static int split_words(char *buf, char **word, int *nwords, char *err,
+		       size_t errlen)
+{
+	size_t pos = 0;
+	bool bad = false;
+	char *w;
 
 	*nwords = 0;
-	for (char *w = strtok_r(buf, " \t", &save); w;
-	     w = strtok_r(NULL, " \t", &save)) {
+	while ((w = next_word(buf, &pos, &bad)) && !bad) {
 		if (*nwords == CMD_MAX_WORDS)
-			return false;
+			return fail(err, errlen,
+				    "too many words in the command");
 		word[(*nwords)++] = w;
 	}
-	return true;
+	if (bad)
+		return fail(err, errlen,
+			    "a quote is not closed, or the command ends in a "
+			    "backslash");
+	return 0;
 }
 
 static int parse_add(char **word, int n, struct config_command *cmd, char *err,
@@ -421,8 +469,8 @@ int config_parse_command(const char *line, size_t len, char *buf,
 		return fail(err, errlen, "write one command at a time");
 	memcpy(buf, line, len);
 	buf[len] = '\0';
-	if (!split_words(buf, word, &n))
-		return fail(err, errlen, "too many words in the command");
+	if (split_words(buf, word, &n, err, errlen))
+		return -EINVAL;
 	if (n == 0)
 		return fail(err, errlen, "the command is empty");
 	return parse_words(word, n, cmd, err, errlen);

@@ -118,7 +118,10 @@ struct config_command {
 /*
  * Parse one command. line (len bytes, not NUL-terminated, may end in one
  * newline) is copied into buf (CONFIG_COMMAND_MAX bytes), which *cmd's
- * strings then point into. The whole line is checked before anything is
+ * strings then point into. Words are separated by blanks and may be
+ * quoted as in a shell: 'single quotes' keep everything, "double quotes"
+ * everything but \" and \\, and a backslash outside quotes keeps the
+ * next character, so a path with blanks can be given. The whole line is checked before anything is
  * returned: unknown verbs, missing or extra words, bad numbers, NUL bytes,
  * several lines and over-long input are refused. Returns 0, or -EINVAL
  * with a one-sentence reason in err.

@@ -694,3 +694,29 @@ def test_commands_status_reads_and_io_from_many_threads_at_once(tmp_path,
     assert doc["totals"]["children"] == 4 and doc["totals"]["voting"] == 4
     assert [c["name"] for c in doc["children"]] == m.children + ["spare"]
     assert_same_tree(m.children[0], str(spare))
+
+
+# --- paths with blanks -------------------------------------------------
+
+def test_a_path_with_blanks_is_added_and_removed_when_quoted(
+        quorum, scratch_fs):
+    m = quorum()
+    write_file(m.path("f"), b"quoted" * 1000)
+    base = scratch_fs("tmpfs")
+    spaced = base / "my disk"
+    spaced.mkdir()
+    control(m, 'add "%s" name="disk two"' % spaced)
+    doc = wait_child_state(m, "disk two", "ok")
+    assert child_status(doc, "disk two")["path"] == str(spaced)
+    assert read_file(spaced / "f") == b"quoted" * 1000
+    control(m, "remove %s" % str(spaced).replace(" ", "\\ "))
+    assert "disk two" not in [c["name"] for c in status(m)["children"]]
+
+
+def test_an_unclosed_quote_is_refused_and_changes_nothing(quorum):
+    m = quorum()
+    before = stable_status(status(m))
+    assert control_errno(m, 'add "/srv/my disk') == errno.EINVAL
+    doc = status(m)
+    assert "quote" in doc["last-control-error"]["reason"]
+    assert stable_status(doc) == before

@@ -1,0 +1,129 @@
+/*
+ * Unit tests for the control-command parser (config_parse_command): the
+ * words of a command, quoting, and the refusals, as README "Runtime
+ * control" describes them.
+ */
+#include "config/config.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "test/unit/unit.h"
+
+static char buf[CONFIG_COMMAND_MAX];
+static char err[256];
+
+static int parse(const char *line, struct config_command *cmd)
+{
+	err[0] = '\0';
+	return config_parse_command(line, strlen(line), buf, cmd, err,
+				    sizeof(err));
+}
+
+static void test_add_takes_a_plain_path_and_a_name(void)
+{
+	struct config_command c;
+
+	CHECK_EQ(parse("add /srv/d name=d\n", &c), 0);
+	CHECK_EQ(c.verb, CMD_ADD);
+	CHECK(strcmp(c.path, "/srv/d") == 0);
+	CHECK(strcmp(c.name, "d") == 0);
+}
+
+static void test_a_double_quoted_path_may_hold_blanks(void)
+{
+	struct config_command c;
+
+	CHECK_EQ(parse("add \"/srv/my disk\"", &c), 0);
+	CHECK(strcmp(c.path, "/srv/my disk") == 0);
+	CHECK(c.name == NULL);
+}
+
+static void test_a_single_quoted_path_keeps_backslashes(void)
+{
+	struct config_command c;
+
+	CHECK_EQ(parse("add '/srv/a\\b c'", &c), 0);
+	CHECK(strcmp(c.path, "/srv/a\\b c") == 0);
+}
+
+static void test_a_backslash_keeps_a_blank_outside_quotes(void)
+{
+	struct config_command c;
+
+	CHECK_EQ(parse("remove /srv/my\\ disk", &c), 0);
+	CHECK_EQ(c.verb, CMD_REMOVE);
+	CHECK(strcmp(c.name, "/srv/my disk") == 0);
+}
+
+static void test_quotes_may_join_parts_of_one_word(void)
+{
+	struct config_command c;
+
+	CHECK_EQ(parse("add /srv/x name=\"my child\"", &c), 0);
+	CHECK(strcmp(c.name, "my child") == 0);
+}
+
+static void test_double_quotes_unescape_quote_and_backslash_only(void)
+{
+	struct config_command c;
+
+	CHECK_EQ(parse("resync \"a\\\"b\\\\c\\d\"", &c), 0);
+	CHECK(strcmp(c.name, "a\"b\\c\\d") == 0);
+}
+
+static void test_an_unterminated_quote_is_refused(void)
+{
+	struct config_command c;
+
+	CHECK_EQ(parse("add \"/srv/my disk", &c), -EINVAL);
+	CHECK(strstr(err, "quote") != NULL);
+}
+
+static void test_a_trailing_backslash_is_refused(void)
+{
+	struct config_command c;
+
+	CHECK_EQ(parse("remove /srv/a\\", &c), -EINVAL);
+}
+
+static void test_an_empty_quoted_word_counts_as_a_word(void)
+{
+	struct config_command c;
+
+	/* "remove ''" names the empty string, which no child has. */
+	CHECK_EQ(parse("remove ''", &c), 0);
+	CHECK(strcmp(c.name, "") == 0);
+}
+
+static void test_blanks_between_words_may_be_tabs_and_repeated(void)
+{
+	struct config_command c;
+
+	CHECK_EQ(parse("  threshold\t\t 2  ", &c), 0);
+	CHECK_EQ(c.verb, CMD_THRESHOLD);
+	CHECK_EQ(c.number, 2);
+}
+
+static void test_too_many_words_are_refused(void)
+{
+	struct config_command c;
+
+	CHECK_EQ(parse("add /a name=b c d", &c), -EINVAL);
+}
+
+int main(void)
+{
+	RUN(test_add_takes_a_plain_path_and_a_name);
+	RUN(test_a_double_quoted_path_may_hold_blanks);
+	RUN(test_a_single_quoted_path_keeps_backslashes);
+	RUN(test_a_backslash_keeps_a_blank_outside_quotes);
+	RUN(test_quotes_may_join_parts_of_one_word);
+	RUN(test_double_quotes_unescape_quote_and_backslash_only);
+	RUN(test_an_unterminated_quote_is_refused);
+	RUN(test_a_trailing_backslash_is_refused);
+	RUN(test_an_empty_quoted_word_counts_as_a_word);
+	RUN(test_blanks_between_words_may_be_tabs_and_repeated);
+	RUN(test_too_many_words_are_refused);
+	return unit_summary();
+}
