@@ -752,6 +752,7 @@ static const struct fuse_opt qfs_opts[] = {
 	QFS_OPT("log=%s", log),
 	QFS_OPT("io-timeout=%s", io_timeout),
 	QFS_OPT("scrub-rate=%s", scrub_rate),
+	QFS_OPT("control-socket=%s", control_socket),
 	QFS_OPT("rewrite-corrupted", rewrite_corrupted),
 	QFS_OPT("blkverify", blkverify),
 	FUSE_OPT_END,
@@ -792,7 +793,11 @@ static void usage(const char *prog)
 	       "(default %d,\n"
 	       "                           0: wait for ever)\n"
 	       "    -o scrub-rate=N        MiB/s a scrub reads at, 0 unlimited "
-	       "(default %d)\n\n",
+	       "(default %d)\n"
+	       "    -o control-socket=PATH the operator's unix socket, or "
+	       "none\n"
+	       "                           (default "
+	       "/run/quorumfs/MOUNT.sock)\n\n",
 	       prog, CONFIG_DEFAULT_THREADS, CONFIG_DEFAULT_IO_TIMEOUT,
 	       CONFIG_DEFAULT_SCRUB_RATE);
 	fuse_cmdline_help();
@@ -919,6 +924,7 @@ static void release_args(struct config_args *raw)
 	free((char *)raw->log);
 	free((char *)raw->io_timeout);
 	free((char *)raw->scrub_rate);
+	free((char *)raw->control_socket);
 }
 
 int main(int argc, char *argv[])

@@ -244,6 +244,14 @@ void children_view_put(const struct child_view *view)
 		view_free(h);
 }
 
+const struct child_view *children_view_hold(const struct child_view *view)
+{
+	struct view_holder *h = (struct view_holder *)view;
+
+	atomic_fetch_add(&h->refs, 1);
+	return view;
+}
+
 const struct child_view *children_view_get(struct child_set *set)
 {
 	struct view_holder *h;
@@ -744,6 +752,8 @@ static struct json_object *child_status_locked(const struct child *c)
 		err, "flush",
 		json_object_new_int64(child_errors(c, CHILD_OP_FLUSH)));
 	json_object_object_add(o, "errors", err);
+	json_object_object_add(o, "timed-out-requests",
+			       json_object_new_int(child_orphans(c)));
 	return o;
 }
 

@@ -106,6 +106,8 @@ void children_set_log(struct child_set *set, struct event_log *log);
  */
 const struct child_view *children_view_get(struct child_set *set);
 void children_view_put(const struct child_view *view);
+/* Another reference to a view already held; returns view. */
+const struct child_view *children_view_hold(const struct child_view *view);
 
 /*
  * Membership and rules. Each change publishes a new view, logs its event
@@ -326,41 +328,55 @@ struct child_verdict child_health_read_failed(enum child_state now, int error,
 struct child_verdict child_health_syncing_failed(enum child_state now,
 						 int error);
 
-/* ---- one request to every child, watched (request.c) ---- */
+/* ---- one request to every child, bounded (request.c) ---- */
 
 /*
- * The watchdog over running requests: a child that has not answered a
- * request io-timeout after it started is passed to late(arg, child),
- * once per request, from the thread qfs-watchdog (with a reference the
- * watchdog drops after the call). timeout_ms 0 watches nothing and runs
- * no thread. Returns 0 and *out, or -errno. Free it once no request runs.
+ * The watchdog: the io-timeout a request waits for its children (0: for
+ * ever), and who hears of a child that did not answer in time: late(arg,
+ * c), registered from above with watchdog_set_late() before serving.
+ * Returns 0 and *out, or -ENOMEM. Free it once no request runs.
  */
 typedef void child_late_fn(void *arg, struct child *c);
 struct watchdog;
-int watchdog_new(int timeout_ms, child_late_fn *late, void *arg,
-		 struct watchdog **out);
+struct child_request;
+int watchdog_new(int timeout_ms, struct watchdog **out);
 void watchdog_free(struct watchdog *wd);
+void watchdog_set_late(struct watchdog *wd, child_late_fn *late, void *arg);
+int watchdog_timeout_ms(const struct watchdog *wd);
+/* Tell late() of every child rq gave up on. Call it holding no lock that
+ * late() may take. */
+void watchdog_report(const struct watchdog *wd, const struct child_request *rq);
 
 /*
- * One call sent to every child of a view, md raid1's r1bio: the caller
- * fills view, body and arg on its stack; child_request_run() runs
- * body(rq, i) for every view index i on the pool (i == 0 on the calling
- * thread) and returns when all have; each body stores its result, 0 or
- * -errno, in ret[i]. The view stays the caller's.
+ * One call sent to every child of a view, md raid1's r1bio (request.c
+ * says how the caller and the parts share it):
+ *   child_request_new: a request with arg_size zeroed bytes at arg for
+ *     the parts to share; it holds its own reference to view. release(rq)
+ *     runs when the last part has ended, for what late parts left in
+ *     arg. NULL when out of memory.
+ *   child_request_run: body(rq, i) for every view index i, on the pool,
+ *     each part's answer (0 or -errno) in ret[i]; returns once every part
+ *     answered, or after wd's io-timeout with the late ones given up on:
+ *     their bit in late, ret -ETIMEDOUT. wd NULL: wait for ever; pool
+ *     NULL: every part on the calling thread, in turn. Run it once per
+ *     request.
+ *   child_request_put: the caller is done with it.
  */
 struct child_request {
 	const struct child_view *view;
-	void (*body)(struct child_request *rq, int i);
 	void *arg;
 	int ret[CHILDREN_MAX];
-	/* Private: the watchdog's view of the request. */
-	struct timespec started;
-	atomic_bool done[CHILDREN_MAX];
-	bool overdue; /* guarded by the watchdog's lock */
-	struct child_request *prev, *next;
+	uint32_t late; /* bit i: part i was given up on */
 };
-/* wd may be NULL (unwatched). */
+struct child_request *
+child_request_new(const struct child_view *view, size_t arg_size,
+		  void (*release)(struct child_request *));
 void child_request_run(struct child_request *rq, struct pool *pool,
-		       struct watchdog *wd);
+		       const struct watchdog *wd,
+		       int (*body)(struct child_request *rq, int i));
+void child_request_put(struct child_request *rq);
+/* Wait up to ms for every request to end (the late parts included);
+ * false when some still run, held by a hung child. */
+bool child_requests_wait(int ms);
 
 #endif

@@ -304,7 +304,12 @@ static void ring_wait(struct ring *r, struct child_io *io, int n,
 			if (p == &io[i])
 				slot_orphan(r, k);
 	}
-	if (failed)
+	/* A ring with orphans goes to a reaper thread at once, so that they
+	 * are counted off when they end even if this thread never does I/O
+	 * again (a resync waits for them); the thread takes a new ring.
+	 * Nothing else is in flight on it: a thread runs one request at a
+	 * time. */
+	if (failed || r->orphans > 0)
 		ring_drop(r);
 }
 

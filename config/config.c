@@ -13,7 +13,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ctype.h>
+#include <stdint.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -233,6 +238,89 @@ static int check_log(const struct config_args *a, struct config *cfg, char *err,
 	return cfg->log_path ? 0 : -ENOMEM;
 }
 
+/* Where an unprivileged user's sockets go. */
+static int socket_dir(char *buf, size_t size)
+{
+	const char *xdg = getenv("XDG_RUNTIME_DIR");
+	int n;
+
+	if (geteuid() == 0)
+		n = snprintf(buf, size, "/run/quorumfs");
+	else if (xdg && xdg[0] == '/')
+		n = snprintf(buf, size, "%s/quorumfs", xdg);
+	else
+		n = snprintf(buf, size, "/tmp/quorumfs-%u",
+			     (unsigned)geteuid());
+	return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : n;
+}
+
+/* The mountpoint as one file name (see config_default_socket). */
+static void escape_name(const char *mountpoint, char *out, size_t size)
+{
+	size_t n = 0;
+
+	for (const char *p = mountpoint + 1; *p && n + 4 < size; p++) {
+		unsigned char c = *p;
+
+		if (c == '/')
+			out[n++] = '-';
+		else if (isalnum(c) || c == '.' || c == '_')
+			out[n++] = c;
+		else
+			n += snprintf(out + n, size - n, "%%%02X", c);
+	}
+	out[n] = '\0';
+}
+
+int config_default_socket(const char *mountpoint, char *buf, size_t size)
+{
+	struct sockaddr_un sun;
+	char dir[sizeof(sun.sun_path)], name[4 * PATH_MAX];
+	uint64_t h = 14695981039346656037ULL; /* FNV-1a */
+	int n;
+
+	if (socket_dir(dir, sizeof(dir)) < 0)
+		return -ENAMETOOLONG;
+	escape_name(mountpoint, name, sizeof(name));
+	n = snprintf(buf, size, "%s/%s.sock", dir, *name ? name : "root");
+	if (n >= 0 && (size_t)n < size && (size_t)n < sizeof(sun.sun_path))
+		return 0;
+	for (const char *p = mountpoint; *p; p++)
+		h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+	n = snprintf(buf, size, "%s/mnt-%016llx.sock", dir,
+		     (unsigned long long)h);
+	return n < 0 || (size_t)n >= size || (size_t)n >= sizeof(sun.sun_path)
+		       ? -ENAMETOOLONG
+		       : 0;
+}
+
+static int check_socket(const struct config_args *a, struct config *cfg,
+			char *err, size_t errlen)
+{
+	struct sockaddr_un sun;
+	char path[sizeof(sun.sun_path)];
+
+	if (a->control_socket && strcmp(a->control_socket, "none") == 0)
+		return 0;
+	if (!a->control_socket) {
+		if (config_default_socket(cfg->mountpoint, path, sizeof(path)))
+			return fail(
+				err, errlen,
+				"no default control socket fits a socket "
+				"address; give control-socket=PATH or none");
+	} else if (a->control_socket[0] != '/' ||
+		   strlen(a->control_socket) >= sizeof(sun.sun_path)) {
+		return fail(err, errlen,
+			    "control-socket=%s must be an absolute path of at "
+			    "most %zu bytes, or none",
+			    a->control_socket, sizeof(sun.sun_path) - 1);
+	} else {
+		snprintf(path, sizeof(path), "%s", a->control_socket);
+	}
+	cfg->control_socket = strdup(path);
+	return cfg->control_socket ? 0 : -ENOMEM;
+}
+
 int config_from_args(const struct config_args *args, struct config *cfg,
 		     char *err, size_t errlen)
 {
@@ -246,6 +334,8 @@ int config_from_args(const struct config_args *args, struct config *cfg,
 		ret = check_modes(args, cfg, err, errlen);
 	if (!ret)
 		ret = check_log(args, cfg, err, errlen);
+	if (!ret)
+		ret = check_socket(args, cfg, err, errlen);
 	if (ret == -ENOMEM)
 		snprintf(err, errlen, "out of memory");
 	if (ret)
@@ -258,6 +348,7 @@ void config_release(struct config *cfg)
 	for (int i = 0; i < cfg->children.n; i++)
 		free((char *)cfg->children.path[i]);
 	free(cfg->log_path);
+	free(cfg->control_socket);
 	free(cfg->mountpoint);
 	memset(cfg, 0, sizeof(*cfg));
 }

@@ -33,6 +33,7 @@ struct config_args {
 	const char *log;
 	const char *io_timeout;
 	const char *scrub_rate;
+	const char *control_socket;
 	int rewrite_corrupted;
 	int blkverify;
 	int npaths; /* children then the mountpoint */
@@ -47,6 +48,8 @@ struct config {
 	int scrub_rate;	   /* MiB/s a scrub reads at by default; 0: unlimited */
 	char *log_path;	   /* absolute, or NULL for no event log */
 	char *mountpoint;  /* absolute */
+	/* The operator's socket: absolute, or NULL for none. */
+	char *control_socket;
 };
 
 #define CONFIG_DEFAULT_THREADS 16
@@ -64,6 +67,16 @@ struct config {
  */
 int config_from_args(const struct config_args *args, struct config *cfg,
 		     char *err, size_t errlen);
+
+/*
+ * The control socket a mount at mountpoint has when control-socket= is
+ * not given: /run/quorumfs/NAME.sock for root, else
+ * $XDG_RUNTIME_DIR/quorumfs/NAME.sock (or /tmp/quorumfs-UID/NAME.sock),
+ * NAME the mountpoint with '/' as '-' and other bytes outside
+ * [A-Za-z0-9._] as %XX, or a hash of it where the path would not fit a
+ * socket address. Returns 0 with the path in buf, or -ENAMETOOLONG.
+ */
+int config_default_socket(const char *mountpoint, char *buf, size_t size);
 
 /* Free what config_from_args() allocated. */
 void config_release(struct config *cfg);
@@ -121,10 +134,10 @@ struct config_command {
  * strings then point into. Words are separated by blanks and may be
  * quoted as in a shell: 'single quotes' keep everything, "double quotes"
  * everything but \" and \\, and a backslash outside quotes keeps the
- * next character, so a path with blanks can be given. The whole line is checked before anything is
- * returned: unknown verbs, missing or extra words, bad numbers, NUL bytes,
- * several lines and over-long input are refused. Returns 0, or -EINVAL
- * with a one-sentence reason in err.
+ * next character, so a path with blanks can be given. The whole line is checked
+ * before anything is returned: unknown verbs, missing or extra words, bad
+ * numbers, NUL bytes, several lines and over-long input are refused. Returns 0,
+ * or -EINVAL with a one-sentence reason in err.
  */
 int config_parse_command(const char *line, size_t len, char *buf,
 			 struct config_command *cmd, char *err, size_t errlen);

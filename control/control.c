@@ -60,6 +60,21 @@ static struct child *find_child(struct control *ctl, const char *name,
 	return c;
 }
 
+/*
+ * How long `remove` waits for operations that still use the child. A
+ * failed child is in no new view, and every request gives up on it
+ * within io-timeout: waiting longer would only wait for a hung child.
+ */
+static int drain_ms(struct control *ctl, struct child *c)
+{
+	int timeout = ctl->cfg->io_timeout_ms;
+
+	if (child_state(c) == CHILD_FAILED && timeout > 0 &&
+	    timeout < REMOVE_DRAIN_MS)
+		return timeout;
+	return REMOVE_DRAIN_MS;
+}
+
 static int cmd_remove(struct control *ctl, const struct config_command *cmd,
 		      char *err, size_t errlen)
 {
@@ -73,7 +88,7 @@ static int cmd_remove(struct control *ctl, const struct config_command *cmd,
 	 * first loses nothing if the removal is refused. */
 	if (child_state(c) != CHILD_OK)
 		jobs_resync_stop(ctl->jobs, c);
-	ret = children_remove(ctl->set, c, REMOVE_DRAIN_MS, err, errlen);
+	ret = children_remove(ctl->set, c, drain_ms(ctl, c), err, errlen);
 	if (ret >= 0) {
 		jobs_resync_stop(ctl->jobs, c); /* reap a finished copy */
 		if (ctl->record)
@@ -166,21 +181,31 @@ static void control_error(struct control *ctl, const char *buf, size_t len,
 	event_log_emit(ctl->log, "CONTROL_ERROR", d);
 }
 
-int control_command(struct control *ctl, const char *buf, size_t len)
+int control_run(struct control *ctl, const char *buf, size_t len, char *err,
+		size_t errlen)
 {
-	char line[CONFIG_COMMAND_MAX], err[256] = "";
+	char line[CONFIG_COMMAND_MAX];
 	struct config_command cmd;
 	int ret;
 
+	err[0] = '\0';
 	pthread_mutex_lock(&ctl->command_lock);
-	ret = config_parse_command(buf, len, line, &cmd, err, sizeof(err));
+	ret = config_parse_command(buf, len, line, &cmd, err, errlen);
 	if (!ret)
-		ret = run_command(ctl, &cmd, err, sizeof(err));
+		ret = run_command(ctl, &cmd, err, errlen);
+	if (ret && !err[0])
+		snprintf(err, errlen, "%s", strerror(-ret));
 	if (ret)
-		control_error(ctl, buf, len, ret,
-			      err[0] ? err : strerror(-ret));
+		control_error(ctl, buf, len, ret, err);
 	pthread_mutex_unlock(&ctl->command_lock);
 	return ret;
+}
+
+int control_command(struct control *ctl, const char *buf, size_t len)
+{
+	char err[256];
+
+	return control_run(ctl, buf, len, err, sizeof(err));
 }
 
 static struct json_object *last_error_json(struct control *ctl)
@@ -209,6 +234,10 @@ char *control_status(struct control *ctl)
 			       json_object_new_string(ctl->cfg->mountpoint));
 	json_object_object_add(o, "io-timeout-ms",
 			       json_object_new_int(ctl->cfg->io_timeout_ms));
+	json_object_object_add(
+		o, "control-socket",
+		ctl->socket ? json_object_new_string(ctl->cfg->control_socket)
+			    : NULL);
 	if (ctl->record)
 		json_object_object_add(o, "set", record_status(ctl->record));
 	jobs_scrub_status(ctl->jobs, o);

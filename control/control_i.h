@@ -22,9 +22,11 @@ struct control {
 	/* Made by control_start, in this order: */
 	struct event_log *log;
 	struct pool *pool;
+	struct watchdog *watchdog;
 	struct tree *tree;
 	struct jobs *jobs;
-	bool started; /* MOUNTED was logged */
+	struct control_socket *socket; /* NULL: none */
+	bool started;		       /* MOUNTED was logged */
 	/* Commands run one at a time; the last refusal is kept for the
 	 * status under error_lock (a leaf), so a status read never waits
 	 * for a running command. */
@@ -33,5 +35,16 @@ struct control {
 	char last_error[512];	/* guarded by error_lock */
 	char last_command[256]; /* guarded by error_lock */
 };
+
+/* One command, with the reason of a refusal in err (control.c). */
+int control_run(struct control *ctl, const char *buf, size_t len, char *err,
+		size_t errlen);
+
+/* The operator's socket at path and its threads (socket.c); stop
+ * accepts NULL and returns once no client is served. */
+struct control_socket;
+int control_socket_start(struct control *ctl, const char *path,
+			 struct control_socket **out, char *err, size_t errlen);
+void control_socket_stop(struct control_socket *cs);
 
 #endif

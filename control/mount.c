@@ -3,13 +3,14 @@
  * the reverse one (control.h draws both).
  *
  * Teardown order, and why:
+ *   0. the operator's socket: commands use everything below;
  *   1. the jobs: no copy or scrub may run (or log) past UNMOUNTED, and
  *      each holds the tree;
  *   2. the throttled events, then UNMOUNTED, the log's last word;
  *   3. the tree: no request runs any more (the session ended);
  *   4. the record, marked clean only after a clean stop: every child
  *      synced, the intent log cleared when all members are in step;
- *   5. the pool and the log, whose threads everything above used;
+ *   5. the watchdog, the pool and the log, which everything above used;
  *   6. the set and the record's memory; the buffer cache.
  */
 #define _GNU_SOURCE
@@ -22,6 +23,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* How long teardown waits for requests a hung child still holds. */
+#define TEARDOWN_WAIT_MS 2000
 
 /*
  * Check the log file can be opened before the daemon detaches, so a bad
@@ -149,10 +153,14 @@ int control_start(struct control *ctl, char *err, size_t errlen)
 
 	if (!ret)
 		ret = pool_new(cfg->threads, &ctl->pool);
+	if (!ret)
+		ret = watchdog_new(cfg->io_timeout_ms, &ctl->watchdog);
 	children_set_log(ctl->set, ctl->log);
 	if (!ret)
-		ret = tree_new(ctl->set, ctl->pool, ctl->log, ctl->record,
-			       cfg->io_timeout_ms, &ctl->tree);
+		ret = tree_new(ctl->set, ctl->pool, ctl->watchdog, ctl->log,
+			       ctl->record, &ctl->tree);
+	if (!ret)
+		record_set_io(ctl->record, ctl->pool, ctl->watchdog);
 	if (!ret)
 		ret = start_jobs(ctl);
 	if (ret) {
@@ -166,6 +174,13 @@ int control_start(struct control *ctl, char *err, size_t errlen)
 			 strerror(-ret));
 		return ret;
 	}
+	if (cfg->control_socket) {
+		err[0] = '\0';
+		ret = control_socket_start(ctl, cfg->control_socket,
+					   &ctl->socket, err, errlen);
+		if (ret)
+			return ret;
+	}
 	emit_mounted(ctl);
 	ctl->started = true;
 	return 0;
@@ -173,19 +188,31 @@ int control_start(struct control *ctl, char *err, size_t errlen)
 
 void control_stop(struct control *ctl, bool clean)
 {
+	bool held;
+
 	if (!ctl)
 		return;
+	control_socket_stop(ctl->socket);
 	jobs_free(ctl->jobs);
 	if (ctl->started) {
 		event_log_flush_throttled(ctl->log);
 		emit_unmounted(ctl);
 	}
-	tree_free(ctl->tree);
+	/* A part a hung child still holds uses the tree and the set: both
+	 * are left to it, and to the process's end. */
+	held = !child_requests_wait(TEARDOWN_WAIT_MS);
+	if (!held)
+		tree_free(ctl->tree);
 	if (clean && ctl->started)
 		record_unmount(ctl->record, ctl->set);
+	if (ctl->record)
+		record_set_io(ctl->record, NULL, NULL);
+	if (!held)
+		watchdog_free(ctl->watchdog);
 	pool_free(ctl->pool);
 	event_log_close(ctl->log);
-	children_free(ctl->set);
+	if (!held)
+		children_free(ctl->set);
 	record_free(ctl->record);
 	child_bufs_release();
 	pthread_mutex_destroy(&ctl->error_lock);

@@ -307,9 +307,22 @@ static int make_dir(int root_fd)
 	return 0;
 }
 
-int persist_save(int root_fd, const struct persist_state *st)
+char *persist_state_text(const struct persist_state *st)
 {
 	struct json_object *o = state_json(st);
+	char *text = NULL;
+
+	if (asprintf(&text, "%s\n",
+		     json_object_to_json_string_ext(
+			     o, JSON_C_TO_STRING_PRETTY |
+					JSON_C_TO_STRING_NOSLASHESCAPE)) < 0)
+		text = NULL;
+	json_object_put(o);
+	return text;
+}
+
+int persist_save_text(int root_fd, const char *text)
+{
 	int fd = -1, ret = make_dir(root_fd);
 
 	if (ret)
@@ -321,11 +334,7 @@ int persist_save(int root_fd, const struct persist_state *st)
 		ret = -errno;
 		goto out;
 	}
-	ret = write_all(fd, json_object_to_json_string_ext(
-				    o, JSON_C_TO_STRING_PRETTY |
-					       JSON_C_TO_STRING_NOSLASHESCAPE));
-	if (!ret)
-		ret = write_all(fd, "\n");
+	ret = write_all(fd, text);
 	if (!ret)
 		ret = child_result(fsync(fd));
 	if (!ret)
@@ -336,7 +345,15 @@ int persist_save(int root_fd, const struct persist_state *st)
 out:
 	if (fd >= 0)
 		close(fd);
-	json_object_put(o);
+	return ret;
+}
+
+int persist_save(int root_fd, const struct persist_state *st)
+{
+	char *text = persist_state_text(st);
+	int ret = text ? persist_save_text(root_fd, text) : -ENOMEM;
+
+	free(text);
 	return ret;
 }
 

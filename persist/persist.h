@@ -69,8 +69,12 @@ struct persist_state {
  */
 int persist_load(int root_fd, struct persist_state *st, char *err,
 		 size_t errlen);
-/* Write it atomically and durably, creating .quorumfs/ if needed. */
+/* Write it atomically and durably, creating .quorumfs/ if needed. The
+ * same in two steps: the text (caller frees; NULL when out of memory),
+ * then its saving, which reads nothing but the text. */
 int persist_save(int root_fd, const struct persist_state *st);
+char *persist_state_text(const struct persist_state *st);
+int persist_save_text(int root_fd, const char *text);
 void persist_clear(struct persist_state *st);
 /* Deep copy; -ENOMEM leaves dst cleared. */
 int persist_copy(struct persist_state *dst, const struct persist_state *src);
@@ -138,6 +142,16 @@ int record_scan(struct children_config *cfg, struct record **out, char *err,
 int record_start(struct record *r, struct child_set *set, char *err,
 		 size_t errlen);
 void record_free(struct record *r);
+/*
+ * From now on, write the children's records on pool, each write bounded
+ * by wd's io-timeout: a child that does not answer in time is passed to
+ * wd's late callback once the record's lock is dropped (it fails the
+ * child, which comes back here). Before this call, writes run on the
+ * caller's thread. pool and wd must outlive the record's use.
+ */
+struct pool;
+struct watchdog;
+void record_set_io(struct record *r, struct pool *pool, struct watchdog *wd);
 /* A clean unmount: sync every child, clear the log if all are in step. */
 void record_unmount(struct record *r, struct child_set *set);
 

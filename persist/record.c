@@ -19,12 +19,16 @@
 #include <unistd.h>
 
 #define ANNOUNCED_MAX 65536
+/* Writes one call under the lock may make. */
+#define RECORD_PENDING 4
 
 struct announced {
 	uint64_t dev, ino;
 	int64_t region;
 };
 
+/* Most of these fields are the record's memory of every slot; the rest
+ * are the announcement cache and the bounded writes. */
 struct record {
 	pthread_mutex_t lock;
 	struct persist_state set; /* generation: the current one */
@@ -41,6 +45,14 @@ struct record {
 	size_t nannounced;
 	int nextra;
 	char *extra_path[CHILDREN_MAX], *extra_name[CHILDREN_MAX];
+	/* Writes to the children's records run on the pool, bounded by the
+	 * watchdog's io-timeout (record_set_io; before it, on the caller's
+	 * thread). Those that gave up on a child wait here, under lock,
+	 * until the lock is dropped: the late callback takes it again. */
+	struct pool *pool;
+	struct watchdog *wd;
+	struct child_request *pending[RECORD_PENDING];
+	int npending;
 };
 
 static int refuse(char *err, size_t errlen, const char *fmt, const char *a,
@@ -268,18 +280,176 @@ out:
 	return ret;
 }
 
-/* ---- saving records ---- */
+/* ---- writing to the children's records ---- */
 
-/* c's record at generation gen (the set's own fields otherwise). */
-static int save_child(struct record *r, struct child *c, uint64_t gen,
-		      bool clean)
+enum record_op {
+	RECORD_STATE,	  /* save text[i] as the state */
+	RECORD_APPEND,	  /* append text[i] to the intent log */
+	RECORD_LOG_RESET, /* empty the intent log */
+	RECORD_SYNC,	  /* syncfs() the child's file system */
+};
+
+/* One operation on some children of a view (those with text[i], or
+ * marked in the mask for the operations without text); the request owns
+ * the texts. */
+struct record_write {
+	enum record_op op;
+	uint32_t mask;		  /* by view index: children to act on */
+	char *text[CHILDREN_MAX]; /* by view index */
+};
+
+/* syncfs() wants a real handle, not the O_PATH one of the root. */
+static int sync_root(int root)
+{
+	int fd = openat(root, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int ret;
+
+	if (fd < 0)
+		return -errno;
+	ret = syncfs(fd) ? -errno : 0;
+	close(fd);
+	return ret;
+}
+
+static int record_write_body(struct child_request *rq, int i)
+{
+	struct record_write *w = rq->arg;
+	int root = child_root_fd(rq->view->child[i]);
+
+	if (!(w->mask & (1u << i)))
+		return 0;
+	switch (w->op) {
+	case RECORD_STATE:
+		return persist_save_text(root, w->text[i]);
+	case RECORD_APPEND:
+		return persist_log_append(root, w->text[i]);
+	case RECORD_LOG_RESET:
+		return persist_log_reset(root);
+	case RECORD_SYNC:
+		return sync_root(root);
+	}
+	return -EINVAL;
+}
+
+static void record_write_release(struct child_request *rq)
+{
+	struct record_write *w = rq->arg;
+
+	for (int i = 0; i < CHILDREN_MAX; i++)
+		free(w->text[i]);
+}
+
+static struct child_request *write_new(const struct child_view *v,
+				       enum record_op op)
+{
+	struct child_request *rq = child_request_new(
+		v, sizeof(struct record_write), record_write_release);
+
+	if (rq)
+		((struct record_write *)rq->arg)->op = op;
+	return rq;
+}
+
+/* Run the writes, each bounded; r->lock held. The request is kept for
+ * record_unlock() to report its late children. Returns 0, or the first
+ * child's error (a caller may care about one child only). */
+static int write_run_locked(struct record *r, struct child_request *rq)
+{
+	int ret = 0;
+
+	child_request_run(rq, r->pool, r->wd, record_write_body);
+	for (int i = 0; i < rq->view->n && !ret; i++)
+		ret = rq->ret[i];
+	if (rq->late && r->npending < RECORD_PENDING)
+		r->pending[r->npending++] = rq;
+	else
+		child_request_put(rq);
+	return ret;
+}
+
+/* op on the voting children of v, each bounded; r->lock held. */
+static int voters_locked(struct record *r, const struct child_view *v,
+			 enum record_op op)
+{
+	struct child_request *rq = write_new(v, op);
+
+	if (!rq)
+		return -ENOMEM;
+	for (int i = 0; i < v->n; i++)
+		if (v->votes[i])
+			((struct record_write *)rq->arg)->mask |= 1u << i;
+	return write_run_locked(r, rq);
+}
+
+/* Drop the lock, then tell the watchdog of the children a write gave up
+ * on (its callback fails them, which comes back here). */
+static void record_unlock(struct record *r)
+{
+	struct child_request *late[RECORD_PENDING];
+	int n = r->npending;
+
+	memcpy(late, r->pending, sizeof(late));
+	r->npending = 0;
+	pthread_mutex_unlock(&r->lock);
+	for (int i = 0; i < n; i++) {
+		watchdog_report(r->wd, late[i]);
+		child_request_put(late[i]);
+	}
+}
+
+void record_set_io(struct record *r, struct pool *pool, struct watchdog *wd)
+{
+	pthread_mutex_lock(&r->lock);
+	r->pool = pool;
+	r->wd = wd;
+	pthread_mutex_unlock(&r->lock);
+}
+
+/* c's record at generation gen (the set's own fields otherwise), as the
+ * text of its state file; NULL when out of memory. */
+static char *state_text(struct record *r, struct child *c, uint64_t gen,
+			bool clean)
 {
 	struct persist_state st = r->set; /* shallow: members are shared */
 
 	memcpy(st.child, r->id[child_slot(c)], sizeof(st.child));
 	st.generation = gen;
 	st.clean = clean;
-	return persist_save(child_root_fd(c), &st);
+	return persist_state_text(&st);
+}
+
+/* Save the state at gen on every voting child of v, or on c alone. */
+static int save_locked(struct record *r, const struct child_view *v,
+		       struct child *only, uint64_t gen, bool clean)
+{
+	struct child_request *rq = write_new(v, RECORD_STATE);
+	struct record_write *w;
+
+	if (!rq)
+		return -ENOMEM;
+	w = rq->arg;
+	for (int i = 0; i < v->n; i++) {
+		if (only ? v->child[i] != only : !v->votes[i])
+			continue;
+		w->text[i] = state_text(r, v->child[i], gen, clean);
+		if (!w->text[i]) {
+			child_request_put(rq);
+			return -ENOMEM;
+		}
+		w->mask |= 1u << i;
+	}
+	return write_run_locked(r, rq);
+}
+
+/* c alone, whether in the view or not (a child just added or found). */
+static int save_child(struct record *r, struct child *c, uint64_t gen,
+		      bool clean)
+{
+	char *text = state_text(r, c, gen, clean);
+	int ret = text ? persist_save_text(child_root_fd(c), text) : -ENOMEM;
+
+	free(text);
+	return ret;
 }
 
 /* A new generation on every voting child; announcements start over. */
@@ -291,11 +461,7 @@ static void bump_locked(struct record *r, struct child_set *set)
 	atomic_store(&r->generation, r->set.generation);
 	r->nannounced = 0;
 	r->tree_announced = false;
-	for (int i = 0; i < v->n; i++) {
-		if (!v->votes[i])
-			continue;
-		save_child(r, v->child[i], r->set.generation, false);
-	}
+	save_locked(r, v, NULL, r->set.generation, false);
 	children_view_put(v);
 }
 
@@ -351,21 +517,7 @@ int record_start(struct record *r, struct child_set *set, char *err,
 			r->set.log_since = 1;
 		bump_locked(r, set);
 	}
-	pthread_mutex_unlock(&r->lock);
-	return ret;
-}
-
-/* syncfs() wants a real handle, not the O_PATH one of the root. */
-static int sync_child(struct child *c)
-{
-	int fd = openat(child_root_fd(c), ".",
-			O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	int ret;
-
-	if (fd < 0)
-		return -errno;
-	ret = syncfs(fd) ? -errno : 0;
-	close(fd);
+	record_unlock(r);
 	return ret;
 }
 
@@ -377,17 +529,12 @@ void record_unmount(struct record *r, struct child_set *set)
 	bool all = v->voters == n && n == r->set.n;
 
 	pthread_mutex_lock(&r->lock);
-	for (int i = 0; i < v->n; i++)
-		if (v->votes[i] && sync_child(v->child[i]))
-			all = false;
-	for (int i = 0; i < v->n && all; i++)
-		persist_log_reset(child_root_fd(v->child[i]));
-	if (all)
+	if (voters_locked(r, v, RECORD_SYNC))
+		all = false;
+	if (all && !voters_locked(r, v, RECORD_LOG_RESET))
 		r->set.log_since = r->set.generation;
-	for (int i = 0; i < v->n; i++)
-		if (v->votes[i])
-			save_child(r, v->child[i], r->set.generation, true);
-	pthread_mutex_unlock(&r->lock);
+	save_locked(r, v, NULL, r->set.generation, true);
+	record_unlock(r);
 	for (int i = 0; i < n; i++)
 		child_put(m[i]);
 	children_view_put(v);
@@ -399,17 +546,19 @@ void record_demoted(struct record *r, struct child_set *set)
 {
 	pthread_mutex_lock(&r->lock);
 	bump_locked(r, set);
-	pthread_mutex_unlock(&r->lock);
+	record_unlock(r);
 }
 
 void record_promoted(struct record *r, struct child_set *set, struct child *c)
 {
-	(void)set;
+	const struct child_view *v = children_view_get(set);
+
 	pthread_mutex_lock(&r->lock);
 	r->behind[child_slot(c)] = false;
 	r->tree[child_slot(c)] = false;
-	save_child(r, c, r->set.generation, false);
-	pthread_mutex_unlock(&r->lock);
+	save_locked(r, v, c, r->set.generation, false);
+	record_unlock(r);
+	children_view_put(v);
 }
 
 int record_added(struct record *r, struct child_set *set, struct child *c)
@@ -422,11 +571,15 @@ int record_added(struct record *r, struct child_set *set, struct child *c)
 	r->tree[slot] = true;
 	r->gen[slot] = 0;
 	ret = member_locked(r, c);
-	if (!ret)
-		ret = save_child(r, c, 0, false);
+	if (!ret) {
+		const struct child_view *v = children_view_get(set);
+
+		ret = save_locked(r, v, c, 0, false);
+		children_view_put(v);
+	}
 	if (!ret)
 		bump_locked(r, set);
-	pthread_mutex_unlock(&r->lock);
+	record_unlock(r);
 	return ret;
 }
 
@@ -437,7 +590,7 @@ void record_removed(struct record *r, struct child_set *set, struct child *c)
 	pthread_mutex_lock(&r->lock);
 	persist_remove_member(&r->set, r->id[slot]);
 	bump_locked(r, set);
-	pthread_mutex_unlock(&r->lock);
+	record_unlock(r);
 }
 
 static bool announced_locked(const struct record *r, uint64_t dev, uint64_t ino,
@@ -463,31 +616,42 @@ bool record_announced(struct record *r, uint64_t dev, uint64_t ino, off_t off,
 	return all;
 }
 
-/* One line on every voting child's log; a child that cannot take it is
- * left to fail the write itself. */
-static void append_locked(struct child_set *set, const char *line)
+/*
+ * Lines on every voting child's log, each append bounded: a child that
+ * cannot take them is left to fail the change itself, a child that does
+ * not answer is failed (record_unlock). Each line ends in a newline and
+ * all go in one append: a torn line is only ever the last, which
+ * persist_log_missed() ignores.
+ */
+static void append_locked(struct record *r, struct child_set *set,
+			  const char *lines)
 {
 	const struct child_view *v = children_view_get(set);
+	struct child_request *rq = write_new(v, RECORD_APPEND);
+	struct record_write *w = rq ? rq->arg : NULL;
 
-	for (int i = 0; i < v->n; i++)
-		if (v->votes[i])
-			persist_log_append(child_root_fd(v->child[i]), line);
+	for (int i = 0; w && i < v->n; i++) {
+		if (v->votes[i] && (w->text[i] = strdup(lines)))
+			w->mask |= 1u << i;
+	}
+	if (rq)
+		write_run_locked(r, rq);
 	children_view_put(v);
 }
 
-/* One line, newline included, in one append: a torn line is only ever
- * the last, which persist_log_missed() ignores. */
-static void append_json_locked(struct child_set *set, struct json_object *o)
+/* o as one line of the log, added to *lines (grown; NULL on failure). */
+static void add_line(char **lines, struct json_object *o)
 {
-	char *line;
+	char *grown = NULL;
 
-	if (asprintf(&line, "%s\n",
+	if (*lines &&
+	    asprintf(&grown, "%s%s\n", *lines,
 		     json_object_to_json_string_ext(
 			     o, JSON_C_TO_STRING_PLAIN |
-					JSON_C_TO_STRING_NOSLASHESCAPE)) >= 0) {
-		append_locked(set, line);
-		free(line);
-	}
+					JSON_C_TO_STRING_NOSLASHESCAPE)) < 0)
+		grown = NULL;
+	free(*lines);
+	*lines = grown;
 	json_object_put(o);
 }
 
@@ -511,6 +675,9 @@ static void remember_locked(struct record *r, uint64_t dev, uint64_t ino,
 void record_announce(struct record *r, struct child_set *set, uint64_t dev,
 		     uint64_t ino, const char *path, off_t off, off_t len)
 {
+	char *lines = strdup("");
+	bool any = false;
+
 	pthread_mutex_lock(&r->lock);
 	for (int64_t k = off / PERSIST_REGION;
 	     k <= (off + (len ? len : 1) - 1) / PERSIST_REGION; k++) {
@@ -524,10 +691,14 @@ void record_announce(struct record *r, struct child_set *set, uint64_t dev,
 			json_object_new_int64((int64_t)r->set.generation));
 		json_object_object_add(o, "p", json_object_new_string(path));
 		json_object_object_add(o, "r", json_object_new_int64(k));
-		append_json_locked(set, o);
+		add_line(&lines, o);
 		remember_locked(r, dev, ino, k);
+		any = true;
 	}
-	pthread_mutex_unlock(&r->lock);
+	if (any && lines)
+		append_locked(r, set, lines);
+	record_unlock(r);
+	free(lines);
 }
 
 void record_announce_tree(struct record *r, struct child_set *set)
@@ -535,6 +706,7 @@ void record_announce_tree(struct record *r, struct child_set *set)
 	const struct child_view *v = children_view_get(set);
 	bool all = v->voters == r->set.n;
 	struct json_object *o;
+	char *lines = strdup("");
 
 	children_view_put(v);
 	pthread_mutex_lock(&r->lock);
@@ -544,10 +716,13 @@ void record_announce_tree(struct record *r, struct child_set *set)
 			o, "g",
 			json_object_new_int64((int64_t)r->set.generation));
 		json_object_object_add(o, "tree", json_object_new_boolean(1));
-		append_json_locked(set, o);
+		add_line(&lines, o);
+		if (lines)
+			append_locked(r, set, lines);
 		r->tree_announced = true;
 	}
-	pthread_mutex_unlock(&r->lock);
+	record_unlock(r);
+	free(lines);
 }
 
 int record_missed(struct record *r, struct child_set *set, struct child *c,

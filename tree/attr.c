@@ -23,23 +23,20 @@
 #include "vote/vote.h"
 
 struct stat_op {
-	struct tree *tree;
-	struct tree_node *node;
+	struct node_arg a;
 	struct stat st[CHILDREN_MAX];
 };
 
-static void stat_body(struct child_request *rq, int i)
+static int stat_body(struct child_request *rq, int i)
 {
 	struct stat_op *op = rq->arg;
-	int fd = tree_node_fd(op->tree, op->node,
+	int fd = tree_node_fd(op->a.tree, op->a.node,
 			      child_slot(rq->view->child[i]));
 
-	if (fd < 0) {
-		rq->ret[i] = fd;
-		return;
-	}
-	rq->ret[i] = child_result(fstatat(fd, "", &op->st[i],
-					  AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
+	if (fd < 0)
+		return fd;
+	return child_result(fstatat(fd, "", &op->st[i],
+				    AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
 }
 
 /*
@@ -102,12 +99,17 @@ static int attr_from_stats(struct tree *tree, const struct child_request *rq,
 int tree_attr_vote(struct tree *tree, const struct child_view *view,
 		   struct tree_node *n, struct stat *st)
 {
-	struct stat_op op = {.tree = tree, .node = n};
-	struct child_request rq = {.view = view, .body = stat_body, .arg = &op};
+	struct child_request *rq =
+		node_request(tree, view, n, sizeof(struct stat_op), NULL);
+	struct stat_op *op;
 	int ret;
 
-	tree_fanout(tree, &rq);
-	ret = attr_from_stats(tree, &rq, n, op.st, st);
+	if (!rq)
+		return -ENOMEM;
+	op = rq->arg;
+	tree_fanout(tree, rq, stat_body);
+	ret = attr_from_stats(tree, rq, n, op->st, st);
+	child_request_put(rq);
 	if (!ret) {
 		st->st_ino = n->key_ino;
 		if (n == &tree->table.root)
@@ -146,11 +148,11 @@ int tree_getattr(struct tree *tree, uint64_t ino, struct stat *st)
 	return ret;
 }
 
+/* A setattr sent to every child; the request holds the file, if any. */
 struct setattr_op {
-	struct tree *tree;
-	struct tree_node *node;
+	struct node_arg a;
 	struct tree_file *file;
-	const struct stat *attr;
+	struct stat attr; /* the caller's, copied */
 	int to_set;
 };
 
@@ -160,9 +162,9 @@ static int set_times(int fd, const struct setattr_op *op)
 				 {.tv_nsec = UTIME_OMIT}};
 
 	if (op->to_set & TREE_SET_ATIME)
-		ts[0] = op->attr->st_atim;
+		ts[0] = op->attr.st_atim;
 	if (op->to_set & TREE_SET_MTIME)
-		ts[1] = op->attr->st_mtim;
+		ts[1] = op->attr.st_mtim;
 	if (op->to_set & TREE_SET_ATIME_NOW)
 		ts[0].tv_nsec = UTIME_NOW;
 	if (op->to_set & TREE_SET_MTIME_NOW)
@@ -173,7 +175,7 @@ static int set_times(int fd, const struct setattr_op *op)
 
 static int set_one(struct tree *tree, const struct setattr_op *op, int slot)
 {
-	int fd = tree_node_fd(tree, op->node, slot);
+	int fd = tree_node_fd(tree, op->a.node, slot);
 	char proc[64];
 	int r = 0;
 
@@ -181,20 +183,20 @@ static int set_one(struct tree *tree, const struct setattr_op *op, int slot)
 		return fd;
 	child_proc_path(fd, proc);
 	if (op->to_set & TREE_SET_MODE)
-		r = child_result(chmod(proc, op->attr->st_mode & 07777));
+		r = child_result(chmod(proc, op->attr.st_mode & 07777));
 	if (!r && (op->to_set & (TREE_SET_UID | TREE_SET_GID)))
 		r = child_result(
 			fchownat(fd, "",
-				 (op->to_set & TREE_SET_UID) ? op->attr->st_uid
+				 (op->to_set & TREE_SET_UID) ? op->attr.st_uid
 							     : (uid_t)-1,
-				 (op->to_set & TREE_SET_GID) ? op->attr->st_gid
+				 (op->to_set & TREE_SET_GID) ? op->attr.st_gid
 							     : (gid_t)-1,
 				 AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
 	if (!r && (op->to_set & TREE_SET_SIZE)) {
 		int ffd = op->file ? file_fd(tree, op->file, slot) : -1;
 
-		r = child_result(ffd >= 0 ? ftruncate(ffd, op->attr->st_size)
-					  : truncate(proc, op->attr->st_size));
+		r = child_result(ffd >= 0 ? ftruncate(ffd, op->attr.st_size)
+					  : truncate(proc, op->attr.st_size));
 	}
 	if (!r && (op->to_set & (TREE_SET_ATIME | TREE_SET_MTIME |
 				 TREE_SET_ATIME_NOW | TREE_SET_MTIME_NOW)))
@@ -202,57 +204,84 @@ static int set_one(struct tree *tree, const struct setattr_op *op, int slot)
 	return r;
 }
 
-static void setattr_body(struct child_request *rq, int i)
+static int setattr_body(struct child_request *rq, int i)
 {
 	struct setattr_op *op = rq->arg;
 
-	rq->ret[i] = set_one(op->tree, op, child_slot(rq->view->child[i]));
+	return set_one(op->a.tree, op, child_slot(rq->view->child[i]));
+}
+
+static void setattr_release(struct child_request *rq)
+{
+	struct setattr_op *op = rq->arg;
+
+	if (op->file)
+		file_put(op->a.tree, op->file);
+}
+
+/* The change on every child and its outcome (fanout.c). */
+static int setattr_children(struct tree *tree, const struct child_view *view,
+			    struct tree_node *n, struct tree_file *f,
+			    const struct stat *attr, int to_set)
+{
+	struct child_request *rq = node_request(
+		tree, view, n, sizeof(struct setattr_op), setattr_release);
+	struct setattr_op *op;
+	int ret;
+
+	if (!rq)
+		return -ENOMEM;
+	op = rq->arg;
+	op->file = f;
+	op->attr = *attr;
+	op->to_set = to_set;
+	if (f)
+		file_get(f);
+	tree_fanout(tree, rq, setattr_body);
+	ret = tree_outcome(tree, view, rq->ret, false, "write", n,
+			   (to_set & TREE_SET_SIZE) ? attr->st_size : 0, 0);
+	child_request_put(rq);
+	return ret;
 }
 
 int tree_setattr(struct tree *tree, uint64_t ino, struct tree_file *f,
 		 const struct stat *attr, int to_set, struct stat *st)
 {
-	const struct child_view *view = children_view_get(tree->set);
-	struct setattr_op op = {.tree = tree,
-				.node = tree_node(tree, ino),
-				.file = f,
-				.attr = attr,
-				.to_set = to_set};
-	struct child_request rq = {
-		.view = view, .body = setattr_body, .arg = &op};
-	struct range_claim claim;
+	struct tree_node *n = tree_node(tree, ino);
 	bool sized = to_set & TREE_SET_SIZE;
+	const struct child_view *view;
+	struct range_claim claim;
 	int ret;
 
 	/* A size change moves every byte past it: order it with all I/O. */
-	if (sized)
-		range_lock(&op.node->ranges, &claim, 0, RANGE_END, true);
-	if (sized)
-		intent_write(tree, op.node, attr->st_size, 1);
+	if (sized) {
+		range_lock(&n->ranges, &claim, 0, RANGE_END, true);
+		intent_write(tree, n, attr->st_size, 1);
+	}
 	if (to_set & ~TREE_SET_SIZE)
 		intent_tree(tree);
-	tree_fanout(tree, &rq);
-	ret = tree_outcome(tree, view, rq.ret, false, "write", op.node,
-			   sized ? attr->st_size : 0, 0);
+	/* After the announcement, which may have failed a hung child. */
+	view = children_view_get(tree->set);
+	ret = setattr_children(tree, view, n, f, attr, to_set);
 	if (!ret && sized)
-		atomic_store(&op.node->size_hint, attr->st_size);
+		atomic_store(&n->size_hint, attr->st_size);
 	if (!ret)
-		ret = tree_attr_vote(tree, view, op.node, st);
+		ret = tree_attr_vote(tree, view, n, st);
 	if (sized)
-		range_unlock(&op.node->ranges, &claim);
+		range_unlock(&n->ranges, &claim);
 	children_view_put(view);
 	return ret;
 }
 
 /*
  * A value read from every voting child into its own buffer and voted
- * like data: link targets and xattr values.
+ * like data: link targets and xattr values. A part frees its buffer when
+ * it fails; the caller frees the others, release those of late parts.
  */
 struct value_op {
-	struct tree *tree;
-	struct tree_node *node;
-	const char *name; /* xattr name, NULL for readlink / list */
-	size_t size;	  /* 0: only the length is asked for */
+	struct node_arg a;
+	char *name;  /* xattr name (a copy), NULL for readlink / list */
+	size_t size; /* 0: only the length is asked for */
 	bool list;
 	char *buf[CHILDREN_MAX];
 	ssize_t len[CHILDREN_MAX];
@@ -266,7 +295,7 @@ static ssize_t value_get(const struct value_op *op, int fd, char *buf,
 	if (!op->name && !op->list)
 		return readlinkat(fd, "", buf, size);
 	/* xattrs of a symlink would be those of the /proc link itself. */
-	if (S_ISLNK(op->node->type))
+	if (S_ISLNK(op->a.node->type))
 		return op->list ? 0 : (errno = ENODATA, -1);
 	child_proc_path(fd, proc);
 	if (op->list)
@@ -274,53 +303,56 @@ static ssize_t value_get(const struct value_op *op, int fd, char *buf,
 	return getxattr(proc, op->name, buf, size);
 }
 
-static void value_body(struct child_request *rq, int i)
+static int value_body(struct child_request *rq, int i)
 {
 	struct value_op *op = rq->arg;
-	int fd = tree_node_fd(op->tree, op->node,
+	int fd = tree_node_fd(op->a.tree, op->a.node,
 			      child_slot(rq->view->child[i]));
 
-	op->buf[i] = NULL;
-	rq->ret[i] = 0;
 	if (!rq->view->votes[i])
-		return;
-	if (fd < 0) {
-		rq->ret[i] = fd;
-		return;
-	}
-	if (op->size) {
-		op->buf[i] = malloc(op->size);
-		if (!op->buf[i]) {
-			rq->ret[i] = -ENOMEM;
-			return;
-		}
-	}
+		return 0;
+	if (fd < 0)
+		return fd;
+	if (op->size && !(op->buf[i] = malloc(op->size)))
+		return -ENOMEM;
 	op->len[i] = value_get(op, fd, op->buf[i], op->size);
-	if (op->len[i] < 0)
-		rq->ret[i] = -errno;
+	if (op->len[i] >= 0)
+		return 0;
+	free(op->buf[i]);
+	op->buf[i] = NULL;
+	return -errno;
 }
 
-/* Vote the values; on success copy the winner out and return its length. */
-static ssize_t value_vote(struct tree *tree, struct value_op *op, void *out)
+static void value_release(struct child_request *rq)
 {
-	const struct child_view *view = children_view_get(tree->set);
-	struct child_request rq = {.view = view, .body = value_body, .arg = op};
+	struct value_op *op = rq->arg;
+
+	for (int i = 0; i < rq->view->n; i++)
+		if (rq->late & (1u << i))
+			free(op->buf[i]);
+	free(op->name);
+}
+
+/* Vote the answers; the winner's length, its value copied to out. */
+static ssize_t value_winner(const struct child_request *rq,
+			    const struct value_op *op, void *out)
+{
+	const struct child_view *view = rq->view;
 	struct vote_ballot b[CHILDREN_MAX];
 	int index[CHILDREN_MAX], n = 0;
 	struct vote_result r;
 	ssize_t ret;
 
-	tree_fanout(tree, &rq);
 	for (int i = 0; i < view->n; i++) {
 		if (!view->votes[i])
 			continue;
 		index[n] = i;
 		b[n++] = (struct vote_ballot){
-			.error = rq.ret[i],
+			.error = rq->ret[i],
 			.data = op->size ? (void *)op->buf[i] : &op->len[i],
-			.len = op->size ? (size_t)op->len[i] : sizeof(ssize_t)};
-		if (rq.ret[i])
-			b[n - 1].len = 0;
+			.len = rq->ret[i] ? 0
+			       : op->size ? (size_t)op->len[i]
+					  : sizeof(ssize_t)};
 	}
 	ret = n ? vote_whole(b, n, view->threshold, &r) : -EIO;
 	if (!ret) {
@@ -328,82 +360,107 @@ static ssize_t value_vote(struct tree *tree, struct value_op *op, void *out)
 		if (op->size)
 			memcpy(out, op->buf[index[r.winner]], ret);
 	}
-	for (int i = 0; i < view->n; i++)
-		free(op->buf[i]);
+	return ret;
+}
+
+static ssize_t value_vote(struct tree *tree, uint64_t ino, const char *name,
+			  bool list, void *out, size_t size)
+{
+	const struct child_view *view = children_view_get(tree->set);
+	struct child_request *rq =
+		node_request(tree, view, tree_node(tree, ino),
+			     sizeof(struct value_op), value_release);
+	struct value_op *op = rq ? rq->arg : NULL;
+	ssize_t ret = -ENOMEM;
+
+	if (op && (!name || (op->name = strdup(name)))) {
+		op->size = size;
+		op->list = list;
+		tree_fanout(tree, rq, value_body);
+		ret = value_winner(rq, op, out);
+		for (int i = 0; i < view->n; i++)
+			if (!rq->ret[i])
+				free(op->buf[i]);
+	}
+	child_request_put(rq);
 	children_view_put(view);
 	return ret;
 }
 
 ssize_t tree_readlink(struct tree *tree, uint64_t ino, char *buf, size_t size)
 {
-	struct value_op op = {
-		.tree = tree, .node = tree_node(tree, ino), .size = size};
-
-	return value_vote(tree, &op, buf);
+	return value_vote(tree, ino, NULL, false, buf, size);
 }
 
 ssize_t tree_getxattr(struct tree *tree, uint64_t ino, const char *name,
 		      void *value, size_t size)
 {
-	struct value_op op = {.tree = tree,
-			      .node = tree_node(tree, ino),
-			      .name = name,
-			      .size = size};
-
-	return value_vote(tree, &op, value);
+	return value_vote(tree, ino, name, false, value, size);
 }
 
 ssize_t tree_listxattr(struct tree *tree, uint64_t ino, char *list, size_t size)
 {
-	struct value_op op = {.tree = tree,
-			      .node = tree_node(tree, ino),
-			      .list = true,
-			      .size = size};
-
-	return value_vote(tree, &op, list);
+	return value_vote(tree, ino, NULL, true, list, size);
 }
 
+/* setxattr or removexattr on every child; name and value are copies. */
 struct xattr_change {
-	struct tree *tree;
-	struct tree_node *node;
-	const char *name;
-	const void *value;
+	struct node_arg a;
+	char *name;
+	void *value;
 	size_t size;
 	int flags;
 	bool remove;
 };
 
-static void xattr_body(struct child_request *rq, int i)
+static int xattr_body(struct child_request *rq, int i)
 {
 	struct xattr_change *op = rq->arg;
-	int fd = tree_node_fd(op->tree, op->node,
+	int fd = tree_node_fd(op->a.tree, op->a.node,
 			      child_slot(rq->view->child[i]));
 	char proc[64];
 
-	if (fd < 0) {
-		rq->ret[i] = fd;
-		return;
-	}
-	if (S_ISLNK(op->node->type)) {
-		rq->ret[i] = -EPERM; /* as for user.* on a local symlink */
-		return;
-	}
+	if (fd < 0)
+		return fd;
+	if (S_ISLNK(op->a.node->type))
+		return -EPERM; /* as for user.* on a local symlink */
 	child_proc_path(fd, proc);
-	rq->ret[i] =
-		child_result(op->remove ? removexattr(proc, op->name)
-					: setxattr(proc, op->name, op->value,
-						   op->size, op->flags));
+	return child_result(op->remove ? removexattr(proc, op->name)
+				       : setxattr(proc, op->name, op->value,
+						  op->size, op->flags));
 }
 
-static int xattr_change(struct tree *tree, struct xattr_change *op)
+static void xattr_release(struct child_request *rq)
+{
+	struct xattr_change *op = rq->arg;
+
+	free(op->name);
+	free(op->value);
+}
+
+static int xattr_change(struct tree *tree, uint64_t ino, const char *name,
+			const void *value, size_t size, int flags)
 {
 	const struct child_view *view = children_view_get(tree->set);
-	struct child_request rq = {.view = view, .body = xattr_body, .arg = op};
-	int ret;
+	struct tree_node *n = tree_node(tree, ino);
+	struct child_request *rq = node_request(
+		tree, view, n, sizeof(struct xattr_change), xattr_release);
+	struct xattr_change *op = rq ? rq->arg : NULL;
+	int ret = -ENOMEM;
 
-	intent_tree(tree);
-	tree_fanout(tree, &rq);
-	ret = tree_outcome(tree, view, rq.ret, false, "write", op->node, 0, 0);
+	if (op && (op->name = strdup(name)) &&
+	    (!value || (op->value = malloc(size ? size : 1)))) {
+		if (value)
+			memcpy(op->value, value, size);
+		op->size = size;
+		op->flags = flags;
+		op->remove = !value;
+		intent_tree(tree);
+		tree_fanout(tree, rq, xattr_body);
+		ret = tree_outcome(tree, view, rq->ret, false, "write", n, 0,
+				   0);
+	}
+	child_request_put(rq);
 	children_view_put(view);
 	return ret;
 }
@@ -411,61 +468,63 @@ static int xattr_change(struct tree *tree, struct xattr_change *op)
 int tree_setxattr(struct tree *tree, uint64_t ino, const char *name,
 		  const void *value, size_t size, int flags)
 {
-	struct xattr_change op = {.tree = tree,
-				  .node = tree_node(tree, ino),
-				  .name = name,
-				  .value = value,
-				  .size = size,
-				  .flags = flags};
-
-	return xattr_change(tree, &op);
+	/* A NULL value with size 0 is still a value: an empty one. */
+	return xattr_change(tree, ino, name, value ? value : "", size, flags);
 }
 
 int tree_removexattr(struct tree *tree, uint64_t ino, const char *name)
 {
-	struct xattr_change op = {.tree = tree,
-				  .node = tree_node(tree, ino),
-				  .name = name,
-				  .remove = true};
-
-	return xattr_change(tree, &op);
+	return xattr_change(tree, ino, name, NULL, 0, 0);
 }
 
 struct statfs_op {
 	struct statvfs st[CHILDREN_MAX];
 };
 
-static void statfs_body(struct child_request *rq, int i)
+static int statfs_body(struct child_request *rq, int i)
 {
 	struct statfs_op *op = rq->arg;
 
-	rq->ret[i] = child_result(
+	return child_result(
 		fstatvfs(child_root_fd(rq->view->child[i]), &op->st[i]));
+}
+
+/* The voting child with the least free space, or -1. */
+static int least_free(const struct child_request *rq,
+		      const struct statfs_op *op)
+{
+	int best = -1;
+
+	for (int i = 0; i < rq->view->n; i++) {
+		if (!rq->view->votes[i] || rq->ret[i])
+			continue;
+		if (best < 0 ||
+		    (uint64_t)op->st[i].f_bavail * op->st[i].f_frsize <
+			    (uint64_t)op->st[best].f_bavail *
+				    op->st[best].f_frsize)
+			best = i;
+	}
+	return best;
 }
 
 /* The smallest free space of any voting child: what can still be written. */
 int tree_statfs(struct tree *tree, struct statvfs *st)
 {
 	const struct child_view *view = children_view_get(tree->set);
-	struct statfs_op op;
-	struct child_request rq = {
-		.view = view, .body = statfs_body, .arg = &op};
-	int best = -1, ret = 0;
+	struct child_request *rq =
+		child_request_new(view, sizeof(struct statfs_op), NULL);
+	struct statfs_op *op;
+	int best, ret = -ENOMEM;
 
-	tree_fanout(tree, &rq);
-	for (int i = 0; i < view->n; i++) {
-		if (!view->votes[i] || rq.ret[i])
-			continue;
-		if (best < 0 ||
-		    (uint64_t)op.st[i].f_bavail * op.st[i].f_frsize <
-			    (uint64_t)op.st[best].f_bavail *
-				    op.st[best].f_frsize)
-			best = i;
+	if (rq) {
+		op = rq->arg;
+		tree_fanout(tree, rq, statfs_body);
+		best = least_free(rq, op);
+		if (best >= 0)
+			*st = op->st[best];
+		ret = best >= 0 ? 0 : tree_error_vote(view, rq->ret);
+		child_request_put(rq);
 	}
-	if (best >= 0)
-		*st = op.st[best];
-	else
-		ret = tree_error_vote(rq.view, rq.ret);
 	children_view_put(view);
 	return ret;
 }

@@ -28,12 +28,23 @@ struct tree_dir {
 	struct dir_name *entry;
 };
 
+/* Every voting child's listing, read whole. A part frees its names when
+ * it fails; the caller takes those of the parts that answered, release
+ * those of late parts. */
 struct list_op {
-	struct tree *tree;
-	struct tree_node *node;
+	struct node_arg a;
 	struct dir_name *names[CHILDREN_MAX];
 	size_t count[CHILDREN_MAX];
 };
+
+static void names_free(struct list_op *op, int i)
+{
+	for (size_t k = 0; k < op->count[i]; k++)
+		free(op->names[i][k].name);
+	free(op->names[i]);
+	op->names[i] = NULL;
+	op->count[i] = 0;
+}
 
 static int list_add(struct list_op *op, int i, size_t *cap,
 		    const struct dirent *de)
@@ -72,7 +83,7 @@ static int list_child(struct list_op *op, int i, int fd)
 	}
 	errno = 0;
 	while (!ret && (de = readdir(d))) {
-		bool hidden = op->node->parent == NULL &&
+		bool hidden = op->a.node->parent == NULL &&
 			      tree_reserved_name(TREE_ROOT_INO, de->d_name);
 
 		if (!hidden)
@@ -84,22 +95,31 @@ static int list_child(struct list_op *op, int i, int fd)
 	return ret;
 }
 
-static void list_body(struct child_request *rq, int i)
+static int list_body(struct child_request *rq, int i)
 {
 	struct list_op *op = rq->arg;
-	int pfd = tree_node_fd(op->tree, op->node,
+	int pfd = tree_node_fd(op->a.tree, op->a.node,
 			       child_slot(rq->view->child[i]));
-	int fd;
+	int fd, ret;
 
-	rq->ret[i] = 0;
 	if (!rq->view->votes[i])
-		return;
-	if (pfd < 0) {
-		rq->ret[i] = pfd;
-		return;
-	}
+		return 0;
+	if (pfd < 0)
+		return pfd;
 	fd = openat(pfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	rq->ret[i] = fd < 0 ? -errno : list_child(op, i, fd);
+	ret = fd < 0 ? -errno : list_child(op, i, fd);
+	if (ret)
+		names_free(op, i);
+	return ret;
+}
+
+static void list_release(struct child_request *rq)
+{
+	struct list_op *op = rq->arg;
+
+	for (int i = 0; i < rq->view->n; i++)
+		if (rq->late & (1u << i))
+			names_free(op, i);
 }
 
 static int by_name(const void *a, const void *b)
@@ -125,7 +145,7 @@ static size_t merge(struct child_request *rq, struct list_op *op,
 			out[kept++] = all[i];
 			continue;
 		}
-		event_log_report_bad(op->tree->log, "read",
+		event_log_report_bad(op->a.tree->log, "read",
 				     child_name(rq->view->child[all[i].child]),
 				     0, 0, 0, all[i].name);
 		free(all[i].name);
@@ -140,8 +160,10 @@ static int listing_vote(struct child_request *rq, struct list_op *op,
 	struct dir_name *all;
 
 	for (int i = 0; i < rq->view->n; i++) {
+		if (rq->ret[i])
+			continue;
 		total += op->count[i];
-		good += rq->view->votes[i] && !rq->ret[i];
+		good += rq->view->votes[i];
 	}
 	if ((int)good < rq->view->threshold)
 		return tree_error_vote(rq->view, rq->ret);
@@ -152,9 +174,9 @@ static int listing_vote(struct child_request *rq, struct list_op *op,
 		return -ENOMEM;
 	}
 	for (int i = 0; i < rq->view->n; i++) {
-		if (op->count[i])
-			memcpy(all + pos, op->names[i],
-			       op->count[i] * sizeof(*all));
+		if (rq->ret[i] || !op->count[i])
+			continue;
+		memcpy(all + pos, op->names[i], op->count[i] * sizeof(*all));
 		pos += op->count[i];
 		op->count[i] = 0; /* the names now belong to all[] */
 	}
@@ -166,20 +188,20 @@ static int listing_vote(struct child_request *rq, struct list_op *op,
 int tree_opendir(struct tree *tree, uint64_t ino, struct tree_dir **out)
 {
 	const struct child_view *view = children_view_get(tree->set);
-	struct list_op op = {.tree = tree, .node = tree_node(tree, ino)};
-	struct child_request rq = {.view = view, .body = list_body, .arg = &op};
+	struct child_request *rq =
+		node_request(tree, view, tree_node(tree, ino),
+			     sizeof(struct list_op), list_release);
 	struct tree_dir *d = calloc(1, sizeof(*d));
 	int ret = -ENOMEM;
 
-	if (d) {
-		tree_fanout(tree, &rq);
-		ret = listing_vote(&rq, &op, d);
+	if (rq && d) {
+		tree_fanout(tree, rq, list_body);
+		ret = listing_vote(rq, rq->arg, d);
+		for (int i = 0; i < view->n; i++)
+			if (!rq->ret[i])
+				names_free(rq->arg, i);
 	}
-	for (int i = 0; i < view->n; i++) {
-		for (size_t k = 0; k < op.count[i]; k++)
-			free(op.names[i][k].name);
-		free(op.names[i]);
-	}
+	child_request_put(rq);
 	if (!ret)
 		*out = d;
 	else
@@ -211,42 +233,42 @@ void tree_releasedir(struct tree_dir *d)
 }
 
 struct dirsync_op {
-	struct tree *tree;
-	struct tree_node *node;
+	struct node_arg a;
 	bool datasync;
 };
 
-static void dirsync_body(struct child_request *rq, int i)
+static int dirsync_body(struct child_request *rq, int i)
 {
 	struct dirsync_op *op = rq->arg;
-	int pfd = tree_node_fd(op->tree, op->node,
+	int pfd = tree_node_fd(op->a.tree, op->a.node,
 			       child_slot(rq->view->child[i]));
-	int fd;
+	int fd, ret;
 
-	rq->ret[i] = pfd;
 	if (pfd < 0)
-		return;
+		return pfd;
 	fd = openat(pfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0) {
-		rq->ret[i] = -errno;
-		return;
-	}
-	rq->ret[i] = (op->datasync ? fdatasync(fd) : fsync(fd)) ? -errno : 0;
+	if (fd < 0)
+		return -errno;
+	ret = (op->datasync ? fdatasync(fd) : fsync(fd)) ? -errno : 0;
 	close(fd);
+	return ret;
 }
 
 int tree_fsyncdir(struct tree *tree, uint64_t ino, bool datasync)
 {
 	const struct child_view *view = children_view_get(tree->set);
-	struct dirsync_op op = {.tree = tree,
-				.node = tree_node(tree, ino),
-				.datasync = datasync};
-	struct child_request rq = {
-		.view = view, .body = dirsync_body, .arg = &op};
-	int ret;
+	struct tree_node *n = tree_node(tree, ino);
+	struct child_request *rq =
+		node_request(tree, view, n, sizeof(struct dirsync_op), NULL);
+	int ret = -ENOMEM;
 
-	tree_fanout(tree, &rq);
-	ret = tree_outcome(tree, view, rq.ret, false, "flush", op.node, 0, 0);
+	if (rq) {
+		((struct dirsync_op *)rq->arg)->datasync = datasync;
+		tree_fanout(tree, rq, dirsync_body);
+		ret = tree_outcome(tree, view, rq->ret, false, "flush", n, 0,
+				   0);
+		child_request_put(rq);
+	}
 	children_view_put(view);
 	return ret;
 }

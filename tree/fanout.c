@@ -2,7 +2,9 @@
  * Requests to every child and what their answers amount to.
  *
  * Metadata calls go out as one struct child_request each (children.h),
- * run on the pool under the watchdog. Whatever carried a change (a
+ * run on the pool and answered within io-timeout: a child that holds a
+ * part longer is given up on and failed (health_late), so a hung child
+ * costs a caller one io-timeout, once. Whatever carried a change (a
  * request, or the ring for data writes), its per-child answers come back
  * here, to tree_outcome(), in three named steps:
  *   1. the write rule (vote_write) over the voting children: success at
@@ -23,9 +25,37 @@
 
 #include "vote/vote.h"
 
-void tree_fanout(struct tree *tree, struct child_request *rq)
+void tree_fanout(struct tree *tree, struct child_request *rq,
+		 int (*body)(struct child_request *rq, int i))
 {
-	child_request_run(rq, tree->pool, tree->watchdog);
+	child_request_run(rq, tree->pool, tree->watchdog, body);
+	watchdog_report(tree->watchdog, rq);
+}
+
+static void node_arg_release(struct child_request *rq)
+{
+	struct node_arg *a = rq->arg;
+
+	if (a->release)
+		a->release(rq);
+	tree_node_unref(a->tree, a->node);
+}
+
+struct child_request *node_request(struct tree *tree,
+				   const struct child_view *view,
+				   struct tree_node *n, size_t size,
+				   void (*release)(struct child_request *rq))
+{
+	struct child_request *rq =
+		child_request_new(view, size, node_arg_release);
+	struct node_arg *a;
+
+	if (!rq)
+		return NULL;
+	a = rq->arg;
+	*a = (struct node_arg){.tree = tree, .node = n, .release = release};
+	tree_node_ref(tree, n);
+	return rq;
 }
 
 /* The voting children's answers, in view order, for the vote. */

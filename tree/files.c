@@ -16,8 +16,10 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-/* Open the child's handle of f now (a child added after tree_open()). */
-static int file_open_slot(struct tree *tree, struct tree_file *f, int slot)
+/* Open the child's handle of f now, with flags (f->flags, or those of
+ * the open itself, which may truncate). */
+static int file_open_slot(struct tree *tree, struct tree_file *f, int slot,
+			  int flags)
 {
 	int pfd = tree_node_fd(tree, f->node, slot), fd, expected = -1;
 	char proc[64];
@@ -25,7 +27,7 @@ static int file_open_slot(struct tree *tree, struct tree_file *f, int slot)
 	if (pfd < 0)
 		return pfd;
 	child_proc_path(pfd, proc);
-	fd = open(proc, f->flags);
+	fd = open(proc, flags);
 	if (fd < 0)
 		return -errno;
 	if (!atomic_compare_exchange_strong(&f->fd[slot], &expected, fd)) {
@@ -41,9 +43,10 @@ int file_fd(struct tree *tree, struct tree_file *f, int slot)
 
 	if (fd >= 0)
 		return fd;
-	if (f->err[slot])
-		return f->err[slot];
-	return file_open_slot(tree, f, slot);
+	fd = atomic_load(&f->err[slot]);
+	if (fd)
+		return fd;
+	return file_open_slot(tree, f, slot, f->flags);
 }
 
 int file_view_fd(struct tree *tree, const struct tree_file *f,
@@ -69,20 +72,30 @@ void file_note_refused(atomic_uint *refused, const struct child_io *io,
 
 /* ---- open / release ---- */
 
+/* An open sent to every child; the request holds a reference to the
+ * file, whose handles the parts fill in. */
 struct open_op {
 	struct tree *tree;
 	struct tree_file *file;
+	int flags;
 };
 
-static void open_body(struct child_request *rq, int i)
+static int open_body(struct child_request *rq, int i)
 {
 	struct open_op *op = rq->arg;
 	int slot = child_slot(rq->view->child[i]);
-	int fd = file_open_slot(op->tree, op->file, slot);
+	int fd = file_open_slot(op->tree, op->file, slot, op->flags);
 
-	rq->ret[i] = fd < 0 ? fd : 0;
 	if (fd < 0 && rq->view->votes[i])
-		op->file->err[slot] = fd;
+		atomic_store(&op->file->err[slot], fd);
+	return fd < 0 ? fd : 0;
+}
+
+static void open_release(struct child_request *rq)
+{
+	struct open_op *op = rq->arg;
+
+	file_put(op->tree, op->file);
 }
 
 static void file_close(struct tree_file *f)
@@ -118,52 +131,76 @@ static void files_unlink(struct tree *tree, struct tree_file *f)
 	pthread_mutex_unlock(&tree->files.lock);
 }
 
-static struct tree_file *file_new(struct tree_node *n, int flags)
+/* A file with one reference, holding its node. Its flags lose O_TRUNC:
+ * truncating is done once, by the open's own request. */
+static struct tree_file *file_new(struct tree *tree, struct tree_node *n,
+				  int flags)
 {
 	struct tree_file *f = calloc(1, sizeof(*f));
 
 	if (!f)
 		return NULL;
+	tree_node_ref(tree, n);
 	for (int s = 0; s < CHILDREN_MAX; s++)
 		atomic_init(&f->fd[s], -1);
 	atomic_init(&f->refs, 1);
 	f->node = n;
 	f->direct = flags & O_DIRECT;
 	/* The kernel gives offsets even for O_APPEND: never let a child
-	 * pick its own end of file. O_TRUNC is done once, at tree_open(). */
+	 * pick its own end of file. */
 	f->flags =
-		(flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_APPEND)) | O_CLOEXEC;
+		(flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_APPEND | O_TRUNC)) |
+		O_CLOEXEC;
 	return f;
+}
+
+/* Open every child's handle of f; the outcome of it (fanout.c). */
+static int open_children(struct tree *tree, const struct child_view *view,
+			 struct tree_file *f, int flags)
+{
+	struct child_request *rq;
+	struct open_op *op;
+	int ret;
+
+	rq = child_request_new(view, sizeof(*op), open_release);
+	if (!rq)
+		return -ENOMEM;
+	op = rq->arg;
+	*op = (struct open_op){
+		.tree = tree, .file = f, .flags = f->flags | (flags & O_TRUNC)};
+	file_get(f);
+	tree_fanout(tree, rq, open_body);
+	ret = tree_outcome(tree, view, rq->ret, !(flags & O_TRUNC),
+			   (flags & O_ACCMODE) == O_RDONLY ? "read" : "write",
+			   f->node, 0, 0);
+	child_request_put(rq);
+	return ret;
 }
 
 int tree_open(struct tree *tree, uint64_t ino, int flags,
 	      struct tree_file **out)
 {
-	const struct child_view *view = children_view_get(tree->set);
 	struct tree_node *n = tree_node(tree, ino);
-	struct tree_file *f = file_new(n, flags);
-	struct open_op op = {.tree = tree, .file = f};
-	struct child_request rq = {.view = view, .body = open_body, .arg = &op};
+	const struct child_view *view = NULL;
+	struct tree_file *f = NULL;
 	struct range_claim claim;
 	int ret;
 
-	if (!f) {
-		ret = -ENOMEM;
-		goto out;
-	}
 	if (!S_ISREG(n->type)) {
 		ret = S_ISDIR(n->type) ? -EISDIR : -ENXIO;
 		goto out;
 	}
-	if (flags & O_TRUNC)
+	f = file_new(tree, n, flags);
+	if (!f) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	if (flags & O_TRUNC) {
 		range_lock(&n->ranges, &claim, 0, RANGE_END, true);
-	if (flags & O_TRUNC)
 		intent_write(tree, n, 0, 1);
-	tree_fanout(tree, &rq);
-	f->flags &= ~O_TRUNC;
-	ret = tree_outcome(tree, view, rq.ret, !(flags & O_TRUNC),
-			   (flags & O_ACCMODE) == O_RDONLY ? "read" : "write",
-			   n, 0, 0);
+	}
+	view = children_view_get(tree->set);
+	ret = open_children(tree, view, f, flags);
 	if (flags & O_TRUNC) {
 		if (!ret)
 			atomic_store(&n->size_hint, 0);
@@ -171,14 +208,14 @@ int tree_open(struct tree *tree, uint64_t ino, int flags,
 	}
 	if (ret)
 		goto out;
-	tree_node_ref(tree, n);
 	files_link(tree, f);
 	*out = f;
 	f = NULL;
 out:
 	if (f)
-		file_close(f);
-	children_view_put(view);
+		file_put(tree, f);
+	if (view)
+		children_view_put(view);
 	return ret;
 }
 
@@ -211,7 +248,7 @@ void files_forget_slot(struct tree *tree, int slot)
 
 		if (fd >= 0)
 			close(fd);
-		f->err[slot] = 0;
+		atomic_store(&f->err[slot], 0);
 	}
 	pthread_mutex_unlock(&tree->files.lock);
 }

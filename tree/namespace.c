@@ -39,8 +39,8 @@ enum ns_kind {
 	NS_RENAME,
 };
 
+/* A namespace operation as the caller describes it (borrowed strings). */
 struct ns_op {
-	struct tree *tree;
 	enum ns_kind kind;
 	struct tree_node *parent;
 	const char *name;
@@ -52,7 +52,23 @@ struct ns_op {
 	mode_t mode;
 	dev_t rdev;
 	const struct tree_caller *who;
-	/* Per index of the view: the resolved entry, for entry kinds. */
+};
+
+/*
+ * The request an ns_op becomes: what the parts read, owned (names
+ * copied, nodes referenced), and per index of the view the resolved
+ * entry, for entry kinds. A part closes its handle when it fails.
+ */
+struct ns_req {
+	struct node_arg a; /* the parent */
+	enum ns_kind kind;
+	char *name, *newname, *linktarget;
+	struct tree_node *newparent, *target; /* references, or NULL */
+	unsigned int flags;
+	mode_t mode;
+	dev_t rdev;
+	uid_t uid;
+	gid_t gid;
 	int fd[CHILDREN_MAX];
 	struct stat st[CHILDREN_MAX];
 };
@@ -68,8 +84,7 @@ static bool ns_makes_entry(enum ns_kind k)
  * had created it on the child: the caller's uid, and the caller's gid
  * unless the directory is setgid, whose group is inherited.
  */
-static int own_entry(struct tree *tree, int pfd, const char *name,
-		     const struct tree_caller *who, mode_t mode)
+static int own_entry(struct tree *tree, int pfd, const struct ns_req *r)
 {
 	struct stat dir;
 	gid_t gid;
@@ -78,12 +93,12 @@ static int own_entry(struct tree *tree, int pfd, const char *name,
 		return 0;
 	if (fstat(pfd, &dir))
 		return -errno;
-	gid = (dir.st_mode & S_ISGID) ? dir.st_gid : who->gid;
-	if (fchownat(pfd, name, who->uid, gid, AT_SYMLINK_NOFOLLOW))
+	gid = (dir.st_mode & S_ISGID) ? dir.st_gid : r->gid;
+	if (fchownat(pfd, r->name, r->uid, gid, AT_SYMLINK_NOFOLLOW))
 		return -errno;
 	/* chown clears set-id bits on files; restore what was asked for. */
-	if (S_ISREG(mode) && (mode & (S_ISUID | S_ISGID)))
-		return child_result(fchmodat(pfd, name, mode & 07777, 0));
+	if (S_ISREG(r->mode) && (r->mode & (S_ISUID | S_ISGID)))
+		return child_result(fchmodat(pfd, r->name, r->mode & 07777, 0));
 	return 0;
 }
 
@@ -96,77 +111,139 @@ static int ns_link(int target_fd, int npfd, const char *name)
 		linkat(AT_FDCWD, proc, npfd, name, AT_SYMLINK_FOLLOW));
 }
 
-static int ns_change(struct tree *tree, struct ns_op *op, int slot, int pfd)
+static int ns_change(struct tree *tree, const struct ns_req *r, int slot,
+		     int pfd)
 {
-	int r = 0;
+	int ret = 0;
 
-	switch (op->kind) {
+	switch (r->kind) {
 	case NS_LOOKUP:
 		return 0;
 	case NS_MKNOD:
-		r = child_result(mknodat(pfd, op->name, op->mode, op->rdev));
+		ret = child_result(mknodat(pfd, r->name, r->mode, r->rdev));
 		break;
 	case NS_MKDIR:
-		r = child_result(mkdirat(pfd, op->name, op->mode));
+		ret = child_result(mkdirat(pfd, r->name, r->mode));
 		break;
 	case NS_SYMLINK:
-		r = child_result(symlinkat(op->linktarget, pfd, op->name));
+		ret = child_result(symlinkat(r->linktarget, pfd, r->name));
 		break;
 	case NS_LINK:
-		r = tree_node_fd(tree, op->target, slot);
-		return r < 0 ? r : ns_link(r, pfd, op->name);
+		ret = tree_node_fd(tree, r->target, slot);
+		return ret < 0 ? ret : ns_link(ret, pfd, r->name);
 	case NS_UNLINK:
-		return child_result(unlinkat(pfd, op->name, 0));
+		return child_result(unlinkat(pfd, r->name, 0));
 	case NS_RMDIR:
-		return child_result(unlinkat(pfd, op->name, AT_REMOVEDIR));
+		return child_result(unlinkat(pfd, r->name, AT_REMOVEDIR));
 	case NS_RENAME: {
-		int npfd = tree_node_fd(tree, op->newparent, slot);
+		int npfd = tree_node_fd(tree, r->newparent, slot);
 
 		if (npfd < 0)
 			return npfd;
 		return child_result(
-			renameat2(pfd, op->name, npfd, op->newname, op->flags));
+			renameat2(pfd, r->name, npfd, r->newname, r->flags));
 	}
 	}
-	if (r)
-		return r;
-	return own_entry(tree, pfd, op->name, op->who, op->mode);
+	return ret ? ret : own_entry(tree, pfd, r);
 }
 
-static void ns_body(struct child_request *rq, int i)
+static int ns_body(struct child_request *rq, int i)
 {
-	struct ns_op *op = rq->arg;
+	struct ns_req *r = rq->arg;
 	int slot = child_slot(rq->view->child[i]);
-	int pfd = tree_node_fd(op->tree, op->parent, slot);
-	int r;
+	int pfd = tree_node_fd(r->a.tree, r->a.node, slot);
+	int ret;
 
-	op->fd[i] = -1;
-	if (pfd < 0) {
-		rq->ret[i] = pfd;
-		return;
-	}
-	r = ns_change(op->tree, op, slot, pfd);
-	if (!r && ns_makes_entry(op->kind)) {
-		op->fd[i] =
-			openat(pfd, op->name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-		if (op->fd[i] < 0 || fstat(op->fd[i], &op->st[i]))
-			r = -errno;
-	}
-	rq->ret[i] = r;
+	if (pfd < 0)
+		return pfd;
+	ret = ns_change(r->a.tree, r, slot, pfd);
+	if (ret || !ns_makes_entry(r->kind))
+		return ret;
+	r->fd[i] = openat(pfd, r->name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (r->fd[i] >= 0 && !fstat(r->fd[i], &r->st[i]))
+		return 0;
+	ret = -errno;
+	if (r->fd[i] >= 0)
+		close(r->fd[i]);
+	r->fd[i] = -1;
+	return ret;
 }
 
-static void ns_close_fds(struct child_request *rq, struct ns_op *op)
+/* The handles of the parts that answered (late ones: release). */
+static void ns_close_fds(struct child_request *rq, int only_late)
 {
-	for (int i = 0; i < rq->view->n; i++)
-		if (op->fd[i] >= 0)
-			close(op->fd[i]);
+	struct ns_req *r = rq->arg;
+
+	for (int i = 0; i < rq->view->n; i++) {
+		bool late = rq->late & (1u << i);
+
+		if (late == (bool)only_late && r->fd[i] >= 0) {
+			close(r->fd[i]);
+			r->fd[i] = -1;
+		}
+	}
 }
 
-static void lookup_failed(const struct ns_op *op)
+static void ns_release(struct child_request *rq)
 {
-	char *path = tree_entry_path(op->tree, op->parent, op->name);
+	struct ns_req *r = rq->arg;
 
-	event_log_quorum_failure(op->tree->log, path ? path : op->name, 0, 0);
+	ns_close_fds(rq, true);
+	if (r->newparent)
+		tree_node_unref(r->a.tree, r->newparent);
+	if (r->target)
+		tree_node_unref(r->a.tree, r->target);
+	free(r->name);
+	free(r->newname);
+	free(r->linktarget);
+}
+
+static char *copy_or_null(const char *s, bool *failed)
+{
+	char *copy = s ? strdup(s) : NULL;
+
+	*failed |= s && !copy;
+	return copy;
+}
+
+/* The request for op, owning all it reads; NULL when out of memory. */
+static struct child_request *ns_request(struct tree *tree,
+					const struct child_view *view,
+					const struct ns_op *op)
+{
+	struct child_request *rq = node_request(
+		tree, view, op->parent, sizeof(struct ns_req), ns_release);
+	struct ns_req *r = rq ? rq->arg : NULL;
+	bool failed = false;
+
+	if (!r)
+		return NULL;
+	for (int i = 0; i < CHILDREN_MAX; i++)
+		r->fd[i] = -1;
+	r->kind = op->kind;
+	r->flags = op->flags;
+	r->mode = op->mode;
+	r->rdev = op->rdev;
+	r->uid = op->who ? op->who->uid : 0;
+	r->gid = op->who ? op->who->gid : 0;
+	r->name = copy_or_null(op->name, &failed);
+	r->newname = copy_or_null(op->newname, &failed);
+	r->linktarget = copy_or_null(op->linktarget, &failed);
+	if ((r->newparent = op->newparent))
+		tree_node_ref(tree, r->newparent);
+	if ((r->target = op->target))
+		tree_node_ref(tree, r->target);
+	if (!failed)
+		return rq;
+	child_request_put(rq);
+	return NULL;
+}
+
+static void lookup_failed(struct tree *tree, const struct ns_op *op)
+{
+	char *path = tree_entry_path(tree, op->parent, op->name);
+
+	event_log_quorum_failure(tree->log, path ? path : op->name, 0, 0);
 	free(path);
 }
 
@@ -175,17 +252,20 @@ static void lookup_failed(const struct ns_op *op)
  * the view) of the child that gives the node its identity, or -errno.
  * Children whose entry has another type keep no handle.
  */
-static int lookup_vote(struct child_request *rq, struct ns_op *op)
+static int lookup_vote(struct tree *tree, struct child_request *rq,
+		       const struct ns_op *op)
 {
+	struct ns_req *r = rq->arg;
 	struct vote_ballot b[CHILDREN_MAX];
 	int index[CHILDREN_MAX], errors[CHILDREN_MAX], n = 0;
-	mode_t type[CHILDREN_MAX];
-	struct vote_result r;
+	mode_t type[CHILDREN_MAX] = {0};
+	struct vote_result v;
 
 	for (int i = 0; i < rq->view->n; i++) {
 		if (!rq->view->votes[i])
 			continue;
-		type[i] = op->st[i].st_mode & S_IFMT;
+		if (!rq->ret[i])
+			type[i] = r->st[i].st_mode & S_IFMT;
 		errors[n] = rq->ret[i];
 		index[n] = i;
 		b[n++] = (struct vote_ballot){.error = rq->ret[i],
@@ -194,46 +274,47 @@ static int lookup_vote(struct child_request *rq, struct ns_op *op)
 	}
 	if (n == 0)
 		return -EIO;
-	if (vote_whole(b, n, rq->view->threshold, &r)) {
+	if (vote_whole(b, n, rq->view->threshold, &v)) {
 		/* Every child saying ENOENT is an answer, not a failure. */
 		if (!vote_refused_by_all(errors, n))
-			lookup_failed(op);
-		return r.error;
+			lookup_failed(tree, op);
+		return v.error;
 	}
 	for (int i = 0; i < rq->view->n; i++) {
-		if (op->fd[i] >= 0 &&
-		    (op->st[i].st_mode & S_IFMT) != type[index[r.winner]]) {
-			close(op->fd[i]);
-			op->fd[i] = -1;
+		if (!rq->ret[i] && r->fd[i] >= 0 &&
+		    (r->st[i].st_mode & S_IFMT) != type[index[v.winner]]) {
+			close(r->fd[i]);
+			r->fd[i] = -1;
 		}
 	}
-	return index[r.winner];
+	return index[v.winner];
 }
 
 /* Report voting children that lack an entry the quorum has. */
-static void report_missing(struct child_request *rq, struct ns_op *op)
+static void report_missing(struct tree *tree, struct child_request *rq,
+			   const struct ns_op *op)
 {
-	struct tree_node *parent = op->parent;
-	const char *name = op->name;
 	char *path = NULL;
 
 	for (int i = 0; i < rq->view->n; i++) {
 		if (!rq->view->votes[i] || !rq->ret[i])
 			continue;
 		if (!path)
-			path = tree_entry_path(op->tree, parent, name);
+			path = tree_entry_path(tree, op->parent, op->name);
 		child_count_error(rq->view->child[i], CHILD_OP_READ);
-		event_log_report_bad(op->tree->log, "read",
+		event_log_report_bad(tree->log, "read",
 				     child_name(rq->view->child[i]), 0, 0,
-				     rq->ret[i], path ? path : name);
+				     rq->ret[i], path ? path : op->name);
 	}
 	free(path);
 }
 
-/* Turn per-child handles (by view index) into a node with one lookup. */
-static int ns_make_entry(struct child_request *rq, struct ns_op *op, int key,
-			 const char *name, struct tree_entry *e)
+/* Turn per-child handles (by view index) into a node with one lookup.
+ * A late part's index is not asked: its handle is its own. */
+static int ns_make_entry(struct tree *tree, struct child_request *rq,
+			 const struct ns_op *op, int key, struct tree_entry *e)
 {
+	struct ns_req *r = rq->arg;
 	bool asked[CHILDREN_MAX] = {false};
 	int by_slot[CHILDREN_MAX];
 	struct tree_node *n;
@@ -244,20 +325,22 @@ static int ns_make_entry(struct child_request *rq, struct ns_op *op, int key,
 	for (int i = 0; i < rq->view->n; i++) {
 		int slot = child_slot(rq->view->child[i]);
 
-		by_slot[slot] = op->fd[i];
 		asked[slot] = rq->ret[i] == 0 || rq->ret[i] == -ENOENT;
-		op->fd[i] = -1;
+		if (rq->ret[i])
+			continue;
+		by_slot[slot] = r->fd[i];
+		r->fd[i] = -1;
 	}
-	n = node_install(op->tree, op->parent, name, by_slot, asked,
-			 &op->st[key]);
+	n = node_install(tree, op->parent, op->name, by_slot, asked,
+			 &r->st[key]);
 	if (!n)
 		return -ENOMEM;
-	ret = node_attr(op->tree, rq->view, n, &e->attr);
+	ret = node_attr(tree, rq->view, n, &e->attr);
 	if (ret) {
-		node_forget(op->tree, n, 1);
+		node_forget(tree, n, 1);
 		return ret;
 	}
-	e->ino = tree_node_ino(op->tree, n);
+	e->ino = tree_node_ino(tree, n);
 	return 0;
 }
 
@@ -303,7 +386,8 @@ static void ns_lock(struct tree *tree, struct ns_op *op, struct range_claim *a,
 
 /* A syncing child that lacked what a change needed (its copy has not
  * reached it yet) gets the changed directory completed again. */
-static void mark_incomplete(struct child_request *rq, struct ns_op *op)
+static void mark_incomplete(struct tree *tree, struct child_request *rq,
+			    const struct ns_op *op)
 {
 	struct tree_node *dir =
 		op->kind == NS_RENAME ? op->newparent : op->parent;
@@ -312,36 +396,53 @@ static void mark_incomplete(struct child_request *rq, struct ns_op *op)
 		return;
 	for (int i = 0; i < rq->view->n; i++)
 		if (!rq->view->votes[i] && rq->ret[i] == -ENOENT)
-			incomplete_mark(op->tree,
-					child_slot(rq->view->child[i]), dir);
+			incomplete_mark(tree, child_slot(rq->view->child[i]),
+					dir);
+}
+
+/* The vote of a lookup, or the outcome of a change; the index of the
+ * child that gives a new entry its identity. */
+static int ns_decide(struct tree *tree, struct child_request *rq,
+		     const struct ns_op *op, int *key)
+{
+	int ret;
+
+	if (op->kind == NS_LOOKUP) {
+		ret = *key = lookup_vote(tree, rq, op);
+		if (ret >= 0)
+			report_missing(tree, rq, op);
+		return ret;
+	}
+	*key = first_voting_success(rq);
+	return tree_outcome(tree, rq->view, rq->ret, false, "write", op->parent,
+			    0, 0);
 }
 
 static int ns_run(struct tree *tree, struct ns_op *op, struct tree_entry *e)
 {
-	const struct child_view *view = children_view_get(tree->set);
-	struct child_request rq = {.view = view, .body = ns_body, .arg = op};
+	const struct child_view *view;
+	struct child_request *rq;
 	struct range_claim a, b;
-	int ret, key;
+	int ret = -ENOMEM, key;
 
 	ns_lock(tree, op, &a, &b, true);
 	if (op->kind != NS_LOOKUP)
 		intent_tree(tree);
-	op->tree = tree;
-	tree_fanout(tree, &rq);
-	mark_incomplete(&rq, op);
-	ns_lock(tree, op, &a, &b, false);
-	if (op->kind == NS_LOOKUP) {
-		key = ret = lookup_vote(&rq, op);
-		if (ret >= 0)
-			report_missing(&rq, op);
-	} else {
-		ret = tree_outcome(tree, view, rq.ret, false, "write",
-				   op->parent, 0, 0);
-		key = first_voting_success(&rq);
+	/* After the announcement, which may have failed a hung child. */
+	view = children_view_get(tree->set);
+	rq = ns_request(tree, view, op);
+	if (rq) {
+		tree_fanout(tree, rq, ns_body);
+		mark_incomplete(tree, rq, op);
 	}
+	ns_lock(tree, op, &a, &b, false);
+	if (rq)
+		ret = ns_decide(tree, rq, op, &key);
 	if (ret >= 0 && ns_makes_entry(op->kind))
-		ret = ns_make_entry(&rq, op, key, op->name, e);
-	ns_close_fds(&rq, op);
+		ret = ns_make_entry(tree, rq, op, key, e);
+	if (rq)
+		ns_close_fds(rq, false);
+	child_request_put(rq);
 	children_view_put(view);
 	return ret < 0 ? ret : 0;
 }

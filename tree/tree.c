@@ -29,8 +29,8 @@ static int init_barrier(pthread_rwlock_t *lock)
 	return ret;
 }
 
-int tree_new(struct child_set *set, struct pool *pool, struct event_log *log,
-	     struct record *record, int timeout_ms, struct tree **out)
+int tree_new(struct child_set *set, struct pool *pool, struct watchdog *wd,
+	     struct event_log *log, struct record *record, struct tree **out)
 {
 	struct tree *tree = calloc(1, sizeof(*tree));
 	int ret;
@@ -46,15 +46,15 @@ int tree_new(struct child_set *set, struct pool *pool, struct event_log *log,
 	tree->pool = pool;
 	tree->log = log;
 	tree->record = record;
-	tree->timeout_ms = timeout_ms;
+	tree->watchdog = wd;
+	tree->timeout_ms = watchdog_timeout_ms(wd);
 	tree->as_root = geteuid() == 0;
 	atomic_init(&tree->fatal, false);
 	pthread_mutex_init(&tree->files.lock, NULL);
 	incomplete_init(&tree->incomplete);
 	ret = nodes_init(tree);
 	if (!ret)
-		ret = watchdog_new(timeout_ms, health_late, tree,
-				   &tree->watchdog);
+		watchdog_set_late(wd, health_late, tree);
 	if (ret) {
 		tree_free(tree);
 		return ret;
@@ -67,7 +67,7 @@ void tree_free(struct tree *tree)
 {
 	if (!tree)
 		return;
-	watchdog_free(tree->watchdog);
+	watchdog_set_late(tree->watchdog, NULL, NULL);
 	incomplete_destroy(tree);
 	files_release_all(tree);
 	nodes_destroy(tree);

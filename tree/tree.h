@@ -73,6 +73,7 @@ struct tree_entry {
 };
 
 struct record;
+struct watchdog;
 struct tree_node;
 struct range_locks;
 struct child;
@@ -82,14 +83,14 @@ struct child_view;
 #define TREE_VOTE_BLOCK 4096
 
 /*
- * Build the tree over the set's children; timeout_ms (0: none) bounds
- * each child's answer, and the watchdog it starts fails a child that
- * holds a call longer. The caller keeps ownership of set, pool, log and
- * record (NULL: no record is kept), which must outlive the tree. Returns
- * 0 and *out, or -errno with nothing started.
+ * Build the tree over the set's children. wd bounds each child's answer
+ * (its io-timeout) and hears, from now on, of each child that did not
+ * answer in time: the tree fails it. The caller keeps ownership of set,
+ * pool, wd, log and record (NULL: no record is kept), which must outlive
+ * the tree. Returns 0 and *out, or -errno with nothing started.
  */
-int tree_new(struct child_set *set, struct pool *pool, struct event_log *log,
-	     struct record *record, int timeout_ms, struct tree **out);
+int tree_new(struct child_set *set, struct pool *pool, struct watchdog *wd,
+	     struct event_log *log, struct record *record, struct tree **out);
 /* Free the tree; no request may run. NULL is accepted. */
 void tree_free(struct tree *tree);
 

@@ -80,7 +80,7 @@ struct tree_file {
 	/* By slot: why a voting child's open failed at tree_open(). A child
 	 * that was not voting then is retried on every use instead, because
 	 * its resync may create the file at any moment. */
-	int err[CHILDREN_MAX];
+	atomic_int err[CHILDREN_MAX];
 	/* Bit per slot: that child's file system refuses RWF_NOWAIT reads
 	 * (writes), so its buffered parts go straight to the ring. */
 	atomic_uint no_inline_read, no_inline_write;
@@ -114,7 +114,7 @@ struct tree {
 	struct pool *pool;
 	struct event_log *log;
 	struct record *record; /* NULL: no record is kept */
-	struct watchdog *watchdog;
+	struct watchdog *watchdog; /* the caller's */
 	int timeout_ms; /* per child answer; 0: wait for ever */
 	bool as_root;	/* the daemon may chown new entries to the caller */
 	atomic_bool fatal;
@@ -169,8 +169,27 @@ void files_release_all(struct tree *tree);
 
 /* ---- requests and their outcome (fanout.c) ---- */
 
-/* Run rq's body on every child of its view, watched by the watchdog. */
-void tree_fanout(struct tree *tree, struct child_request *rq);
+/*
+ * What most requests' arguments start with: the tree, and a node the
+ * request holds a reference to, so a part given up on may still use it.
+ * node_request() makes such a request (size: the whole argument, zeroed
+ * past this head); release, when not NULL, runs before the node's
+ * reference goes. NULL when out of memory.
+ */
+struct node_arg {
+	struct tree *tree;
+	struct tree_node *node;
+	void (*release)(struct child_request *rq);
+};
+struct child_request *node_request(struct tree *tree,
+				   const struct child_view *view,
+				   struct tree_node *n, size_t size,
+				   void (*release)(struct child_request *rq));
+
+/* Run body on every child of rq's view, bounded by io-timeout; the
+ * children it gave up on are failed (health_late) before it returns. */
+void tree_fanout(struct tree *tree, struct child_request *rq,
+		 int (*body)(struct child_request *rq, int i));
 
 /*
  * What a change that went to every child of view amounts to (ret[i]:

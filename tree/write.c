@@ -177,7 +177,7 @@ static int drop_setid(struct tree *tree, struct tree_file *f,
 ssize_t tree_write(struct tree *tree, struct tree_file *f, const void *buf,
 		   size_t size, off_t off, const struct tree_caller *who)
 {
-	const struct child_view *view = children_view_get(tree->set);
+	const struct child_view *view = NULL;
 	struct write_op op = {.file = f, .buf = buf, .size = size, .off = off};
 	int ret[CHILDREN_MAX];
 	struct range_claim claim;
@@ -198,6 +198,9 @@ ssize_t tree_write(struct tree *tree, struct tree_file *f, const void *buf,
 	}
 	lock_for_change(f->node, &claim, off, off + size);
 	intent_write(tree, f->node, off, size);
+	/* The view after the announcement: a child that could not take it
+	 * in io-timeout has been failed, and this write leaves it out. */
+	view = children_view_get(tree->set);
 	write_children(tree, view, &op, ret);
 	result = tree_outcome(tree, view, ret, false, "write", f->node, off,
 			      size);
@@ -208,13 +211,15 @@ ssize_t tree_write(struct tree *tree, struct tree_file *f, const void *buf,
 	range_unlock(&f->node->ranges, &claim);
 out:
 	child_buf_put(copy, size);
-	children_view_put(view);
+	if (view)
+		children_view_put(view);
 	return result;
 }
 
 /* ---- fallocate, fsync, flush ---- */
 
-/* One call on each child's handle of a file, on the pool. */
+/* One call on each child's handle of a file, on the pool. The request
+ * holds a reference to the file. */
 struct fd_op {
 	struct tree *tree;
 	struct tree_file *file;
@@ -223,28 +228,41 @@ struct fd_op {
 	off_t off, len;
 };
 
-static void fd_body(struct child_request *rq, int i)
+static int fd_body(struct child_request *rq, int i)
 {
 	struct fd_op *op = rq->arg;
-	int fd;
+	int fd, ret = file_view_fd(op->tree, op->file, rq->view, i, &fd);
 
-	rq->ret[i] = file_view_fd(op->tree, op->file, rq->view, i, &fd);
-	if (!rq->ret[i])
-		rq->ret[i] = op->call(fd, op);
+	return ret ? ret : op->call(fd, op);
 }
 
-static int fd_run(struct tree *tree, struct fd_op *op, const char *type)
+static void fd_release(struct child_request *rq)
+{
+	struct fd_op *op = rq->arg;
+
+	file_put(op->tree, op->file);
+}
+
+static int fd_run(struct tree *tree, const struct fd_op *how, const char *type)
 {
 	const struct child_view *view = children_view_get(tree->set);
-	struct child_request rq = {.view = view, .body = fd_body, .arg = op};
+	struct child_request *rq =
+		child_request_new(view, sizeof(*how), fd_release);
 	/* Closing a file opened for reading changes nothing on any child. */
-	bool probe = (op->file->flags & O_ACCMODE) == O_RDONLY;
-	int ret;
+	bool probe = (how->file->flags & O_ACCMODE) == O_RDONLY;
+	struct fd_op *op;
+	int ret = -ENOMEM;
 
-	op->tree = tree;
-	tree_fanout(tree, &rq);
-	ret = tree_outcome(tree, view, rq.ret, probe, type, op->file->node,
-			   op->off, op->len);
+	if (rq) {
+		op = rq->arg;
+		*op = *how;
+		op->tree = tree;
+		file_get(op->file);
+		tree_fanout(tree, rq, fd_body);
+		ret = tree_outcome(tree, view, rq->ret, probe, type,
+				   op->file->node, op->off, op->len);
+		child_request_put(rq);
+	}
 	children_view_put(view);
 	return ret;
 }
