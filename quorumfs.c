@@ -753,6 +753,7 @@ static const struct fuse_opt qfs_opts[] = {
 	QFS_OPT("io-timeout=%s", io_timeout),
 	QFS_OPT("scrub-rate=%s", scrub_rate),
 	QFS_OPT("control-socket=%s", control_socket),
+	QFS_OPT("sync-from=%s", sync_from),
 	QFS_OPT("rewrite-corrupted", rewrite_corrupted),
 	QFS_OPT("blkverify", blkverify),
 	FUSE_OPT_END,
@@ -794,6 +795,9 @@ static void usage(const char *prog)
 	       "                           0: wait for ever)\n"
 	       "    -o scrub-rate=N        MiB/s a scrub reads at, 0 unlimited "
 	       "(default %d)\n"
+	       "    -o sync-from=CHILD     first mount: fill the other "
+	       "children "
+	       "from CHILD\n"
 	       "    -o control-socket=PATH the operator's unix socket, or "
 	       "none\n"
 	       "                           (default "
@@ -883,6 +887,12 @@ static int serve(const struct fuse_cmdline_opts *opts, struct qfs *q)
 	return ret;
 }
 
+/*
+ * Everything is checked before any child is touched: the command line,
+ * then libfuse's own options (fuse_session_new refuses unknown ones),
+ * and only then the children's records are read and written. A typo in
+ * an fstab line must not enrol fresh directories into a set.
+ */
 static int start(struct fuse_args *args, const struct fuse_cmdline_opts *opts,
 		 const struct config *cfg)
 {
@@ -896,22 +906,22 @@ static int start(struct fuse_args *args, const struct fuse_cmdline_opts *opts,
 			cfg->mountpoint, strerror(errno));
 		return 1;
 	}
-	if (control_open(cfg, &mount_st, &q.ctl, err, sizeof(err))) {
-		fprintf(stderr, "quorumfs: %s\n", err);
-		return 1;
-	}
 	q.se = fuse_session_new(args, &qfs_ops, sizeof(qfs_ops), &q);
 	if (!q.se)
-		goto out;
-	if (fuse_set_signal_handlers(q.se))
+		return 1;
+	if (control_open(cfg, &mount_st, &q.ctl, err, sizeof(err))) {
+		fprintf(stderr, "quorumfs: %s\n", err);
 		goto out_session;
+	}
+	if (fuse_set_signal_handlers(q.se))
+		goto out;
 	if (fuse_session_mount(q.se, cfg->mountpoint) == 0)
 		ret = serve(opts, &q);
 	fuse_remove_signal_handlers(q.se);
-out_session:
-	fuse_session_destroy(q.se);
 out:
 	control_stop(q.ctl, ret == 0);
+out_session:
+	fuse_session_destroy(q.se);
 	return ret;
 }
 
@@ -925,6 +935,7 @@ static void release_args(struct config_args *raw)
 	free((char *)raw->io_timeout);
 	free((char *)raw->scrub_rate);
 	free((char *)raw->control_socket);
+	free((char *)raw->sync_from);
 }
 
 int main(int argc, char *argv[])

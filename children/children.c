@@ -601,6 +601,27 @@ static int set_rule(struct child_set *set, enum rule which, int value, int *old,
 	return ret;
 }
 
+void children_get_rules(struct child_set *set, int *threshold,
+			enum read_pattern *read_pattern,
+			bool *rewrite_corrupted)
+{
+	pthread_mutex_lock(&set->lock);
+	*threshold = set->rules.threshold;
+	*read_pattern = set->rules.read_pattern;
+	*rewrite_corrupted = set->rules.rewrite_corrupted;
+	pthread_mutex_unlock(&set->lock);
+}
+
+int children_threshold(struct child_set *set)
+{
+	int threshold;
+	enum read_pattern p;
+	bool rewrite;
+
+	children_get_rules(set, &threshold, &p, &rewrite);
+	return threshold;
+}
+
 int children_set_threshold(struct child_set *set, int threshold, char *err,
 			   size_t errlen)
 {
@@ -655,8 +676,18 @@ static enum child_state set_state_locked(struct child_set *set, struct child *c,
 	enum child_state old = atomic_exchange(&c->state, state);
 
 	snprintf(c->reason, sizeof(c->reason), "%s", reason);
-	if (old != state && publish_locked(set))
+	if (old == state)
+		return old;
+	if (publish_locked(set)) {
 		atomic_store(&c->state, old); /* no memory: keep the view */
+		return state;
+	}
+	/* A copy's progress means nothing once the child is out. */
+	if (state == CHILD_FAILED || state == CHILD_STALE)
+		child_set_progress(c, 0, 0, 0, 0);
+	/* Logged under the lock, so events keep the order of the changes
+	 * (the log only queues them). */
+	emit_state(set, c, old, state, reason);
 	return old;
 }
 
@@ -668,8 +699,6 @@ enum child_state children_set_state(struct child_set *set, struct child *c,
 	pthread_mutex_lock(&set->lock);
 	old = set_state_locked(set, c, state, reason);
 	pthread_mutex_unlock(&set->lock);
-	if (old != state)
-		emit_state(set, c, old, state, reason);
 	if (state == CHILD_OK)
 		atomic_store(&c->streak, 0);
 	return old;
@@ -688,7 +717,6 @@ void children_log_state(struct child_set *set, struct child *c)
 int children_begin_resync(struct child_set *set, struct child *c, char *err,
 			  size_t errlen)
 {
-	enum child_state old = CHILD_SYNCING;
 	int ret = 0, voting;
 
 	pthread_mutex_lock(&set->lock);
@@ -702,11 +730,8 @@ int children_begin_resync(struct child_set *set, struct child *c, char *err,
 			   "below the threshold %d",
 			   c->name, voting, set->rules.threshold);
 	else
-		old = set_state_locked(set, c, CHILD_SYNCING,
-				       "resync requested");
+		set_state_locked(set, c, CHILD_SYNCING, "resync requested");
 	pthread_mutex_unlock(&set->lock);
-	if (!ret && old != CHILD_SYNCING)
-		emit_state(set, c, old, CHILD_SYNCING, "resync requested");
 	return ret;
 }
 

@@ -131,6 +131,11 @@ int children_add(struct child_set *set, const char *path, const char *name,
 int children_remove(struct child_set *set, struct child *c, int drain_ms,
 		    char *err, size_t errlen);
 void children_release_slot(struct child_set *set, int slot);
+/* The rules in force. */
+void children_get_rules(struct child_set *set, int *threshold,
+			enum read_pattern *read_pattern,
+			bool *rewrite_corrupted);
+int children_threshold(struct child_set *set);
 int children_set_threshold(struct child_set *set, int threshold, char *err,
 			   size_t errlen);
 int children_set_read_pattern(struct child_set *set, enum read_pattern p,

@@ -145,8 +145,12 @@ static int check_numbers(const struct config_args *a, struct config *cfg,
 {
 	struct children_config *cc = &cfg->children;
 
-	cc->threshold = cc->n / 2 + 1;
-	if (a->threshold && !parse_int(a->threshold, 1, cc->n, &cc->threshold))
+	/* The bound is the set's membership, known once the children's
+	 * records are read (config_resolve_rules). */
+	cc->threshold = 0;
+	cfg->threshold_given = a->threshold != NULL;
+	if (a->threshold &&
+	    !parse_int(a->threshold, 1, CHILDREN_MAX, &cc->threshold))
 		return fail(err, errlen,
 			    "threshold=%s is invalid: it must be a whole "
 			    "number from 1 to %d (the number of children)",
@@ -183,6 +187,8 @@ static int check_modes(const struct config_args *a, struct config *cfg,
 	struct children_config *cc = &cfg->children;
 
 	cc->read_pattern = READ_PATTERN_QUORUM;
+	cfg->read_pattern_given = a->read_pattern != NULL;
+	cfg->rewrite_given = a->rewrite_corrupted;
 	if (a->read_pattern && strcmp(a->read_pattern, "fifo") == 0)
 		cc->read_pattern = READ_PATTERN_FIFO;
 	else if (a->read_pattern && strcmp(a->read_pattern, "quorum") != 0)
@@ -194,7 +200,7 @@ static int check_modes(const struct config_args *a, struct config *cfg,
 	cc->blkverify = a->blkverify;
 	if (!a->blkverify)
 		return 0;
-	if (cc->n != 2 || cc->threshold != 2)
+	if (cc->n != 2 || (cfg->threshold_given && cc->threshold != 2))
 		return fail(err, errlen,
 			    "blkverify can only be set with exactly two "
 			    "children and threshold=2");
@@ -294,6 +300,27 @@ int config_default_socket(const char *mountpoint, char *buf, size_t size)
 		       : 0;
 }
 
+static int check_sync_from(const struct config_args *a, struct config *cfg,
+			   char *err, size_t errlen)
+{
+	char *real;
+
+	cfg->sync_from = -1;
+	if (!a->sync_from)
+		return 0;
+	real = realpath(a->sync_from, NULL);
+	for (int i = 0; real && i < cfg->children.n; i++)
+		if (strcmp(real, cfg->children.path[i]) == 0)
+			cfg->sync_from = i;
+	free(real);
+	if (cfg->sync_from >= 0)
+		return 0;
+	return fail(err, errlen,
+		    "sync-from=%s is not one of the children on the command "
+		    "line",
+		    a->sync_from);
+}
+
 static int check_socket(const struct config_args *a, struct config *cfg,
 			char *err, size_t errlen)
 {
@@ -321,6 +348,28 @@ static int check_socket(const struct config_args *a, struct config *cfg,
 	return cfg->control_socket ? 0 : -ENOMEM;
 }
 
+int config_resolve_rules(const struct config *cfg, struct children_config *cc,
+			 const struct children_config *recorded, char *err,
+			 size_t errlen)
+{
+	bool from_record = recorded && recorded->threshold > 0 &&
+			   recorded->threshold <= cc->n;
+
+	if (!cfg->threshold_given)
+		cc->threshold =
+			from_record ? recorded->threshold : cc->n / 2 + 1;
+	else if (cc->threshold > cc->n)
+		return fail(err, errlen,
+			    "threshold=%d is invalid: it must be a whole "
+			    "number from 1 to %d (the number of children)",
+			    cc->threshold, cc->n);
+	if (!cfg->read_pattern_given && from_record)
+		cc->read_pattern = recorded->read_pattern;
+	if (!cfg->rewrite_given && from_record && !cc->blkverify)
+		cc->rewrite_corrupted = recorded->rewrite_corrupted;
+	return 0;
+}
+
 int config_from_args(const struct config_args *args, struct config *cfg,
 		     char *err, size_t errlen)
 {
@@ -336,6 +385,8 @@ int config_from_args(const struct config_args *args, struct config *cfg,
 		ret = check_log(args, cfg, err, errlen);
 	if (!ret)
 		ret = check_socket(args, cfg, err, errlen);
+	if (!ret)
+		ret = check_sync_from(args, cfg, err, errlen);
 	if (ret == -ENOMEM)
 		snprintf(err, errlen, "out of memory");
 	if (ret)

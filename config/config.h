@@ -34,6 +34,7 @@ struct config_args {
 	const char *io_timeout;
 	const char *scrub_rate;
 	const char *control_socket;
+	const char *sync_from;
 	int rewrite_corrupted;
 	int blkverify;
 	int npaths; /* children then the mountpoint */
@@ -50,6 +51,11 @@ struct config {
 	char *mountpoint;  /* absolute */
 	/* The operator's socket: absolute, or NULL for none. */
 	char *control_socket;
+	/* First mount: the child (index in children) the others are filled
+	 * from, or -1. */
+	int sync_from;
+	/* The command line gave these rules (else the record's stand). */
+	bool threshold_given, read_pattern_given, rewrite_given;
 };
 
 #define CONFIG_DEFAULT_THREADS 16
@@ -77,6 +83,18 @@ int config_from_args(const struct config_args *args, struct config *cfg,
  * socket address. Returns 0 with the path in buf, or -ENAMETOOLONG.
  */
 int config_default_socket(const char *mountpoint, char *buf, size_t size);
+
+/*
+ * The rules once the membership is known (cc->n, the command line's
+ * children plus the members the record names): what the command line
+ * gave, else what recorded holds (a children_config whose threshold is
+ * 0 holds nothing; NULL: no record), else a majority of the members.
+ * Returns 0, or -EINVAL with the reason in err for a threshold above
+ * the members.
+ */
+int config_resolve_rules(const struct config *cfg, struct children_config *cc,
+			 const struct children_config *recorded, char *err,
+			 size_t errlen);
 
 /* Free what config_from_args() allocated. */
 void config_release(struct config *cfg);

@@ -41,11 +41,10 @@ static int cmd_add(struct control *ctl, const struct config_command *cmd,
 	 * resync copies anyway. */
 	tree_child_added(ctl->tree, c);
 	if (ctl->record && record_added(ctl->record, ctl->set, c))
-		children_set_state(ctl->set, c, CHILD_FAILED,
-				   "cannot write its .quorumfs record");
+		jobs_fail_child(ctl->jobs, c,
+				"cannot write its .quorumfs record");
 	else if (jobs_resync_added(ctl->jobs, c))
-		children_set_state(ctl->set, c, CHILD_FAILED,
-				   "cannot start its resync");
+		jobs_fail_child(ctl->jobs, c, "cannot start its resync");
 	child_put(c);
 	return 0;
 }
@@ -127,6 +126,20 @@ static int cmd_scrub(struct control *ctl, const struct config_command *cmd,
 				cmd->rate, err, errlen);
 }
 
+/* A rule changed through .control is what the next mount uses, unless
+ * its command line says otherwise: the record keeps it. */
+static int keep_rules(struct control *ctl, int ret)
+{
+	struct persist_rules r;
+
+	if (ret || !ctl->record)
+		return ret;
+	children_get_rules(ctl->set, &r.threshold, &r.read_pattern,
+			   &r.rewrite_corrupted);
+	record_set_rules(ctl->record, ctl->set, &r);
+	return 0;
+}
+
 static int run_command(struct control *ctl, const struct config_command *cmd,
 		       char *err, size_t errlen)
 {
@@ -138,13 +151,16 @@ static int run_command(struct control *ctl, const struct config_command *cmd,
 	case CMD_RESYNC:
 		return cmd_resync(ctl, cmd, err, errlen);
 	case CMD_THRESHOLD:
-		return children_set_threshold(ctl->set, cmd->number, err,
-					      errlen);
+		return keep_rules(ctl,
+				  children_set_threshold(ctl->set, cmd->number,
+							 err, errlen));
 	case CMD_READ_PATTERN:
-		return children_set_read_pattern(ctl->set, cmd->read_pattern,
-						 err, errlen);
+		return keep_rules(
+			ctl, children_set_read_pattern(
+				     ctl->set, cmd->read_pattern, err, errlen));
 	case CMD_REWRITE_CORRUPTED:
-		return children_set_rewrite(ctl->set, cmd->on, err, errlen);
+		return keep_rules(ctl, children_set_rewrite(ctl->set, cmd->on,
+							    err, errlen));
 	case CMD_SCRUB:
 		return cmd_scrub(ctl, cmd, err, errlen);
 	}

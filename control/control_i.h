@@ -16,6 +16,7 @@
 struct control {
 	const struct config *cfg;
 	struct stat mount_st; /* the mountpoint before mounting */
+	int threshold;	      /* resolved (it differs while filling) */
 	/* Made by control_open, in this order: */
 	struct record *record;
 	struct child_set *set;

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* How long teardown waits for requests a hung child still holds. */
@@ -54,11 +55,25 @@ static int check_log(const char *path, char *err, size_t errlen)
  */
 static int open_children(struct control *ctl, char *err, size_t errlen)
 {
-	struct children_config cc = ctl->cfg->children;
-	int ret = record_scan(&cc, &ctl->record, err, errlen);
+	struct children_config cc = ctl->cfg->children, recorded = {0};
+	struct persist_rules rules;
+	int ret = record_scan(&cc, ctl->cfg->sync_from, &ctl->record, err,
+			      errlen);
 
 	if (ret)
 		return ret;
+	record_rules(ctl->record, &rules);
+	recorded.threshold = rules.threshold;
+	recorded.read_pattern = rules.read_pattern;
+	recorded.rewrite_corrupted = rules.rewrite_corrupted;
+	ret = config_resolve_rules(ctl->cfg, &cc, &recorded, err, errlen);
+	if (ret)
+		return ret;
+	/* Filling a first mount's children from one of them: that one
+	 * alone votes until the others are in step (control_start). */
+	ctl->threshold = cc.threshold;
+	if (ctl->cfg->sync_from >= 0)
+		cc.threshold = 1;
 	ret = children_new(&cc, &ctl->set);
 	if (ret) {
 		snprintf(err, errlen, "cannot open the children: %s",
@@ -105,8 +120,9 @@ static void emit_mounted(struct control *ctl)
 	json_object_object_add(data, "mountpoint",
 			       json_object_new_string(cfg->mountpoint));
 	json_object_object_add(data, "children", children);
-	json_object_object_add(data, "threshold",
-			       json_object_new_int(cfg->children.threshold));
+	json_object_object_add(
+		data, "threshold",
+		json_object_new_int(children_threshold(ctl->set)));
 	event_log_emit(ctl->log, "MOUNTED", data);
 }
 
@@ -146,6 +162,54 @@ static int start_jobs(struct control *ctl)
 	return jobs_new(&jc, &ctl->jobs);
 }
 
+/* Every member is ok, or one failed: 0 to wait on, 1 done, or -EIO. */
+static int fill_state(struct control *ctl, char *err, size_t errlen)
+{
+	struct child *m[CHILDREN_MAX];
+	int n = children_members(ctl->set, m), ret = 1;
+
+	for (int i = 0; i < n; i++) {
+		enum child_state s = child_state(m[i]);
+
+		if (s == CHILD_FAILED && ret > 0) {
+			snprintf(err, errlen,
+				 "cannot fill '%s' from the sync-from child; "
+				 "see its reason in the event log",
+				 child_path(m[i]));
+			ret = -EIO;
+		} else if (s != CHILD_OK && ret > 0) {
+			ret = 0;
+		}
+		child_put(m[i]);
+	}
+	return ret;
+}
+
+/*
+ * sync-from: the first mount serves once every other child holds the
+ * source's tree (their resyncs start with the jobs), and only then does
+ * the threshold asked for take effect.
+ */
+static int fill_from_source(struct control *ctl, char *err, size_t errlen)
+{
+	const struct timespec pause = {.tv_nsec = 50 * 1000 * 1000};
+	int ret;
+
+	while ((ret = fill_state(ctl, err, errlen)) == 0)
+		nanosleep(&pause, NULL);
+	if (ret < 0)
+		return ret;
+	ret = children_set_threshold(ctl->set, ctl->threshold, err, errlen);
+	if (!ret && ctl->record) {
+		struct persist_rules r;
+
+		children_get_rules(ctl->set, &r.threshold, &r.read_pattern,
+				   &r.rewrite_corrupted);
+		record_set_rules(ctl->record, ctl->set, &r);
+	}
+	return ret;
+}
+
 int control_start(struct control *ctl, char *err, size_t errlen)
 {
 	const struct config *cfg = ctl->cfg;
@@ -173,6 +237,11 @@ int control_start(struct control *ctl, char *err, size_t errlen)
 			 "cannot settle the writes of an unclean shutdown: %s",
 			 strerror(-ret));
 		return ret;
+	}
+	if (cfg->sync_from >= 0) {
+		ret = fill_from_source(ctl, err, errlen);
+		if (ret)
+			return ret;
 	}
 	if (cfg->control_socket) {
 		err[0] = '\0';

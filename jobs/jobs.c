@@ -16,6 +16,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+void jobs_fail_child(struct jobs *jobs, struct child *c, const char *reason)
+{
+	if (children_set_state(jobs->set, c, CHILD_FAILED, reason) ==
+	    CHILD_FAILED)
+		return;
+	if (jobs->record) {
+		record_set_failed(jobs->record, c, reason);
+		record_demoted(jobs->record, jobs->set);
+	}
+}
+
 static void want_resync(struct jobs *jobs, int slot)
 {
 	pthread_mutex_lock(&jobs->wake_lock);
@@ -43,8 +54,7 @@ static void start_wanted(struct jobs *jobs, unsigned int wanted)
 		    child_state(m[i]) == CHILD_STALE &&
 		    !children_begin_resync(jobs->set, m[i], err, sizeof(err)) &&
 		    resync_start(jobs, m[i], true))
-			children_set_state(jobs->set, m[i], CHILD_FAILED,
-					   "cannot start its resync");
+			jobs_fail_child(jobs, m[i], "cannot start its resync");
 		child_put(m[i]);
 	}
 	pthread_mutex_unlock(&jobs->lock);
@@ -71,17 +81,21 @@ static void *launcher_thread(void *arg)
 	return NULL;
 }
 
-/* Children that were behind at mount: say why, and start their copy. */
+/* Children that were out at mount: say why, and start the copy of those
+ * that are behind. */
 static void want_stale_at_mount(struct jobs *jobs)
 {
 	struct child *m[CHILDREN_MAX];
 	int n = children_members(jobs->set, m);
 
 	for (int i = 0; i < n; i++) {
-		if (child_state(m[i]) == CHILD_STALE) {
+		enum child_state s = child_state(m[i]);
+
+		/* A failed one waits for `resync NAME`. */
+		if (s == CHILD_STALE || s == CHILD_FAILED)
 			children_log_state(jobs->set, m[i]);
+		if (s == CHILD_STALE)
 			want_resync(jobs, child_slot(m[i]));
-		}
 		child_put(m[i]);
 	}
 }
@@ -160,8 +174,7 @@ int jobs_resync(struct jobs *jobs, struct child *c, char *err, size_t errlen)
 	resync_stop(jobs, c);
 	ret = children_begin_resync(jobs->set, c, err, errlen);
 	if (!ret && resync_start(jobs, c, false))
-		children_set_state(jobs->set, c, CHILD_FAILED,
-				   "cannot start its resync");
+		jobs_fail_child(jobs, c, "cannot start its resync");
 	pthread_mutex_unlock(&jobs->lock);
 	return ret;
 }

@@ -74,6 +74,9 @@ int jobs_settle(struct jobs *jobs);
 int jobs_resync(struct jobs *jobs, struct child *c, char *err, size_t errlen);
 /* Copy the whole tree to c, a child just added (syncing). */
 int jobs_resync_added(struct jobs *jobs, struct child *c);
+/* Fail c for reason: out of every view, and kept failed by the record
+ * until `resync NAME`. */
+void jobs_fail_child(struct jobs *jobs, struct child *c, const char *reason);
 /* End c's copy, if any, and wait for it. */
 void jobs_resync_stop(struct jobs *jobs, struct child *c);
 

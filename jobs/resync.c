@@ -51,6 +51,7 @@ struct resync {
 	/* Only the resync thread touches the rest. */
 	uint64_t bytes_done, bytes_total, files_done, files_total;
 	uint64_t file_base; /* bytes of the files copied before this one */
+	uint64_t copied;    /* bytes written to the child */
 	bool catchup;	    /* a pass that only fills in missing entries */
 	bool partial;	    /* may copy only what the record says it missed */
 	struct timespec last_progress;
@@ -66,6 +67,14 @@ static int fail(struct resync *rs, int err, const char *what, const char *name)
 		snprintf(rs->reason, sizeof(rs->reason), "%s '%s': %s", what,
 			 name, strerror(-err));
 	return err;
+}
+
+/* Asked to stop, or the child left syncing (it failed, or was removed):
+ * either way the copy is of no use any more. */
+static bool stopping(struct resync *rs)
+{
+	return atomic_load(&rs->stop) ||
+	       child_state(rs->child) != CHILD_SYNCING;
 }
 
 /* The data of a RESYNC_* event, starting with the child's name. */
@@ -392,6 +401,7 @@ static int write_out(struct resync *rs, int out, const struct tree_answer *r,
 				return -ENOSPC;
 		}
 		off += io.len;
+		rs->copied += io.len;
 	}
 	return 0;
 }
@@ -442,7 +452,7 @@ static int copy_data(struct resync *rs, struct tree_file *f, int out, off_t off,
 	off_t data, hole;
 	int ret = 0;
 
-	while (!ret && off < end && !atomic_load(&rs->stop)) {
+	while (!ret && off < end && !stopping(rs)) {
 		view = children_view_get(rs->jobs->set);
 		data = tree_lseek_locked(rs->tree, view, f, off, SEEK_DATA);
 		hole = data < 0 ? data
@@ -462,7 +472,7 @@ static int copy_data(struct resync *rs, struct tree_file *f, int out, off_t off,
 		progress(rs, false);
 		off = hole;
 	}
-	return ret ? ret : atomic_load(&rs->stop) ? -ECANCELED : 0;
+	return ret ? ret : stopping(rs) ? -ECANCELED : 0;
 }
 
 /* Copy the voted data of e into the child's file behind handle. */
@@ -551,18 +561,20 @@ static void resync_finish(struct resync *rs, int ret)
 {
 	struct json_object *d;
 
+	if (!ret && stopping(rs))
+		ret = -ECANCELED; /* it failed while its copy ended */
 	if (ret == -ECANCELED)
-		return; /* removed or unmounting: nothing to report */
+		return; /* failed, removed or unmounting: nothing to report */
 	if (ret) {
-		children_set_state(rs->jobs->set, rs->child, CHILD_FAILED,
-				   rs->reason[0] ? rs->reason : strerror(-ret));
+		jobs_fail_child(rs->jobs, rs->child,
+				rs->reason[0] ? rs->reason : strerror(-ret));
 		return;
 	}
 	rs->bytes_done = rs->bytes_total;
 	rs->files_done = rs->files_total;
 	progress(rs, true);
 	d = event_data(rs);
-	add_count(d, "bytes", rs->bytes_done);
+	add_count(d, "bytes", rs->copied);
 	add_count(d, "files", rs->files_done);
 	event_log_emit(rs->jobs->log, "RESYNC_COMPLETED", d);
 	/* In step on disk before it votes: a crash from here on must not
@@ -694,7 +706,7 @@ static int copy_dir(struct resync *rs, struct tree_node *dir)
 		if (r && r != -ECANCELED)
 			fail(rs, r, "cannot copy", "an entry");
 		ret = ret ? ret : r;
-		if (atomic_load(&rs->stop))
+		if (stopping(rs))
 			ret = -ECANCELED;
 		close(p[i].handle);
 		tree_forget(rs->tree, p[i].e.ino, 1);
@@ -828,7 +840,7 @@ static int copy_missed(struct resync *rs, const struct persist_missed *m)
 		rs->file_base += m->file[i].nregions * PERSIST_REGION;
 		advance(rs, rs->file_base);
 		progress(rs, false);
-		if (atomic_load(&rs->stop))
+		if (stopping(rs))
 			ret = -ECANCELED;
 	}
 	return ret;

@@ -45,6 +45,7 @@ void persist_clear(struct persist_state *st)
 	for (int i = 0; i < st->n; i++) {
 		free(st->member[i].name);
 		free(st->member[i].path);
+		free(st->member[i].failed);
 	}
 	memset(st, 0, sizeof(*st));
 }
@@ -57,6 +58,7 @@ int persist_add_member(struct persist_state *st, const char *id,
 	if (st->n == CHILDREN_MAX)
 		return -ENOSPC;
 	m = &st->member[st->n];
+	m->failed = NULL;
 	snprintf(m->id, sizeof(m->id), "%s", id);
 	m->name = strdup(name);
 	m->path = strdup(path);
@@ -76,11 +78,30 @@ void persist_remove_member(struct persist_state *st, const char *id)
 			continue;
 		free(st->member[i].name);
 		free(st->member[i].path);
+		free(st->member[i].failed);
 		memmove(&st->member[i], &st->member[i + 1],
 			(st->n - i - 1) * sizeof(st->member[0]));
 		st->n--;
 		return;
 	}
+}
+
+int persist_set_failed(struct persist_state *st, const char *id,
+		       const char *reason)
+{
+	char *copy = reason ? strdup(reason) : NULL;
+
+	if (reason && !copy)
+		return -ENOMEM;
+	for (int i = 0; i < st->n; i++) {
+		if (strcmp(st->member[i].id, id) == 0) {
+			free(st->member[i].failed);
+			st->member[i].failed = copy;
+			return 0;
+		}
+	}
+	free(copy);
+	return -ENOENT;
 }
 
 const struct persist_member *persist_member(const struct persist_state *st,
@@ -99,7 +120,8 @@ int persist_copy(struct persist_state *dst, const struct persist_state *src)
 	for (int i = 0; i < src->n; i++) {
 		const struct persist_member *m = &src->member[i];
 
-		if (persist_add_member(dst, m->id, m->name, m->path)) {
+		if (persist_add_member(dst, m->id, m->name, m->path) ||
+		    persist_set_failed(dst, m->id, m->failed)) {
 			persist_clear(dst);
 			return -ENOMEM;
 		}
@@ -191,10 +213,32 @@ static int parse_members(struct json_object *o, struct persist_state *st)
 
 		if (!get_id(m, "child", id) || !name || !path)
 			return -EINVAL;
-		if (persist_add_member(st, id, name, path))
+		if (persist_add_member(st, id, name, path) ||
+		    persist_set_failed(st, id, get_str(m, "failed")))
 			return -ENOMEM;
 	}
 	return 0;
+}
+
+/* Optional: a record older than the rules has none (threshold 0). */
+static void parse_rules(struct json_object *o, struct persist_rules *r)
+{
+	struct json_object *rules, *v;
+	const char *pattern;
+	uint64_t threshold = 0;
+
+	if (!json_object_object_get_ex(o, "rules", &rules) ||
+	    !get_u64(rules, "threshold", &threshold) || threshold < 1 ||
+	    threshold > CHILDREN_MAX)
+		return;
+	pattern = get_str(rules, "read-pattern");
+	r->threshold = (int)threshold;
+	r->read_pattern = pattern && strcmp(pattern, "fifo") == 0
+				  ? READ_PATTERN_FIFO
+				  : READ_PATTERN_QUORUM;
+	r->rewrite_corrupted =
+		json_object_object_get_ex(rules, "rewrite-corrupted", &v) &&
+		json_object_get_boolean(v);
 }
 
 static int parse_state(struct json_object *o, struct persist_state *st)
@@ -211,6 +255,7 @@ static int parse_state(struct json_object *o, struct persist_state *st)
 	    !json_object_is_type(v, json_type_boolean))
 		return -EINVAL;
 	st->clean = json_object_get_boolean(v);
+	parse_rules(o, &st->rules);
 	return parse_members(o, st);
 }
 
@@ -242,6 +287,22 @@ int persist_load(int root_fd, struct persist_state *st, char *err,
 
 /* ---- writing the state ---- */
 
+static struct json_object *rules_json(const struct persist_rules *r)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "threshold",
+			       json_object_new_int(r->threshold));
+	json_object_object_add(
+		o, "read-pattern",
+		json_object_new_string(r->read_pattern == READ_PATTERN_FIFO
+					       ? "fifo"
+					       : "quorum"));
+	json_object_object_add(o, "rewrite-corrupted",
+			       json_object_new_boolean(r->rewrite_corrupted));
+	return o;
+}
+
 static struct json_object *state_json(const struct persist_state *st)
 {
 	struct json_object *o = json_object_new_object();
@@ -264,9 +325,15 @@ static struct json_object *state_json(const struct persist_state *st)
 			m, "name", json_object_new_string(st->member[i].name));
 		json_object_object_add(
 			m, "path", json_object_new_string(st->member[i].path));
+		if (st->member[i].failed)
+			json_object_object_add(
+				m, "failed",
+				json_object_new_string(st->member[i].failed));
 		json_object_array_add(list, m);
 	}
 	json_object_object_add(o, "members", list);
+	if (st->rules.threshold)
+		json_object_object_add(o, "rules", rules_json(&st->rules));
 	return o;
 }
 

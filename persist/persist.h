@@ -50,6 +50,16 @@ struct persist_member {
 	char id[PERSIST_ID_LEN + 1];
 	char *name;
 	char *path;
+	char *failed; /* why it was failed, or NULL: it stays out until
+			 `resync NAME` clears this */
+};
+
+/* The voting rules last set through .control: what the next mount uses
+ * unless its command line says otherwise. threshold 0: none recorded. */
+struct persist_rules {
+	int threshold;
+	enum read_pattern read_pattern;
+	bool rewrite_corrupted;
 };
 
 struct persist_state {
@@ -58,6 +68,7 @@ struct persist_state {
 	uint64_t generation; /* last generation this child was in step at */
 	uint64_t log_since;  /* the intent log holds every line from here */
 	bool clean;	     /* the set was unmounted cleanly */
+	struct persist_rules rules;
 	int n;
 	struct persist_member member[CHILDREN_MAX];
 };
@@ -82,8 +93,16 @@ int persist_copy(struct persist_state *dst, const struct persist_state *src);
 int persist_add_member(struct persist_state *st, const char *id,
 		       const char *name, const char *path);
 void persist_remove_member(struct persist_state *st, const char *id);
+/* Mark a member failed with reason, or in good standing (NULL). */
+int persist_set_failed(struct persist_state *st, const char *id,
+		       const char *reason);
 const struct persist_member *persist_member(const struct persist_state *st,
 					    const char *id);
+/* Whether the trees below root[0..n) agree in paths, types and file
+ * sizes (persist/first.c); -EINVAL with how they differ in err. */
+int persist_first_check(const char *const *root, int n, char *err,
+			size_t errlen);
+
 /* A fresh random identity. */
 void persist_new_id(char id[PERSIST_ID_LEN + 1]);
 
@@ -130,9 +149,12 @@ struct child_set;
  * was removed from this set, and an unreadable child directory. Members
  * the record names that the command line left out are appended to cfg
  * (reachable ones only; cfg's strings then stay owned by the record).
+ * A first mount (no child has a record) is refused, with how the
+ * children differ, unless their trees agree or sync_from (an index in
+ * cfg, or -1) names the child the others are filled from.
  */
-int record_scan(struct children_config *cfg, struct record **out, char *err,
-		size_t errlen);
+int record_scan(struct children_config *cfg, int sync_from, struct record **out,
+		char *err, size_t errlen);
 /*
  * Once the set exists: mark children that are behind stale, refuse a
  * mount with fewer children in step than the threshold, raise the
@@ -184,6 +206,14 @@ void record_set_behind(struct record *r, struct child *c, bool tree);
 /* What child c missed, from an in-step child's log (tree when unsure). */
 int record_missed(struct record *r, struct child_set *set, struct child *c,
 		  struct persist_missed *m);
+/* c was failed for reason: from the next save on, the record says so,
+ * and a later mount keeps it failed until `resync NAME`. */
+void record_set_failed(struct record *r, struct child *c, const char *reason);
+/* The rules the newest record holds (threshold 0: none), and new ones
+ * to keep on every voting child. */
+void record_rules(struct record *r, struct persist_rules *out);
+void record_set_rules(struct record *r, struct child_set *set,
+		      const struct persist_rules *rules);
 /* The set was not unmounted cleanly: settle before serving. */
 bool record_unclean(struct record *r);
 /* Every region announced since the log was last cleared, read from a

@@ -37,8 +37,10 @@ struct record {
 	char id[CHILDREN_MAX][PERSIST_ID_LEN + 1]; /* by slot */
 	uint64_t gen[CHILDREN_MAX];		   /* by slot: last in step */
 	bool behind[CHILDREN_MAX];		   /* by slot */
-	bool tree[CHILDREN_MAX];     /* by slot: missed more than data */
-	char why[CHILDREN_MAX][160]; /* by slot: why behind */
+	bool tree[CHILDREN_MAX];       /* by slot: missed more than data */
+	char why[CHILDREN_MAX][160];   /* by slot: why behind */
+	bool failed[CHILDREN_MAX];     /* by slot: failed before: stays out */
+	int write_error[CHILDREN_MAX]; /* by slot: its last record write */
 	bool tree_announced;
 	_Atomic uint64_t generation; /* set.generation, readable unlocked */
 	struct announced *announced; /* this generation's, unordered */
@@ -163,7 +165,13 @@ static int place(struct record *r, int i, const struct persist_state *st,
 		return ret;
 	memcpy(r->id[i], st->child, sizeof(r->id[i]));
 	r->gen[i] = st->generation;
-	if (st->generation < r->set.generation) {
+	if (persist_member(&r->set, st->child)->failed) {
+		/* An operator must look at it first, as before the restart. */
+		r->behind[i] = r->failed[i] = r->tree[i] = true;
+		snprintf(r->why[i], sizeof(r->why[i]),
+			 "failed before the last unmount: %s",
+			 persist_member(&r->set, st->child)->failed);
+	} else if (st->generation < r->set.generation) {
 		r->behind[i] = true;
 		snprintf(r->why[i], sizeof(r->why[i]),
 			 "behind: generation %llu, the set is at %llu",
@@ -238,8 +246,28 @@ static int add_extras(struct record *r, struct children_config *cfg)
 	return 0;
 }
 
-int record_scan(struct children_config *cfg, struct record **out, char *err,
-		size_t errlen)
+/*
+ * A set none of whose children has a record: their trees must agree, or
+ * sync_from names the one to fill the others from (they start behind,
+ * for the whole tree).
+ */
+static int first_mount(struct record *r, const struct children_config *cfg,
+		       int sync_from, char *err, size_t errlen)
+{
+	if (sync_from < 0)
+		return persist_first_check(cfg->path, cfg->n, err, errlen);
+	for (int i = 0; i < cfg->n; i++) {
+		if (i == sync_from)
+			continue;
+		r->behind[i] = r->tree[i] = true;
+		snprintf(r->why[i], sizeof(r->why[i]),
+			 "filled from '%s' (sync-from)", cfg->path[sync_from]);
+	}
+	return 0;
+}
+
+int record_scan(struct children_config *cfg, int sync_from, struct record **out,
+		char *err, size_t errlen)
 {
 	struct persist_state *st = calloc(CHILDREN_MAX, sizeof(*st));
 	struct record *r = record_new();
@@ -267,7 +295,15 @@ int record_scan(struct children_config *cfg, struct record **out, char *err,
 		if ((ret = place(r, i, &st[i], loaded[i], cfg->path[i], err,
 				 errlen)))
 			goto out;
-	ret = r->fresh_set ? 0 : add_extras(r, cfg);
+	if (r->fresh_set)
+		ret = first_mount(r, cfg, sync_from, err, errlen);
+	else if (sync_from >= 0)
+		ret = refuse(err, errlen,
+			     "sync-from=%s is only for a first mount: the "
+			     "children already have .quorumfs records%s",
+			     cfg->path[sync_from], "");
+	else
+		ret = add_extras(r, cfg);
 	if (!ret) {
 		*out = r;
 		r = NULL;
@@ -355,11 +391,17 @@ static struct child_request *write_new(const struct child_view *v,
  * child's error (a caller may care about one child only). */
 static int write_run_locked(struct record *r, struct child_request *rq)
 {
+	const struct record_write *w = rq->arg;
 	int ret = 0;
 
 	child_request_run(rq, r->pool, r->wd, record_write_body);
-	for (int i = 0; i < rq->view->n && !ret; i++)
-		ret = rq->ret[i];
+	for (int i = 0; i < rq->view->n; i++) {
+		if (!(w->mask & (1u << i)))
+			continue;
+		r->write_error[child_slot(rq->view->child[i])] = rq->ret[i];
+		if (!ret)
+			ret = rq->ret[i];
+	}
 	if (rq->late && r->npending < RECORD_PENDING)
 		r->pending[r->npending++] = rq;
 	else
@@ -483,7 +525,9 @@ static void mark_behind(struct record *r, struct child_set *set)
 		int slot = child_slot(m[i]);
 
 		if (r->behind[slot])
-			children_set_state(set, m[i], CHILD_STALE,
+			children_set_state(set, m[i],
+					   r->failed[slot] ? CHILD_FAILED
+							   : CHILD_STALE,
 					   r->why[slot]);
 		member_locked(r, m[i]);
 		/* A new child is a member from now on, behind everyone. */
@@ -491,6 +535,41 @@ static void mark_behind(struct record *r, struct child_set *set)
 			save_child(r, m[i], 0, false);
 		child_put(m[i]);
 	}
+}
+
+/*
+ * A child whose record could not be written at mount (a read-only file
+ * system) cannot take a write either: it is failed at once, with the
+ * reason, rather than at the first write. Fewer than threshold left
+ * refuses the mount.
+ */
+static int fail_unwritable_locked(struct record *r, struct child_set *set,
+				  char *err, size_t errlen)
+{
+	const struct child_view *v = children_view_get(set);
+	int voters = v->voters, threshold = v->threshold;
+	char why[200];
+
+	for (int i = 0; i < v->n; i++) {
+		int slot = child_slot(v->child[i]), e = r->write_error[slot];
+
+		if (!v->votes[i] || !e)
+			continue;
+		snprintf(why, sizeof(why),
+			 "cannot write its .quorumfs record: %s", strerror(-e));
+		persist_set_failed(&r->set, r->id[slot], why);
+		r->behind[slot] = r->failed[slot] = true;
+		children_set_state(set, v->child[i], CHILD_FAILED, why);
+		voters--;
+	}
+	children_view_put(v);
+	if (voters >= threshold)
+		return 0;
+	snprintf(err, errlen,
+		 "only %d children can write their .quorumfs record, below the "
+		 "threshold %d; see the failed children's reasons",
+		 voters, threshold);
+	return -EINVAL;
 }
 
 int record_start(struct record *r, struct child_set *set, char *err,
@@ -516,6 +595,7 @@ int record_start(struct record *r, struct child_set *set, char *err,
 		if (r->fresh_set)
 			r->set.log_since = 1;
 		bump_locked(r, set);
+		ret = fail_unwritable_locked(r, set, err, errlen);
 	}
 	record_unlock(r);
 	return ret;
@@ -556,6 +636,8 @@ void record_promoted(struct record *r, struct child_set *set, struct child *c)
 	pthread_mutex_lock(&r->lock);
 	r->behind[child_slot(c)] = false;
 	r->tree[child_slot(c)] = false;
+	r->failed[child_slot(c)] = false;
+	persist_set_failed(&r->set, r->id[child_slot(c)], NULL);
 	save_locked(r, v, c, r->set.generation, false);
 	record_unlock(r);
 	children_view_put(v);
@@ -801,6 +883,35 @@ int record_check_new(struct record *r, const char *path, char *err,
 	pthread_mutex_unlock(&r->lock);
 	persist_clear(&st);
 	return ret;
+}
+
+void record_set_failed(struct record *r, struct child *c, const char *reason)
+{
+	int slot = child_slot(c);
+
+	pthread_mutex_lock(&r->lock);
+	r->failed[slot] = true;
+	persist_set_failed(&r->set, r->id[slot], reason);
+	pthread_mutex_unlock(&r->lock);
+}
+
+void record_rules(struct record *r, struct persist_rules *out)
+{
+	pthread_mutex_lock(&r->lock);
+	*out = r->set.rules;
+	pthread_mutex_unlock(&r->lock);
+}
+
+void record_set_rules(struct record *r, struct child_set *set,
+		      const struct persist_rules *rules)
+{
+	const struct child_view *v = children_view_get(set);
+
+	pthread_mutex_lock(&r->lock);
+	r->set.rules = *rules;
+	save_locked(r, v, NULL, r->set.generation, false);
+	record_unlock(r);
+	children_view_put(v);
 }
 
 bool record_unclean(struct record *r)

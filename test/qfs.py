@@ -85,6 +85,20 @@ def run_as(uid, gid, cwd, code, umask=0o022, groups=()):
 
 
 
+def enrol(children, workdir):
+    """The children, empty, made one set (see Mount.enrol), by a daemon
+    of their own on a scratch mount point under workdir."""
+    workdir = Path(workdir)
+    mnt = workdir / "enrol-mnt"
+    mnt.mkdir(parents=True, exist_ok=True)
+    m = Mount(children, mnt, workdir / "enrol.jsonl", workdir, [])
+    try:
+        m.enrol()
+    except BaseException:
+        m.cleanup()
+        raise
+
+
 def wait_for(cond, timeout, what, interval=0.02):
     """Poll cond() until it returns a true value, which is returned.
     Fails the test with `what` when timeout seconds pass first."""
@@ -241,6 +255,15 @@ class Mount:
             return False
 
         wait_for(ready, timeout, "%s to be mounted" % self.mnt)
+        return self
+
+    def enrol(self):
+        """Mount the children once and unmount, checked, so they carry
+        the record of one set. A first mount refuses children that
+        differ (README "The record in each child"); a test that plants
+        differences before mounting enrols the children first."""
+        self.start()
+        self.unmount()
         return self
 
     def running(self):

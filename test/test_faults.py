@@ -54,7 +54,11 @@ def pattern(size, seed=1):
 
 def seed_children(m, rel, data, skip=()):
     """Write rel directly into every child whose index is not in skip
-    (the daemon is not running yet, so it sees them as found)."""
+    (the daemon is not running yet, so it sees them as found). The
+    children are made one set first: a first mount refuses children that
+    differ."""
+    if not os.path.isdir(os.path.join(m.children[0], ".quorumfs")):
+        m.enrol()
     for i in range(len(m.children)):
         if i not in skip:
             write_file(m.child_file(i, rel), data)

@@ -25,6 +25,7 @@ import subprocess
 import pytest
 
 import qemu_util
+import qfs
 from qemu_util import direct_pread, expect_read, read_result
 
 KiB = 1024
@@ -188,15 +189,19 @@ IMAGE_SETS = [
 
 # --- helpers -------------------------------------------------------------
 
-def make_children(base, imgs):
-    """One child directory per image, each holding it as FILE."""
+def make_children(base, imgs, enrol=True):
+    """One child directory per image, each holding it as FILE. enrol:
+    make them one set first, so that the mount accepts them differing."""
     dirs = []
-    for i, img in enumerate(imgs):
+    for i in range(len(imgs)):
         d = os.path.join(str(base), "c%d" % i)
-        os.mkdir(d)
+        os.makedirs(d)
+        dirs.append(d)
+    if enrol:
+        qfs.enrol(dirs, os.path.join(str(base), "enrol-%d" % len(imgs)))
+    for d, img in zip(dirs, imgs):
         with open(os.path.join(d, FILE), "wb") as f:
             f.write(img)
-        dirs.append(d)
     return dirs
 
 
@@ -371,7 +376,8 @@ def test_rewrite_corrupted_repairs_exactly_what_qemu_repairs(
     threshold = case.n // 2 + 1
     for side in ("qemu", "mount"):
         os.mkdir(os.path.join(str(ext4_dir), side))
-    qemu_dirs = make_children(os.path.join(str(ext4_dir), "qemu"), imgs)
+    qemu_dirs = make_children(os.path.join(str(ext4_dir), "qemu"), imgs,
+                              enrol=False)
     dirs = make_children(os.path.join(str(ext4_dir), "mount"), imgs)
 
     # The model: the same reads, rewriting losers of a whole-request vote.
@@ -534,10 +540,12 @@ def error_vote_children(kinds, ext4_dir, sector4k_dir, img):
         d = os.path.join(sector4k_dir if kind == "4k" else str(ext4_dir),
                          "c%d" % i)
         os.mkdir(d)
+        dirs.append(d)
+    qfs.enrol(dirs, os.path.join(str(ext4_dir), "enrol"))
+    for d, kind in zip(dirs, kinds):
         if kind != "missing":
             with open(os.path.join(d, FILE), "wb") as f:
                 f.write(img)
-        dirs.append(d)
     return dirs
 
 

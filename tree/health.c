@@ -29,6 +29,8 @@ static void apply(struct tree *tree, struct child *c, struct child_verdict v,
 		record_set_behind(tree->record, c, v.whole_tree);
 	if (children_set_state(tree->set, c, v.to, reason) == v.to)
 		return; /* another thread got there first */
+	if (tree->record && v.to == CHILD_FAILED)
+		record_set_failed(tree->record, c, reason);
 	if (tree->record)
 		record_demoted(tree->record, tree->set);
 	if (v.to == CHILD_STALE && tree->hooks.child_stale)
@@ -68,7 +70,11 @@ void health_syncing_failed(struct tree *tree, struct child *c, int error)
 		return;
 	snprintf(reason, sizeof(reason), "write failed during resync: %s",
 		 strerror(-error));
-	children_set_state(tree->set, c, v.to, reason);
+	if (children_set_state(tree->set, c, v.to, reason) == v.to ||
+	    !tree->record)
+		return;
+	record_set_failed(tree->record, c, reason);
+	record_demoted(tree->record, tree->set);
 }
 
 void health_read_error(struct tree *tree, struct child *c, int error)
