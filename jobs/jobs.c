@@ -16,17 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-void jobs_fail_child(struct jobs *jobs, struct child *c, const char *reason)
-{
-	if (children_set_state(jobs->set, c, CHILD_FAILED, reason) ==
-	    CHILD_FAILED)
-		return;
-	if (jobs->record) {
-		record_set_failed(jobs->record, c, reason);
-		record_demoted(jobs->record, jobs->set);
-	}
-}
-
 static void want_resync(struct jobs *jobs, int slot)
 {
 	pthread_mutex_lock(&jobs->wake_lock);
