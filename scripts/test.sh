@@ -31,8 +31,8 @@ while [ $# -gt 0 ]; do
 done
 
 packages=(build-essential cmake pkg-config libfuse3-dev fuse3 libssl-dev
-	libjson-c-dev liburing-dev python3-pytest python3-pytest-timeout qemu-utils attr
-	e2fsprogs util-linux fio clang libclang-rt-14-dev)
+	libjson-c-dev liburing-dev python3-pytest python3-pytest-timeout qemu-utils
+	qemu-system-x86 attr e2fsprogs util-linux fio clang libclang-rt-14-dev)
 
 if [ "${QFS_SKIP_INSTALL:-0}" != 1 ]; then
 	sudo=()
