@@ -30,9 +30,13 @@ while [ $# -gt 0 ]; do
 	shift
 done
 
+# qemu-system-x86, linux-image-amd64 and busybox-static are the guest of
+# test/test_vm.py: QEMU, a kernel with its modules, and the initramfs's
+# one binary.
 packages=(build-essential cmake pkg-config libfuse3-dev fuse3 libssl-dev
 	libjson-c-dev liburing-dev python3-pytest python3-pytest-timeout qemu-utils
-	qemu-system-x86 attr e2fsprogs util-linux fio clang libclang-rt-14-dev)
+	qemu-system-x86 attr e2fsprogs util-linux fio clang libclang-rt-14-dev
+	linux-image-amd64 busybox-static socat)
 
 if [ "${QFS_SKIP_INSTALL:-0}" != 1 ]; then
 	sudo=()
