@@ -154,6 +154,7 @@ static int start_jobs(struct control *ctl)
 	const struct jobs_config jc = {.set = ctl->set,
 				       .tree = ctl->tree,
 				       .pool = ctl->pool,
+				       .wd = ctl->watchdog,
 				       .record = ctl->record,
 				       .log = ctl->log,
 				       .timeout_ms = ctl->cfg->io_timeout_ms,

@@ -100,6 +100,7 @@ int jobs_new(const struct jobs_config *cfg, struct jobs **out)
 	*jobs = (struct jobs){.set = cfg->set,
 			      .tree = cfg->tree,
 			      .pool = cfg->pool,
+			      .wd = cfg->wd,
 			      .record = cfg->record,
 			      .log = cfg->log,
 			      .timeout_ms = cfg->timeout_ms,

@@ -34,6 +34,7 @@ struct json_object;
 struct pool;
 struct record;
 struct tree;
+struct watchdog;
 struct jobs;
 
 /* What the jobs work with; every pointer must outlive the jobs. */
@@ -41,6 +42,7 @@ struct jobs_config {
 	struct child_set *set;
 	struct tree *tree;
 	struct pool *pool;
+	struct watchdog *wd;   /* bounds the jobs' metadata requests */
 	struct record *record; /* NULL: no record is kept */
 	struct event_log *log;
 	int timeout_ms; /* a child's answer; 0: wait for ever */

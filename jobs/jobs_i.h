@@ -29,10 +29,14 @@
 struct resync;
 struct scrub;
 
+/* The fields are what every job reads (the set, the tree, the pool and
+ * watchdog for bounded child calls, the record, the log), then the
+ * running jobs and the launcher's state. */
 struct jobs {
 	struct child_set *set;
 	struct tree *tree;
 	struct pool *pool;
+	struct watchdog *wd;
 	struct record *record;
 	struct event_log *log;
 	int timeout_ms;
@@ -82,6 +86,51 @@ void scrub_free(struct jobs *jobs);
  */
 int scrub_settle_file(struct jobs *jobs, const struct tree_entry *e,
 		      const int64_t *region, int nregions);
+
+/* What scrub finds, and how a directory comparison reports it. */
+enum finding_kind {
+	FINDING_DATA,	   /* a child's run of blocks lost the vote */
+	FINDING_SIZE,	   /* a child's size lost the vote */
+	FINDING_MISSING,   /* a voting child lacks an entry the vote keeps */
+	FINDING_NO_QUORUM, /* no version reached threshold: no child blamed */
+	FINDING_EXTRA,	   /* a voting child has an entry the vote drops */
+	FINDING_TYPE,	   /* ... of another type than the vote's */
+	FINDING_MODE,	   /* an entry's permission bits lost the vote */
+	FINDING_OWNER,	   /* its owner or group */
+	FINDING_TARGET,	   /* a symlink's target */
+	FINDING_XATTRS,	   /* its extended attributes */
+};
+
+/* ---- directories (dirs.c) and copying entries (copy.c) ---- */
+
+struct dir_report {
+	/* name in dir; child NULL where no child is to blame. */
+	void (*finding)(void *arg, struct tree_node *dir, const char *name,
+			const char *child, enum finding_kind kind,
+			bool repaired);
+	void *arg;
+};
+struct dir_compare_how {
+	int threshold; /* 0: the set's */
+	bool repair;
+	const struct dir_report *report; /* NULL: none */
+	atomic_bool *stop;		 /* NULL: never stopped */
+};
+/*
+ * Compare the names in dir (only: just that one) across the voting
+ * children and, with repair, make the losers like the winners; see
+ * dirs.c. 0, or -ENOMEM.
+ */
+int dir_compare(struct jobs *jobs, struct tree_node *dir, const char *only,
+		const struct dir_compare_how *how);
+/* Copy name, whole and with its metadata, from one child's directory to
+ * another's, where it must not exist yet. */
+int copy_entry(int from, int to, const char *name);
+/* Make to's xattrs from's (both /proc paths of O_PATH handles). */
+int copy_child_xattrs(const char *from, const char *to);
+/* Remove name in directory dfd with everything below it; 0 when it is
+ * gone (or was never there), else the first error. */
+int remove_tree(int dfd, const char *name);
 
 /* ---- the voted-tree walker (walk.c) ---- */
 

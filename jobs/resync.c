@@ -174,41 +174,6 @@ static int count_tree(struct resync *rs)
 
 /* ---- making the child's tree match ---- */
 
-static int remove_tree(int dfd, const char *name);
-
-static int remove_dir_contents(int fd)
-{
-	struct dirent *de;
-	int ret = 0;
-	DIR *d = fdopendir(fd);
-
-	if (!d) {
-		close(fd);
-		return -errno;
-	}
-	while (!ret && (de = readdir(d)))
-		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
-			ret = remove_tree(dirfd(d), de->d_name);
-	closedir(d);
-	return ret;
-}
-
-static int remove_tree(int dfd, const char *name)
-{
-	int fd;
-
-	if (unlinkat(dfd, name, 0) == 0 || errno == ENOENT)
-		return 0;
-	if (errno != EISDIR && errno != EPERM)
-		return -errno;
-	fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	if (remove_dir_contents(fd))
-		return -errno;
-	return child_result(unlinkat(dfd, name, AT_REMOVEDIR));
-}
-
 /* Remove what the child has in dir that the voted listing lacks. */
 static int remove_extras(struct resync *rs, struct tree_node *dir, int dfd,
 			 const struct tree_dir *voted)

@@ -8,13 +8,17 @@
  * out is named, and repaired from the copies that agree. Children that do
  * not vote (syncing, failed, stale) are resync's business and are skipped.
  *
- * One job at a time walks the voted tree. For each regular file:
+ * One job at a time walks the voted tree. Each directory, before what is
+ * in it, has its names and their metadata compared (dirs.c): an entry a
+ * voting child lacks, has in excess or has of another type, and a mode,
+ * owner, symlink target or set of xattrs that lost its vote, is one
+ * finding each, repaired from the children that won. For each regular
+ * file then:
  *   1. size: under a claim on the whole file (exclusive when repairing)
  *      every voting copy is stat'ed and the sizes voted. A copy of another
  *      size is one finding; repair cuts a longer copy to the voted size and
  *      extends a shorter one, whose new tail the data pass then fills with
- *      the voted bytes. A copy that is missing is reported and left to
- *      resync, which creates files with their metadata.
+ *      the voted bytes.
  *   2. data, in SCRUB_CHUNK pieces up to the voted size: under a shared
  *      claim on the chunk's range (writes claim exclusively, so a busy
  *      image never shows a half-applied write) every voting copy is read
@@ -76,18 +80,12 @@ static const char *const state_names[] = {
 	[SCRUB_FAILED] = "failed",
 };
 
-enum finding_kind {
-	FINDING_DATA,	   /* a child's run of blocks lost the vote */
-	FINDING_SIZE,	   /* a child's size lost the vote */
-	FINDING_MISSING,   /* a voting child lacks the file */
-	FINDING_NO_QUORUM, /* no version reached threshold: no child blamed */
-};
-
 static const char *const kind_names[] = {
-	[FINDING_DATA] = "data",
-	[FINDING_SIZE] = "size",
-	[FINDING_MISSING] = "missing",
-	[FINDING_NO_QUORUM] = "no-quorum",
+	[FINDING_DATA] = "data",       [FINDING_SIZE] = "size",
+	[FINDING_MISSING] = "missing", [FINDING_NO_QUORUM] = "no-quorum",
+	[FINDING_EXTRA] = "extra",     [FINDING_TYPE] = "type",
+	[FINDING_MODE] = "mode",       [FINDING_OWNER] = "owner",
+	[FINDING_TARGET] = "target",   [FINDING_XATTRS] = "xattrs",
 };
 
 struct scrub_finding {
@@ -583,18 +581,13 @@ static void size_check(struct scrub *s, struct scrub_file *f)
 			error[i] = stat_copy(s, f->node, v->child[i], &size[i]);
 	size_settle(s, f, v, size, error);
 	range_unlock(tree_node_ranges(f->node), &claim);
+	/* A copy that is missing is the directory pass's finding. */
 	for (int i = 0; i < v->n; i++) {
-		const char *name = child_name(v->child[i]);
-
 		if (!v->votes[i])
 			continue;
 		pthread_mutex_lock(&s->lock);
-		count_add(&s->run.children, name, 0);
+		count_add(&s->run.children, child_name(v->child[i]), 0);
 		pthread_mutex_unlock(&s->lock);
-		/* Creating a file with its metadata is resync's work. */
-		if (error[i] == -ENOENT)
-			record(s, f->node, NULL, name, FINDING_MISSING, 0,
-			       f->size, false);
 	}
 	children_view_put(v);
 }
@@ -666,6 +659,25 @@ static int scrub_file(struct scrub *s, const struct tree_entry *e)
 
 /* ---- walking the voted tree ---- */
 
+static void dir_finding(void *arg, struct tree_node *dir, const char *name,
+			const char *child, enum finding_kind kind,
+			bool repaired)
+{
+	record(arg, dir, name, child, kind, 0, 0, repaired);
+}
+
+/* The names of dir and their metadata, before the walk goes in. */
+static int scrub_dir(struct scrub *s, struct tree_node *dir)
+{
+	const struct dir_report report = {.finding = dir_finding, .arg = s};
+	const struct dir_compare_how how = {
+		.repair = s->run.repair, .report = &report, .stop = &s->stop};
+
+	if (stopping(s))
+		return -ECANCELED;
+	return dir_compare(s->jobs, dir, NULL, &how);
+}
+
 static int walk_file(struct walk *w, struct tree_node *dir, const char *name,
 		     const struct tree_entry *e)
 {
@@ -673,6 +685,8 @@ static int walk_file(struct walk *w, struct tree_node *dir, const char *name,
 
 	(void)dir;
 	(void)name;
+	if (S_ISDIR(e->attr.st_mode))
+		return scrub_dir(s, tree_node(s->jobs->tree, e->ino));
 	if (!S_ISREG(e->attr.st_mode))
 		return 0;
 	return scrub_file(s, e);
@@ -774,6 +788,8 @@ static void *scrub_thread(void *arg)
 	clock_gettime(CLOCK_MONOTONIC, &s->pace_start);
 	s->last_progress = s->pace_start;
 	ret = scrub_walk(s, count_file);
+	if (!ret)
+		ret = scrub_dir(s, tree_root(s->jobs->tree));
 	if (!ret)
 		ret = scrub_walk(s, walk_file);
 	scrub_finish(s, ret);

@@ -65,10 +65,9 @@ int walk_lookup_path(struct tree *tree, const char *path, struct tree_entry *e)
 		ret = tree_lookup(tree, dir, name, e);
 		if (dir != TREE_ROOT_INO)
 			tree_forget(tree, dir, 1);
-		dir = e->ino;
+		/* A failed lookup took no reference, and set nothing. */
+		dir = ret ? TREE_ROOT_INO : e->ino;
 	}
-	if (ret && dir != TREE_ROOT_INO)
-		tree_forget(tree, dir, 1);
 	free(copy);
 	return ret;
 }

@@ -337,10 +337,11 @@ static struct json_object *state_json(const struct persist_state *st)
 	return o;
 }
 
-/* fsync the .quorumfs directory, so a rename or a creation is durable. */
-static int sync_dir(int root_fd)
+/* fsync directory name of dfd, so a rename or a creation in it is
+ * durable. */
+static int sync_at(int dfd, const char *name)
 {
-	int fd = openat(root_fd, PERSIST_DIR,
+	int fd = openat(dfd, name,
 			O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	int ret;
 
@@ -349,6 +350,11 @@ static int sync_dir(int root_fd)
 	ret = child_result(fsync(fd));
 	close(fd);
 	return ret;
+}
+
+static int sync_dir(int root_fd)
+{
+	return sync_at(root_fd, PERSIST_DIR);
 }
 
 static int write_all(int fd, const char *text)
@@ -367,11 +373,13 @@ static int write_all(int fd, const char *text)
 	return 0;
 }
 
+/* .quorumfs, made durable in the child's root when it is new: a power
+ * cut must not take the directory with the record written into it. */
 static int make_dir(int root_fd)
 {
-	if (mkdirat(root_fd, PERSIST_DIR, 0700) && errno != EEXIST)
-		return -errno;
-	return 0;
+	if (mkdirat(root_fd, PERSIST_DIR, 0700))
+		return errno == EEXIST ? 0 : -errno;
+	return sync_at(root_fd, ".");
 }
 
 char *persist_state_text(const struct persist_state *st)
@@ -471,8 +479,14 @@ void persist_missed_free(struct persist_missed *m)
 	for (int i = 0; i < m->nfiles; i++) {
 		free(m->file[i].path);
 		free(m->file[i].region);
+		free(m->file[i].was);
 	}
 	free(m->file);
+	for (int i = 0; i < m->nentries; i++) {
+		free(m->entry[i].path);
+		free(m->entry[i].was);
+	}
+	free(m->entry);
 	memset(m, 0, sizeof(*m));
 }
 
@@ -515,6 +529,72 @@ static int missed_region(struct persist_missed *m, const char *path,
 	return 0;
 }
 
+static int missed_entry(struct persist_missed *m, const char *path,
+			bool listing)
+{
+	struct persist_entry *e;
+
+	for (int i = 0; i < m->nentries; i++)
+		if (m->entry[i].listing == listing &&
+		    strcmp(m->entry[i].path, path) == 0)
+			return 0;
+	e = realloc(m->entry, (m->nentries + 1) * sizeof(*e));
+	if (!e)
+		return -ENOMEM;
+	m->entry = e;
+	e = &m->entry[m->nentries];
+	*e = (struct persist_entry){.path = strdup(path), .listing = listing};
+	if (!e->path)
+		return -ENOMEM;
+	m->nentries++;
+	return 0;
+}
+
+/* path, or a path below it: rewritten as below to, keeping the old one
+ * in *was (the rename may not have reached the children: settling tries
+ * both). */
+static bool below(const char *path, const char *dir)
+{
+	size_t len = strlen(dir);
+
+	return !strncmp(path, dir, len) && (!path[len] || path[len] == '/');
+}
+
+static int move_path(char **path, char **was, const char *from, const char *to,
+		     bool exchange)
+{
+	char *moved;
+
+	if (exchange && below(*path, to)) {
+		const char *swap = from;
+
+		from = to;
+		to = swap;
+	} else if (!below(*path, from)) {
+		return 0;
+	}
+	if (asprintf(&moved, "%s%s", to, *path + strlen(from)) < 0)
+		return -ENOMEM;
+	free(*was);
+	*was = *path;
+	*path = moved;
+	return 0;
+}
+
+static int missed_move(struct persist_missed *m, const char *from,
+		       const char *to, bool exchange)
+{
+	int ret = 0;
+
+	for (int i = 0; !ret && i < m->nfiles; i++)
+		ret = move_path(&m->file[i].path, &m->file[i].was, from, to,
+				exchange);
+	for (int i = 0; !ret && i < m->nentries; i++)
+		ret = move_path(&m->entry[i].path, &m->entry[i].was, from, to,
+				exchange);
+	return ret;
+}
+
 /* One line of the log; a line that does not parse is -EINVAL. */
 static int missed_line(struct persist_missed *m, const char *line,
 		       uint64_t since)
@@ -532,6 +612,17 @@ static int missed_line(struct persist_missed *m, const char *line,
 		goto out;
 	if (json_object_object_get_ex(o, "tree", &v)) {
 		m->tree = true; /* the files are still collected: settle() */
+		goto out;
+	}
+	if ((path = get_str(o, "mv"))) {
+		ret = get_str(o, "to") ? missed_move(m, path, get_str(o, "to"),
+						     json_object_object_get_ex(
+							     o, "x", &v))
+				       : -EINVAL;
+		goto out;
+	}
+	if ((path = get_str(o, "d")) || (path = get_str(o, "e"))) {
+		ret = missed_entry(m, path, get_str(o, "d") != NULL);
 		goto out;
 	}
 	path = get_str(o, "p");

@@ -9,8 +9,13 @@
  *   intent  the write-intent log, one JSON object per line, appended and
  *           fdatasync'd before the change it announces reaches any child:
  *           {"g":G,"p":PATH,"r":REGION} (bytes REGION*PERSIST_REGION of
- *           PATH may differ between children) or {"g":G,"tree":true} (the
- *           namespace changed while some member was not in step).
+ *           PATH may differ between children), {"g":G,"d":PATH} (the
+ *           names in directory PATH may), {"g":G,"e":PATH} (the entry's
+ *           own metadata may), {"g":G,"mv":OLD,"to":NEW} (a rename:
+ *           paths of earlier lines below OLD are read as below NEW; with
+ *           "x":true, an exchange, also those below NEW as below OLD) or
+ *           {"g":G,"tree":true} (the namespace changed while some member
+ *           was not in step).
  *
  * Generations work like md's event counter. Every mount and every change
  * of membership or health raises the set's generation on the children
@@ -118,9 +123,18 @@ struct persist_missed {
 	int nfiles; /* otherwise these regions of these files */
 	struct persist_file {
 		char *path;
+		char *was; /* its path before a rename that followed, or NULL */
 		int nregions;
 		int64_t *region;
 	} * file;
+	/* Directories whose names changed (listing) and entries whose own
+	 * metadata changed: what settling after a crash compares. */
+	int nentries;
+	struct persist_entry {
+		char *path;
+		char *was; /* as for a file */
+		bool listing;
+	} * entry;
 };
 /*
  * Collect the log's lines of generation >= since into *m. Returns 0, or
@@ -197,6 +211,16 @@ bool record_announced(struct record *r, uint64_t dev, uint64_t ino, off_t off,
 uint64_t record_generation(struct record *r);
 void record_announce(struct record *r, struct child_set *set, uint64_t dev,
 		     uint64_t ino, const char *path, off_t off, off_t len);
+/* Announce a change of directory path's names (listing), or of the
+ * entry's own metadata, once per entry per generation. */
+void record_announce_entry(struct record *r, struct child_set *set,
+			   uint64_t dev, uint64_t ino, const char *path,
+			   bool listing);
+/* Announce a rename of path from to path to, every time: the lines
+ * before it that name paths below from are read as below to (exchange:
+ * and those below to as below from). */
+void record_announce_move(struct record *r, struct child_set *set,
+			  const char *from, const char *to, bool exchange);
 /* Announce a namespace change while some member is not in step. */
 void record_announce_tree(struct record *r, struct child_set *set);
 /* c stopped being in step now (before the generation moves on). tree:

@@ -783,6 +783,52 @@ void record_announce(struct record *r, struct child_set *set, uint64_t dev,
 	free(lines);
 }
 
+void record_announce_entry(struct record *r, struct child_set *set,
+			   uint64_t dev, uint64_t ino, const char *path,
+			   bool listing)
+{
+	/* Entries share the cache of regions, under regions no file has. */
+	int64_t key = listing ? -1 : -2;
+	struct json_object *o;
+	char *lines = strdup("");
+
+	pthread_mutex_lock(&r->lock);
+	if (!announced_locked(r, dev, ino, key)) {
+		o = json_object_new_object();
+		json_object_object_add(
+			o, "g",
+			json_object_new_int64((int64_t)r->set.generation));
+		json_object_object_add(o, listing ? "d" : "e",
+				       json_object_new_string(path));
+		add_line(&lines, o);
+		if (lines)
+			append_locked(r, set, lines);
+		remember_locked(r, dev, ino, key);
+	}
+	record_unlock(r);
+	free(lines);
+}
+
+void record_announce_move(struct record *r, struct child_set *set,
+			  const char *from, const char *to, bool exchange)
+{
+	struct json_object *o = json_object_new_object();
+	char *lines = strdup("");
+
+	pthread_mutex_lock(&r->lock);
+	json_object_object_add(
+		o, "g", json_object_new_int64((int64_t)r->set.generation));
+	json_object_object_add(o, "mv", json_object_new_string(from));
+	json_object_object_add(o, "to", json_object_new_string(to));
+	if (exchange)
+		json_object_object_add(o, "x", json_object_new_boolean(true));
+	add_line(&lines, o);
+	if (lines)
+		append_locked(r, set, lines);
+	record_unlock(r);
+	free(lines);
+}
+
 void record_announce_tree(struct record *r, struct child_set *set)
 {
 	const struct child_view *v = children_view_get(set);

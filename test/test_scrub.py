@@ -6,7 +6,8 @@ SCRUB_MISMATCH with the child's name and the byte range of its bad 4 KiB
 blocks (one finding per child per run of bad blocks within a 1 MiB
 chunk), and `scrub repair` writes the voted bytes over it. Blocks without
 quorum are reported as unrecoverable and never written. Sizes are voted
-too, and a missing copy is reported and left to resync.
+too; the names in each directory and their metadata are compared as
+test_scrub_names.py shows, so a missing copy is a finding of its own.
 
 Corruption is planted by writing into the child files directly while the
 mount is up, so every expected finding is known exactly; the proof is
@@ -259,17 +260,22 @@ def test_a_block_without_quorum_is_unrecoverable_and_left_alone(tmpfs_dir,
 
 
 @pytest.mark.timeout(60)
-def test_a_file_missing_on_a_voting_child_is_reported_and_left_to_resync(
+def test_a_file_missing_on_a_voting_child_is_reported_and_copied_back(
         tmpfs_dir, quorum):
     m = quorum(n=3)
-    write_file(m.path("img"), b"x" * 100000)
+    data = random.Random(7).randbytes(100000)
+    write_file(m.path("img"), data)
+    os.chmod(m.path("img"), 0o640)
     os.unlink(m.child_file(0, "img"))
     done, found, _ = run_scrub(m, "scrub repair rate=0")
     assert [(d["kind"], d["node-name"], d["offset"], d["length"],
              d["repaired"]) for d in found] == \
-        [("missing", m.children[0], 0, 100000, False)]
-    assert done["mismatches"] == 1 and done["repaired"] == 0
-    assert not os.path.exists(m.child_file(0, "img"))
+        [("missing", m.children[0], 0, 0, True)]
+    assert done["mismatches"] == 1 and done["repaired"] == 1
+    assert read_file(m.child_file(0, "img")) == data
+    assert os.stat(m.child_file(0, "img")).st_mode & 0o7777 == 0o640
+    _, found, _ = run_scrub(m)
+    assert found == []
 
 
 @pytest.fixture

@@ -253,13 +253,14 @@ int tree_setattr(struct tree *tree, uint64_t ino, struct tree_file *f,
 	struct range_claim claim;
 	int ret;
 
-	/* A size change moves every byte past it: order it with all I/O. */
-	if (sized) {
-		range_lock(&n->ranges, &claim, 0, RANGE_END, true);
+	/* A size change moves every byte past it: order it with all I/O.
+	 * Other changes claim the whole node shared, so that scrub, which
+	 * claims it exclusively, never compares a change half applied. */
+	range_lock(&n->ranges, &claim, 0, RANGE_END, sized);
+	if (sized)
 		intent_write(tree, n, attr->st_size, 1);
-	}
 	if (to_set & ~TREE_SET_SIZE)
-		intent_tree(tree);
+		intent_change(tree, n, false);
 	/* After the announcement, which may have failed a hung child. */
 	view = children_view_get(tree->set);
 	ret = setattr_children(tree, view, n, f, attr, to_set);
@@ -267,8 +268,7 @@ int tree_setattr(struct tree *tree, uint64_t ino, struct tree_file *f,
 		atomic_store(&n->size_hint, attr->st_size);
 	if (!ret)
 		ret = tree_attr_vote(tree, view, n, st);
-	if (sized)
-		range_unlock(&n->ranges, &claim);
+	range_unlock(&n->ranges, &claim);
 	children_view_put(view);
 	return ret;
 }
@@ -446,6 +446,7 @@ static int xattr_change(struct tree *tree, uint64_t ino, const char *name,
 	struct child_request *rq = node_request(
 		tree, view, n, sizeof(struct xattr_change), xattr_release);
 	struct xattr_change *op = rq ? rq->arg : NULL;
+	struct range_claim claim;
 	int ret = -ENOMEM;
 
 	if (op && (op->name = strdup(name)) &&
@@ -455,10 +456,13 @@ static int xattr_change(struct tree *tree, uint64_t ino, const char *name,
 		op->size = size;
 		op->flags = flags;
 		op->remove = !value;
-		intent_tree(tree);
+		/* Shared, as setattr: scrub compares under an exclusive one. */
+		range_lock(&n->ranges, &claim, 0, RANGE_END, false);
+		intent_change(tree, n, false);
 		tree_fanout(tree, rq, xattr_body);
 		ret = tree_outcome(tree, view, rq->ret, false, "write", n, 0,
 				   0);
+		range_unlock(&n->ranges, &claim);
 	}
 	child_request_put(rq);
 	children_view_put(view);

@@ -59,3 +59,41 @@ void intent_tree(struct tree *tree)
 	if (tree->record)
 		record_announce_tree(tree->record, tree->set);
 }
+
+void intent_change(struct tree *tree, struct tree_node *n, bool listing)
+{
+	_Atomic uint64_t *cached = listing ? &n->listing_gen : &n->entry_gen;
+	uint64_t gen;
+	char *path;
+
+	intent_tree(tree);
+	if (!tree->record)
+		return;
+	gen = record_generation(tree->record);
+	if (atomic_load(cached) == gen)
+		return;
+	path = tree_node_path(tree, n);
+	if (!path)
+		return; /* not announced: nothing to cache */
+	record_announce_entry(tree->record, tree->set, n->key_dev, n->key_ino,
+			      path, listing);
+	free(path);
+	atomic_store(cached, gen);
+}
+
+void intent_move(struct tree *tree, struct tree_node *parent, const char *name,
+		 struct tree_node *newparent, const char *newname,
+		 bool exchange)
+{
+	char *from, *to;
+
+	if (!tree->record)
+		return;
+	from = tree_entry_path(tree, parent, name);
+	to = tree_entry_path(tree, newparent, newname);
+	if (from && to)
+		record_announce_move(tree->record, tree->set, from, to,
+				     exchange);
+	free(from);
+	free(to);
+}

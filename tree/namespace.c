@@ -427,7 +427,12 @@ static int ns_run(struct tree *tree, struct ns_op *op, struct tree_entry *e)
 
 	ns_lock(tree, op, &a, &b, true);
 	if (op->kind != NS_LOOKUP)
-		intent_tree(tree);
+		intent_change(tree, op->parent, true);
+	if (op->kind == NS_RENAME && op->newparent != op->parent)
+		intent_change(tree, op->newparent, true);
+	if (op->kind == NS_RENAME)
+		intent_move(tree, op->parent, op->name, op->newparent,
+			    op->newname, op->flags & RENAME_EXCHANGE);
 	/* After the announcement, which may have failed a hung child. */
 	view = children_view_get(tree->set);
 	rq = ns_request(tree, view, op);

@@ -28,6 +28,9 @@
 
 /* ---- nodes (nodes.c) ---- */
 
+/* One file of the tree. Its many fields: identity, per-child handles,
+ * place in the table, range locks, and caches that spare the hot path a
+ * lock (size hint, what the intent log already knows, set-id bits). */
 struct tree_node {
 	uint64_t key_dev, key_ino; /* identity: a child's dev+ino */
 	mode_t type;		   /* S_IFMT bits; never changes */
@@ -54,6 +57,9 @@ struct tree_node {
 	 * lets a write skip the record's lock (intent.c). */
 	_Atomic uint64_t intent_gen;
 	_Atomic uint64_t intent_mask;
+	/* The generation the intent log already names the node's listing
+	 * (a directory's names) and its own metadata in. */
+	_Atomic uint64_t listing_gen, entry_gen;
 	/* The last voted mode had S_ISUID or S_ISGID: a write must look
 	 * whether to clear them (write.c). */
 	atomic_bool setid;
@@ -113,10 +119,10 @@ struct tree {
 	struct child_set *set;
 	struct pool *pool;
 	struct event_log *log;
-	struct record *record; /* NULL: no record is kept */
+	struct record *record;	   /* NULL: no record is kept */
 	struct watchdog *watchdog; /* the caller's */
-	int timeout_ms; /* per child answer; 0: wait for ever */
-	bool as_root;	/* the daemon may chown new entries to the caller */
+	int timeout_ms;		   /* per child answer; 0: wait for ever */
+	bool as_root; /* the daemon may chown new entries to the caller */
 	atomic_bool fatal;
 	struct tree_hooks hooks; /* set once before serving */
 	/* Held shared by every namespace change, exclusively by a resync
@@ -227,6 +233,15 @@ void health_late(void *tree, struct child *c);
  */
 void intent_write(struct tree *tree, struct tree_node *n, off_t off, off_t len);
 void intent_tree(struct tree *tree);
+/* A change of directory n's names (listing), or of n's own metadata:
+ * announced once per generation, always, so that the next mount after a
+ * crash knows which directories and entries to compare. */
+void intent_change(struct tree *tree, struct tree_node *n, bool listing);
+/* A rename, announced every time: settling reads the paths the log named
+ * before it through it (exchange: both ways at once). */
+void intent_move(struct tree *tree, struct tree_node *parent, const char *name,
+		 struct tree_node *newparent, const char *newname,
+		 bool exchange);
 
 /* A namespace change that failed on a syncing child with ENOENT marks
  * the directory for its resync to complete again (incomplete.c). */

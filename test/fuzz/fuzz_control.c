@@ -8,7 +8,7 @@
  *   - an accepted command had no NUL byte, no inner newline and fit in
  *     CONFIG_COMMAND_MAX, and its verb's fields are valid (an absolute
  *     path for add, a threshold in 1..CHILDREN_MAX, non-empty names, all
- *     strings inside the caller's buffer, without blanks; a scrub
+ *     strings inside the caller's buffer, without newlines; a scrub
  *     action, and a rate in 0..CONFIG_MAX_SCRUB_RATE or -1 for none);
  *   - printing the parsed command back and parsing that gives the same
  *     command (the parser keeps no state and reads what it was given).
@@ -104,11 +104,28 @@ static const char *const scrub_words[] = {
 	[CONFIG_SCRUB_STOP] = "stop",
 };
 
+/* Words may hold blanks (quoted or escaped), never a newline. */
 static int in_buffer(const char *s, const char *buf)
 {
 	return s >= buf && s < buf + CONFIG_COMMAND_MAX &&
 	       memchr(s, '\0', (size_t)(buf + CONFIG_COMMAND_MAX - s)) &&
-	       !strpbrk(s, " \t\n");
+	       !strchr(s, '\n');
+}
+
+/* word with a backslash before every byte the parser treats specially,
+ * in a static buffer (one per argument position). */
+static const char *escaped(const char *word, int which)
+{
+	static char out[2][2 * CONFIG_COMMAND_MAX];
+	char *o = out[which];
+
+	for (; *word; word++) {
+		if (strchr(" \t'\"\\", *word))
+			*o++ = '\\';
+		*o++ = *word;
+	}
+	*o = '\0';
+	return out[which];
 }
 
 static void check_fields(const struct config_command *cmd, const char *buf)
@@ -160,12 +177,12 @@ static int format_command(const struct config_command *cmd, char *out,
 
 	switch (cmd->verb) {
 	case CMD_ADD:
-		return snprintf(out, len, "add %s%s%s\n", cmd->path,
+		return snprintf(out, len, "add %s%s%s\n", escaped(cmd->path, 0),
 				cmd->name ? " name=" : "",
-				cmd->name ? cmd->name : "");
+				cmd->name ? escaped(cmd->name, 1) : "");
 	case CMD_REMOVE:
 	case CMD_RESYNC:
-		return snprintf(out, len, "%s %s", verb, cmd->name);
+		return snprintf(out, len, "%s %s", verb, escaped(cmd->name, 0));
 	case CMD_THRESHOLD:
 		return snprintf(out, len, "%s %d", verb, cmd->number);
 	case CMD_READ_PATTERN:
@@ -193,17 +210,24 @@ static int same_string(const char *a, const char *b)
 
 static void check_round_trip(const struct config_command *cmd)
 {
-	char *text = malloc(2 * CONFIG_COMMAND_MAX);
+	char *text = malloc(4 * CONFIG_COMMAND_MAX);
 	char *buf = malloc(CONFIG_COMMAND_MAX);
 	struct config_command again;
 	char err[ERR_MAX];
 	int n;
 
 	contract(text && buf, "memory for the round trip");
-	n = format_command(cmd, text, 2 * CONFIG_COMMAND_MAX);
-	contract(n > 0 && n < 2 * CONFIG_COMMAND_MAX, "the command prints");
-	/* The printed form is never longer than the input (single blanks,
-	 * no leading zeros or signs), so it fits as well. */
+	n = format_command(cmd, text, 4 * CONFIG_COMMAND_MAX);
+	contract(n > 0 && n < 4 * CONFIG_COMMAND_MAX, "the command prints");
+	/* Escaping may make the printed form longer than the input (which
+	 * could quote a run of blanks with two bytes); one that no longer
+	 * fits must be refused for its length, and is not compared. */
+	if (n - (text[n - 1] == '\n') >= CONFIG_COMMAND_MAX) {
+		contract(config_parse_command(text, (size_t)n, buf, &again, err,
+					      sizeof(err)) == -EINVAL,
+			 "a printed command too long is refused");
+		goto out;
+	}
 	contract(config_parse_command(text, (size_t)n, buf, &again, err,
 				      sizeof(err)) == 0,
 		 "the printed command parses");
@@ -214,6 +238,7 @@ static void check_round_trip(const struct config_command *cmd)
 			 same_string(again.path, cmd->path) &&
 			 same_string(again.name, cmd->name),
 		 "the printed command parses to the same command");
+out:
 	free(text);
 	free(buf);
 }
@@ -260,6 +285,24 @@ static void fuzz_command(const char *line, size_t len)
 
 /* ---- command lines ---- */
 
+/* No record: the command line's threshold if it fits, else a majority. */
+static void check_resolved(const struct config *cfg)
+{
+	struct children_config cc = cfg->children;
+	char err[ERR_MAX];
+	int ret;
+
+	err[0] = '\0';
+	ret = config_resolve_rules(cfg, &cc, NULL, err, sizeof(err));
+	contract(ret == 0 || (ret == -EINVAL && err[0] != '\0' &&
+			      cfg->threshold_given && cc.threshold > cc.n),
+		 "only a threshold above the children is refused, with a "
+		 "reason");
+	if (!ret)
+		contract(cc.threshold >= 1 && cc.threshold <= cc.n,
+			 "the resolved threshold is in 1..children");
+}
+
 static void check_config(const struct config_args *a, int ret,
 			 const struct config *cfg, const char *err)
 {
@@ -275,9 +318,15 @@ static void check_config(const struct config_args *a, int ret,
 	}
 	contract(a->npaths >= 2 && cfg->children.n == a->npaths - 1,
 		 "one child per path before the mountpoint");
-	contract(cfg->children.threshold >= 1 &&
-			 cfg->children.threshold <= cfg->children.n,
-		 "the threshold is in 1..children");
+	/* The threshold is bounded by the membership, which is only known
+	 * once the children's records are read: before that it is the
+	 * command line's (or 0), after config_resolve_rules in 1..children. */
+	contract(cfg->threshold_given
+			 ? cfg->children.threshold >= 1 &&
+				   cfg->children.threshold <= CHILDREN_MAX
+			 : cfg->children.threshold == 0,
+		 "an unresolved threshold is the command line's, or 0");
+	check_resolved(cfg);
 	contract(cfg->threads >= 1 && cfg->threads <= CONFIG_MAX_THREADS,
 		 "threads is in range");
 	contract(cfg->scrub_rate >= 0 &&
@@ -292,7 +341,8 @@ static void check_config(const struct config_args *a, int ret,
 		 "the log path is absolute");
 	contract(!cfg->children.blkverify ||
 			 (cfg->children.n == 2 &&
-			  cfg->children.threshold == 2 &&
+			  (!cfg->threshold_given ||
+			   cfg->children.threshold == 2) &&
 			  !cfg->children.rewrite_corrupted &&
 			  cfg->children.read_pattern == READ_PATTERN_QUORUM),
 		 "blkverify only in its one valid combination");
