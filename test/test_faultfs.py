@@ -589,6 +589,9 @@ def test_cleanup_frees_stalled_callers(tmpfs_dir, tmp_path, callers):
     "flip path=/a offset=0 length=1",
     "flip op=read",
     "error=EDQUOT op=any",
+    "powercut",
+    "powercut op=fsync path=/vm.img",
+    "powercut op=write offset=1M length=4K",
     "  # a comment",
     "",
 ])
@@ -622,6 +625,20 @@ def test_check_rules_refuses_bad_lines_with_a_reason(tmp_path, line, reason):
                          stderr=subprocess.PIPE, text=True)
     assert res.returncode == 1
     assert "line 2: " in res.stderr and reason in res.stderr, res.stderr
+
+
+def test_a_powercut_rule_without_the_mode_stops_the_disk_and_loses_nothing(
+        ffs):
+    # Without -o powercut every change is durable at once.
+    write_file(ffs.path("f"), b"unsynced")
+    ffs.set("powercut op=getattr path=/")
+    assert errno_of(os.stat, ffs.mnt) == errno.EIO
+    ffs.clear()
+    assert errno_of(os.listdir, ffs.mnt) == errno.EIO
+    assert errno_of(write_file, ffs.path("g"), b"g") == errno.EIO
+    assert read_file(ffs.backing_path("f")) == b"unsynced"
+    assert os.listdir(ffs.backing) == ["f"]
+    assert "nothing to undo" in ffs.stderr()
 
 
 def test_a_refused_rule_set_changes_nothing(ffs):

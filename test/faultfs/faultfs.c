@@ -12,8 +12,9 @@
  * the rules in RULES_FILE (faults.h): a matching rule can stall it (for a
  * time, or until the rule is removed), fail it with an errno, or, for a
  * read, invert bytes of the data returned while the backing file stays
- * as it was. The file is re-read whenever it changes; an empty or missing
- * file means pure pass-through. README.md has the rule syntax.
+ * as it was; or cut the power, after which every operation fails with
+ * EIO. The file is re-read whenever it changes; an empty or missing file
+ * means pure pass-through. README.md has the rule syntax.
  * --check-rules parses a rules file, prints the first error and exits 1,
  * or exits 0: the test helper validates every rule set with it before
  * putting it in force.
@@ -55,6 +56,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -75,6 +77,7 @@ struct faultfs {
 	int backing_fd; /* O_PATH handle of BACKING_DIR */
 	char *backing;	/* its absolute path, for the xattr calls */
 	struct fault_control *control;
+	atomic_bool dead; /* the power was cut: every operation fails */
 };
 
 static struct faultfs *state(void)
@@ -101,11 +104,37 @@ static bool abandoned(void)
 	return fuse_interrupted() || fuse_session_exited(fuse_get_session(f));
 }
 
+/* Every change was durable at once: nothing to undo, the disk just
+ * stops. */
+static void power_cut(struct faultfs *ffs)
+{
+	if (!atomic_exchange(&ffs->dead, true))
+		fprintf(stderr, "faultfs: power cut: there is nothing to "
+				"undo\n");
+}
+
+/* Every operation asks first: a dead disk, then the rules. */
+static int consult(const struct fault_request *req)
+{
+	struct faultfs *ffs = state();
+	bool cut;
+	int ret;
+
+	if (atomic_load(&ffs->dead))
+		return -EIO;
+	ret = fault_control_before(ffs->control, req, abandoned, &cut);
+	if (cut) {
+		power_cut(ffs);
+		return -EIO;
+	}
+	return ret;
+}
+
 static int check(enum fault_op op, const char *path, const char *path2)
 {
 	struct fault_request req = {.op = op, .path = path, .path2 = path2};
 
-	return fault_control_before(state()->control, &req, abandoned);
+	return consult(&req);
 }
 
 static int check_range(enum fault_op op, const char *path, off_t off,
@@ -114,7 +143,7 @@ static int check_range(enum fault_op op, const char *path, off_t off,
 	struct fault_request req = {
 		.op = op, .path = path, .ranged = true, .off = off, .len = len};
 
-	return fault_control_before(state()->control, &req, abandoned);
+	return consult(&req);
 }
 
 static int full_path(const char *path, char **out)
@@ -327,7 +356,7 @@ static int ff_read_buf(const char *path, struct fuse_bufvec **bufp, size_t size,
 	ssize_t n;
 	int ret;
 
-	ret = fault_control_before(state()->control, &req, abandoned);
+	ret = consult(&req);
 	if (ret)
 		return ret;
 	ret = -posix_memalign(&mem, BUF_ALIGN, size ? size : 1);
