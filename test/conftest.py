@@ -10,7 +10,7 @@
   kill) so that nothing is left mounted either way.
 - run_daemon: runs quorumfs on a command line that must be refused.
 - faulty: a factory for faultfs mounts (test/faultfs/) over a directory,
-  stopped checked after a passing test.
+  in power-cut mode on request, stopped checked after a passing test.
 
 The daemon is QFS_BIN (default build/quorumfs), prefixed by QFS_WRAPPER
 (e.g. "valgrind --error-exitcode=99 -q").
@@ -201,17 +201,17 @@ def run_daemon(tmp_path):
 
 @pytest.fixture
 def faulty(request, tmp_path, scratch_fs):
-    """Factory: faulty(backing_dir) -> a started FaultFS over it, e.g. to
-    be given to quorumfs as a child. Name this fixture before `quorum` in
+    """Factory: faulty(backing_dir, powercut=False) -> a started FaultFS
+    over it, e.g. to be given to quorumfs as a child. Name this fixture before `quorum` in
     a test's arguments, so that faultfs is stopped after quorumfs: checked
     (exit status 0) after a passing test, killed otherwise. It is set up
     after scratch_fs, so the backing file systems outlive it."""
     made = []
 
-    def make(backing):
+    def make(backing, powercut=False):
         mnt = tmp_path / ("faultfs%d" % len(made))
         mnt.mkdir()
-        ffs = FaultFS(backing, mnt)
+        ffs = FaultFS(backing, mnt, powercut=powercut)
         made.append(ffs)
         return ffs.start()
 

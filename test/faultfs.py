@@ -6,6 +6,16 @@ system (test/faultfs/), so that a test can mount it as a quorumfs child.
         ...                     # reads of that range fail with EIO
         ffs.clear()             # pure pass-through again
 
+With powercut=True faultfs runs in power-cut mode (test/faultfs/README.md,
+"Power cuts"): power_cut() then drops whatever was not made durable and
+leaves a dead disk, and power_on() boots it again over the same backing
+directory:
+
+    ffs = FaultFS(backing_dir, mountpoint, powercut=True).start()
+    ...                     # writes, fsyncs, renames on ffs.mnt
+    ffs.power_cut()         # backing_dir now holds what survived
+    ffs.power_on()          # mounted again, serving that
+
 On a clean exit from the with-block (or stop()) faultfs is unmounted
 *checked*: rules cleared, fusermount3 -u, the process must exit 0 and print
 no sanitizer report. After an exception (or cleanup()) teardown is
@@ -20,6 +30,7 @@ The binary is FAULTFS_BIN, else faultfs next to QFS_BIN (so a sanitizer
 build tests its own faultfs), else build/faultfs.
 """
 
+import errno
 import os
 import re
 import shlex
@@ -83,11 +94,14 @@ class FaultFS:
     """faultfs over `backing`, mounted on `mnt`. The rules file and
     faultfs's stderr live in a private temporary directory, removed by
     stop() and cleanup(), unless `control` names the rules file (the
-    stderr file is then next to it and stays)."""
+    stderr file is then next to it and stays). powercut=True adds
+    -o powercut."""
 
-    def __init__(self, backing, mnt, control=None, opts=(), binary=None):
+    def __init__(self, backing, mnt, control=None, opts=(), binary=None,
+                 powercut=False):
         self.backing = str(backing)
         self.mnt = str(mnt)
+        self.powercut = powercut
         self._tmp = None
         if control is None:
             self._tmp = tempfile.mkdtemp(prefix="faultfs-")
@@ -101,7 +115,8 @@ class FaultFS:
         self._stderr_path = self.control + ".stderr"
 
     def __repr__(self):
-        return "FaultFS(%s on %s)" % (self.backing, self.mnt)
+        return "FaultFS(%s on %s%s)" % (self.backing, self.mnt,
+                                        ", powercut" if self.powercut else "")
 
     def __enter__(self):
         return self.start()
@@ -116,7 +131,8 @@ class FaultFS:
     # -- life cycle --
 
     def command(self):
-        opts = ["control=" + self.control] + self.opts
+        opts = ["control=" + self.control] + (
+            ["powercut"] if self.powercut else []) + self.opts
         return [self.binary, "-f", "-o", ",".join(opts), self.backing,
                 self.mnt]
 
@@ -158,6 +174,10 @@ class FaultFS:
         """The checked path: clear the rules (releasing every stalled
         operation), unmount, and require exit status 0 within timeout and
         no sanitizer report. On failure, clean up and raise."""
+        self._stop_checked(timeout)
+        self._remove_tmp()
+
+    def _stop_checked(self, timeout):
         try:
             self.clear()
             self._unmount(timeout)
@@ -179,7 +199,6 @@ class FaultFS:
         except BaseException:
             self.cleanup()
             raise
-        self._remove_tmp()
 
     def _unmount(self, timeout):
         # Callers that a stall released may still hold files open for a
@@ -212,6 +231,37 @@ class FaultFS:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+
+    # -- power cuts --
+
+    def power_cut(self, timeout=10):
+        """Cut the power now: a powercut rule, and one operation (a stat of
+        the mount's root) to meet it. Returns once the cut is done: the
+        backing directory holds what survived, and every operation on the
+        mount fails with EIO. Without powercut=True nothing is lost; the
+        disk just stops."""
+        self.add("powercut")
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                os.stat(self.mnt)
+            except OSError as e:
+                if e.errno == errno.EIO:
+                    return
+                raise
+            # Only a hang rule that also matches can hold the stat this
+            # long, or a faultfs that never saw the new rules.
+            if time.monotonic() > end:
+                raise FaultFSError("no power cut within %.0fs\nstderr:\n%s" %
+                                   (timeout, self.stderr()))
+            time.sleep(0.01)
+
+    def power_on(self, timeout=10):
+        """After power_cut(): unmount the dead disk (checked: exit status
+        0) and mount faultfs again over the same backing directory, with
+        no rules, an empty journal and no handle left from before."""
+        self._stop_checked(timeout)
+        return self.start(timeout)
 
     # -- rules --
 

@@ -14,11 +14,14 @@ request wait (its wchan).
 """
 
 import errno
+import itertools
 import mmap
 import os
+import random
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -589,6 +592,9 @@ def test_cleanup_frees_stalled_callers(tmpfs_dir, tmp_path, callers):
     "flip path=/a offset=0 length=1",
     "flip op=read",
     "error=EDQUOT op=any",
+    "powercut",
+    "powercut op=fsync path=/vm.img",
+    "powercut op=write offset=1M length=4K",
     "  # a comment",
     "",
 ])
@@ -624,6 +630,20 @@ def test_check_rules_refuses_bad_lines_with_a_reason(tmp_path, line, reason):
     assert "line 2: " in res.stderr and reason in res.stderr, res.stderr
 
 
+def test_a_powercut_rule_without_the_mode_stops_the_disk_and_loses_nothing(
+        ffs):
+    # Without -o powercut every change is durable at once.
+    write_file(ffs.path("f"), b"unsynced")
+    ffs.set("powercut op=getattr path=/")
+    assert errno_of(os.stat, ffs.mnt) == errno.EIO
+    ffs.clear()
+    assert errno_of(os.listdir, ffs.mnt) == errno.EIO
+    assert errno_of(write_file, ffs.path("g"), b"g") == errno.EIO
+    assert read_file(ffs.backing_path("f")) == b"unsynced"
+    assert os.listdir(ffs.backing) == ["f"]
+    assert "nothing to undo" in ffs.stderr()
+
+
 def test_a_refused_rule_set_changes_nothing(ffs):
     write_file(ffs.path("f"), b"x")
     ffs.set("error=EIO op=read")
@@ -646,3 +666,424 @@ def test_a_broken_rules_file_keeps_the_rules_in_force(ffs):
     qfs.wait_for(lambda: "nonsense" in ffs.stderr(), 10,
                  "faultfs to report the broken rules file")
     assert "line 2" in ffs.stderr()
+
+
+# --- power cuts (-o powercut) ------------------------------------------
+#
+# What survives a cut is read from the backing directory, which holds the
+# state after the cut once power_cut() returns; then the disk is booted
+# again (power_on) where a test also wants to see it through the mount.
+
+GRAVEYARD = ".faultfs-powercut"
+
+
+@pytest.fixture
+def disk(mount_faultfs, backing):
+    """faultfs in power-cut mode over tmpfs and over ext4."""
+    return mount_faultfs(backing, powercut=True)
+
+
+@pytest.fixture
+def tdisk(mount_faultfs, tmpfs_dir):
+    """faultfs in power-cut mode over tmpfs."""
+    return mount_faultfs(tmpfs_dir, powercut=True)
+
+
+def sync_path(path, data_only=False):
+    """fsync (or fdatasync) of a file or a directory by its path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        (os.fdatasync if data_only else os.fsync)(fd)
+    finally:
+        os.close(fd)
+
+
+def write_synced(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def tree(root):
+    """{relative path: ("dir",) | ("file", bytes) | ("link", target)} of
+    everything under root, the graveyard left out."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if rel == ".":
+            dirs[:] = [d for d in dirs if d != GRAVEYARD]
+        for d in dirs:
+            out[os.path.normpath(os.path.join(rel, d))] = ("dir",)
+        for f in files:
+            p = os.path.join(dirpath, f)
+            key = os.path.normpath(os.path.join(rel, f))
+            if os.path.islink(p):
+                out[key] = ("link", os.readlink(p))
+            else:
+                out[key] = ("file", read_file(p))
+    return out
+
+
+def durable_file(ffs, rel, data):
+    """rel with data, its data and its name durable."""
+    write_synced(ffs.path(rel), data)
+    sync_path(os.path.dirname(ffs.path(rel)))
+
+
+def test_power_cut_drops_writes_since_the_last_fsync(disk):
+    durable_file(disk, "f", pattern(64 * KiB, seed=1))
+    pwrite(disk.path("f"), pattern(8 * KiB, seed=2), 5 * KiB)
+    disk.power_cut()
+    assert read_file(disk.backing_path("f")) == pattern(64 * KiB, seed=1)
+
+
+def test_power_cut_keeps_fsyncd_writes_and_drops_the_later_ones(disk):
+    durable_file(disk, "f", pattern(64 * KiB, seed=1))
+    fd = os.open(disk.path("f"), os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"A" * 4097, 100)
+        os.fsync(fd)
+        os.pwrite(fd, b"B" * 10, 50)
+        os.pwrite(fd, b"C" * 10, 60 * KiB)
+    finally:
+        os.close(fd)
+    want = bytearray(pattern(64 * KiB, seed=1))
+    want[100:100 + 4097] = b"A" * 4097
+    disk.power_cut()
+    assert read_file(disk.backing_path("f")) == bytes(want)
+
+
+def test_power_cut_keeps_fdatasyncd_data_and_size(disk):
+    durable_file(disk, "f", b"x" * 1000)
+    fd = os.open(disk.path("f"), os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"y" * 5000, 800)
+        os.fdatasync(fd)
+        os.pwrite(fd, b"z" * 100, 9000)
+    finally:
+        os.close(fd)
+    disk.power_cut()
+    assert read_file(disk.backing_path("f")) == b"x" * 800 + b"y" * 5000
+
+
+@pytest.mark.parametrize("change", ["grow", "shrink", "shrink-then-grow",
+                                    "o_trunc", "punch-hole"])
+def test_power_cut_rolls_size_and_bytes_back_to_the_last_sync(tdisk,
+                                                              change):
+    old = pattern(40 * KiB, seed=3)
+    durable_file(tdisk, "f", old)
+    p = tdisk.path("f")
+    if change == "grow":
+        pwrite(p, b"tail", 100 * KiB)
+    elif change == "shrink":
+        os.truncate(p, 5 * KiB + 3)
+    elif change == "shrink-then-grow":
+        os.truncate(p, 1 * KiB)
+        pwrite(p, b"q" * 10, 30 * KiB)
+        os.truncate(p, 80 * KiB)
+    elif change == "o_trunc":
+        write_file(p, b"short")
+    else:
+        fd = os.open(p, os.O_WRONLY)
+        try:
+            qfs.fallocate(fd, qfs.FALLOC_FL_PUNCH_HOLE |
+                          qfs.FALLOC_FL_KEEP_SIZE, 4 * KiB, 20 * KiB)
+        finally:
+            os.close(fd)
+    assert read_file(p) != old
+    tdisk.power_cut()
+    assert read_file(tdisk.backing_path("f")) == old
+
+
+def test_a_file_never_fsyncd_goes_back_to_what_it_held_at_mount(
+        mount_faultfs, tmpfs_dir):
+    write_file(os.path.join(tmpfs_dir, "f"), b"before the mount")
+    ffs = mount_faultfs(tmpfs_dir, powercut=True)
+    write_file(ffs.path("f"), b"after")
+    ffs.power_cut()
+    assert read_file(ffs.backing_path("f")) == b"before the mount"
+
+
+def test_a_sync_write_is_durable_without_fsync(tdisk):
+    durable_file(tdisk, "f", b"-" * 8)
+    fd = os.open(tdisk.path("f"), os.O_WRONLY | os.O_DSYNC)
+    try:
+        os.pwrite(fd, b"dsync", 0)
+    finally:
+        os.close(fd)
+    fd = os.open(tdisk.path("f"), os.O_WRONLY)
+    try:
+        os.pwritev(fd, [b"rwf"], 5, os.RWF_DSYNC)
+        os.pwrite(fd, b"lost", 0)
+    finally:
+        os.close(fd)
+    tdisk.power_cut()
+    assert read_file(tdisk.backing_path("f")) == b"dsyncrwf"
+
+
+def test_power_cut_undoes_a_creation_whose_directory_was_not_fsyncd(disk):
+    # fsync of the file makes its data durable, not its name.
+    write_synced(disk.path("new"), b"data")
+    os.mkdir(disk.path("dir"))
+    os.symlink("new", disk.path("sym"))
+    os.mknod(disk.path("fifo"), 0o600 | stat.S_IFIFO)
+    disk.power_cut()
+    assert os.listdir(disk.backing) == []
+
+
+def test_power_cut_keeps_a_creation_once_its_directory_was_fsyncd(disk):
+    write_synced(disk.path("synced"), b"data")
+    write_file(disk.path("unsynced-data"), b"lost")
+    os.mkdir(disk.path("dir"))
+    os.symlink("synced", disk.path("sym"))
+    sync_path(disk.mnt)
+    write_file(disk.path("late"), b"after the fsync")
+    disk.power_cut()
+    assert tree(disk.backing) == {
+        "synced": ("file", b"data"), "unsynced-data": ("file", b""),
+        "dir": ("dir",), "sym": ("link", "synced")}
+
+
+def test_power_cut_puts_a_renamed_file_back_under_its_old_name(disk):
+    durable_file(disk, "a", b"a")
+    durable_file(disk, "victim", b"victim")
+    os.rename(disk.path("a"), disk.path("b"))
+    os.rename(disk.path("b"), disk.path("victim"))
+    disk.power_cut()
+    assert tree(disk.backing) == {"a": ("file", b"a"),
+                                  "victim": ("file", b"victim")}
+
+
+def test_power_cut_keeps_a_rename_once_its_directory_was_fsyncd(disk):
+    # How a file is replaced atomically and durably: the new content in
+    # a temporary file, fsync, rename over, fsync of the directory.
+    durable_file(disk, "state", b"old")
+    write_synced(disk.path("state.tmp"), b"new")
+    os.rename(disk.path("state.tmp"), disk.path("state"))
+    sync_path(disk.mnt)
+    disk.power_cut()
+    assert tree(disk.backing) == {"state": ("file", b"new")}
+
+
+def test_a_rename_over_a_file_without_fsyncs_leaves_the_old_one(disk):
+    durable_file(disk, "state", b"old")
+    write_synced(disk.path("state.tmp"), b"new")
+    os.rename(disk.path("state.tmp"), disk.path("state"))
+    disk.power_cut()
+    assert tree(disk.backing) == {"state": ("file", b"old")}
+
+
+def test_an_exchange_is_undone(tdisk):
+    durable_file(tdisk, "a", b"a")
+    durable_file(tdisk, "b", b"b")
+    qfs.renameat2(tdisk.path("a"), tdisk.path("b"), qfs.RENAME_EXCHANGE)
+    assert read_file(tdisk.path("a")) == b"b"
+    tdisk.power_cut()
+    assert tree(tdisk.backing) == {"a": ("file", b"a"), "b": ("file", b"b")}
+
+
+def test_a_rename_between_directories_needs_both_fsyncd(tdisk):
+    for d in ("x", "y"):
+        os.mkdir(tdisk.path(d))
+    sync_path(tdisk.mnt)
+    durable_file(tdisk, "x/f", b"f")
+    durable_file(tdisk, "x/g", b"g")
+    os.rename(tdisk.path("x/f"), tdisk.path("y/f"))
+    os.rename(tdisk.path("x/g"), tdisk.path("y/g"))
+    sync_path(tdisk.path("y"))
+    sync_path(tdisk.path("x"))
+    os.rename(tdisk.path("y/g"), tdisk.path("x/g2"))
+    sync_path(tdisk.path("x"))   # not y: this one goes back
+    tdisk.power_cut()
+    assert tree(tdisk.backing) == {"x": ("dir",), "y": ("dir",),
+                                   "y/f": ("file", b"f"),
+                                   "y/g": ("file", b"g")}
+
+
+def test_power_cut_brings_an_unlinked_file_back_with_its_synced_data(disk):
+    durable_file(disk, "f", b"synced")
+    fd = os.open(disk.path("f"), os.O_WRONLY)
+    try:
+        os.unlink(disk.path("f"))
+        # Still written through the handle after the unlink.
+        os.pwrite(fd, b"UNSYNCED", 0)
+    finally:
+        os.close(fd)
+    assert not os.path.exists(disk.path("f"))
+    disk.power_cut()
+    assert tree(disk.backing) == {"f": ("file", b"synced")}
+
+
+def test_an_unlink_is_durable_once_its_directory_was_fsyncd(disk):
+    durable_file(disk, "f", b"f")
+    os.unlink(disk.path("f"))
+    sync_path(disk.mnt)
+    disk.power_cut()
+    assert tree(disk.backing) == {}
+
+
+def test_power_cut_undoes_mkdir_with_all_it_holds_and_rmdir(disk):
+    os.mkdir(disk.path("old"))
+    sync_path(disk.mnt)
+    durable_file(disk, "old/keep", b"k")
+    os.unlink(disk.path("old/keep"))
+    os.rmdir(disk.path("old"))
+    os.mkdir(disk.path("new"))
+    # Durable inside it, but no durable directory names "new".
+    durable_file(disk, "new/inner", b"i")
+    disk.power_cut()
+    assert tree(disk.backing) == {"old": ("dir",),
+                                  "old/keep": ("file", b"k")}
+
+
+def test_power_cut_undoes_link_and_follows_renamed_directories(disk):
+    os.mkdir(disk.path("d"))
+    sync_path(disk.mnt)
+    durable_file(disk, "d/f", b"f")
+    os.link(disk.path("d/f"), disk.path("d/hard"))
+    os.rename(disk.path("d"), disk.path("e"))
+    sync_path(disk.mnt)
+    # The link was made in d, now e, which was not fsync'd since.
+    disk.power_cut()
+    assert tree(disk.backing) == {"e": ("dir",), "e/f": ("file", b"f")}
+
+
+def test_a_power_cut_with_nothing_pending_changes_nothing(disk):
+    os.mkdir(disk.path("d"))
+    os.symlink("d/f", disk.path("sym"))
+    sync_path(disk.mnt)
+    durable_file(disk, "d/f", pattern(100 * KiB))
+    durable_file(disk, "g", b"")
+    before = tree(disk.backing)
+    stats = {k: os.lstat(disk.backing_path(k)).st_ino for k in before}
+    disk.power_cut()
+    assert tree(disk.backing) == before
+    assert {k: os.lstat(disk.backing_path(k)).st_ino
+            for k in before} == stats
+    assert "0 files back to their last sync, 0 changes of names" in \
+        disk.stderr()
+
+
+def test_after_a_power_cut_the_disk_is_dead_until_booted_again(tdisk):
+    durable_file(tdisk, "f", b"durable")
+    write_file(tdisk.path("f"), b"volatile")
+    tdisk.power_cut()
+    assert errno_of(read_file, tdisk.path("f")) == errno.EIO
+    assert errno_of(write_file, tdisk.path("g"), b"g") == errno.EIO
+    assert errno_of(os.listdir, tdisk.mnt) == errno.EIO
+    assert tree(tdisk.backing) == {"f": ("file", b"durable")}
+    tdisk.power_on()
+    assert read_file(tdisk.path("f")) == b"durable"
+    # A fresh journal: what was durable stays so at the next cut.
+    write_file(tdisk.path("f"), b"again")
+    tdisk.power_cut()
+    assert read_file(tdisk.backing_path("f")) == b"durable"
+
+
+def test_a_powercut_rule_can_cut_at_a_chosen_fsync(tdisk):
+    durable_file(tdisk, "f", b"old")
+    fd = os.open(tdisk.path("f"), os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"new", 0)
+        tdisk.set("powercut op=fsync path=/f")
+        assert errno_of(os.fsync, fd) == errno.EIO
+    finally:
+        os.close(fd)
+    assert read_file(tdisk.backing_path("f")) == b"old"
+
+
+def test_refusals_of_unlink_rmdir_and_rename_are_the_kernels(tdisk):
+    os.makedirs(tdisk.path("full/sub"))
+    os.mkdir(tdisk.path("empty"))
+    write_file(tdisk.path("f"), b"f")
+    os.link(tdisk.path("f"), tdisk.path("f2"))
+    assert errno_of(os.unlink, tdisk.path("empty")) == errno.EISDIR
+    assert errno_of(os.rmdir, tdisk.path("f")) == errno.ENOTDIR
+    assert errno_of(os.rmdir, tdisk.path("full")) == errno.ENOTEMPTY
+    assert errno_of(os.rename, tdisk.path("f"),
+                    tdisk.path("empty")) == errno.EISDIR
+    assert errno_of(os.rename, tdisk.path("empty"),
+                    tdisk.path("f")) == errno.ENOTDIR
+    assert errno_of(os.rename, tdisk.path("empty"),
+                    tdisk.path("full")) == errno.ENOTEMPTY
+    assert errno_of(os.rename, tdisk.path("full"),
+                    tdisk.path("full/sub")) == errno.EINVAL
+    assert errno_of(qfs.renameat2, tdisk.path("f"), tdisk.path("empty"),
+                    qfs.RENAME_NOREPLACE) == errno.EEXIST
+    os.rename(tdisk.path("f"), tdisk.path("f2"))  # links of one inode
+    assert sorted(os.listdir(tdisk.mnt)) == ["empty", "f", "f2", "full"]
+    os.rename(tdisk.path("empty"), tdisk.path("full/sub"))
+    assert sorted(os.listdir(tdisk.mnt)) == ["f", "f2", "full"]
+    assert tree(tdisk.backing)["full/sub"] == ("dir",)
+
+
+def test_the_graveyard_is_hidden_and_gone_after_a_clean_unmount(
+        tmpfs_dir, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    ffs = FaultFS(tmpfs_dir, mnt, powercut=True).start()
+    try:
+        durable_file(ffs, "f", b"f")
+        os.unlink(ffs.path("f"))
+        assert os.listdir(ffs.mnt) == []
+        assert errno_of(os.stat, ffs.path(GRAVEYARD)) == errno.ENOENT
+        assert errno_of(os.mkdir, ffs.path(GRAVEYARD)) == errno.ENOENT
+        assert sorted(os.listdir(ffs.backing)) == [GRAVEYARD]
+        ffs.stop()
+    except BaseException:
+        ffs.cleanup()
+        raise
+    # A clean shutdown keeps every change: the unlink too.
+    assert os.listdir(tmpfs_dir) == []
+
+
+def test_concurrent_fsyncd_writers_keep_every_acknowledged_write(tdisk):
+    """The cut lands between operations: every write an fsync returned 0
+    for survives, every one after it is gone."""
+    n, slot = 4, 16 * KiB
+    for i in range(n):
+        durable_file(tdisk, "w%d" % i, bytes(64 * slot))
+    acked = [dict() for _ in range(n)]
+    pending = [None] * n
+    stop = []
+
+    def writer(i):
+        rng = random.Random(i)
+        fd = os.open(tdisk.path("w%d" % i), os.O_WRONLY)
+        try:
+            for seq in itertools.count(1):
+                if stop:
+                    return
+                k = rng.randrange(64)
+                pending[i] = (k, pattern(slot, seed=seq * 10 + i))
+                os.pwrite(fd, pending[i][1], k * slot)
+                os.fsync(fd)
+                acked[i][k] = pending[i][1]
+                pending[i] = None
+        except OSError as e:
+            assert e.errno == errno.EIO, e
+        finally:
+            os.close(fd)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    try:
+        qfs.wait_for(lambda: all(len(a) >= 5 for a in acked), 30,
+                     "5 fsync'd writes by each writer")
+        tdisk.power_cut()
+    finally:
+        stop.append(True)
+        for t in threads:
+            t.join(30)
+    for i in range(n):
+        got = read_file(tdisk.backing_path("w%d" % i))
+        for k in range(64):
+            have = got[k * slot:(k + 1) * slot]
+            ok = [acked[i].get(k, bytes(slot))]
+            # The write an fsync had not answered when the cut came: its
+            # fsync may have been the one that made it durable.
+            if pending[i] is not None and pending[i][0] == k:
+                ok.append(pending[i][1])
+            assert have in ok, "writer %d, slot %d" % (i, k)

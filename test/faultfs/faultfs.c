@@ -12,8 +12,15 @@
  * the rules in RULES_FILE (faults.h): a matching rule can stall it (for a
  * time, or until the rule is removed), fail it with an errno, or, for a
  * read, invert bytes of the data returned while the backing file stays
- * as it was. The file is re-read whenever it changes; an empty or missing
- * file means pure pass-through. README.md has the rule syntax.
+ * as it was; or cut the power, after which every operation fails with
+ * EIO. The file is re-read whenever it changes; an empty or missing file
+ * means pure pass-through. README.md has the rule syntax.
+ *
+ * With -o powercut every change not yet durable (by fsync, fdatasync or
+ * fsyncdir) can be undone, through the journal of powercut.h, and the cut
+ * undoes it first: BACKING_DIR is left as a disk would be after a power
+ * cut. Changes to files and names go through the journal then; the rest
+ * is as above.
  * --check-rules parses a rules file, prints the first error and exits 1,
  * or exits 0: the test helper validates every rule set with it before
  * putting it in force.
@@ -55,6 +62,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -66,6 +74,7 @@
 #include <unistd.h>
 
 #include "faults.h"
+#include "powercut.h"
 
 /* Alignment of every data buffer: the largest logical block size in use. */
 #define BUF_ALIGN 4096
@@ -75,6 +84,8 @@ struct faultfs {
 	int backing_fd; /* O_PATH handle of BACKING_DIR */
 	char *backing;	/* its absolute path, for the xattr calls */
 	struct fault_control *control;
+	struct powercut *pc; /* -o powercut: the undo journal, else NULL */
+	atomic_bool dead;    /* the power was cut: every operation fails */
 };
 
 static struct faultfs *state(void)
@@ -101,11 +112,42 @@ static bool abandoned(void)
 	return fuse_interrupted() || fuse_session_exited(fuse_get_session(f));
 }
 
+/* Without -o powercut every change was durable at once: nothing to undo,
+ * the disk just stops. */
+static void power_cut(struct faultfs *ffs)
+{
+	if (ffs->pc)
+		powercut_cut(ffs->pc);
+	if (!atomic_exchange(&ffs->dead, true) && !ffs->pc)
+		fprintf(stderr, "faultfs: power cut: without -o powercut "
+				"there is nothing to undo\n");
+}
+
+/* Every operation asks first: a dead disk, the graveyard, the rules. */
+static int consult(const struct fault_request *req)
+{
+	struct faultfs *ffs = state();
+	bool cut;
+	int ret;
+
+	if (atomic_load(&ffs->dead))
+		return -EIO;
+	if (ffs->pc &&
+	    (powercut_hides(req->path) || powercut_hides(req->path2)))
+		return -ENOENT;
+	ret = fault_control_before(ffs->control, req, abandoned, &cut);
+	if (cut) {
+		power_cut(ffs);
+		return -EIO;
+	}
+	return ret;
+}
+
 static int check(enum fault_op op, const char *path, const char *path2)
 {
 	struct fault_request req = {.op = op, .path = path, .path2 = path2};
 
-	return fault_control_before(state()->control, &req, abandoned);
+	return consult(&req);
 }
 
 static int check_range(enum fault_op op, const char *path, off_t off,
@@ -114,7 +156,7 @@ static int check_range(enum fault_op op, const char *path, off_t off,
 	struct fault_request req = {
 		.op = op, .path = path, .ranged = true, .off = off, .len = len};
 
-	return fault_control_before(state()->control, &req, abandoned);
+	return consult(&req);
 }
 
 static int full_path(const char *path, char **out)
@@ -151,68 +193,91 @@ static int ff_readlink(const char *path, char *buf, size_t size)
 	return 0;
 }
 
+/* Changes of names go through the journal in power-cut mode. */
+
 static int ff_mknod(const char *path, mode_t mode, dev_t rdev)
 {
 	int ret = check(FAULT_MKNOD, path, NULL);
+	struct faultfs *ffs = state();
 
 	if (ret)
 		return ret;
-	return errno_of(mknodat(state()->backing_fd, rel(path), mode, rdev));
+	if (ffs->pc)
+		return powercut_mknod(ffs->pc, path, mode, rdev);
+	return errno_of(mknodat(ffs->backing_fd, rel(path), mode, rdev));
 }
 
 static int ff_mkdir(const char *path, mode_t mode)
 {
 	int ret = check(FAULT_MKDIR, path, NULL);
+	struct faultfs *ffs = state();
 
 	if (ret)
 		return ret;
-	return errno_of(mkdirat(state()->backing_fd, rel(path), mode));
+	if (ffs->pc)
+		return powercut_mkdir(ffs->pc, path, mode);
+	return errno_of(mkdirat(ffs->backing_fd, rel(path), mode));
 }
 
 static int ff_unlink(const char *path)
 {
 	int ret = check(FAULT_UNLINK, path, NULL);
+	struct faultfs *ffs = state();
 
 	if (ret)
 		return ret;
-	return errno_of(unlinkat(state()->backing_fd, rel(path), 0));
+	if (ffs->pc)
+		return powercut_unlink(ffs->pc, path);
+	return errno_of(unlinkat(ffs->backing_fd, rel(path), 0));
 }
 
 static int ff_rmdir(const char *path)
 {
 	int ret = check(FAULT_RMDIR, path, NULL);
+	struct faultfs *ffs = state();
 
 	if (ret)
 		return ret;
-	return errno_of(unlinkat(state()->backing_fd, rel(path), AT_REMOVEDIR));
+	if (ffs->pc)
+		return powercut_rmdir(ffs->pc, path);
+	return errno_of(unlinkat(ffs->backing_fd, rel(path), AT_REMOVEDIR));
 }
 
 static int ff_symlink(const char *target, const char *path)
 {
 	int ret = check(FAULT_SYMLINK, path, NULL);
+	struct faultfs *ffs = state();
 
 	if (ret)
 		return ret;
-	return errno_of(symlinkat(target, state()->backing_fd, rel(path)));
+	if (ffs->pc)
+		return powercut_symlink(ffs->pc, target, path);
+	return errno_of(symlinkat(target, ffs->backing_fd, rel(path)));
 }
 
 static int ff_rename(const char *from, const char *to, unsigned int flags)
 {
 	int ret = check(FAULT_RENAME, from, to);
-	int dfd = state()->backing_fd;
+	struct faultfs *ffs = state();
+	int dfd = ffs->backing_fd;
 
 	if (ret)
 		return ret;
+	if (ffs->pc)
+		return powercut_rename(ffs->pc, from, to, flags);
 	return errno_of(renameat2(dfd, rel(from), dfd, rel(to), flags));
 }
 
 static int ff_link(const char *from, const char *to)
 {
 	int ret = check(FAULT_LINK, from, to);
-	int dfd = state()->backing_fd;
+	struct faultfs *ffs = state();
+	int dfd = ffs->backing_fd;
 
 	if (ret)
 		return ret;
+	if (ffs->pc)
+		return powercut_link(ffs->pc, from, to);
 	return errno_of(linkat(dfd, rel(from), dfd, rel(to), 0));
 }
 
@@ -240,6 +305,14 @@ static int ff_chown(const char *path, uid_t uid, gid_t gid,
 				 AT_SYMLINK_NOFOLLOW));
 }
 
+static int truncate_fd(int fd, off_t size)
+{
+	struct powercut *pc = state()->pc;
+
+	return pc ? powercut_truncate(pc, fd, size)
+		  : errno_of(ftruncate(fd, size));
+}
+
 static int ff_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 {
 	int ret = check(FAULT_TRUNCATE, path, NULL);
@@ -248,12 +321,12 @@ static int ff_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 	if (ret)
 		return ret;
 	if (fi)
-		return errno_of(ftruncate((int)fi->fh, size));
+		return truncate_fd((int)fi->fh, size);
 	fd = openat(state()->backing_fd, rel(path),
 		    O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-	ret = errno_of(ftruncate(fd, size));
+	ret = truncate_fd(fd, size);
 	close(fd);
 	return ret;
 }
@@ -282,16 +355,25 @@ static int ff_statfs(const char *path, struct statvfs *st)
 
 /* ---- files ---- */
 
+/* The kernel asks for O_TRUNC with the open (atomic_o_trunc); in
+ * power-cut mode the journal does the truncation, to copy first. */
 static int ff_open(const char *path, struct fuse_file_info *fi)
 {
 	int ret = check(FAULT_OPEN, path, NULL);
+	struct faultfs *ffs = state();
+	bool trunc = ffs->pc && (fi->flags & O_TRUNC);
 	int fd;
 
 	if (ret)
 		return ret;
-	fd = openat(state()->backing_fd, rel(path), fi->flags | O_CLOEXEC);
+	fd = openat(ffs->backing_fd, rel(path),
+		    (trunc ? fi->flags & ~O_TRUNC : fi->flags) | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
+	if (trunc && (ret = powercut_open_trunc(ffs->pc, fd))) {
+		close(fd);
+		return ret;
+	}
 	fi->fh = (uint64_t)fd;
 	return 0;
 }
@@ -299,14 +381,18 @@ static int ff_open(const char *path, struct fuse_file_info *fi)
 static int ff_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
 	int ret = check(FAULT_CREATE, path, NULL);
+	struct faultfs *ffs = state();
 	int fd;
 
 	if (ret)
 		return ret;
-	fd = openat(state()->backing_fd, rel(path),
-		    fi->flags | O_CREAT | O_CLOEXEC, mode);
+	if (ffs->pc)
+		fd = powercut_create(ffs->pc, path, fi->flags, mode);
+	else
+		fd = openat(ffs->backing_fd, rel(path),
+			    fi->flags | O_CREAT | O_CLOEXEC, mode);
 	if (fd < 0)
-		return -errno;
+		return ffs->pc ? fd : -errno;
 	fi->fh = (uint64_t)fd;
 	return 0;
 }
@@ -327,7 +413,7 @@ static int ff_read_buf(const char *path, struct fuse_bufvec **bufp, size_t size,
 	ssize_t n;
 	int ret;
 
-	ret = fault_control_before(state()->control, &req, abandoned);
+	ret = consult(&req);
 	if (ret)
 		return ret;
 	ret = -posix_memalign(&mem, BUF_ALIGN, size ? size : 1);
@@ -347,6 +433,19 @@ static int ff_read_buf(const char *path, struct fuse_bufvec **bufp, size_t size,
 	return 0;
 }
 
+static ssize_t write_fd(struct fuse_file_info *fi, const void *buf, size_t n,
+			off_t off)
+{
+	struct powercut *pc = state()->pc;
+	ssize_t r;
+
+	/* fi->flags are the write's own here (RWF_DSYNC shows as O_DSYNC). */
+	if (pc)
+		return powercut_write(pc, (int)fi->fh, buf, n, off, fi->flags);
+	r = pwrite((int)fi->fh, buf, n, off);
+	return r < 0 ? -errno : r;
+}
+
 static int ff_write_buf(const char *path, struct fuse_bufvec *src, off_t off,
 			struct fuse_file_info *fi)
 {
@@ -364,20 +463,21 @@ static int ff_write_buf(const char *path, struct fuse_bufvec *src, off_t off,
 		return ret;
 	dst.buf[0].mem = mem;
 	n = fuse_buf_copy(&dst, src, 0); /* a negative errno on failure */
-	if (n < 0) {
-		ret = (int)n;
-	} else {
-		n = pwrite((int)fi->fh, mem, (size_t)n, off);
-		ret = n < 0 ? -errno : (int)n;
-	}
+	if (n >= 0)
+		n = write_fd(fi, mem, (size_t)n, off);
+	ret = (int)n;
 	free(mem);
 	return ret;
 }
 
 static int ff_flush(const char *path, struct fuse_file_info *fi)
 {
-	int ret = check(FAULT_FLUSH, path, NULL);
+	int ret;
 
+	/* After a cut, close() succeeds: callers can let go of handles. */
+	if (atomic_load(&state()->dead))
+		return 0;
+	ret = check(FAULT_FLUSH, path, NULL);
 	if (ret)
 		return ret;
 	/* close() of a duplicate flushes the way close() of the caller's
@@ -395,19 +495,26 @@ static int ff_release(const char *path, struct fuse_file_info *fi)
 static int ff_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 {
 	int ret = check(FAULT_FSYNC, path, NULL);
+	struct powercut *pc = state()->pc;
+	int fd = (int)fi->fh;
 
 	if (ret)
 		return ret;
-	return errno_of(datasync ? fdatasync((int)fi->fh) : fsync((int)fi->fh));
+	if (pc)
+		return powercut_fsync(pc, fd, datasync);
+	return errno_of(datasync ? fdatasync(fd) : fsync(fd));
 }
 
 static int ff_fallocate(const char *path, int mode, off_t off, off_t len,
 			struct fuse_file_info *fi)
 {
 	int ret = check_range(FAULT_FALLOCATE, path, off, (size_t)len);
+	struct powercut *pc = state()->pc;
 
 	if (ret)
 		return ret;
+	if (pc)
+		return powercut_fallocate(pc, (int)fi->fh, mode, off, len);
 	return errno_of(fallocate((int)fi->fh, mode, off, len));
 }
 
@@ -516,6 +623,7 @@ static int ff_readdir(const char *path, void *buf, fuse_fill_dir_t filler,
 		      enum fuse_readdir_flags flags)
 {
 	int ret = check(FAULT_READDIR, path, NULL);
+	bool top = state()->pc && !path[1]; /* where the graveyard is */
 	DIR *dp = (DIR *)(uintptr_t)fi->fh;
 	struct dirent *d;
 
@@ -531,6 +639,8 @@ static int ff_readdir(const char *path, void *buf, fuse_fill_dir_t filler,
 		d = readdir(dp);
 		if (!d)
 			return -errno;
+		if (top && strcmp(d->d_name, POWERCUT_GRAVEYARD) == 0)
+			continue;
 		st.st_ino = d->d_ino;
 		st.st_mode = (mode_t)DTTOIF(d->d_type);
 		if (filler(buf, d->d_name, &st, 0, 0))
@@ -550,9 +660,12 @@ static int ff_fsyncdir(const char *path, int datasync,
 {
 	int ret = check(FAULT_FSYNCDIR, path, NULL);
 	int fd = dirfd((DIR *)(uintptr_t)fi->fh);
+	struct powercut *pc = state()->pc;
 
 	if (ret)
 		return ret;
+	if (pc)
+		return powercut_fsyncdir(pc, fd, datasync);
 	return errno_of(datasync ? fdatasync(fd) : fsync(fd));
 }
 
@@ -611,6 +724,7 @@ static const struct fuse_operations ff_ops = {
 struct options {
 	char *control; /* fuse_opt_parse() allocates it */
 	const char *backing;
+	int powercut;
 	int show_help;
 };
 
@@ -619,6 +733,7 @@ struct options {
 /* clang-format on */
 static const struct fuse_opt option_spec[] = {
 	OPTION("control=%s", control),
+	OPTION("powercut", powercut),
 	OPTION("-h", show_help),
 	OPTION("--help", show_help),
 	FUSE_OPT_END,
@@ -640,13 +755,16 @@ static int take_backing(void *data, const char *arg, int key,
 
 static void usage(const char *prog)
 {
-	printf("usage: %s [-f] [-o control=RULES_FILE] [-o FUSE-OPTIONS] "
-	       "BACKING_DIR MOUNTPOINT\n"
+	printf("usage: %s [-f] [-o control=RULES_FILE] [-o powercut] "
+	       "[-o FUSE-OPTIONS] BACKING_DIR MOUNTPOINT\n"
 	       "       %s --check-rules RULES_FILE\n\n"
 	       "faultfs options:\n"
 	       "    -o control=PATH   rules file, re-read whenever it "
 	       "changes\n"
-	       "                      (see test/faultfs/README.md)\n\n",
+	       "                      (see test/faultfs/README.md)\n"
+	       "    -o powercut       keep what is not yet durable undoable, "
+	       "so that\n"
+	       "                      a powercut rule loses it\n\n",
 	       prog, prog);
 }
 
@@ -692,6 +810,36 @@ static char *absolute(const char *path)
 	return asprintf(&out, "%s/%s", cwd, path) < 0 ? NULL : out;
 }
 
+/* The backing directory, the rules and the journal; -1 when one fails
+ * (said on stderr). control: the rules file's absolute path, or NULL. */
+static int open_state(struct faultfs *ffs, const struct options *o,
+		      const char *control)
+{
+	int ret;
+
+	ffs->backing = realpath(o->backing, NULL);
+	if (ffs->backing)
+		ffs->backing_fd =
+			open(ffs->backing, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (ffs->backing_fd < 0) {
+		fprintf(stderr, "faultfs: %s: %s\n", o->backing,
+			strerror(errno));
+		return -1;
+	}
+	ffs->control = fault_control_new(control);
+	if (!ffs->control || (o->control && !control)) {
+		fprintf(stderr, "faultfs: out of memory\n");
+		return -1;
+	}
+	ret = o->powercut ? powercut_new(ffs->backing_fd, &ffs->pc) : 0;
+	if (ret) {
+		fprintf(stderr, "faultfs: %s/%s: %s\n", ffs->backing,
+			POWERCUT_GRAVEYARD, strerror(-ret));
+		return -1;
+	}
+	return 0;
+}
+
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -717,26 +865,16 @@ int main(int argc, char *argv[])
 		fprintf(stderr, "faultfs: no BACKING_DIR was given\n");
 		goto out;
 	}
-	ffs.backing = realpath(o.backing, NULL);
-	if (ffs.backing)
-		ffs.backing_fd =
-			open(ffs.backing, O_PATH | O_DIRECTORY | O_CLOEXEC);
-	if (ffs.backing_fd < 0) {
-		fprintf(stderr, "faultfs: %s: %s\n", o.backing,
-			strerror(errno));
-		goto out;
-	}
 	control = o.control ? absolute(o.control) : NULL;
-	ffs.control = fault_control_new(control);
-	if (!ffs.control || (o.control && !control)) {
-		fprintf(stderr, "faultfs: out of memory\n");
+	if (open_state(&ffs, &o, control))
 		goto out;
-	}
 	/* Modes arrive with the caller's umask applied by the kernel; ours
 	 * must not mask them a second time. */
 	umask(0);
 	ret = fuse_main(args.argc, args.argv, &ff_ops, &ffs);
 out:
+	/* After an unmount: a clean shutdown, every change is kept. */
+	powercut_free(ffs.pc);
 	fault_control_free(ffs.control);
 	free(control);
 	free(o.control);

@@ -39,6 +39,7 @@ enum fault_action {
 	ACTION_ERROR,
 	ACTION_HANG,
 	ACTION_FLIP,
+	ACTION_POWERCUT,
 };
 
 struct fault_rule {
@@ -231,10 +232,12 @@ static int parse_action(const char *w, struct fault_rule *r, int line,
 		r->hang_ms = (long)ms;
 	} else if (strcmp(w, "flip") == 0) {
 		r->action = ACTION_FLIP;
+	} else if (strcmp(w, "powercut") == 0) {
+		r->action = ACTION_POWERCUT;
 	} else {
 		return fail(err, errlen, line,
-			    "a rule starts with error=ERRNO, hang, hang=MS or "
-			    "flip, not '%s'",
+			    "a rule starts with error=ERRNO, hang, hang=MS, "
+			    "flip or powercut, not '%s'",
 			    w);
 	}
 	return 0;
@@ -436,6 +439,16 @@ static long hang_remaining(const struct fault_rules *rules,
 	return wait;
 }
 
+static bool any_cut(const struct fault_rules *rules,
+		    const struct fault_request *req)
+{
+	for (int i = 0; rules && i < rules->n; i++)
+		if (rules->rule[i].action == ACTION_POWERCUT &&
+		    rule_matches(&rules->rule[i], req))
+			return true;
+	return false;
+}
+
 static int first_error(const struct fault_rules *rules,
 		       const struct fault_request *req)
 {
@@ -605,11 +618,13 @@ static long elapsed_ms(const struct timespec *since)
 }
 
 int fault_control_before(struct fault_control *c,
-			 const struct fault_request *req, bool (*abandon)(void))
+			 const struct fault_request *req, bool (*abandon)(void),
+			 bool *cut)
 {
 	struct timespec start;
-	int error;
+	int error = 0;
 
+	*cut = false;
 	clock_gettime(CLOCK_MONOTONIC, &start);
 	/* Sleep in short steps and look again, so that removing the rule,
 	 * interrupting the caller or unmounting ends the stall promptly: a
@@ -630,7 +645,9 @@ int fault_control_before(struct fault_control *c,
 		nanosleep(&(struct timespec){.tv_nsec = wait * 1000000L}, NULL);
 	}
 	pthread_rwlock_rdlock(&c->lock);
-	error = first_error(c->rules, req);
+	*cut = any_cut(c->rules, req);
+	if (!*cut)
+		error = first_error(c->rules, req);
 	pthread_rwlock_unlock(&c->lock);
 	return -error;
 }

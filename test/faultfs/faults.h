@@ -1,6 +1,7 @@
 /*
  * faults: the rules that tell faultfs which operations to fail, stall or
- * corrupt, and the rules file they are read from.
+ * corrupt and when to cut the power, and the rules file they are read
+ * from.
  *
  * A rule set is parsed whole from text (see README.md for the syntax) and
  * is immutable afterwards. A struct fault_control owns the current set and
@@ -89,15 +90,18 @@ void fault_control_free(struct fault_control *c);
 
 /*
  * Consult the rules before an operation runs: stall while a matching hang
- * rule is in force (polling for its removal), then return the first
- * matching error rule's errno, negative, or 0 to let the operation run.
- * abandon() is asked at every step of a stall; when it returns true the
- * stall ends with -EINTR (the caller was interrupted, or the file system
- * is going away). Takes and drops the control's lock; call with none.
+ * rule is in force (polling for its removal); then, when a matching
+ * powercut rule is in force, set *cut and return 0: the caller cuts the
+ * power instead of running the operation. Otherwise *cut is false and
+ * the return is the first matching error rule's errno, negative, or 0 to
+ * let the operation run. abandon() is asked at every step of a stall;
+ * when it returns true the stall ends with -EINTR (the caller was
+ * interrupted, or the file system is going away). Takes and drops the
+ * control's lock; call with none.
  */
 int fault_control_before(struct fault_control *c,
-			 const struct fault_request *req,
-			 bool (*abandon)(void));
+			 const struct fault_request *req, bool (*abandon)(void),
+			 bool *cut);
 
 /*
  * After a read returned n bytes of req's range into buf: invert (xor 0xff)
