@@ -574,7 +574,7 @@ static int parse_words(char **word, int n, struct config_command *cmd,
 		return parse_add(word, n, cmd, err, errlen);
 	case CMD_REMOVE:
 	case CMD_RESYNC:
-		if (n != 2)
+		if (n != 2 || !word[1][0])
 			return fail(err, errlen, "usage: %s NAME|PATH",
 				    word[0]);
 		cmd->name = word[1];

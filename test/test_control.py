@@ -492,6 +492,8 @@ def refusals(m, out):
         (b"remove", errno.EINVAL, "remove"),
         (b"remove nobody", errno.ENOENT, "nobody"),
         (b"remove extra extra", errno.EINVAL, "remove"),
+        (b"remove ''", errno.EINVAL, "remove"),
+        (b'resync ""', errno.EINVAL, "resync"),
         (b"resync nobody", errno.ENOENT, "nobody"),
         (b"threshold 2\x00", errno.EINVAL, "NUL"),
         (b"add \x00/etc", errno.EINVAL, "NUL"),
