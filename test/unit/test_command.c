@@ -87,13 +87,14 @@ static void test_a_trailing_backslash_is_refused(void)
 	CHECK_EQ(parse("remove /srv/a\\", &c), -EINVAL);
 }
 
-static void test_an_empty_quoted_word_counts_as_a_word(void)
+static void test_an_empty_quoted_name_is_refused_with_the_usage(void)
 {
 	struct config_command c;
 
-	/* "remove ''" names the empty string, which no child has. */
-	CHECK_EQ(parse("remove ''", &c), 0);
-	CHECK(strcmp(c.name, "") == 0);
+	/* No child is called "", and "remove ''" must not match a prefix. */
+	CHECK_EQ(parse("remove ''", &c), -EINVAL);
+	CHECK(strstr(err, "usage") != NULL);
+	CHECK_EQ(parse("resync \"\"", &c), -EINVAL);
 }
 
 static void test_blanks_between_words_may_be_tabs_and_repeated(void)
@@ -122,7 +123,7 @@ int main(void)
 	RUN(test_double_quotes_unescape_quote_and_backslash_only);
 	RUN(test_an_unterminated_quote_is_refused);
 	RUN(test_a_trailing_backslash_is_refused);
-	RUN(test_an_empty_quoted_word_counts_as_a_word);
+	RUN(test_an_empty_quoted_name_is_refused_with_the_usage);
 	RUN(test_blanks_between_words_may_be_tabs_and_repeated);
 	RUN(test_too_many_words_are_refused);
 	return unit_summary();
