@@ -488,8 +488,7 @@ static void unlink_member_locked(struct child_set *set, struct child *c)
 	set->nmembers--;
 }
 
-/* Wait until no view names c, or ms have passed; true if drained. */
-static bool drain(struct child_set *set, struct child *c, int ms)
+bool children_drain(struct child_set *set, struct child *c, int ms)
 {
 	struct timespec deadline;
 	bool drained;
@@ -528,7 +527,7 @@ int children_remove(struct child_set *set, struct child *c, int drain_ms,
 	pthread_mutex_unlock(&set->lock);
 	if (ret)
 		return ret;
-	ret = drain(set, c, drain_ms) ? 0 : 1;
+	ret = children_drain(set, c, drain_ms) ? 0 : 1;
 	event_log_emit(set->log, "CHILD_REMOVED", child_event_data(c));
 	child_put(c); /* the member list's reference */
 	return ret;

@@ -131,6 +131,9 @@ int children_add(struct child_set *set, const char *path, const char *name,
 int children_remove(struct child_set *set, struct child *c, int drain_ms,
 		    char *err, size_t errlen);
 void children_release_slot(struct child_set *set, int slot);
+/* Wait until no view names c, or ms have passed; true if none does. Only
+ * a child out of the views (failed, stale, removed) can drain. */
+bool children_drain(struct child_set *set, struct child *c, int ms);
 /* The rules in force. */
 void children_get_rules(struct child_set *set, int *threshold,
 			enum read_pattern *read_pattern,

@@ -149,6 +149,34 @@ void jobs_free(struct jobs *jobs)
 	free(jobs);
 }
 
+/*
+ * A child brought back from failed or stale gets new handles: whatever
+ * failed it may have left the old ones useless (a network filesystem
+ * that reconnected answers EIO on files opened before). Only once no
+ * request uses them, which a failed child reaches within io-timeout.
+ */
+static int fresh_handles(struct jobs *jobs, struct child *c, char *err,
+			 size_t errlen)
+{
+	enum child_state s = child_state(c);
+	int ms = jobs->timeout_ms > 0 ? jobs->timeout_ms : 30000, ret;
+
+	if (s != CHILD_FAILED && s != CHILD_STALE)
+		return 0;
+	if (!children_drain(jobs->set, c, ms)) {
+		snprintf(err, errlen,
+			 "requests that began before '%s' left the set still "
+			 "use it; try again once they end",
+			 child_name(c));
+		return -EBUSY;
+	}
+	ret = tree_child_reopen(jobs->tree, c);
+	if (ret)
+		snprintf(err, errlen, "cannot open '%s' again: %s",
+			 child_name(c), strerror(-ret));
+	return ret;
+}
+
 int jobs_resync(struct jobs *jobs, struct child *c, char *err, size_t errlen)
 {
 	int ret;
@@ -160,6 +188,9 @@ int jobs_resync(struct jobs *jobs, struct child *c, char *err, size_t errlen)
 			 child_orphans(c), child_name(c));
 		return -EBUSY;
 	}
+	ret = fresh_handles(jobs, c, err, errlen);
+	if (ret)
+		return ret;
 	pthread_mutex_lock(&jobs->lock);
 	resync_stop(jobs, c);
 	ret = children_begin_resync(jobs->set, c, err, errlen);

@@ -32,11 +32,12 @@ done
 
 # qemu-system-x86, linux-image-amd64 and busybox-static are the guest of
 # test/test_vm.py: QEMU, a kernel with its modules, and the initramfs's
-# one binary.
+# one binary. openssh-server and sshfs are test/test_network.py's child on
+# another "machine": an sshd of the test's own on 127.0.0.1.
 packages=(build-essential cmake pkg-config libfuse3-dev fuse3 libssl-dev
 	libjson-c-dev liburing-dev python3-pytest python3-pytest-timeout qemu-utils
 	qemu-system-x86 attr e2fsprogs util-linux fio clang libclang-rt-14-dev
-	linux-image-amd64 busybox-static socat)
+	linux-image-amd64 busybox-static socat openssh-server sshfs)
 
 if [ "${QFS_SKIP_INSTALL:-0}" != 1 ]; then
 	sudo=()

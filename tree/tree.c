@@ -104,6 +104,12 @@ void tree_child_removed(struct tree *tree, int slot)
 	files_forget_slot(tree, slot);
 }
 
+int tree_child_reopen(struct tree *tree, struct child *c)
+{
+	tree_child_removed(tree, child_slot(c));
+	return tree_child_added(tree, c);
+}
+
 void tree_barrier_raise(struct tree *tree)
 {
 	pthread_rwlock_wrlock(&tree->ns_barrier);

@@ -116,6 +116,11 @@ bool tree_fatal(const struct tree *tree);
  * and its slot may be reused (every handle in it is closed). */
 int tree_child_added(struct tree *tree, struct child *c);
 void tree_child_removed(struct tree *tree, int slot);
+/* A child out of every view (drained) is brought back: close every
+ * handle the tree holds in it, so that each is opened anew on first use.
+ * A network filesystem that reconnected has lost the open files behind
+ * the old handles (sshfs answers EIO on them for ever). */
+int tree_child_reopen(struct tree *tree, struct child *c);
 
 /* Names the mount reserves at its root: .control and .quorumfs. */
 bool tree_reserved_name(uint64_t parent, const char *name);
