@@ -112,7 +112,7 @@ static int summarize(const char *root, struct summary *s)
 	int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	int ret = fd < 0 ? -errno : walk(s, fd, "", true);
 
-	if (!ret)
+	if (!ret && s->n) /* an empty directory has no lines to sort */
 		qsort(s->line, s->n, sizeof(*s->line), by_line);
 	return ret;
 }
