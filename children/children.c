@@ -33,26 +33,14 @@
 
 #include "events/events.h"
 
-struct child {
-	char *name;
-	char *path;
-	int root_fd;
-	int slot;
-	atomic_int refs;
-	atomic_int views; /* live views naming this child */
-	_Atomic enum child_state state;
-	char reason[256];		/* guarded by the set's lock */
-	atomic_uint_fast64_t errors[3]; /* indexed by enum child_op */
-	atomic_int streak;		/* failed reads in a row */
-	atomic_int orphans;		/* timed-out parts still running */
-	atomic_uint_fast64_t bytes_done, bytes_total, files_done, files_total;
-};
-
-/* The view callers see, plus what its release needs. */
+/* The view callers see, plus what its release needs. Every live view is
+ * on the set's list (under drain_lock), oldest first, for the barrier. */
 struct view_holder {
 	struct child_view view;
 	atomic_int refs;
 	struct child_set *set;
+	uint64_t serial;
+	struct view_holder *prev, *next; /* guarded by set->drain_lock */
 };
 
 /* The voting rules in force, copied into every view. */
@@ -66,7 +54,9 @@ struct set_rules {
 struct child_set {
 	pthread_mutex_t lock;
 	pthread_mutex_t drain_lock;
-	pthread_cond_t drained; /* a view was freed; under drain_lock */
+	pthread_cond_t drained;	  /* a view was freed; under drain_lock */
+	struct view_holder *live; /* every live view, oldest first; ditto */
+	uint64_t serial;	  /* the newest view's; under lock */
 	struct event_log *log;
 	/* All guarded by lock: */
 	struct view_holder *current;
@@ -97,13 +87,15 @@ void child_put(struct child *c)
 		return;
 	if (c->root_fd >= 0)
 		close(c->root_fd);
+	child_latch_free(c);
 	free(c->name);
 	free(c->path);
 	free(c);
 }
 
 static int child_new(const char *path, const char *name, int slot,
-		     enum child_state state, struct child **out)
+		     enum child_kind kind, enum child_state state,
+		     struct child **out)
 {
 	struct child *c;
 	int ret = 0;
@@ -113,7 +105,12 @@ static int child_new(const char *path, const char *name, int slot,
 		return -ENOMEM;
 	atomic_init(&c->refs, 1);
 	atomic_init(&c->state, state);
+	atomic_init(&c->stage, REPL_NONE);
 	c->slot = slot;
+	c->kind = kind;
+	c->root_fd = -1;
+	if (kind == CHILD_REPLICATION && (ret = child_latch_new(c)))
+		goto out;
 	c->root_fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (c->root_fd < 0) {
 		ret = -errno;
@@ -155,6 +152,16 @@ int child_slot(const struct child *c)
 enum child_state child_state(const struct child *c)
 {
 	return atomic_load(&c->state);
+}
+
+enum child_kind child_kind(const struct child *c)
+{
+	return c->kind;
+}
+
+bool child_votes(const struct child *c)
+{
+	return c->kind == CHILD_DATA && child_state(c) == CHILD_OK;
 }
 
 const char *child_state_name(enum child_state s)
@@ -230,10 +237,16 @@ static void view_free(struct view_holder *h)
 		atomic_fetch_sub(&h->view.child[i]->views, 1);
 		child_put(h->view.child[i]);
 	}
-	free(h);
 	pthread_mutex_lock(&set->drain_lock);
+	if (h->prev)
+		h->prev->next = h->next;
+	else
+		set->live = h->next;
+	if (h->next)
+		h->next->prev = h->prev;
 	pthread_cond_broadcast(&set->drained);
 	pthread_mutex_unlock(&set->drain_lock);
+	free(h);
 }
 
 void children_view_put(const struct child_view *view)
@@ -263,9 +276,31 @@ const struct child_view *children_view_get(struct child_set *set)
 	return &h->view;
 }
 
-static bool receives_io(enum child_state s)
+/* Ok and syncing children take every change; a replication child only
+ * until its stream ends. */
+static bool receives_io(const struct child *c)
 {
+	enum child_state s = child_state(c);
+
+	if (c->kind == CHILD_REPLICATION && child_stage(c) == REPL_DONE)
+		return false;
 	return s == CHILD_OK || s == CHILD_SYNCING;
+}
+
+/* Put h at the young end of the live list; set->lock held. */
+static void link_live_locked(struct child_set *set, struct view_holder *h)
+{
+	struct view_holder **end = &set->live, *prev = NULL;
+
+	h->serial = ++set->serial;
+	pthread_mutex_lock(&set->drain_lock);
+	while (*end) {
+		prev = *end;
+		end = &(*end)->next;
+	}
+	h->prev = prev;
+	*end = h;
+	pthread_mutex_unlock(&set->drain_lock);
 }
 
 /*
@@ -283,20 +318,20 @@ static int publish_locked(struct child_set *set)
 	h->set = set;
 	for (int i = 0; i < set->nmembers; i++) {
 		struct child *c = set->member[i];
-		enum child_state s = child_state(c);
 
-		if (!receives_io(s))
+		if (!receives_io(c))
 			continue;
 		child_get(c);
 		atomic_fetch_add(&c->views, 1);
-		h->view.votes[h->view.n] = s == CHILD_OK;
-		h->view.voters += s == CHILD_OK;
+		h->view.votes[h->view.n] = child_votes(c);
+		h->view.voters += child_votes(c);
 		h->view.child[h->view.n++] = c;
 	}
 	h->view.threshold = set->rules.threshold;
 	h->view.read_pattern = set->rules.read_pattern;
 	h->view.rewrite_corrupted = set->rules.rewrite_corrupted;
 	h->view.blkverify = set->rules.blkverify;
+	link_live_locked(set, h);
 	set->current = h;
 	if (old && atomic_fetch_sub(&old->refs, 1) == 1)
 		view_free(old);
@@ -316,8 +351,8 @@ int children_new(const struct children_config *cfg, struct child_set **out)
 	pthread_mutex_init(&set->drain_lock, NULL);
 	pthread_cond_init(&set->drained, NULL);
 	for (int i = 0; i < cfg->n && !ret; i++) {
-		ret = child_new(cfg->path[i], cfg->name[i], i, CHILD_OK,
-				&set->member[i]);
+		ret = child_new(cfg->path[i], cfg->name[i], i, cfg->kind[i],
+				CHILD_OK, &set->member[i]);
 		if (!ret) {
 			set->slot_used[i] = true;
 			set->nmembers++;
@@ -359,12 +394,40 @@ void children_set_log(struct child_set *set, struct event_log *log)
 	set->log = log;
 }
 
+/* Whether a view older than serial is still alive; drain_lock held. */
+static bool older_live_locked(const struct child_set *set, uint64_t serial)
+{
+	return set->live && set->live->serial < serial;
+}
+
+int children_barrier(struct child_set *set, int ms)
+{
+	struct timespec deadline;
+	uint64_t serial;
+	int ret = 0;
+
+	pthread_mutex_lock(&set->lock);
+	ret = publish_locked(set);
+	serial = set->serial;
+	pthread_mutex_unlock(&set->lock);
+	if (ret)
+		return ret;
+	children_deadline(CLOCK_REALTIME, ms, &deadline);
+	pthread_mutex_lock(&set->drain_lock);
+	while (older_live_locked(set, serial) && !ret)
+		if (pthread_cond_timedwait(&set->drained, &set->drain_lock,
+					   &deadline) == ETIMEDOUT)
+			ret = older_live_locked(set, serial) ? -ETIMEDOUT : 0;
+	pthread_mutex_unlock(&set->drain_lock);
+	return ret;
+}
+
 static int voting_members_locked(const struct child_set *set)
 {
 	int n = 0;
 
 	for (int i = 0; i < set->nmembers; i++)
-		n += child_state(set->member[i]) == CHILD_OK;
+		n += child_votes(set->member[i]);
 	return n;
 }
 
@@ -433,7 +496,8 @@ static int free_slot_locked(const struct child_set *set)
 }
 
 static int add_locked(struct child_set *set, const char *path, const char *name,
-		      struct child **out, char *err, size_t errlen)
+		      enum child_kind kind, struct child **out, char *err,
+		      size_t errlen)
 {
 	int slot = free_slot_locked(set), ret;
 
@@ -446,7 +510,7 @@ static int add_locked(struct child_set *set, const char *path, const char *name,
 	if (find_locked(set, name ? name : path))
 		return fail(err, errlen, -EEXIST, "a child named '%s' exists",
 			    name ? name : path);
-	ret = child_new(path, name, slot, CHILD_SYNCING, out);
+	ret = child_new(path, name, slot, kind, CHILD_SYNCING, out);
 	if (ret)
 		return fail(err, errlen, ret, "cannot open '%s': %s", path,
 			    strerror(-ret));
@@ -465,12 +529,13 @@ static int add_locked(struct child_set *set, const char *path, const char *name,
 }
 
 int children_add(struct child_set *set, const char *path, const char *name,
-		 struct child **out, char *err, size_t errlen)
+		 enum child_kind kind, struct child **out, char *err,
+		 size_t errlen)
 {
 	int ret;
 
 	pthread_mutex_lock(&set->lock);
-	ret = add_locked(set, path, name, out, err, errlen);
+	ret = add_locked(set, path, name, kind, out, err, errlen);
 	pthread_mutex_unlock(&set->lock);
 	if (!ret)
 		event_log_emit(set->log, "CHILD_ADDED", child_event_data(*out));
@@ -510,7 +575,7 @@ int children_remove(struct child_set *set, struct child *c, int drain_ms,
 	int voting, ret;
 
 	pthread_mutex_lock(&set->lock);
-	voting = voting_members_locked(set) - (child_state(c) == CHILD_OK);
+	voting = voting_members_locked(set) - child_votes(c);
 	if (!find_locked(set, c->name)) {
 		ret = fail(err, errlen, -ENOENT, "no such child");
 	} else if (voting < set->rules.threshold) {
@@ -653,18 +718,27 @@ int children_set_rewrite(struct child_set *set, bool on, char *err,
 	return set_rule(set, RULE_REWRITE, on, &old, err, errlen);
 }
 
+/* CHILD_STATE_CHANGED, or REPLICATION_STAGE_CHANGED with the mode. */
+static void emit_change(struct child_set *set, struct child *c,
+			const char *event, const char *mode, const char *old,
+			const char *now, const char *reason)
+{
+	struct json_object *d = child_event_data(c);
+
+	if (mode)
+		json_object_object_add(d, "mode", json_object_new_string(mode));
+	json_object_object_add(d, "old", json_object_new_string(old));
+	json_object_object_add(d, "new", json_object_new_string(now));
+	json_object_object_add(d, "reason", json_object_new_string(reason));
+	event_log_emit(set->log, event, d);
+}
+
 static void emit_state(struct child_set *set, struct child *c,
 		       enum child_state old, enum child_state state,
 		       const char *reason)
 {
-	struct json_object *d = child_event_data(c);
-
-	json_object_object_add(d, "old",
-			       json_object_new_string(child_state_name(old)));
-	json_object_object_add(d, "new",
-			       json_object_new_string(child_state_name(state)));
-	json_object_object_add(d, "reason", json_object_new_string(reason));
-	event_log_emit(set->log, "CHILD_STATE_CHANGED", d);
+	emit_change(set, c, "CHILD_STATE_CHANGED", NULL, child_state_name(old),
+		    child_state_name(state), reason);
 }
 
 /* Returns the old state; the view is republished if it changed. */
@@ -719,7 +793,7 @@ int children_begin_resync(struct child_set *set, struct child *c, char *err,
 	int ret = 0, voting;
 
 	pthread_mutex_lock(&set->lock);
-	voting = voting_members_locked(set) - (child_state(c) == CHILD_OK);
+	voting = voting_members_locked(set) - child_votes(c);
 	if (set->rules.blkverify)
 		ret = fail(err, errlen, -EINVAL,
 			   "cannot resync a child in blkverify mode");
@@ -732,6 +806,27 @@ int children_begin_resync(struct child_set *set, struct child *c, char *err,
 		set_state_locked(set, c, CHILD_SYNCING, "resync requested");
 	pthread_mutex_unlock(&set->lock);
 	return ret;
+}
+
+/* ---- replication stages ---- */
+
+enum repl_stage children_set_stage(struct child_set *set, struct child *c,
+				   enum repl_stage to, const char *reason)
+{
+	enum repl_stage old;
+
+	pthread_mutex_lock(&set->lock);
+	old = atomic_exchange(&c->stage, to);
+	if (old != to) {
+		/* DONE takes it out of the views; no memory for a new view
+		 * leaves the old one, which only sends it a little more. */
+		if (old == REPL_DONE || to == REPL_DONE)
+			publish_locked(set);
+		emit_change(set, c, "REPLICATION_STAGE_CHANGED", "primary",
+			    repl_stage_name(old), repl_stage_name(to), reason);
+	}
+	pthread_mutex_unlock(&set->lock);
+	return old;
 }
 
 /* ---- status ---- */
@@ -748,9 +843,12 @@ static struct json_object *child_status_locked(const struct child *c)
 		o, "state",
 		json_object_new_string(child_state_name(child_state(c))));
 	json_object_object_add(o, "reason", json_object_new_string(c->reason));
-	json_object_object_add(
-		o, "votes",
-		json_object_new_boolean(child_state(c) == CHILD_OK));
+	json_object_object_add(o, "kind",
+			       json_object_new_string(c->kind == CHILD_DATA
+							      ? "data"
+							      : "replication"));
+	json_object_object_add(o, "votes",
+			       json_object_new_boolean(child_votes(c)));
 	sync = json_object_new_object();
 	json_object_object_add(sync, "bytes-done", json_object_new_int64(done));
 	json_object_object_add(sync, "bytes-total",
@@ -778,6 +876,9 @@ static struct json_object *child_status_locked(const struct child *c)
 	json_object_object_add(o, "errors", err);
 	json_object_object_add(o, "timed-out-requests",
 			       json_object_new_int(child_orphans(c)));
+	if (c->kind == CHILD_REPLICATION)
+		json_object_object_add(o, "replication",
+				       child_replica_status((struct child *)c));
 	return o;
 }
 

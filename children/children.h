@@ -43,6 +43,27 @@ enum child_state {
 	CHILD_STALE,   /* missed writes; must resync before voting */
 };
 
+/*
+ * What a child is for. A data child holds a copy and votes once in step.
+ * A replication child is the primary's end of a replication stream (QEMU's
+ * replication driver in mode primary): it receives every change, inside
+ * the writer's range claim, but never votes and is never read, and in
+ * stage RUNNING its errors are latched instead of failing anything.
+ */
+enum child_kind {
+	CHILD_DATA,
+	CHILD_REPLICATION,
+};
+
+/* A replication child's stage: QEMU's ReplicationStage, with its names. */
+enum repl_stage {
+	REPL_NONE,    /* filling and kept in step; errors fail the child */
+	REPL_RUNNING, /* streaming; errors are latched */
+	REPL_FAILOVER,
+	REPL_FAILOVER_FAILED,
+	REPL_DONE, /* the stream ended: nothing is sent any more */
+};
+
 enum read_pattern {
 	READ_PATTERN_QUORUM,
 	READ_PATTERN_FIFO,
@@ -81,6 +102,7 @@ struct children_config {
 	int n;
 	const char *path[CHILDREN_MAX]; /* absolute, already validated */
 	const char *name[CHILDREN_MAX]; /* NULL: the path is the name */
+	enum child_kind kind[CHILDREN_MAX];
 	int threshold;
 	enum read_pattern read_pattern;
 	bool rewrite_corrupted;
@@ -116,11 +138,12 @@ const struct child_view *children_view_hold(const struct child_view *view);
  * using it; the next view they take sees the change.
  */
 
-/* Add a child in state syncing (it receives writes, does not vote).
- * *out gets a reference (child_put()). -ENOSPC when all slots are used,
- * -EEXIST for a name in use, -EINVAL in blkverify mode. */
+/* Add a child of kind in state syncing (it receives writes, does not
+ * vote). *out gets a reference (child_put()). -ENOSPC when all slots are
+ * used, -EEXIST for a name in use, -EINVAL in blkverify mode. */
 int children_add(struct child_set *set, const char *path, const char *name,
-		 struct child **out, char *err, size_t errlen);
+		 enum child_kind kind, struct child **out, char *err,
+		 size_t errlen);
 /*
  * Drop c from the set. Refused (-EINVAL) if fewer voting children than the
  * threshold would remain. Waits up to drain_ms for operations that hold a
@@ -180,6 +203,10 @@ int child_slot(const struct child *c);	  /* 0..CHILDREN_MAX-1 */
 enum child_state child_state(const struct child *c);
 const char *child_state_name(enum child_state s);
 
+enum child_kind child_kind(const struct child *c);
+/* Whether c votes now: a data child in state ok. */
+bool child_votes(const struct child *c);
+
 /* Count an I/O error of the given kind against the child. Lock-free. */
 void child_count_error(struct child *c, enum child_op op);
 uint64_t child_errors(const struct child *c, enum child_op op);
@@ -191,6 +218,42 @@ int child_error_streak(struct child *c, bool failed);
 void child_set_progress(struct child *c, uint64_t bytes_done,
 			uint64_t bytes_total, uint64_t files_done,
 			uint64_t files_total);
+
+/* ---- replication children (replica.c) ---- */
+
+const char *repl_stage_name(enum repl_stage s);
+/* c's stage; REPL_NONE for a data child. Lock-free. */
+enum repl_stage child_stage(const struct child *c);
+/*
+ * Move replication child c to stage `to`, logging
+ * REPLICATION_STAGE_CHANGED {node-name, mode, old, new, reason}. The view
+ * is republished when c starts or stops receiving changes (DONE). Returns
+ * the old stage. Takes the set's lock.
+ */
+enum repl_stage children_set_stage(struct child_set *set, struct child *c,
+				   enum repl_stage to, const char *reason);
+/*
+ * A forward to replication child c failed with error (-errno): op is the
+ * request's type ("write", "flush", "create", ...), file the path in the
+ * mount, [off, off + len) its range (0, 0 for none). The first error is
+ * kept until the latch is cleared, the last one and the count always;
+ * REPLICATION_ERROR goes to log (throttled per child, as QEMU's
+ * QUORUM_REPORT_BAD). Takes c's own lock, a leaf.
+ */
+void child_latch(struct event_log *log, struct child *c, int error,
+		 const char *op, const char *file, uint64_t off, uint64_t len);
+/* The latched error (-errno) or 0; child_clear_latch() forgets it. */
+int child_latched(struct child *c);
+void child_clear_latch(struct child *c);
+/* A forward to c succeeded, carrying bytes of data. Lock-free. */
+void child_count_forward(struct child *c, uint64_t bytes);
+/*
+ * Wait until every view taken before this call has been released: every
+ * request that could send c a change before now has ended. Returns 0, or
+ * -ETIMEDOUT after ms with some still running (nothing is changed either
+ * way).
+ */
+int children_barrier(struct child_set *set, int ms);
 
 struct pool;
 

@@ -54,13 +54,14 @@ enum {
 static const int64_t THROTTLE_WINDOW_NS = 1000 * 1000 * 1000;
 
 static const char REPORT_BAD[] = "QUORUM_REPORT_BAD";
+static const char REPLICATION_ERROR[] = "REPLICATION_ERROR";
 static const char FAILURE[] = "QUORUM_FAILURE";
 
 /* One open window of a throttle key. All fields guarded by log->lock. */
 struct throttle_state {
 	struct throttle_state *next;
-	const char *event;   /* REPORT_BAD or FAILURE */
-	char *node_name;     /* REPORT_BAD's key; NULL for FAILURE */
+	const char *event;   /* REPORT_BAD, REPLICATION_ERROR or FAILURE */
+	char *node_name;     /* the first two's key; NULL for FAILURE */
 	int64_t deadline_ns; /* CLOCK_MONOTONIC end of the window */
 	char *pending;	     /* the last line held back, or NULL */
 };
@@ -222,17 +223,18 @@ static int add_string(struct json_object *obj, const char *key,
  * Fields in the order of the README's example (Event log). QEMU's QAPI visitor
  * puts "error" second; no JSON reader depends on member order.
  */
-static struct json_object *report_bad_data(const char *type,
-					   const char *node_name, uint64_t off,
-					   uint64_t len, int error,
-					   const char *file)
+/* QUORUM_REPORT_BAD's data, and REPLICATION_ERROR's, which names the
+ * request's type "op". */
+static struct json_object *
+report_bad_data(const char *type_key, const char *type, const char *node_name,
+		uint64_t off, uint64_t len, int error, const char *file)
 {
 	struct json_object *data = json_object_new_object();
 	char buf[128];
 
 	if (!data)
 		return NULL;
-	if (add_string(data, "type", type) < 0 ||
+	if (add_string(data, type_key, type) < 0 ||
 	    add_string(data, "node-name", node_name) < 0 ||
 	    add_sectors(data, off, len) < 0)
 		goto out_put;
@@ -702,9 +704,22 @@ void event_log_report_bad(struct event_log *log, const char *type,
 
 	if (!log)
 		return;
-	data = report_bad_data(type, node_name, off, len, error, file);
+	data = report_bad_data("type", type, node_name, off, len, error, file);
 	submit_line(log, REPORT_BAD, or_empty(node_name),
 		    data ? event_line(REPORT_BAD, data) : NULL);
+}
+
+void event_log_replication_error(struct event_log *log, const char *node_name,
+				 const char *op, uint64_t off, uint64_t len,
+				 int error, const char *file)
+{
+	struct json_object *data;
+
+	if (!log)
+		return;
+	data = report_bad_data("op", op, node_name, off, len, error, file);
+	submit_line(log, REPLICATION_ERROR, or_empty(node_name),
+		    data ? event_line(REPLICATION_ERROR, data) : NULL);
 }
 
 void event_log_quorum_failure(struct event_log *log, const char *file,

@@ -15,8 +15,8 @@
  * (REPORT_BAD keyed by node-name, FAILURE by one global key): the first
  * event of a window goes out at once, later ones replace a single pending
  * event that is written when the window ends. This module does the same,
- * so a flood of identical reports is coalesced. Other events are never
- * throttled.
+ * so a flood of identical reports is coalesced, and treats
+ * REPLICATION_ERROR like REPORT_BAD. Other events are never throttled.
  *
  * Every function is thread-safe. A NULL log is valid everywhere and
  * discards events, so callers need no "is logging on" checks.
@@ -82,6 +82,15 @@ void event_log_report_bad(struct event_log *log, const char *type,
  */
 void event_log_quorum_failure(struct event_log *log, const char *file,
 			      uint64_t off, uint64_t len);
+
+/*
+ * REPLICATION_ERROR: a forward to replication child node_name failed.
+ * The same fields as QUORUM_REPORT_BAD, with the request's type as "op";
+ * throttled per node_name in the same way.
+ */
+void event_log_replication_error(struct event_log *log, const char *node_name,
+				 const char *op, uint64_t off, uint64_t len,
+				 int error, const char *file);
 
 /* Events dropped because the queue was full, since the log was opened. */
 uint64_t event_log_dropped(struct event_log *log);

@@ -51,7 +51,7 @@ void persist_clear(struct persist_state *st)
 }
 
 int persist_add_member(struct persist_state *st, const char *id,
-		       const char *name, const char *path)
+		       const char *name, const char *path, enum child_kind kind)
 {
 	struct persist_member *m;
 
@@ -59,6 +59,7 @@ int persist_add_member(struct persist_state *st, const char *id,
 		return -ENOSPC;
 	m = &st->member[st->n];
 	m->failed = NULL;
+	m->kind = kind;
 	snprintf(m->id, sizeof(m->id), "%s", id);
 	m->name = strdup(name);
 	m->path = strdup(path);
@@ -120,7 +121,7 @@ int persist_copy(struct persist_state *dst, const struct persist_state *src)
 	for (int i = 0; i < src->n; i++) {
 		const struct persist_member *m = &src->member[i];
 
-		if (persist_add_member(dst, m->id, m->name, m->path) ||
+		if (persist_add_member(dst, m->id, m->name, m->path, m->kind) ||
 		    persist_set_failed(dst, m->id, m->failed)) {
 			persist_clear(dst);
 			return -ENOMEM;
@@ -208,12 +209,18 @@ static int parse_members(struct json_object *o, struct persist_state *st)
 	for (size_t i = 0; i < json_object_array_length(list); i++) {
 		struct json_object *m = json_object_array_get_idx(list, i);
 		const char *name = get_str(m, "name"),
-			   *path = get_str(m, "path");
+			   *path = get_str(m, "path"),
+			   *kind = get_str(m, "kind");
 		char id[PERSIST_ID_LEN + 1];
 
-		if (!get_id(m, "child", id) || !name || !path)
+		if (!get_id(m, "child", id) || !name || !path ||
+		    (kind && strcmp(kind, "data") &&
+		     strcmp(kind, "replication")))
 			return -EINVAL;
-		if (persist_add_member(st, id, name, path) ||
+		if (persist_add_member(st, id, name, path,
+				       kind && !strcmp(kind, "replication")
+					       ? CHILD_REPLICATION
+					       : CHILD_DATA) ||
 		    persist_set_failed(st, id, get_str(m, "failed")))
 			return -ENOMEM;
 	}
@@ -329,6 +336,10 @@ static struct json_object *state_json(const struct persist_state *st)
 			json_object_object_add(
 				m, "failed",
 				json_object_new_string(st->member[i].failed));
+		if (st->member[i].kind == CHILD_REPLICATION)
+			json_object_object_add(
+				m, "kind",
+				json_object_new_string("replication"));
 		json_object_array_add(list, m);
 	}
 	json_object_object_add(o, "members", list);

@@ -55,6 +55,10 @@ struct persist_member {
 	char id[PERSIST_ID_LEN + 1];
 	char *name;
 	char *path;
+	/* A replication child keeps no record of its own (its root is the
+	 * other side's tree); the data children's records name it, with
+	 * "kind": "replication". */
+	enum child_kind kind;
 	char *failed; /* why it was failed, or NULL: it stays out until
 			 `resync NAME` clears this */
 };
@@ -96,7 +100,8 @@ void persist_clear(struct persist_state *st);
 int persist_copy(struct persist_state *dst, const struct persist_state *src);
 /* Add a member (strings are copied). */
 int persist_add_member(struct persist_state *st, const char *id,
-		       const char *name, const char *path);
+		       const char *name, const char *path,
+		       enum child_kind kind);
 void persist_remove_member(struct persist_state *st, const char *id);
 /* Mark a member failed with reason, or in good standing (NULL). */
 int persist_set_failed(struct persist_state *st, const char *id,

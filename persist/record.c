@@ -207,6 +207,48 @@ static bool lost_record(const char *path)
 	return ret == -ENOENT || ret == -EINVAL;
 }
 
+/* Mount member pm as cfg's next child. */
+static int add_extra(struct record *r, struct children_config *cfg,
+		     const struct persist_member *pm)
+{
+	r->extra_path[r->nextra] = strdup(pm->path);
+	r->extra_name[r->nextra] = strdup(pm->name);
+	if (!r->extra_path[r->nextra] || !r->extra_name[r->nextra])
+		return -ENOMEM;
+	cfg->path[cfg->n] = r->extra_path[r->nextra];
+	cfg->name[cfg->n] = r->extra_name[r->nextra++];
+	cfg->kind[cfg->n] = pm->kind;
+	return 0;
+}
+
+/*
+ * A replication child has no record of its own: it is mounted from the
+ * data children's, when its directory is there, and refilled, since
+ * whatever changed while the mount was down never reached it. One that
+ * was failed stays failed until `resync NAME`.
+ */
+static int add_replica(struct record *r, struct children_config *cfg,
+		       const struct persist_member *pm)
+{
+	struct stat dir;
+	int i = cfg->n, ret;
+
+	if (stat(pm->path, &dir) || !S_ISDIR(dir.st_mode))
+		return 0;
+	ret = add_extra(r, cfg, pm);
+	if (ret)
+		return ret;
+	memcpy(r->id[i], pm->id, sizeof(r->id[i]));
+	r->behind[i] = r->tree[i] = true;
+	r->failed[i] = pm->failed != NULL;
+	snprintf(r->why[i], sizeof(r->why[i]), "%s%s",
+		 pm->failed ? "failed before the last unmount: "
+			    : "replication child: refilled after a restart",
+		 pm->failed ? pm->failed : "");
+	cfg->n++;
+	return 0;
+}
+
 /* Members the command line left out: mount the ones still reachable. */
 static int add_extras(struct record *r, struct children_config *cfg)
 {
@@ -220,6 +262,11 @@ static int add_extras(struct record *r, struct children_config *cfg)
 
 		if (on_command_line(r, n, pm->id))
 			continue;
+		if (pm->kind == CHILD_REPLICATION) {
+			if (add_replica(r, cfg, pm))
+				return -ENOMEM;
+			continue;
+		}
 		if (lost_record(pm->path)) {
 			/* Its identity is gone: offered again, it joins anew.
 			 */
@@ -233,12 +280,10 @@ static int add_extras(struct record *r, struct children_config *cfg)
 			persist_clear(&st);
 			continue;
 		}
-		r->extra_path[r->nextra] = strdup(pm->path);
-		r->extra_name[r->nextra] = strdup(pm->name);
-		if (!r->extra_path[r->nextra] || !r->extra_name[r->nextra])
+		if (add_extra(r, cfg, pm)) {
+			persist_clear(&st);
 			return -ENOMEM;
-		cfg->path[i] = r->extra_path[r->nextra];
-		cfg->name[i] = r->extra_name[r->nextra++];
+		}
 		place(r, i, &st, 0, pm->path, why, sizeof(why));
 		persist_clear(&st);
 		cfg->n++;
@@ -513,7 +558,8 @@ static int member_locked(struct record *r, struct child *c)
 
 	if (persist_member(&r->set, id))
 		return 0;
-	return persist_add_member(&r->set, id, child_name(c), child_path(c));
+	return persist_add_member(&r->set, id, child_name(c), child_path(c),
+				  child_kind(c));
 }
 
 static void mark_behind(struct record *r, struct child_set *set)
@@ -531,7 +577,8 @@ static void mark_behind(struct record *r, struct child_set *set)
 					   r->why[slot]);
 		member_locked(r, m[i]);
 		/* A new child is a member from now on, behind everyone. */
-		if (r->behind[slot] && !r->gen[slot])
+		if (r->behind[slot] && !r->gen[slot] &&
+		    child_kind(m[i]) == CHILD_DATA)
 			save_child(r, m[i], 0, false);
 		child_put(m[i]);
 	}
@@ -638,7 +685,10 @@ void record_promoted(struct record *r, struct child_set *set, struct child *c)
 	r->tree[child_slot(c)] = false;
 	r->failed[child_slot(c)] = false;
 	persist_set_failed(&r->set, r->id[child_slot(c)], NULL);
-	save_locked(r, v, c, r->set.generation, false);
+	if (child_kind(c) == CHILD_DATA)
+		save_locked(r, v, c, r->set.generation, false);
+	else /* its membership is in the data children's records */
+		bump_locked(r, set);
 	record_unlock(r);
 	children_view_put(v);
 }
@@ -653,7 +703,7 @@ int record_added(struct record *r, struct child_set *set, struct child *c)
 	r->tree[slot] = true;
 	r->gen[slot] = 0;
 	ret = member_locked(r, c);
-	if (!ret) {
+	if (!ret && child_kind(c) == CHILD_DATA) {
 		const struct child_view *v = children_view_get(set);
 
 		ret = save_locked(r, v, c, 0, false);

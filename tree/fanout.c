@@ -106,20 +106,35 @@ static char *report_failures(struct tree *tree, const struct child_view *view,
 }
 
 /* Step 3: after success, the voting children that failed missed the
- * change; any syncing child that failed may not keep up. */
+ * change; any syncing child that failed may not keep up. A replication
+ * child's forwards are counted, or their failure handled apart. */
 static void demote_failures(struct tree *tree, const struct child_view *view,
 			    const int *ret, bool missed, const char *type,
-			    const char *path)
+			    const char *path, uint64_t off, uint64_t len)
 {
 	for (int i = 0; i < view->n; i++) {
-		if (!ret[i])
-			continue;
-		if (!view->votes[i])
-			health_syncing_failed(tree, view->child[i], ret[i]);
-		else if (missed)
-			health_missed(tree, view->child[i], type,
-				      path ? path : "", ret[i]);
+		struct child *c = view->child[i];
+
+		if (child_kind(c) == CHILD_REPLICATION && !ret[i])
+			child_count_forward(c, strcmp(type, "write") ? 0 : len);
+		else if (child_kind(c) == CHILD_REPLICATION)
+			health_forward_failed(tree, c, ret[i], type,
+					      path ? path : "", off, len);
+		else if (ret[i] && !view->votes[i])
+			health_syncing_failed(tree, c, ret[i]);
+		else if (ret[i] && missed)
+			health_missed(tree, c, type, path ? path : "", ret[i]);
 	}
+}
+
+/* A path for a replication child's latch, if one failed. */
+static char *forward_path(struct tree *tree, const struct child_view *view,
+			  const int *ret, struct tree_node *n, char *path)
+{
+	for (int i = 0; !path && i < view->n; i++)
+		if (ret[i] && child_kind(view->child[i]) == CHILD_REPLICATION)
+			path = tree_node_path(tree, n);
+	return path;
 }
 
 int tree_outcome(struct tree *tree, const struct child_view *view,
@@ -134,7 +149,9 @@ int tree_outcome(struct tree *tree, const struct child_view *view,
 	if (r.nobody_at_fault)
 		return r.error;
 	path = report_failures(tree, view, ret, type, n, off, len);
-	demote_failures(tree, view, ret, !r.error && !probe, type, path);
+	path = forward_path(tree, view, ret, n, path);
+	demote_failures(tree, view, ret, !r.error && !probe, type, path, off,
+			len);
 	if (r.error && strcmp(type, "flush") != 0) {
 		if (!path)
 			path = tree_node_path(tree, n);

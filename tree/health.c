@@ -77,6 +77,43 @@ void health_syncing_failed(struct tree *tree, struct child *c, int error)
 	record_demoted(tree->record, tree->set);
 }
 
+/*
+ * In stage RUNNING a failed forward is none of the caller's business: it
+ * is latched (QEMU's replication_return_value), and only a child that
+ * did not answer in time is failed, so that no writer waits for it again.
+ * Before the stream starts the child is being filled or kept in step: a
+ * syncing one follows the syncing rule, one in step fails, since it no
+ * longer holds what the primary holds.
+ */
+void health_forward_failed(struct tree *tree, struct child *c, int error,
+			   const char *type, const char *path, uint64_t off,
+			   uint64_t len)
+{
+	struct child_verdict v = {.to = CHILD_FAILED, .changes = true};
+	char reason[256];
+
+	/* The watchdog got there first, and latched it (health_late). */
+	if (error == -ETIMEDOUT && child_state(c) == CHILD_FAILED)
+		return;
+	if (child_stage(c) == REPL_RUNNING) {
+		child_latch(tree->log, c, error, type, path, off, len);
+		if (error != -ETIMEDOUT)
+			return;
+	} else if (child_state(c) == CHILD_SYNCING) {
+		health_syncing_failed(tree, c, error);
+		return;
+	}
+	if (error == -ETIMEDOUT)
+		snprintf(reason, sizeof(reason),
+			 "did not answer a forward of '%s' within %d ms", path,
+			 tree->timeout_ms);
+	else
+		snprintf(reason, sizeof(reason),
+			 "a forward of '%s' (%s) failed: %s", path, type,
+			 strerror(-error));
+	apply(tree, c, v, reason);
+}
+
 void health_read_error(struct tree *tree, struct child *c, int error)
 {
 	int streak = vote_device_error(error) && error != -ETIMEDOUT
@@ -104,5 +141,9 @@ void health_late(void *arg, struct child *c)
 	snprintf(reason, sizeof(reason),
 		 "did not answer a metadata call within %d ms",
 		 tree->timeout_ms);
+	if (child_kind(c) == CHILD_REPLICATION &&
+	    child_stage(c) == REPL_RUNNING && child_state(c) != CHILD_FAILED)
+		child_latch(tree->log, c, -ETIMEDOUT, "metadata call", "", 0,
+			    0);
 	apply(tree, c, child_health_late(child_state(c)), reason);
 }

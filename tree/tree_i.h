@@ -220,6 +220,11 @@ void health_missed(struct tree *tree, struct child *c, const char *type,
 		   const char *path, int error);
 /* A syncing child failed a write. */
 void health_syncing_failed(struct tree *tree, struct child *c, int error);
+/* A change to replication child c failed (type, path and range as in
+ * tree_outcome): latched in stage RUNNING, else it fails the child. */
+void health_forward_failed(struct tree *tree, struct child *c, int error,
+			   const char *type, const char *path, uint64_t off,
+			   uint64_t len);
 /* A read of c failed with error. */
 void health_read_error(struct tree *tree, struct child *c, int error);
 /* The watchdog's callback: c held a call past io-timeout. */
