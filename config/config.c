@@ -406,7 +406,7 @@ void config_release(struct config *cfg)
 
 /* ---- control commands ---- */
 
-#define CMD_MAX_WORDS 4
+#define CMD_MAX_WORDS 5
 
 /*
  * One word of buf at *pos, unquoted in place (the result is never longer
@@ -471,23 +471,57 @@ static int split_words(char *buf, char **word, int *nwords, char *err,
 	return 0;
 }
 
+/* QEMU's texts for the replication driver's options. */
+#define MODE_VALUE "The option mode's value should be primary or secondary"
+#define PRIMARY_TOP_ID "The primary side does not support option top-id"
+
+/* One NAME=VALUE option of add: name=, mode=primary, top=. */
+static int parse_add_option(const char *word, struct config_command *cmd,
+			    bool *top, char *err, size_t errlen)
+{
+	if (strncmp(word, "name=", 5) == 0 && word[5] && !cmd->name) {
+		cmd->name = word + 5;
+	} else if (strncmp(word, "mode=", 5) == 0 && !cmd->replication) {
+		if (strcmp(word + 5, "primary") == 0)
+			cmd->replication = true;
+		else if (strcmp(word + 5, "secondary") == 0)
+			return fail(err, errlen,
+				    "a secondary is a mount of its own (-o "
+				    "replication=secondary), not a child");
+		else
+			return fail(err, errlen, MODE_VALUE);
+	} else if (strncmp(word, "top=", 4) == 0) {
+		*top = true;
+	} else {
+		return fail(err, errlen,
+			    "add takes name=NAME and mode=primary after the "
+			    "path, not '%s'",
+			    word);
+	}
+	return 0;
+}
+
 static int parse_add(char **word, int n, struct config_command *cmd, char *err,
 		     size_t errlen)
 {
-	if (n < 2 || n > 3)
-		return fail(err, errlen, "usage: add PATH [name=NAME]");
+	bool top = false;
+
+	if (n < 2)
+		return fail(err, errlen,
+			    "usage: add PATH [name=NAME] [mode=primary]");
 	cmd->path = word[1];
 	if (cmd->path[0] != '/')
 		return fail(err, errlen, "add needs an absolute path, not '%s'",
 			    cmd->path);
-	if (n == 3) {
-		if (strncmp(word[2], "name=", 5) != 0 || !word[2][5])
-			return fail(err, errlen,
-				    "add takes name=NAME after the path, not "
-				    "'%s'",
-				    word[2]);
-		cmd->name = word[2] + 5;
-	}
+	for (int i = 2; i < n; i++)
+		if (parse_add_option(word[i], cmd, &top, err, errlen))
+			return -EINVAL;
+	if (top && cmd->replication)
+		return fail(err, errlen, PRIMARY_TOP_ID);
+	if (top)
+		return fail(err, errlen,
+			    "top= goes with mode=, and only a "
+			    "secondary has a top");
 	return 0;
 }
 
@@ -546,6 +580,43 @@ static int parse_scrub(char **word, int n, struct config_command *cmd,
 	return 0;
 }
 
+/* replication ACTION [primary|secondary] [failover] [NAME] */
+static int parse_replication(char **word, int n, struct config_command *cmd,
+			     char *err, size_t errlen)
+{
+	static const char *const actions[] = {"start", "checkpoint",
+					      "get-error", "stop"};
+	int i, a;
+
+	cmd->mode = -1;
+	for (a = 0; n >= 2 && a < 4 && strcmp(word[1], actions[a]); a++)
+		;
+	if (n < 2 || a == 4)
+		return fail(err, errlen,
+			    "usage: replication start|checkpoint|get-error|"
+			    "stop [primary|secondary] [failover] [NAME]");
+	cmd->repl = a;
+	for (i = 2; i < n; i++) {
+		if (!strcmp(word[i], "primary") ||
+		    !strcmp(word[i], "secondary"))
+			cmd->mode = !strcmp(word[i], "secondary");
+		else if (!strcmp(word[i], "failover"))
+			cmd->failover = true;
+		else if (i == n - 1 && word[i][0])
+			cmd->name = word[i];
+		else
+			return fail(err, errlen,
+				    "replication takes primary, secondary, "
+				    "failover and one NAME, not '%s'",
+				    word[i]);
+	}
+	if (cmd->failover && cmd->repl != CONFIG_REPL_STOP)
+		return fail(err, errlen,
+			    "Parameter 'failover' is only for "
+			    "stopping replication");
+	return 0;
+}
+
 static int parse_words(char **word, int n, struct config_command *cmd,
 		       char *err, size_t errlen)
 {
@@ -560,6 +631,7 @@ static int parse_words(char **word, int n, struct config_command *cmd,
 		{"rewrite-corrupted", CMD_REWRITE_CORRUPTED},
 		{"resync", CMD_RESYNC},
 		{"scrub", CMD_SCRUB},
+		{"replication", CMD_REPLICATION},
 	};
 	size_t v;
 
@@ -588,6 +660,8 @@ static int parse_words(char **word, int n, struct config_command *cmd,
 		return 0;
 	case CMD_SCRUB:
 		return parse_scrub(word, n, cmd, err, errlen);
+	case CMD_REPLICATION:
+		return parse_replication(word, n, cmd, err, errlen);
 	default:
 		return parse_switch(word, n, cmd, err, errlen);
 	}

@@ -124,6 +124,16 @@ enum config_verb {
 	CMD_REWRITE_CORRUPTED,
 	CMD_RESYNC,
 	CMD_SCRUB,
+	CMD_REPLICATION,
+};
+
+/* replication start|checkpoint|get-error|stop: QEMU's xen-set-replication,
+ * xen-colo-do-checkpoint and query-xen-replication-status. */
+enum config_repl_action {
+	CONFIG_REPL_START,
+	CONFIG_REPL_CHECKPOINT,
+	CONFIG_REPL_GET_ERROR,
+	CONFIG_REPL_STOP,
 };
 
 enum config_scrub_action {
@@ -144,6 +154,14 @@ struct config_command {
 	/* scrub start and repair: rate=N in MiB/s (0: unlimited), or -1
 	 * when not given (the mount's scrub-rate). */
 	int rate;
+	/* add: mode=primary makes a replication child. */
+	bool replication;
+	/* replication: what to do; mode 0 primary, 1 secondary (QEMU's
+	 * numbers), -1 not given; failover; name (NULL: every replication
+	 * child, in order). */
+	enum config_repl_action repl;
+	int mode;
+	bool failover;
 };
 
 /*

@@ -33,7 +33,10 @@ static int cmd_add(struct control *ctl, const struct config_command *cmd,
 	if (!ret && ctl->record)
 		ret = record_check_new(ctl->record, real, err, errlen);
 	if (!ret)
-		ret = children_add(ctl->set, real, cmd->name, &c, err, errlen);
+		ret = children_add(ctl->set, real, cmd->name,
+				   cmd->replication ? CHILD_REPLICATION
+						    : CHILD_DATA,
+				   &c, err, errlen);
 	free(real);
 	if (ret)
 		return ret;
@@ -87,6 +90,7 @@ static int cmd_remove(struct control *ctl, const struct config_command *cmd,
 	 * first loses nothing if the removal is refused. */
 	if (child_state(c) != CHILD_OK)
 		jobs_resync_stop(ctl->jobs, c);
+	replication_child_removed(ctl->set, c); /* a stream stops first */
 	ret = children_remove(ctl->set, c, drain_ms(ctl, c), err, errlen);
 	if (ret >= 0) {
 		jobs_resync_stop(ctl->jobs, c); /* reap a finished copy */
@@ -163,6 +167,9 @@ static int run_command(struct control *ctl, const struct config_command *cmd,
 							    err, errlen));
 	case CMD_SCRUB:
 		return cmd_scrub(ctl, cmd, err, errlen);
+	case CMD_REPLICATION:
+		return replication_primary(
+			ctl->set, cmd, ctl->cfg->io_timeout_ms, err, errlen);
 	}
 	return -EINVAL;
 }

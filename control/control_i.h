@@ -11,6 +11,7 @@
 #include "events/events.h"
 #include "jobs/jobs.h"
 #include "persist/persist.h"
+#include "replication/replication.h"
 #include "tree/tree.h"
 
 struct control {

@@ -96,6 +96,14 @@ static const char *const verb_words[] = {
 	[CMD_REWRITE_CORRUPTED] = "rewrite-corrupted",
 	[CMD_RESYNC] = "resync",
 	[CMD_SCRUB] = "scrub",
+	[CMD_REPLICATION] = "replication",
+};
+
+static const char *const repl_words[] = {
+	[CONFIG_REPL_START] = "start",
+	[CONFIG_REPL_CHECKPOINT] = "checkpoint",
+	[CONFIG_REPL_GET_ERROR] = "get-error",
+	[CONFIG_REPL_STOP] = "stop",
 };
 
 static const char *const scrub_words[] = {
@@ -130,7 +138,8 @@ static const char *escaped(const char *word, int which)
 
 static void check_fields(const struct config_command *cmd, const char *buf)
 {
-	contract(cmd->verb <= CMD_SCRUB, "the verb is one of the table's");
+	contract(cmd->verb <= CMD_REPLICATION,
+		 "the verb is one of the table's");
 	switch (cmd->verb) {
 	case CMD_ADD:
 		contract(cmd->path && in_buffer(cmd->path, buf) &&
@@ -166,7 +175,29 @@ static void check_fields(const struct config_command *cmd, const char *buf)
 				  cmd->scrub != CONFIG_SCRUB_STOP),
 			 "a scrub rate is in range, and never given to stop");
 		break;
+	case CMD_REPLICATION:
+		contract(cmd->repl <= CONFIG_REPL_STOP && cmd->mode >= -1 &&
+				 cmd->mode <= 1,
+			 "replication names an action and a mode, or none");
+		contract(!cmd->failover || cmd->repl == CONFIG_REPL_STOP,
+			 "failover only stops");
+		contract(!cmd->name || (in_buffer(cmd->name, buf) &&
+					cmd->name[0] != '\0'),
+			 "replication's name is absent or a non-empty word");
+		break;
 	}
+}
+
+/* replication ACTION [MODE] [failover] [NAME] as an operator writes it. */
+static int format_replication(const struct config_command *cmd, char *out,
+			      size_t len)
+{
+	static const char *const modes[] = {"", " primary", " secondary"};
+
+	return snprintf(out, len, "replication %s%s%s%s%s",
+			repl_words[cmd->repl], modes[cmd->mode + 1],
+			cmd->failover ? " failover" : "", cmd->name ? " " : "",
+			cmd->name ? escaped(cmd->name, 0) : "");
 }
 
 /* Print cmd the way an operator would write it. */
@@ -177,9 +208,11 @@ static int format_command(const struct config_command *cmd, char *out,
 
 	switch (cmd->verb) {
 	case CMD_ADD:
-		return snprintf(out, len, "add %s%s%s\n", escaped(cmd->path, 0),
+		return snprintf(out, len, "add %s%s%s%s\n",
+				escaped(cmd->path, 0),
 				cmd->name ? " name=" : "",
-				cmd->name ? escaped(cmd->name, 1) : "");
+				cmd->name ? escaped(cmd->name, 1) : "",
+				cmd->replication ? " mode=primary" : "");
 	case CMD_REMOVE:
 	case CMD_RESYNC:
 		return snprintf(out, len, "%s %s", verb, escaped(cmd->name, 0));
@@ -199,6 +232,8 @@ static int format_command(const struct config_command *cmd, char *out,
 					scrub_words[cmd->scrub]);
 		return snprintf(out, len, "%s %s rate=%d", verb,
 				scrub_words[cmd->scrub], cmd->rate);
+	case CMD_REPLICATION:
+		return format_replication(cmd, out, len);
 	}
 	return -1;
 }
@@ -235,6 +270,9 @@ static void check_round_trip(const struct config_command *cmd)
 			 again.read_pattern == cmd->read_pattern &&
 			 again.on == cmd->on && again.scrub == cmd->scrub &&
 			 again.rate == cmd->rate &&
+			 again.replication == cmd->replication &&
+			 again.repl == cmd->repl && again.mode == cmd->mode &&
+			 again.failover == cmd->failover &&
 			 same_string(again.path, cmd->path) &&
 			 same_string(again.name, cmd->name),
 		 "the printed command parses to the same command");

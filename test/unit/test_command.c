@@ -111,6 +111,68 @@ static void test_too_many_words_are_refused(void)
 	struct config_command c;
 
 	CHECK_EQ(parse("add /a name=b c d", &c), -EINVAL);
+	CHECK_EQ(parse("add /a name=b mode=primary c d", &c), -EINVAL);
+	CHECK(strstr(err, "too many words") != NULL);
+}
+
+static void test_add_mode_primary_makes_a_replication_child(void)
+{
+	struct config_command c;
+
+	CHECK_EQ(parse("add /in mode=primary name=sec", &c), 0);
+	CHECK_EQ(c.verb, CMD_ADD);
+	CHECK(c.replication);
+	CHECK(strcmp(c.name, "sec") == 0);
+	CHECK_EQ(parse("add /in", &c), 0);
+	CHECK(!c.replication);
+}
+
+static void test_add_refuses_top_and_bad_modes_in_qemus_words(void)
+{
+	struct config_command c;
+
+	CHECK_EQ(parse("add /in mode=primary top=t", &c), -EINVAL);
+	CHECK(strcmp(err, "The primary side does not support option top-id") ==
+	      0);
+	CHECK_EQ(parse("add /in mode=bogus", &c), -EINVAL);
+	CHECK(strcmp(err, "The option mode's value should be primary or "
+			  "secondary") == 0);
+	CHECK_EQ(parse("add /in mode=secondary", &c), -EINVAL);
+	CHECK_EQ(parse("add /in top=t", &c), -EINVAL);
+	CHECK_EQ(parse("add /in mode=primary mode=primary", &c), -EINVAL);
+}
+
+static void test_replication_takes_an_action_a_mode_failover_and_a_name(void)
+{
+	struct config_command c;
+
+	CHECK_EQ(parse("replication start primary", &c), 0);
+	CHECK_EQ(c.verb, CMD_REPLICATION);
+	CHECK_EQ(c.repl, CONFIG_REPL_START);
+	CHECK_EQ(c.mode, 0);
+	CHECK(c.name == NULL);
+	CHECK_EQ(parse("replication stop failover sec", &c), 0);
+	CHECK_EQ(c.repl, CONFIG_REPL_STOP);
+	CHECK_EQ(c.mode, -1);
+	CHECK(c.failover);
+	CHECK(strcmp(c.name, "sec") == 0);
+	CHECK_EQ(parse("replication start secondary", &c), 0);
+	CHECK_EQ(c.mode, 1);
+	CHECK_EQ(parse("replication get-error", &c), 0);
+	CHECK_EQ(c.repl, CONFIG_REPL_GET_ERROR);
+}
+
+static void test_replication_refuses_failover_outside_stop(void)
+{
+	struct config_command c;
+
+	CHECK_EQ(parse("replication start primary failover", &c), -EINVAL);
+	CHECK(strcmp(err, "Parameter 'failover' is only for stopping "
+			  "replication") == 0);
+	CHECK_EQ(parse("replication checkpoint failover", &c), -EINVAL);
+	CHECK_EQ(parse("replication", &c), -EINVAL);
+	CHECK_EQ(parse("replication pause", &c), -EINVAL);
+	CHECK_EQ(parse("replication stop a b", &c), -EINVAL);
 }
 
 int main(void)
@@ -126,5 +188,9 @@ int main(void)
 	RUN(test_an_empty_quoted_name_is_refused_with_the_usage);
 	RUN(test_blanks_between_words_may_be_tabs_and_repeated);
 	RUN(test_too_many_words_are_refused);
+	RUN(test_add_mode_primary_makes_a_replication_child);
+	RUN(test_add_refuses_top_and_bad_modes_in_qemus_words);
+	RUN(test_replication_takes_an_action_a_mode_failover_and_a_name);
+	RUN(test_replication_refuses_failover_outside_stop);
 	return unit_summary();
 }
