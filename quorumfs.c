@@ -754,6 +754,14 @@ static const struct fuse_opt qfs_opts[] = {
 	QFS_OPT("scrub-rate=%s", scrub_rate),
 	QFS_OPT("control-socket=%s", control_socket),
 	QFS_OPT("sync-from=%s", sync_from),
+	QFS_OPT("replication=%s", replication),
+	QFS_OPT("replication", replication_bare),
+	QFS_OPT("active=%s", active),
+	QFS_OPT("hidden=%s", hidden),
+	QFS_OPT("inbound=%s", inbound),
+	QFS_OPT("layer-sync=%s", layer_sync),
+	QFS_OPT("layer-limit=%s", layer_limit),
+	QFS_OPT("layer-cluster=%s", layer_cluster),
 	QFS_OPT("rewrite-corrupted", rewrite_corrupted),
 	QFS_OPT("blkverify", blkverify),
 	FUSE_OPT_END,
@@ -936,6 +944,13 @@ static void release_args(struct config_args *raw)
 	free((char *)raw->scrub_rate);
 	free((char *)raw->control_socket);
 	free((char *)raw->sync_from);
+	free((char *)raw->replication);
+	free((char *)raw->active);
+	free((char *)raw->hidden);
+	free((char *)raw->inbound);
+	free((char *)raw->layer_sync);
+	free((char *)raw->layer_limit);
+	free((char *)raw->layer_cluster);
 }
 
 int main(int argc, char *argv[])
@@ -961,6 +976,12 @@ int main(int argc, char *argv[])
 	}
 	if (config_from_args(&raw, &cfg, err, sizeof(err))) {
 		fprintf(stderr, "quorumfs: %s\n", err);
+		goto out;
+	}
+	if (cfg.secondary.on) {
+		fprintf(stderr, "quorumfs: replication=secondary: this build "
+				"has the primary side only\n");
+		config_release(&cfg);
 		goto out;
 	}
 	/* Modes arrive with the caller's umask applied; don't apply ours. */

@@ -21,54 +21,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-static bool same_inode(const struct stat *a, const struct stat *b)
-{
-	return a->st_dev == b->st_dev && a->st_ino == b->st_ino;
-}
-
-/*
- * True if the directory `inner` (an absolute, resolved path) is `outer`
- * or lies beneath it, judged by device and inode of each ancestor so that
- * bind mounts and symlinked spellings are caught too.
- */
-static bool path_within(const char *inner, const struct stat *outer)
-{
-	char buf[PATH_MAX];
-	struct stat st;
-
-	snprintf(buf, sizeof(buf), "%s", inner);
-	for (;;) {
-		char *slash;
-
-		if (stat(buf, &st) == 0 && same_inode(&st, outer))
-			return true;
-		slash = strrchr(buf, '/');
-		if (!slash || buf[1] == '\0')
-			return false;
-		if (slash == buf)
-			slash[1] = '\0';
-		else
-			*slash = '\0';
-	}
-}
-
-static int resolve_dir(const char *what, const char *path, char **out,
-		       struct stat *st, char *err, size_t errlen)
-{
-	char *real = realpath(path, NULL);
-
-	if (!real)
-		return fail(err, errlen, "%s '%s' cannot be used: %s", what,
-			    path, strerror(errno));
-	if (stat(real, st) != 0 || !S_ISDIR(st->st_mode)) {
-		free(real);
-		return fail(err, errlen, "%s '%s' is not a directory", what,
-			    path);
-	}
-	*out = real;
-	return 0;
-}
-
 static int check_paths(const struct config_args *a, struct config *cfg,
 		       char *err, size_t errlen)
 {
@@ -362,6 +314,8 @@ int config_from_args(const struct config_args *args, struct config *cfg,
 		ret = check_socket(args, cfg, err, errlen);
 	if (!ret)
 		ret = check_sync_from(args, cfg, err, errlen);
+	if (!ret)
+		ret = check_secondary(args, cfg, err, errlen);
 	if (ret == -ENOMEM)
 		snprintf(err, errlen, "out of memory");
 	if (ret)
@@ -376,6 +330,7 @@ void config_release(struct config *cfg)
 	free(cfg->log_path);
 	free(cfg->control_socket);
 	free(cfg->mountpoint);
+	release_secondary(&cfg->secondary);
 	memset(cfg, 0, sizeof(*cfg));
 }
 

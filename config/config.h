@@ -24,7 +24,8 @@
 
 /*
  * The raw command line, as strings; NULL means "not given". The flags are
- * int because libfuse's option parser stores an int through them.
+ * int because libfuse's option parser stores an int through them. One
+ * field per option, which is why there are more than 16 fields.
  */
 struct config_args {
 	const char *threshold;
@@ -35,12 +36,34 @@ struct config_args {
 	const char *scrub_rate;
 	const char *control_socket;
 	const char *sync_from;
+	/* Replication's secondary: replication=MODE (or the bare word),
+	 * the layer directories, the inbound mountpoint, layer-sync=on|off,
+	 * layer-limit=SIZE, layer-cluster=BYTES. */
+	const char *replication;
+	int replication_bare;
+	const char *active, *hidden, *inbound;
+	const char *layer_sync, *layer_limit, *layer_cluster;
 	int rewrite_corrupted;
 	int blkverify;
 	int npaths; /* children then the mountpoint */
 	const char *path[CHILDREN_MAX + 2];
 	bool too_many_paths; /* more than fit in path[] were given */
 };
+
+/*
+ * A secondary of replication (-o replication=secondary): the mountpoint
+ * is the secondary VM's view, the children are its base, and the
+ * primary's changes arrive through a second mount, inbound.
+ */
+struct config_secondary {
+	bool on;
+	char *active, *hidden, *inbound; /* absolute, resolved */
+	bool layer_sync;	  /* layers made durable (off on tmpfs) */
+	unsigned long long limit; /* bytes a layer may hold; 0: no limit */
+	unsigned int cluster;	  /* the layers' allocation unit, bytes */
+};
+
+#define CONFIG_DEFAULT_CLUSTER 65536
 
 struct config {
 	struct children_config children; /* paths are owned by the config */
@@ -56,6 +79,7 @@ struct config {
 	int sync_from;
 	/* The command line gave these rules (else the record's stand). */
 	bool threshold_given, read_pattern_given, rewrite_given;
+	struct config_secondary secondary;
 };
 
 #define CONFIG_DEFAULT_THREADS 16

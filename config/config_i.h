@@ -35,4 +35,29 @@ static inline bool parse_int(const char *s, long min, long max, int *out)
 	return true;
 }
 
+struct stat;
+
+/* ---- paths.c ---- */
+
+bool same_inode(const struct stat *a, const struct stat *b);
+/* Whether the directory inner (absolute, resolved) is outer or lies
+ * beneath it, ancestor by ancestor, so that bind mounts and symlinked
+ * spellings are caught. */
+bool path_within(const char *inner, const struct stat *outer);
+/* The resolved directory path (caller frees) and its stat, or -EINVAL
+ * with "WHAT 'PATH' ..." in err. */
+int resolve_dir(const char *what, const char *path, char **out, struct stat *st,
+		char *err, size_t errlen);
+
+/* ---- secondary.c ---- */
+
+struct config_args;
+struct config;
+struct config_secondary;
+/* The secondary's options into cfg->secondary (untouched when this is
+ * no secondary); -EINVAL with the reason in err. */
+int check_secondary(const struct config_args *a, struct config *cfg, char *err,
+		    size_t errlen);
+void release_secondary(struct config_secondary *s);
+
 #endif
