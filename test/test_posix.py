@@ -1416,3 +1416,17 @@ def test_private_read_mmap_returns_the_file_content(quorum):
             assert mp[:] == data
     finally:
         os.close(fd)
+
+
+def test_open_with_o_nofollow_works_on_a_regular_file(quorum):
+    # The daemon reopens a child's file through /proc/self/fd, a link:
+    # passing the caller's O_NOFOLLOW on would make that ELOOP.
+    m = quorum()
+    qfs.write_file(m.path("f"), b"data")
+    fd = os.open(m.path("f"), os.O_RDWR | os.O_NOFOLLOW)
+    try:
+        assert os.pread(fd, 4, 0) == b"data"
+        os.pwrite(fd, b"DATA", 0)
+    finally:
+        os.close(fd)
+    assert qfs.read_file(m.path("f")) == b"DATA"

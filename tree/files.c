@@ -147,10 +147,12 @@ static struct tree_file *file_new(struct tree *tree, struct tree_node *n,
 	f->node = n;
 	f->direct = flags & O_DIRECT;
 	/* The kernel gives offsets even for O_APPEND: never let a child
-	 * pick its own end of file. */
-	f->flags =
-		(flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_APPEND | O_TRUNC)) |
-		O_CLOEXEC;
+	 * pick its own end of file. It resolved the name too: the child's
+	 * file is opened through /proc/self/fd, a link that O_NOFOLLOW
+	 * would refuse with ELOOP. */
+	f->flags = (flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_APPEND | O_TRUNC |
+			      O_NOFOLLOW)) |
+		   O_CLOEXEC;
 	return f;
 }
 
