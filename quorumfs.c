@@ -13,6 +13,7 @@
 #include <fuse_lowlevel.h>
 #include <json-c/json.h>
 #include <limits.h>
+#include <pthread.h>
 #include <linux/capability.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -27,6 +28,8 @@
 #include "config/config.h"
 #include "control/control.h"
 #include "events/events.h"
+#include "quorumfs.h"
+#include "replication/replication.h"
 #include "tree/tree.h"
 
 /* Largest request the kernel sends us whole: QEMU issues 1 MiB I/O. */
@@ -46,15 +49,6 @@ struct open_reply {
  * order them. */
 #define QFS_FOPEN_PARALLEL_DIRECT_WRITES (1u << 6)
 
-struct qfs {
-	struct control *ctl;
-	struct tree *tree; /* control_tree(ctl), once started */
-	struct fuse_session *se;
-	double timeout; /* entry and attribute cache time, seconds */
-	uid_t owner;	/* the mounting user owns .control */
-	gid_t group;
-};
-
 /*
  * MOUNTPOINT/.control: never backed by a child. Reading it gives the
  * status as of the open; each write is one command. Its node id cannot
@@ -67,7 +61,7 @@ struct control_handle {
 	size_t len;
 };
 
-static struct qfs *qfs_of(fuse_req_t req)
+struct qfs *qfs_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
 }
@@ -169,9 +163,14 @@ static struct stat control_attr(const struct qfs *q)
 	return st;
 }
 
-static bool is_control(fuse_ino_t ino)
+bool qfs_is_control(fuse_ino_t ino)
 {
 	return ino == QFS_CONTROL_INO;
+}
+
+static bool is_control(fuse_ino_t ino)
+{
+	return qfs_is_control(ino);
 }
 
 /* Operations .control does not support: true once the error is sent. */
@@ -255,7 +254,7 @@ static void file_control_release(fuse_req_t req, struct fuse_file_info *fi)
 	fuse_reply_err(req, 0);
 }
 
-static void qfs_init(void *userdata, struct fuse_conn_info *conn)
+void qfs_init(void *userdata, struct fuse_conn_info *conn)
 {
 	(void)userdata;
 	conn->max_write = QFS_MAX_IO;
@@ -267,34 +266,132 @@ static void qfs_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_ASYNC_DIO;
 }
 
+/* The inbound mount of a secondary has no .control: it is the primary's
+ * way in, not the operator's. */
+bool qfs_control_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct tree_entry e;
+
+	if (parent != TREE_ROOT_INO || strcmp(name, ".control") != 0 ||
+	    qfs_of(req)->inbound)
+		return false;
+	e.ino = QFS_CONTROL_INO;
+	e.attr = control_attr(qfs_of(req));
+	reply_entry(req, 0, &e);
+	return true;
+}
+
+bool qfs_control_getattr(fuse_req_t req, fuse_ino_t ino)
+{
+	struct stat st;
+
+	if (!is_control(ino))
+		return false;
+	st = control_attr(qfs_of(req));
+	reply_attr(req, 0, &st);
+	return true;
+}
+
+bool qfs_control_setattr(fuse_req_t req, fuse_ino_t ino, int to_set)
+{
+	struct stat st;
+
+	if (!is_control(ino))
+		return false;
+	/* `echo cmd > .control` truncates first: nothing to do. */
+	st = control_attr(qfs_of(req));
+	reply_attr(req,
+		   to_set & ~(FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_MTIME |
+			      FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME)
+			   ? -EPERM
+			   : 0,
+		   &st);
+	return true;
+}
+
+bool qfs_control_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	if (!is_control(ino))
+		return false;
+	file_control_open(req, fi);
+	return true;
+}
+
+bool qfs_control_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		      struct fuse_file_info *fi)
+{
+	if (!is_control(ino))
+		return false;
+	file_control_read(req, size, off, fi);
+	return true;
+}
+
+bool qfs_control_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
+		       size_t size)
+{
+	if (!is_control(ino))
+		return false;
+	file_control_write(req, buf, size);
+	return true;
+}
+
+bool qfs_control_release(fuse_req_t req, fuse_ino_t ino,
+			 struct fuse_file_info *fi)
+{
+	if (!is_control(ino))
+		return false;
+	file_control_release(req, fi);
+	return true;
+}
+
+/* On a secondary's inbound mount, a change of names must be allowed
+ * now (replication.h): true once the refusal is sent. */
+static bool refuse_inbound(fuse_req_t req)
+{
+	struct secondary *in = qfs_of(req)->inbound;
+	int ret = in ? inbound_may_change(in) : 0;
+
+	if (!ret)
+		return false;
+	fuse_reply_err(req, -ret);
+	return true;
+}
+
 static void qfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct tree_entry e;
 
-	if (parent == TREE_ROOT_INO && strcmp(name, ".control") == 0) {
-		e.ino = QFS_CONTROL_INO;
-		e.attr = control_attr(qfs_of(req));
-		reply_entry(req, 0, &e);
+	if (qfs_control_lookup(req, parent, name))
 		return;
-	}
 	reply_entry(req, tree_lookup(tree_of(req), parent, name, &e), &e);
+}
+
+void qfs_forget_each(fuse_req_t req, size_t count,
+		     const struct fuse_forget_data *forgets,
+		     void (*forget)(fuse_req_t req, uint64_t ino, uint64_t n))
+{
+	for (size_t i = 0; i < count; i++)
+		if (!is_control(forgets[i].ino))
+			forget(req, forgets[i].ino, forgets[i].nlookup);
+	fuse_reply_none(req);
+}
+
+static void tree_forget_one(fuse_req_t req, uint64_t ino, uint64_t n)
+{
+	tree_forget(tree_of(req), ino, n);
 }
 
 static void qfs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
-	if (!is_control(ino))
-		tree_forget(tree_of(req), ino, nlookup);
-	fuse_reply_none(req);
+	struct fuse_forget_data one = {.ino = ino, .nlookup = nlookup};
+
+	qfs_forget_each(req, 1, &one, tree_forget_one);
 }
 
 static void qfs_forget_multi(fuse_req_t req, size_t count,
 			     struct fuse_forget_data *forgets)
 {
-	for (size_t i = 0; i < count; i++)
-		if (!is_control(forgets[i].ino))
-			tree_forget(tree_of(req), forgets[i].ino,
-				    forgets[i].nlookup);
-	fuse_reply_none(req);
+	qfs_forget_each(req, count, forgets, tree_forget_one);
 }
 
 static void qfs_getattr(fuse_req_t req, fuse_ino_t ino,
@@ -303,15 +400,12 @@ static void qfs_getattr(fuse_req_t req, fuse_ino_t ino,
 	struct stat st;
 
 	(void)fi;
-	if (is_control(ino)) {
-		st = control_attr(qfs_of(req));
-		reply_attr(req, 0, &st);
+	if (qfs_control_getattr(req, ino))
 		return;
-	}
 	reply_attr(req, tree_getattr(tree_of(req), ino, &st), &st);
 }
 
-static int setattr_flags(int to_set)
+int qfs_setattr_flags(int to_set)
 {
 	static const struct {
 		int fuse, tree;
@@ -337,21 +431,16 @@ static int setattr_flags(int to_set)
 static void qfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 			int to_set, struct fuse_file_info *fi)
 {
+	struct secondary *in = qfs_of(req)->inbound;
+	struct tree_file *f = fi ? file_of(fi) : NULL;
 	struct stat st;
 	int ret;
 
-	if (is_control(ino)) {
-		/* `echo cmd > .control` truncates first: nothing to do. */
-		st = control_attr(qfs_of(req));
-		ret = to_set & ~(FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_MTIME |
-				 FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME)
-			      ? -EPERM
-			      : 0;
-		reply_attr(req, ret, &st);
+	if (qfs_control_setattr(req, ino, to_set))
 		return;
-	}
-	ret = tree_setattr(tree_of(req), ino, fi ? file_of(fi) : NULL, attr,
-			   setattr_flags(to_set), &st);
+	to_set = qfs_setattr_flags(to_set);
+	ret = in ? inbound_setattr(in, ino, f, attr, to_set, &st)
+		 : tree_setattr(tree_of(req), ino, f, attr, to_set, &st);
 	reply_attr(req, ret, &st);
 }
 
@@ -379,6 +468,8 @@ static void qfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct tree_caller who = caller_of(req);
 	struct tree_entry e;
 
+	if (refuse_inbound(req))
+		return;
 	reply_entry(
 		req,
 		tree_mknod(tree_of(req), parent, name, mode, rdev, &who, &e),
@@ -391,6 +482,8 @@ static void qfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct tree_caller who = caller_of(req);
 	struct tree_entry e;
 
+	if (refuse_inbound(req))
+		return;
 	reply_entry(req, tree_mkdir(tree_of(req), parent, name, mode, &who, &e),
 		    &e);
 }
@@ -401,6 +494,8 @@ static void qfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
 	struct tree_caller who = caller_of(req);
 	struct tree_entry e;
 
+	if (refuse_inbound(req))
+		return;
 	reply_entry(req,
 		    tree_symlink(tree_of(req), link, parent, name, &who, &e),
 		    &e);
@@ -411,7 +506,7 @@ static void qfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 {
 	struct tree_entry e;
 
-	if (refuse_control(req, ino, EPERM))
+	if (refuse_control(req, ino, EPERM) || refuse_inbound(req))
 		return;
 	reply_entry(req, tree_link(tree_of(req), ino, newparent, newname, &e),
 		    &e);
@@ -419,18 +514,22 @@ static void qfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 
 static void qfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	fuse_reply_err(req, -tree_unlink(tree_of(req), parent, name));
+	if (!refuse_inbound(req))
+		fuse_reply_err(req, -tree_unlink(tree_of(req), parent, name));
 }
 
 static void qfs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	fuse_reply_err(req, -tree_rmdir(tree_of(req), parent, name));
+	if (!refuse_inbound(req))
+		fuse_reply_err(req, -tree_rmdir(tree_of(req), parent, name));
 }
 
 static void qfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		       fuse_ino_t newparent, const char *newname,
 		       unsigned int flags)
 {
+	if (refuse_inbound(req))
+		return;
 	fuse_reply_err(req, -tree_rename(tree_of(req), parent, name, newparent,
 					 newname, flags));
 }
@@ -463,9 +562,12 @@ static void qfs_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct fuse_entry_param p = {0};
 	struct tree_entry e;
 	struct tree_file *f;
-	int ret = tree_create(tree_of(req), parent, name, mode, fi->flags, &who,
-			      &e, &f);
+	int ret;
 
+	if (refuse_inbound(req))
+		return;
+	ret = tree_create(tree_of(req), parent, name, mode, fi->flags, &who, &e,
+			  &f);
 	if (ret) {
 		fuse_reply_err(req, -ret);
 		return;
@@ -512,7 +614,12 @@ static void qfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		file_control_write(req, buf, size);
 		return;
 	}
-	ret = tree_write(tree_of(req), file_of(fi), buf, size, off, &who);
+	if (qfs_of(req)->inbound)
+		ret = inbound_write(qfs_of(req)->inbound, file_of(fi), buf,
+				    size, off, &who);
+	else
+		ret = tree_write(tree_of(req), file_of(fi), buf, size, off,
+				 &who);
 	if (ret < 0)
 		fuse_reply_err(req, (int)-ret);
 	else
@@ -551,10 +658,14 @@ static void qfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 static void qfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
 			  off_t len, struct fuse_file_info *fi)
 {
+	struct secondary *in = qfs_of(req)->inbound;
+
 	if (refuse_control(req, ino, EPERM))
 		return;
-	fuse_reply_err(req, -tree_fallocate(tree_of(req), file_of(fi), mode,
-					    off, len));
+	fuse_reply_err(req,
+		       -(in ? inbound_fallocate(in, file_of(fi), mode, off, len)
+			    : tree_fallocate(tree_of(req), file_of(fi), mode,
+					     off, len)));
 }
 
 static void qfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
@@ -590,21 +701,21 @@ static void qfs_opendir(fuse_req_t req, fuse_ino_t ino,
 		tree_releasedir(d);
 }
 
-static void qfs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-			struct fuse_file_info *fi)
+void qfs_reply_dir(fuse_req_t req, size_t size, off_t off,
+		   bool (*entry)(const void *dir, size_t i, const char **name,
+				 struct stat *st),
+		   const void *dir)
 {
-	const struct tree_dir *d = (const struct tree_dir *)(uintptr_t)fi->fh;
 	char *buf = malloc(size);
 	size_t pos = 0;
 	const char *name;
 	struct stat st;
 
-	(void)ino;
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	for (size_t i = off; tree_dir_entry(d, i, &name, &st); i++) {
+	for (size_t i = off; entry(dir, i, &name, &st); i++) {
 		size_t len = fuse_add_direntry(req, buf + pos, size - pos, name,
 					       &st, (off_t)i + 1);
 
@@ -614,6 +725,19 @@ static void qfs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 	fuse_reply_buf(req, buf, pos);
 	free(buf);
+}
+
+static bool tree_dir_at(const void *dir, size_t i, const char **name,
+			struct stat *st)
+{
+	return tree_dir_entry(dir, i, name, st);
+}
+
+static void qfs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			struct fuse_file_info *fi)
+{
+	(void)ino;
+	qfs_reply_dir(req, size, off, tree_dir_at, (void *)(uintptr_t)fi->fh);
 }
 
 static void qfs_releasedir(fuse_req_t req, fuse_ino_t ino,
@@ -648,7 +772,7 @@ static void qfs_statfs(fuse_req_t req, fuse_ino_t ino)
 static void qfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 			 const char *value, size_t size, int flags)
 {
-	if (refuse_control(req, ino, EPERM))
+	if (refuse_control(req, ino, EPERM) || refuse_inbound(req))
 		return;
 	fuse_reply_err(req, -tree_setxattr(tree_of(req), ino, name, value, size,
 					   flags));
@@ -699,7 +823,7 @@ static void qfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 
 static void qfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
-	if (refuse_control(req, ino, EPERM))
+	if (refuse_control(req, ino, EPERM) || refuse_inbound(req))
 		return;
 	fuse_reply_err(req, -tree_removexattr(tree_of(req), ino, name));
 }
@@ -872,9 +996,80 @@ static int run_loop(struct fuse_session *se,
 	return ret;
 }
 
+/* ---- a secondary's inbound mount ---- */
+
+/* The inbound session's loop, on a thread of its own: the primary's
+ * changes arrive there. It ends when the mount goes away, by the
+ * operator's umount or at the end of the daemon. */
+struct inbound {
+	struct qfs q;
+	const struct fuse_cmdline_opts *opts;
+	pthread_t thread;
+	bool mounted, running;
+};
+
+static int run_loop(struct fuse_session *se,
+		    const struct fuse_cmdline_opts *opts);
+
+static void *inbound_loop(void *arg)
+{
+	struct inbound *in = arg;
+
+	secondary_inbound(in->q.inbound, true);
+	run_loop(in->q.se, in->opts);
+	secondary_inbound(in->q.inbound, false);
+	return NULL;
+}
+
+/* A session of the tree's operations for inbound, with args's libfuse
+ * options, mounted (still to be served). */
+static int inbound_open(struct inbound *in, const struct fuse_args *args,
+			const struct qfs *view, const char *path)
+{
+	struct fuse_args copy = FUSE_ARGS_INIT(0, NULL);
+	int ret = 0;
+
+	in->q = *view;
+	in->q.inbound = view->secondary;
+	in->q.secondary = NULL;
+	in->q.timeout = 0; /* the view's own changes never show here, but a
+			    * failover makes it read-only at once */
+	for (int i = 0; i < args->argc && !ret; i++)
+		ret = fuse_opt_add_arg(&copy, args->argv[i]);
+	if (!ret)
+		in->q.se = fuse_session_new(&copy, &qfs_ops, sizeof(qfs_ops),
+					    &in->q);
+	fuse_opt_free_args(&copy);
+	if (!in->q.se)
+		return -1;
+	in->mounted = fuse_session_mount(in->q.se, path) == 0;
+	return in->mounted ? 0 : -1;
+}
+
+static void inbound_start(struct inbound *in,
+			  const struct fuse_cmdline_opts *opts)
+{
+	in->opts = opts;
+	in->running = pthread_create(&in->thread, NULL, inbound_loop, in) == 0;
+}
+
+static void inbound_close(struct inbound *in)
+{
+	if (!in->q.se)
+		return;
+	fuse_session_exit(in->q.se);
+	if (in->mounted)
+		fuse_session_unmount(in->q.se);
+	if (in->running)
+		pthread_join(in->thread, NULL);
+	fuse_session_destroy(in->q.se);
+	in->q.se = NULL;
+}
+
 /* Serve until unmounted; returns the exit status. The threads start
  * after fuse_daemonize(), whose fork() would leave them behind. */
-static int serve(const struct fuse_cmdline_opts *opts, struct qfs *q)
+static int serve(const struct fuse_cmdline_opts *opts, struct qfs *q,
+		 struct inbound *in)
 {
 	char err[512];
 	int ret = 1;
@@ -882,8 +1077,11 @@ static int serve(const struct fuse_cmdline_opts *opts, struct qfs *q)
 	fuse_daemonize(opts->foreground);
 	if (control_start(q->ctl, err, sizeof(err)) == 0) {
 		q->tree = control_tree(q->ctl);
+		in->q.tree = q->tree;
 		hup_log = control_log(q->ctl);
 		set_sighup(hup_log != NULL);
+		if (in->q.se)
+			inbound_start(in, opts);
 		ret = run_loop(q->se, opts) ? 1 : 0;
 		if (tree_fatal(q->tree))
 			ret = 1; /* blkverify found a mismatch */
@@ -891,6 +1089,7 @@ static int serve(const struct fuse_cmdline_opts *opts, struct qfs *q)
 	} else {
 		fprintf(stderr, "quorumfs: %s\n", err);
 	}
+	inbound_close(in);
 	fuse_session_unmount(q->se);
 	return ret;
 }
@@ -905,6 +1104,8 @@ static int start(struct fuse_args *args, const struct fuse_cmdline_opts *opts,
 		 const struct config *cfg)
 {
 	struct qfs q = {.timeout = 1.0, .owner = geteuid(), .group = getegid()};
+	struct fuse_args inbound_args = FUSE_ARGS_INIT(0, NULL);
+	struct inbound in = {0};
 	struct stat mount_st;
 	char err[512];
 	int ret = 1;
@@ -914,22 +1115,40 @@ static int start(struct fuse_args *args, const struct fuse_cmdline_opts *opts,
 			cfg->mountpoint, strerror(errno));
 		return 1;
 	}
-	q.se = fuse_session_new(args, &qfs_ops, sizeof(qfs_ops), &q);
+	/* The inbound session takes the same libfuse options; the first
+	 * session consumes them. */
+	for (int i = 0; cfg->secondary.on && i < args->argc; i++)
+		if (fuse_opt_add_arg(&inbound_args, args->argv[i]))
+			goto out_args;
+	q.se = fuse_session_new(args, cfg->secondary.on ? &view_ops : &qfs_ops,
+				sizeof(qfs_ops), &q);
 	if (!q.se)
-		return 1;
+		goto out_args;
 	if (control_open(cfg, &mount_st, &q.ctl, err, sizeof(err))) {
 		fprintf(stderr, "quorumfs: %s\n", err);
 		goto out_session;
 	}
+	q.secondary = control_secondary(q.ctl);
+	if (q.secondary)
+		q.timeout = 0; /* a checkpoint changes every name */
+	if (q.secondary &&
+	    inbound_open(&in, &inbound_args, &q, cfg->secondary.inbound)) {
+		fprintf(stderr, "quorumfs: inbound '%s' cannot be mounted\n",
+			cfg->secondary.inbound);
+		goto out;
+	}
 	if (fuse_set_signal_handlers(q.se))
 		goto out;
 	if (fuse_session_mount(q.se, cfg->mountpoint) == 0)
-		ret = serve(opts, &q);
+		ret = serve(opts, &q, &in);
 	fuse_remove_signal_handlers(q.se);
 out:
+	inbound_close(&in);
 	control_stop(q.ctl, ret == 0);
 out_session:
 	fuse_session_destroy(q.se);
+out_args:
+	fuse_opt_free_args(&inbound_args);
 	return ret;
 }
 
@@ -976,12 +1195,6 @@ int main(int argc, char *argv[])
 	}
 	if (config_from_args(&raw, &cfg, err, sizeof(err))) {
 		fprintf(stderr, "quorumfs: %s\n", err);
-		goto out;
-	}
-	if (cfg.secondary.on) {
-		fprintf(stderr, "quorumfs: replication=secondary: this build "
-				"has the primary side only\n");
-		config_release(&cfg);
 		goto out;
 	}
 	/* Modes arrive with the caller's umask applied; don't apply ours. */

@@ -30,6 +30,8 @@ static int cmd_add(struct control *ctl, const struct config_command *cmd,
 	ret = config_check_new_child(cmd->path, ctl->cfg->mountpoint,
 				     &ctl->mount_st, roots, n, &real, err,
 				     errlen);
+	if (!ret && cmd->replication && ctl->secondary)
+		ret = secondary_check_add(ctl->secondary, err, errlen);
 	if (!ret && ctl->record)
 		ret = record_check_new(ctl->record, real, err, errlen);
 	if (!ret)
@@ -168,6 +170,10 @@ static int run_command(struct control *ctl, const struct config_command *cmd,
 	case CMD_SCRUB:
 		return cmd_scrub(ctl, cmd, err, errlen);
 	case CMD_REPLICATION:
+		if (ctl->secondary &&
+		    replication_route(ctl->secondary, ctl->set))
+			return replication_secondary(ctl->secondary, cmd, err,
+						     errlen);
 		return replication_primary(
 			ctl->set, cmd, ctl->cfg->io_timeout_ms, err, errlen);
 	}
@@ -264,6 +270,8 @@ char *control_status(struct control *ctl)
 	if (ctl->record)
 		json_object_object_add(o, "set", record_status(ctl->record));
 	jobs_scrub_status(ctl->jobs, o);
+	if (ctl->secondary)
+		secondary_status(ctl->secondary, o);
 	json_object_object_add(o, "last-control-error", last_error_json(ctl));
 	json_object_object_add(
 		o, "events-dropped",

@@ -42,6 +42,10 @@ void control_stop(struct control *ctl, bool clean);
  * without log=); valid between control_start() and control_stop(). */
 struct tree *control_tree(struct control *ctl);
 struct event_log *control_log(struct control *ctl);
+/* A replication secondary's (replication.h), or NULL: valid from
+ * control_open() on. */
+struct secondary;
+struct secondary *control_secondary(struct control *ctl);
 
 /*
  * Carry out one control command. Returns 0, or -errno (EINVAL for a

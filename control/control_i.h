@@ -14,6 +14,8 @@
 #include "replication/replication.h"
 #include "tree/tree.h"
 
+/* One field for each of the mount's objects, which is why there are
+ * more than 16 fields. */
 struct control {
 	const struct config *cfg;
 	struct stat mount_st; /* the mountpoint before mounting */
@@ -28,6 +30,7 @@ struct control {
 	struct tree *tree;
 	struct jobs *jobs;
 	struct control_socket *socket; /* NULL: none */
+	struct secondary *secondary;   /* replication=secondary: its view */
 	bool started;		       /* MOUNTED was logged */
 	/* Commands run one at a time; the last refusal is kept for the
 	 * status under error_lock (a leaf), so a status read never waits

@@ -3,7 +3,9 @@
  * the reverse one (control.h draws both).
  *
  * Teardown order, and why:
- *   0. the operator's socket: commands use everything below;
+ *   0. the operator's socket: commands use everything below; then a
+ *      secondary's layers, which views and commands used (the sessions
+ *      have ended);
  *   1. the jobs: no copy or scrub may run (or log) past UNMOUNTED, and
  *      each holds the tree;
  *   2. the throttled events, then UNMOUNTED, the log's last word;
@@ -98,6 +100,9 @@ int control_open(const struct config *cfg, const struct stat *mount_st,
 	pthread_mutex_init(&ctl->command_lock, NULL);
 	pthread_mutex_init(&ctl->error_lock, NULL);
 	ret = check_log(cfg->log_path, err, errlen);
+	if (!ret && cfg->secondary.on)
+		ret = secondary_open(&cfg->secondary, &ctl->secondary, err,
+				     errlen);
 	if (!ret)
 		ret = open_children(ctl, err, errlen);
 	if (ret) {
@@ -232,6 +237,9 @@ int control_start(struct control *ctl, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot start: %s", strerror(-ret));
 		return ret;
 	}
+	if (ctl->secondary)
+		secondary_start(ctl->secondary, ctl->tree, ctl->log,
+				cfg->io_timeout_ms);
 	ret = jobs_settle(ctl->jobs);
 	if (ret) {
 		snprintf(err, errlen,
@@ -263,6 +271,7 @@ void control_stop(struct control *ctl, bool clean)
 	if (!ctl)
 		return;
 	control_socket_stop(ctl->socket);
+	secondary_close(ctl->secondary, clean);
 	jobs_free(ctl->jobs);
 	if (ctl->started) {
 		event_log_flush_throttled(ctl->log);
@@ -298,4 +307,9 @@ struct tree *control_tree(struct control *ctl)
 struct event_log *control_log(struct control *ctl)
 {
 	return ctl->log;
+}
+
+struct secondary *control_secondary(struct control *ctl)
+{
+	return ctl->secondary;
 }

@@ -579,6 +579,8 @@ static uint64_t scan_objects(int ofd)
 	struct dirent *de;
 	uint64_t top = 0;
 
+	if (d) /* the duplicate shares the position of an earlier read */
+		rewinddir(d);
 	while (d && (de = readdir(d)))
 		if (de->d_name[0] >= '1' && de->d_name[0] <= '9' &&
 		    strtoull(de->d_name, NULL, 10) > top)
@@ -654,6 +656,8 @@ void layer_gc(struct layer *l)
 	int n = 0;
 
 	epoch_name(current, sizeof(current), l->st.epoch);
+	if (d) /* the duplicate shares the position of an earlier read */
+		rewinddir(d);
 	while (d && (de = readdir(d)) && n < 64)
 		if (de->d_name[0] == 'E' && strcmp(de->d_name, current) &&
 		    strlen(de->d_name) < sizeof(names[0]))
@@ -821,6 +825,15 @@ int layer_obj_zero(struct layer *l, uint64_t id, off_t off, size_t len)
 		free(zeros);
 		return ret;
 	}
+}
+
+int layer_obj_sync(struct layer *l, uint64_t id)
+{
+	struct lobj *o = object(l, id, false);
+
+	if (!o)
+		return -errno;
+	return l->sync && fdatasync(o->data) ? -errno : 0;
 }
 
 /* Set bits [first, first + n) of o; the map bytes they fall in, in *lo

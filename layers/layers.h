@@ -122,6 +122,8 @@ int layer_obj_write(struct layer *l, uint64_t id, const void *buf, size_t len,
 /* Zeros over [off, off + len) of the data file (a hole where whole
  * blocks allow). */
 int layer_obj_zero(struct layer *l, uint64_t id, off_t off, size_t len);
+/* Make the object's data written so far durable (sync on). */
+int layer_obj_sync(struct layer *l, uint64_t id);
 /* Make the data written so far durable (sync on), then hold clusters
  * [first, first + n): from now on reads of them come from here. */
 int layer_obj_hold(struct layer *l, uint64_t id, uint64_t first, uint64_t n);

@@ -4,7 +4,7 @@
  * orchestrator written for QEMU's replication reads the same answers.
  */
 #define _GNU_SOURCE
-#include "replication/replication.h"
+#include "replication/replication_i.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -12,22 +12,6 @@
 
 #include "children/children.h"
 #include "config/config.h"
-
-#define NOT_RUNNING "Block replication is not running"
-#define RUNNING_OR_DONE "Block replication is running or done"
-#define MODE_INVALID                                                           \
-	"The parameter mode's value is invalid, needs %d, but got %d"
-#define IO_ERROR "I/O error occurred"
-
-static int refuse(char *err, size_t errlen, int ret, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-	return ret;
-}
 
 /* replication_start(), after QEMU's checks: a child not in step yet
  * would stream changes to a copy that lacks what came before. */
@@ -122,6 +106,16 @@ static int targets(struct child_set *set, const char *name, struct child **out,
 	if (!k)
 		refuse(err, errlen, 0, "no replication child");
 	return k;
+}
+
+int refuse(char *err, size_t errlen, int ret, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	return ret;
 }
 
 int replication_primary(struct child_set *set, const struct config_command *cmd,

@@ -23,11 +23,22 @@
 #ifndef QFS_REPLICATION_H
 #define QFS_REPLICATION_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
 
 struct child;
 struct child_set;
 struct config_command;
+struct config_secondary;
+struct event_log;
+struct json_object;
+struct tree;
+struct tree_caller;
+struct tree_entry;
+struct tree_file;
 
 /*
  * Run one `replication ...` command on the primary's replication
@@ -42,5 +53,96 @@ int replication_primary(struct child_set *set, const struct config_command *cmd,
 
 /* c is leaving the set: a running stream ends first (stage DONE). */
 void replication_child_removed(struct child_set *set, struct child *c);
+
+/*
+ * The secondary side (replication_i.h draws its three trees): the view
+ * the secondary VM runs on (V: active over hidden over the base), the
+ * inbound mount the primary's changes arrive through (B, the base, with
+ * copy-before-write into hidden), and the stage machine with QEMU's
+ * rules and texts:
+ *
+ *   start secondary  NONE -> RUNNING, both layers empty, the error
+ *                    cleared; "The secondary disk doesn't have block
+ *                    backend" while the inbound mount is not mounted;
+ *   checkpoint       RUNNING: both layers empty in one step, so V = B;
+ *                    NONE: "Backup job was cancelled unexpectedly";
+ *   get-error        as on the primary;
+ *   stop [failover]  RUNNING -> DONE: without failover the layers are
+ *                    dropped (V = B); with it they are committed into
+ *                    the base first (V stays what the VM saw).
+ *
+ * In NONE the view shows the base's names but refuses data (EIO, as
+ * QEMU's replication driver); in DONE it is the base.
+ */
+struct secondary;
+
+/*
+ * Open the layers of cfg (made if new) and the stage they recorded.
+ * Returns 0 and *out, or -errno with the reason in err. Nothing is
+ * served until secondary_start().
+ */
+int secondary_open(const struct config_secondary *cfg, struct secondary **out,
+		   char *err, size_t errlen);
+/* Serve over tree; log takes its events; timeout_ms bounds a
+ * checkpoint's wait for requests in flight. */
+void secondary_start(struct secondary *sec, struct tree *tree,
+		     struct event_log *log, int timeout_ms);
+/* Close (clean: nothing is in flight). NULL accepted. */
+void secondary_close(struct secondary *sec, bool clean);
+/* The inbound mount came up, or went away. */
+void secondary_inbound(struct secondary *sec, bool mounted);
+/* Run a `replication ...` command on the secondary (-errno and QEMU's
+ * text in err on a refusal); whether a command is the secondary's or
+ * the primary children's is replication_route()'s answer. */
+int replication_secondary(struct secondary *sec,
+			  const struct config_command *cmd, char *err,
+			  size_t errlen);
+/* Whether cmd is for the secondary (true) or for set's replication
+ * children: once the secondary is DONE and a primary child exists, the
+ * mount is a primary. */
+bool replication_route(struct secondary *sec, struct child_set *set);
+/* Refuse (-EBUSY, QEMU's text) an `add ... mode=primary` before DONE. */
+int secondary_check_add(struct secondary *sec, char *err, size_t errlen);
+/* Add the "replication" object to a status document. */
+void secondary_status(struct secondary *sec, struct json_object *status);
+
+/* ---- the view: node ids of its own, 1 the root ---- */
+
+struct view_file;
+struct view_dir;
+
+int view_lookup(struct secondary *sec, uint64_t parent, const char *name,
+		struct tree_entry *e);
+void view_forget(struct secondary *sec, uint64_t ino, uint64_t nlookup);
+int view_getattr(struct secondary *sec, uint64_t ino, struct stat *st);
+/* Only the size may change here (truncate); to_set is tree_setattr's. */
+int view_setattr(struct secondary *sec, uint64_t ino, struct view_file *f,
+		 const struct stat *attr, int to_set, struct stat *st);
+int view_open(struct secondary *sec, uint64_t ino, int flags,
+	      struct view_file **f);
+void view_release(struct secondary *sec, struct view_file *f);
+/* Read into buf (size bytes); returns the bytes read or -errno. */
+ssize_t view_read(struct secondary *sec, struct view_file *f, char *buf,
+		  size_t size, off_t off);
+ssize_t view_write(struct secondary *sec, struct view_file *f, const char *buf,
+		   size_t size, off_t off);
+int view_fsync(struct secondary *sec, struct view_file *f, bool datasync);
+int view_opendir(struct secondary *sec, uint64_t ino, struct view_dir **d);
+bool view_dir_entry(const struct view_dir *d, size_t i, const char **name,
+		    struct stat *st);
+void view_releasedir(struct view_dir *d);
+
+/* ---- the inbound mount's changes (the rest goes to the tree) ---- */
+
+ssize_t inbound_write(struct secondary *sec, struct tree_file *f,
+		      const void *buf, size_t size, off_t off,
+		      const struct tree_caller *who);
+int inbound_setattr(struct secondary *sec, uint64_t ino, struct tree_file *f,
+		    const struct stat *attr, int to_set, struct stat *st);
+int inbound_fallocate(struct secondary *sec, struct tree_file *f, int mode,
+		      off_t off, off_t len);
+/* A change of names (create, mkdir, unlink, rename, ...) may go on:
+ * 0, or -EROFS after failover (check before calling the tree). */
+int inbound_may_change(struct secondary *sec);
 
 #endif

@@ -58,6 +58,13 @@ def control_errno(m, command):
         command[:200], n))
 
 
+def refused(m, command, err):
+    """command is refused with errno err; returns the reason status
+    gives."""
+    assert control_errno(m, command) == err, command
+    return status(m)["last-control-error"]["reason"]
+
+
 def status_text(m):
     with open(m.path(".control"), "rb") as f:
         return f.read()

@@ -21,24 +21,13 @@ import pytest
 import qfs
 from qfs import read_file, write_file
 from control_util import (assert_same_tree, child_status, control,
-                          control_errno, status, wait_child_state,
-                          wait_status)
+                          refused, status, wait_child_state, wait_status)
 from test_docs import documented, keys_of, readme_section
 
 SEC = "sec"
 NOT_RUNNING = "Block replication is not running"
 RUNNING_OR_DONE = "Block replication is running or done"
 IO_ERROR = "I/O error occurred"
-
-
-def reason(m):
-    return status(m)["last-control-error"]["reason"]
-
-
-def refused(m, command, err):
-    """command is refused with errno err; returns the reason."""
-    assert control_errno(m, command) == err, command
-    return reason(m)
 
 
 def repl(m):

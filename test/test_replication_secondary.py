@@ -1,0 +1,298 @@
+"""The secondary side of replication (README "Replication"): a daemon
+with two mounts, the view the secondary VM runs on and the inbound mount
+the primary's changes arrive through, over the secondary's base children
+and two layer directories; QEMU's stage machine and texts; checkpoint
+and failover. The pair is set up as the README's walk-through does:
+
+    quorumfs -o replication=secondary,active=A,hidden=H,inbound=I b1 V
+    quorumfs -o threshold=1,read-pattern=fifo p1 P
+    add I mode=primary name=sec (on P)
+
+Bytes are checked after every step against what QEMU's replication
+driver gives for the same steps on one image (its observed run; the
+differential test drives QEMU itself).
+"""
+
+import errno
+import os
+import subprocess
+
+import pytest
+
+import qfs
+from qfs import read_file, write_file
+from control_util import control, refused, status, wait_child_state
+from test_docs import documented, keys_of, readme_section
+from test_replication_primary import IO_ERROR, NOT_RUNNING, RUNNING_OR_DONE
+
+KiB = 1024
+MiB = 1024 * KiB
+CLUSTER = 64 * KiB
+SIZE = MiB
+FILL = b"\xaa"
+
+JOB_CANCELLED = "Backup job was cancelled unexpectedly"
+
+
+def repl(m):
+    return status(m)["replication"]
+
+
+class Pair:
+    """A secondary (view V over base b1, inbound I) and a primary P over
+    p1 whose replication child is I."""
+
+    def __init__(self, quorum, root, primary=True):
+        self.root = root
+        root.mkdir()
+        for d in ("p1", "b1", "act", "hid", "inb", "view", "pm"):
+            (root / d).mkdir()
+        base = FILL * SIZE
+        write_file(root / "p1" / "disk.img", base)
+        write_file(root / "b1" / "disk.img", base)
+        self.inb = root / "inb"
+        self.s = quorum(children=[root / "b1"], mountpoint=root / "view",
+                        opts=["replication=secondary",
+                              "active=%s" % (root / "act"),
+                              "hidden=%s" % (root / "hid"),
+                              "inbound=%s" % self.inb])
+        qfs.wait_for(lambda: qfs.is_fuse_mounted(str(self.inb)),
+                     10 * qfs.deadline_scale(), "the inbound mount")
+        self.p = None
+        if primary:
+            self.p = quorum(children=[root / "p1"], mountpoint=root / "pm",
+                            opts=["read-pattern=fifo"], threshold=1)
+            control(self.p, "add %s mode=primary name=sec" % self.inb)
+            wait_child_state(self.p, "sec", "ok")
+
+    def start(self):
+        control(self.s, "replication start secondary")
+        control(self.p, "replication start primary")
+
+    def checkpoint(self):
+        control(self.p, "replication checkpoint")
+        control(self.s, "replication checkpoint")
+
+    def view(self, path="disk.img"):
+        return read_file(self.s.path(path))
+
+    def base(self, path="disk.img"):
+        return read_file(self.root / "b1" / path)
+
+    def primary(self, path="disk.img"):
+        return read_file(self.p.path(path))
+
+
+@pytest.fixture
+def pair(quorum, tmp_path):
+    made = []
+
+    def make(primary=True):
+        made.append(Pair(quorum, tmp_path / ("pair%d" % len(made)),
+                         primary))
+        return made[-1]
+
+    yield make
+    for p in made:  # a test that failed may leave the inbound behind
+        if qfs.is_fuse_mounted(str(p.inb)) and not p.s.running():
+            qfs.lazy_unmount(str(p.inb))
+
+
+def pwrite(path, off, data):
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        assert os.pwrite(fd, data, off) == len(data)
+    finally:
+        os.close(fd)
+
+
+def at(data, off, n=1):
+    return data[off:off + n]
+
+
+# --- the command line ----------------------------------------------------
+
+def test_command_line_refusals_carry_qemus_texts(run_daemon, tmp_path):
+    for d in ("b", "v", "a", "h", "i"):
+        (tmp_path / d).mkdir()
+    b, v = tmp_path / "b", tmp_path / "v"
+    a, h, i = tmp_path / "a", tmp_path / "h", tmp_path / "i"
+    cases = [
+        (["-o", "replication"], "Missing the option mode"),
+        (["-o", "replication=foo"],
+         "The option mode's value should be primary or secondary"),
+        (["-o", "replication=secondary"],
+         "Active disk doesn't have backing file"),
+        (["-o", "replication=secondary,active=%s" % a],
+         "Hidden disk doesn't have backing file"),
+        (["-o", "replication=secondary,active=%s,hidden=%s,inbound=%s"
+          % (a, a, i)],
+         "Active disk or hidden disk doesn't support make_empty"),
+        (["-o", "active=%s" % a], "go with replication=secondary"),
+    ]
+    for opts, text in cases:
+        rc, err = run_daemon("-f", *opts, b, v)
+        assert rc == 1 and text in err, (opts, err)
+    assert not os.listdir(b), "a refused command line touched a child"
+
+
+# --- before start ----------------------------------------------------------
+
+def test_before_start_the_view_refuses_data_and_commands_answer_as_qemu(
+        pair):
+    p = pair()
+    assert refused(p.s, "replication get-error", errno.EINVAL) == \
+        NOT_RUNNING
+    assert refused(p.s, "replication checkpoint", errno.EINVAL) == \
+        JOB_CANCELLED
+    assert refused(p.s, "replication stop", errno.EINVAL) == NOT_RUNNING
+    assert os.listdir(p.s.path()) == ["disk.img"]  # names are the base's
+    with pytest.raises(OSError) as e:
+        read_file(p.s.path("disk.img"))
+    assert e.value.errno == errno.EIO
+    r = repl(p.s)
+    assert (r["mode"], r["stage"], r["inbound"]["mounted"]) == \
+        ("secondary", "NONE", True), r
+
+
+def test_start_refuses_the_other_mode_and_a_missing_inbound(pair):
+    p = pair()
+    assert refused(p.s, "replication start primary", errno.EINVAL) == \
+        "The parameter mode's value is invalid, needs 1, but got 0"
+    assert refused(p.p, "replication start secondary", errno.EINVAL) == \
+        "The parameter mode's value is invalid, needs 0, but got 1"
+    control(p.p, "remove sec")
+    subprocess.run(["fusermount3", "-u", str(p.inb)], check=True)
+    qfs.wait_for(lambda: not repl(p.s)["inbound"]["mounted"],
+                 10 * qfs.deadline_scale(), "the inbound mount to go")
+    assert refused(p.s, "replication start secondary", errno.ENOTCONN) == \
+        "The secondary disk doesn't have block backend"
+    assert refused(p.s, "add %s mode=primary" % (p.root / "pm"),
+                   errno.EBUSY) == \
+        "Block device is in use by internal backup job"
+
+
+# --- running: copy-before-write, the view, checkpoints -----------------------
+
+def test_primary_writes_reach_the_base_and_the_view_keeps_the_checkpoint(
+        pair):
+    p = pair()
+    p.start()
+    assert refused(p.s, "replication start secondary", errno.EBUSY) == \
+        RUNNING_OR_DONE
+    pwrite(p.p.path("disk.img"), 0, b"\x11" * CLUSTER)
+    assert at(p.base(), 0) == b"\x11"
+    assert at(p.view(), 0) == b"\xaa"
+    assert repl(p.s)["layers"]["hidden"]["clusters"] == 1
+    pwrite(p.p.path("disk.img"), 100, b"\x12" * 100)  # the same cluster
+    assert repl(p.s)["layers"]["hidden"]["clusters"] == 1
+    assert p.view() == FILL * SIZE  # the old bytes survive
+    # The secondary VM's own write: in the view only.
+    pwrite(p.s.path("disk.img"), 128 * KiB, b"\x22" * CLUSTER)
+    assert at(p.view(), 128 * KiB) == b"\x22"
+    assert at(p.base(), 128 * KiB) == b"\xaa"
+    assert at(p.primary(), 128 * KiB) == b"\xaa"
+    assert repl(p.s)["layers"]["active"]["clusters"] == 1
+    p.checkpoint()
+    assert p.view() == p.primary()
+    r = repl(p.s)
+    assert r["layers"]["active"]["bytes"] == 0 == \
+        r["layers"]["hidden"]["bytes"], r
+    assert r["checkpoint"]["count"] == 1 and r["epoch"] == 2, r
+    for layer in ("act", "hid"):
+        assert sorted(os.listdir(p.root / layer)) == [".qfslayer", "E2"]
+    ev = p.s.wait_event("REPLICATION_CHECKPOINT")
+    assert ev["epoch"] == 2 and ev["duration-ms"] >= 0
+
+
+def test_failover_keeps_the_view_and_drops_the_primary_since_checkpoint(
+        pair):
+    p = pair()
+    p.start()
+    pwrite(p.p.path("disk.img"), 0, b"\x11" * CLUSTER)
+    pwrite(p.s.path("disk.img"), 128 * KiB, b"\x22" * CLUSTER)
+    p.checkpoint()
+    pwrite(p.p.path("disk.img"), 256 * KiB, b"\x33" * CLUSTER)
+    pwrite(p.s.path("disk.img"), 512 * KiB, b"\x44" * CLUSTER)
+    view = p.view()
+    p.p.kill()
+    control(p.s, "replication stop failover")
+    assert repl(p.s)["stage"] == "DONE"
+    base = p.base()
+    # QEMU's sec.raw after the same steps.
+    assert (at(base, 0), at(base, 128 * KiB), at(base, 256 * KiB),
+            at(base, 512 * KiB)) == (b"\x11", b"\xaa", b"\xaa", b"\x44")
+    assert base == view == p.view()
+    for command in ("replication start secondary", "replication checkpoint",
+                    "replication stop failover"):
+        control(p.s, command)
+    with pytest.raises(OSError) as e:
+        pwrite(str(p.inb / "disk.img"), 0, b"late")
+    assert e.value.errno == errno.EROFS
+    # Now an ordinary mount: its writes go to the base.
+    pwrite(p.s.path("disk.img"), 0, b"\x55" * 10)
+    assert at(p.base(), 0) == b"\x55"
+    stages = [(e["old"], e["new"])
+              for e in p.s.events_named("REPLICATION_STAGE_CHANGED")]
+    assert stages == [("NONE", "RUNNING"), ("RUNNING", "FAILOVER"),
+                      ("FAILOVER", "DONE")], stages
+    new = p.root / "newsec"
+    new.mkdir()
+    control(p.s, "add %s mode=primary name=sec2" % new)
+    wait_child_state(p.s, "sec2", "ok")
+
+
+def test_stop_without_failover_makes_the_view_the_base(pair):
+    p = pair()
+    p.start()
+    pwrite(p.p.path("disk.img"), 0, b"\x11" * CLUSTER)
+    pwrite(p.s.path("disk.img"), 128 * KiB, b"\x22" * CLUSTER)
+    control(p.s, "replication stop")
+    assert repl(p.s)["stage"] == "DONE"
+    assert p.view() == p.base() == p.primary()
+    control(p.s, "replication get-error")
+
+
+def test_truncates_and_metadata_in_the_view_stay_in_the_view(pair):
+    p = pair()
+    p.start()
+    path = p.s.path("disk.img")
+    os.truncate(path, 100 * KiB)
+    assert len(p.view()) == 100 * KiB and len(p.base()) == SIZE
+    os.truncate(path, 300 * KiB)  # what was cut reads as zeros
+    assert p.view() == FILL * (100 * KiB) + bytes(200 * KiB)
+    os.chmod(path, 0o600)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.stat(p.root / "b1" / "disk.img").st_mode & 0o777 == 0o644
+    p.checkpoint()
+    assert p.view() == p.primary()
+    assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+def test_primary_truncates_are_copied_before_they_cut(pair):
+    p = pair()
+    p.start()
+    os.truncate(p.p.path("disk.img"), 100 * KiB)
+    assert len(p.base()) == 100 * KiB
+    assert p.view() == FILL * SIZE
+    os.truncate(p.p.path("disk.img"), 2 * SIZE)
+    assert p.view() == FILL * SIZE
+    p.checkpoint()
+    assert p.view() == FILL * (100 * KiB) + bytes(2 * SIZE - 100 * KiB)
+
+
+# --- documentation -----------------------------------------------------------
+
+def test_secondary_status_and_events_are_in_the_readme(pair):
+    p = pair()
+    p.start()
+    p.checkpoint()
+    missing = documented(keys_of(status(p.s)), readme_section("**Status**"))
+    assert not missing, "status keys not in the README: %s" % sorted(missing)
+    section = readme_section("## Event log")
+    keys, names = set(), set()
+    for e in p.s.events():
+        keys |= keys_of(e["data"])
+        names.add(e["event"])
+    assert not documented(names, section), names
+    assert not documented(keys, section), sorted(documented(keys, section))
