@@ -101,6 +101,89 @@ static void v_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		    &st);
 }
 
+static struct tree_caller caller(fuse_req_t req)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+
+	return (struct tree_caller){.uid = ctx->uid, .gid = ctx->gid};
+}
+
+static void v_make(fuse_req_t req, fuse_ino_t parent, const char *name,
+		   mode_t mode, dev_t rdev, const char *target)
+{
+	struct tree_caller who = caller(req);
+	struct tree_entry e;
+
+	if (parent == TREE_ROOT_INO && strcmp(name, ".control") == 0) {
+		fuse_reply_err(req, EEXIST);
+		return;
+	}
+	reply_ventry(req,
+		     view_make(sec_of(req), parent, name, mode, rdev, target,
+			       &who, &e),
+		     &e);
+}
+
+static void v_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
+		    mode_t mode, dev_t rdev)
+{
+	v_make(req, parent, name, mode, rdev, NULL);
+}
+
+static void v_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
+		    mode_t mode)
+{
+	v_make(req, parent, name, mode | S_IFDIR, 0, NULL);
+}
+
+static void v_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
+		      const char *name)
+{
+	v_make(req, parent, name, S_IFLNK | 0777, 0, link);
+}
+
+static void v_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	char buf[PATH_MAX + 1];
+	ssize_t len = view_readlink(sec_of(req), ino, buf, sizeof(buf));
+
+	if (len == (ssize_t)sizeof(buf))
+		len = -ENAMETOOLONG;
+	if (len < 0) {
+		fuse_reply_err(req, (int)-len);
+		return;
+	}
+	buf[len] = '\0';
+	fuse_reply_readlink(req, buf);
+}
+
+static void v_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	fuse_reply_err(req, -view_remove(sec_of(req), parent, name, false));
+}
+
+static void v_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	fuse_reply_err(req, -view_remove(sec_of(req), parent, name, true));
+}
+
+static void v_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+		     fuse_ino_t newparent, const char *newname,
+		     unsigned int flags)
+{
+	fuse_reply_err(req, -view_rename(sec_of(req), parent, name, newparent,
+					 newname, flags));
+}
+
+static void v_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
+		   const char *newname)
+{
+	(void)ino;
+	(void)newparent;
+	(void)newname;
+	fuse_reply_err(req, EOPNOTSUPP); /* see replication.h */
+}
+
 static void v_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct view_file *f;
@@ -117,6 +200,35 @@ static void v_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fi->direct_io = 1;
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		view_release(sec_of(req), f);
+}
+
+static void v_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+		     mode_t mode, struct fuse_file_info *fi)
+{
+	struct tree_caller who = caller(req);
+	struct fuse_entry_param p = {0};
+	struct tree_entry e;
+	struct view_file *f = NULL;
+	int ret = view_make(sec_of(req), parent, name, (mode & 07777) | S_IFREG,
+			    0, NULL, &who, &e);
+
+	if (!ret) {
+		ret = view_open(sec_of(req), e.ino, fi->flags, &f);
+		if (ret)
+			view_forget(sec_of(req), e.ino, 1);
+	}
+	if (ret) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	p.ino = e.ino;
+	p.attr = e.attr;
+	fi->fh = (uintptr_t)f;
+	fi->direct_io = 1;
+	if (fuse_reply_create(req, &p, fi) == -ENOENT) {
+		view_release(sec_of(req), f);
+		view_forget(sec_of(req), e.ino, 1);
+	}
 }
 
 static void v_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -235,6 +347,15 @@ const struct fuse_lowlevel_ops view_ops = {
 	.forget_multi = v_forget_multi,
 	.getattr = v_getattr,
 	.setattr = v_setattr,
+	.readlink = v_readlink,
+	.mknod = v_mknod,
+	.mkdir = v_mkdir,
+	.symlink = v_symlink,
+	.link = v_link,
+	.unlink = v_unlink,
+	.rmdir = v_rmdir,
+	.rename = v_rename,
+	.create = v_create,
 	.open = v_open,
 	.read = v_read,
 	.write = v_write,

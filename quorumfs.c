@@ -357,6 +357,22 @@ static bool refuse_inbound(fuse_req_t req)
 	return true;
 }
 
+/* A name about to appear: on a secondary's inbound mount the
+ * checkpoint's tree must not see it (replication.h). 0 to go on; then
+ * named() after the change. */
+static int naming(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct secondary *in = qfs_of(req)->inbound;
+
+	return in ? inbound_naming(in, parent, name) : 0;
+}
+
+static void named(fuse_req_t req)
+{
+	if (qfs_of(req)->inbound)
+		inbound_named(qfs_of(req)->inbound);
+}
+
 static void qfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct tree_entry e;
@@ -468,12 +484,14 @@ static void qfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct tree_caller who = caller_of(req);
 	struct tree_entry e;
 
-	if (refuse_inbound(req))
-		return;
-	reply_entry(
-		req,
-		tree_mknod(tree_of(req), parent, name, mode, rdev, &who, &e),
-		&e);
+	int ret = naming(req, parent, name);
+
+	if (!ret) {
+		ret = tree_mknod(tree_of(req), parent, name, mode, rdev, &who,
+				 &e);
+		named(req);
+	}
+	reply_entry(req, ret, &e);
 }
 
 static void qfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
@@ -482,10 +500,13 @@ static void qfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct tree_caller who = caller_of(req);
 	struct tree_entry e;
 
-	if (refuse_inbound(req))
-		return;
-	reply_entry(req, tree_mkdir(tree_of(req), parent, name, mode, &who, &e),
-		    &e);
+	int ret = naming(req, parent, name);
+
+	if (!ret) {
+		ret = tree_mkdir(tree_of(req), parent, name, mode, &who, &e);
+		named(req);
+	}
+	reply_entry(req, ret, &e);
 }
 
 static void qfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
@@ -494,44 +515,74 @@ static void qfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
 	struct tree_caller who = caller_of(req);
 	struct tree_entry e;
 
-	if (refuse_inbound(req))
-		return;
-	reply_entry(req,
-		    tree_symlink(tree_of(req), link, parent, name, &who, &e),
-		    &e);
+	int ret = naming(req, parent, name);
+
+	if (!ret) {
+		ret = tree_symlink(tree_of(req), link, parent, name, &who, &e);
+		named(req);
+	}
+	reply_entry(req, ret, &e);
 }
 
 static void qfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 		     const char *newname)
 {
 	struct tree_entry e;
+	int ret;
 
-	if (refuse_control(req, ino, EPERM) || refuse_inbound(req))
+	if (refuse_control(req, ino, EPERM))
 		return;
-	reply_entry(req, tree_link(tree_of(req), ino, newparent, newname, &e),
-		    &e);
+	ret = naming(req, newparent, newname);
+	if (!ret) {
+		ret = tree_link(tree_of(req), ino, newparent, newname, &e);
+		named(req);
+	}
+	reply_entry(req, ret, &e);
 }
 
 static void qfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	if (!refuse_inbound(req))
-		fuse_reply_err(req, -tree_unlink(tree_of(req), parent, name));
+	struct secondary *in = qfs_of(req)->inbound;
+
+	fuse_reply_err(req, -(in ? inbound_remove(in, parent, name, false)
+				 : tree_unlink(tree_of(req), parent, name)));
 }
 
 static void qfs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	if (!refuse_inbound(req))
-		fuse_reply_err(req, -tree_rmdir(tree_of(req), parent, name));
+	struct secondary *in = qfs_of(req)->inbound;
+
+	fuse_reply_err(req, -(in ? inbound_remove(in, parent, name, true)
+				 : tree_rmdir(tree_of(req), parent, name)));
 }
 
 static void qfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		       fuse_ino_t newparent, const char *newname,
 		       unsigned int flags)
 {
-	if (refuse_inbound(req))
-		return;
-	fuse_reply_err(req, -tree_rename(tree_of(req), parent, name, newparent,
-					 newname, flags));
+	struct secondary *in = qfs_of(req)->inbound;
+
+	fuse_reply_err(req, -(in ? inbound_rename(in, parent, name, newparent,
+						  newname, flags)
+				 : tree_rename(tree_of(req), parent, name,
+					       newparent, newname, flags)));
+}
+
+/* An open with O_TRUNC on a secondary's inbound mount truncates first,
+ * through the copy-before-write of a truncate, then opens plainly. */
+static int inbound_truncating_open(fuse_req_t req, fuse_ino_t ino,
+				   struct fuse_file_info *fi)
+{
+	struct secondary *in = qfs_of(req)->inbound;
+	struct stat attr = {.st_size = 0}, st;
+	int ret;
+
+	if (!in || !(fi->flags & O_TRUNC))
+		return 0;
+	ret = inbound_setattr(in, ino, NULL, &attr, TREE_SET_SIZE, &st);
+	if (!ret)
+		fi->flags &= ~O_TRUNC;
+	return ret;
 }
 
 static void qfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -544,7 +595,9 @@ static void qfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		file_control_open(req, fi);
 		return;
 	}
-	ret = tree_open(tree_of(req), ino, fi->flags, &f);
+	ret = inbound_truncating_open(req, ino, fi);
+	if (!ret)
+		ret = tree_open(tree_of(req), ino, fi->flags, &f);
 	if (ret) {
 		fuse_reply_err(req, -ret);
 		return;
@@ -564,10 +617,12 @@ static void qfs_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct tree_file *f;
 	int ret;
 
-	if (refuse_inbound(req))
-		return;
-	ret = tree_create(tree_of(req), parent, name, mode, fi->flags, &who, &e,
-			  &f);
+	ret = naming(req, parent, name);
+	if (!ret) {
+		ret = tree_create(tree_of(req), parent, name, mode, fi->flags,
+				  &who, &e, &f);
+		named(req);
+	}
 	if (ret) {
 		fuse_reply_err(req, -ret);
 		return;

@@ -316,6 +316,23 @@ static int apply_move(struct layer *l, const char *from, const char *to)
 	return 0;
 }
 
+static int apply_move_lower(struct layer *l, const char *from, const char *to)
+{
+	size_t n = strlen(from);
+
+	for (int i = 0; i < l->n; i++) {
+		char *moved;
+
+		if (!l->e[i].lower || !within(l->e[i].lower, from))
+			continue;
+		if (asprintf(&moved, "%s%s", to, l->e[i].lower + n) < 0)
+			return -ENOMEM;
+		free((char *)l->e[i].lower);
+		l->e[i].lower = moved;
+	}
+	return 0;
+}
+
 int layer_each(const struct layer *l,
 	       int (*fn)(void *arg, const struct layer_entry *e), void *arg)
 {
@@ -417,6 +434,17 @@ int layer_drop(struct layer *l, const char *path)
 	return ret;
 }
 
+int layer_move_lower(struct layer *l, const char *from, const char *to)
+{
+	struct json_object *o = json_object_new_object();
+	int ret;
+
+	json_object_object_add(o, "lmv", json_object_new_string(from));
+	json_object_object_add(o, "to", json_object_new_string(to));
+	ret = journal(l, o);
+	return ret ? ret : apply_move_lower(l, from, to);
+}
+
 int layer_move(struct layer *l, const char *from, const char *to)
 {
 	struct json_object *o = json_object_new_object();
@@ -477,6 +505,8 @@ static int replay_line(struct layer *l, const char *line)
 		ret = 0;
 	} else if (get_str(o, "mv") && get_str(o, "to")) {
 		ret = apply_move(l, get_str(o, "mv"), get_str(o, "to"));
+	} else if (get_str(o, "lmv") && get_str(o, "to")) {
+		ret = apply_move_lower(l, get_str(o, "lmv"), get_str(o, "to"));
 	}
 	json_object_put(o);
 	return ret;

@@ -101,6 +101,9 @@ int layer_put(struct layer *l, const struct layer_entry *e);
 int layer_drop(struct layer *l, const char *path);
 /* Rename from to `to`: the entry at from and every entry below it. */
 int layer_move(struct layer *l, const char *from, const char *to);
+/* The objects that lay at from or below it now lie at `to`: every
+ * entry's lower that is from, or below it, is rewritten. */
+int layer_move_lower(struct layer *l, const char *from, const char *to);
 /* Each entry, in no order, until fn returns non-zero (returned). fn
  * must not change the layer. */
 int layer_each(const struct layer *l,

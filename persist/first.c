@@ -69,6 +69,7 @@ static int walk(struct summary *s, int dfd, const char *prefix, bool top)
 
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
 		    (top && (!strcmp(de->d_name, PERSIST_DIR) ||
+			     !strcmp(de->d_name, PERSIST_GRAVEYARD) ||
 			     !strcmp(de->d_name, ".control"))))
 			continue;
 		if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) ||

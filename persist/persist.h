@@ -46,6 +46,10 @@
 #include "children/children.h"
 
 #define PERSIST_DIR ".quorumfs"
+/* Where a replication secondary parks what the primary removed or
+ * renamed over, while the last checkpoint may still see it: beside the
+ * record in every base child, hidden from the mount like it. */
+#define PERSIST_GRAVEYARD ".qfs-graveyard"
 #define PERSIST_ID_LEN 32
 /* Granularity of the intent log: a returning child copies whole regions
  * (md's write-intent bitmap uses the same order of size). */

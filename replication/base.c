@@ -9,14 +9,31 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "persist/persist.h"
+
+/* Where a walk of bpath starts: the root, or the graveyard (whose name
+ * no lookup reaches) with *rest past it. */
+static int walk_start(struct secondary *sec, char *copy, char **rest,
+		      uint64_t *at)
+{
+	size_t n = strlen(PERSIST_GRAVEYARD);
+
+	*at = TREE_ROOT_INO;
+	*rest = copy;
+	if (strncmp(copy, PERSIST_GRAVEYARD, n) || (copy[n] && copy[n] != '/'))
+		return 0;
+	*rest = copy + n;
+	return tree_graveyard(sec->tree, at);
+}
+
 int base_lookup(struct secondary *sec, const char *bpath, uint64_t *ino)
 {
-	uint64_t at = TREE_ROOT_INO;
-	char *copy = strdup(bpath), *save = NULL, *name;
+	uint64_t at;
+	char *copy = strdup(bpath), *save = NULL, *name, *rest = NULL;
 	struct tree_entry e;
-	int ret = copy ? 0 : -ENOMEM;
+	int ret = copy ? walk_start(sec, copy, &rest, &at) : -ENOMEM;
 
-	for (name = copy ? strtok_r(copy, "/", &save) : NULL; name && !ret;
+	for (name = ret ? NULL : strtok_r(rest, "/", &save); name && !ret;
 	     name = strtok_r(NULL, "/", &save)) {
 		ret = tree_lookup(sec->tree, at, name, &e);
 		if (at != TREE_ROOT_INO)

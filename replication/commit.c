@@ -1,9 +1,10 @@
 /*
  * Failover: the secondary takes over. Its base must become what its view
- * shows, V: every cluster hidden holds goes back into B (the primary's
- * changes since the last checkpoint are undone), then every cluster
- * active holds goes in over it (the secondary VM's own changes are
- * kept), then sizes and metadata. The inbound mount refuses changes from
+ * shows, V: hidden's names and every cluster it holds go back into B
+ * (the primary's changes since the last checkpoint are undone), then
+ * active's names and clusters go in over them (the secondary VM's own
+ * changes are kept), each with sizes and metadata (cnames.c does the
+ * names). The inbound mount refuses changes from
  * the start (a returning old primary must not write into the new
  * primary's base), the view waits for the commit, and then the layers
  * are emptied and the mount is an ordinary one (stage DONE). A step that
@@ -48,13 +49,11 @@ static void items_free(struct items *it)
 	free(it->v);
 }
 
-/* Where entry e's object lies in B: hidden entries name it; an active
- * one names a C path, which hidden maps. sec->lock held. */
-static char *entry_bpath(struct items *it, const struct layer_entry *e)
+/* Where entry e's object lies in B: once commit_names() ran, at its
+ * own path, which its lower says. */
+static char *entry_bpath(const struct layer_entry *e)
 {
-	if (it->l == it->sec->hidden)
-		return e->lower ? strdup(e->lower) : NULL;
-	return e->lower ? c_to_b(it->sec, e->lower) : NULL;
+	return strdup(e->lower ? e->lower : e->path);
 }
 
 static int collect(void *arg, const struct layer_entry *e)
@@ -76,14 +75,14 @@ static int collect(void *arg, const struct layer_entry *e)
 	x = &it->v[it->n];
 	*x = (struct item){.l = it->l,
 			   .path = strdup(e->path),
-			   .bpath = entry_bpath(it, e),
+			   .bpath = entry_bpath(e),
 			   .obj = e->obj,
 			   .has_size = e->has_size,
 			   .has_meta = e->has_meta,
 			   .size = e->size,
 			   .meta = e->meta};
 	it->n++;
-	if (!x->path || (e->lower && !x->bpath))
+	if (!x->path || !x->bpath)
 		return it->ret = -ENOMEM;
 	return 0;
 }
@@ -193,10 +192,15 @@ static int commit_item(struct secondary *sec, const struct item *x)
 	return ret;
 }
 
+/* Names first, then each entry's data, size and metadata. */
 static int commit_layer(struct secondary *sec, struct layer *l)
 {
 	struct items it;
-	int ret = collect_layer(sec, l, &it);
+	int ret = commit_names(sec, l);
+
+	if (ret)
+		return ret;
+	ret = collect_layer(sec, l, &it);
 
 	for (int i = 0; !ret && i < it.n; i++)
 		ret = commit_item(sec, &it.v[i]);
@@ -206,10 +210,12 @@ static int commit_layer(struct secondary *sec, struct layer *l)
 
 int secondary_failover(struct secondary *sec, char *err, size_t errlen)
 {
+	struct paths *graves = NULL;
 	int ret;
 
 	atomic_store(&sec->read_only, true);
 	pthread_rwlock_wrlock(&sec->epoch);
+	pthread_rwlock_wrlock(&sec->names);
 	ret = secondary_set_stage(sec, REPL_FAILOVER,
 				  "replication stop failover");
 	/* Hidden first: C's bytes come back; then the VM's own over them. */
@@ -221,11 +227,16 @@ int secondary_failover(struct secondary *sec, char *err, size_t errlen)
 		ret = secondary_new_epoch(sec);
 	if (!ret)
 		ret = secondary_set_stage(sec, REPL_DONE, "failover committed");
+	if (!ret)
+		graveyard_list(sec, &graves);
 	if (ret) {
 		atomic_store(&sec->error, -EIO);
 		secondary_set_stage(sec, REPL_FAILOVER_FAILED, strerror(-ret));
 	}
+	atomic_fetch_add(&sec->ns_gen, 1);
+	pthread_rwlock_unlock(&sec->names);
 	pthread_rwlock_unlock(&sec->epoch);
+	graveyard_clear(sec, graves);
 	/* QEMU's stop with failover drops the commit's error: the stage
 	 * and get-error tell it. */
 	(void)err;

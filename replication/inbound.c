@@ -190,12 +190,13 @@ static int cbw(struct secondary *sec, struct change *c, uint64_t off,
 	       uint64_t end, bool resize)
 {
 	unsigned int cl = sec->cfg->cluster;
-	uint64_t limit = c_size(sec, c);
+	uint64_t limit;
 	char *buf;
 	int ret = 0;
 
 	if (!c->cpath)
 		return 0;
+	limit = c_size(sec, c);
 	if (resize)
 		ret = cbw_size(sec, c);
 	if (end > limit)
@@ -219,13 +220,7 @@ static int read_only(struct secondary *sec)
 
 int inbound_may_change(struct secondary *sec)
 {
-	if (atomic_load(&sec->read_only))
-		return -EROFS;
-	/* Changes of names while RUNNING are not copied before they are
-	 * written yet: refused rather than let C see them. */
-	if (atomic_load(&sec->stage) == REPL_RUNNING)
-		return -EOPNOTSUPP;
-	return 0;
+	return read_only(sec);
 }
 
 /* Run change(arg) on f, after copy-before-write of [off, end) (and of

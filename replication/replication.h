@@ -132,6 +132,23 @@ bool view_dir_entry(const struct view_dir *d, size_t i, const char **name,
 		    struct stat *st);
 void view_releasedir(struct view_dir *d);
 
+/*
+ * The view's changes of names. view_make makes a regular file, device,
+ * FIFO, directory or symlink (target) as mode says, owned by who, and
+ * returns its entry with one lookup. Hard links and extended attributes
+ * of the view are not supported while the layers are in use.
+ */
+int view_make(struct secondary *sec, uint64_t parent, const char *name,
+	      mode_t mode, dev_t rdev, const char *target,
+	      const struct tree_caller *who, struct tree_entry *e);
+int view_remove(struct secondary *sec, uint64_t parent, const char *name,
+		bool dir);
+int view_rename(struct secondary *sec, uint64_t parent, const char *name,
+		uint64_t newparent, const char *newname, unsigned int flags);
+/* The target's length; buf (size bytes) gets it without a NUL. */
+ssize_t view_readlink(struct secondary *sec, uint64_t ino, char *buf,
+		      size_t size);
+
 /* ---- the inbound mount's changes (the rest goes to the tree) ---- */
 
 ssize_t inbound_write(struct secondary *sec, struct tree_file *f,
@@ -141,8 +158,21 @@ int inbound_setattr(struct secondary *sec, uint64_t ino, struct tree_file *f,
 		    const struct stat *attr, int to_set, struct stat *st);
 int inbound_fallocate(struct secondary *sec, struct tree_file *f, int mode,
 		      off_t off, off_t len);
-/* A change of names (create, mkdir, unlink, rename, ...) may go on:
- * 0, or -EROFS after failover (check before calling the tree). */
+/* A change of names or xattrs may go on: 0, or -EROFS after failover. */
 int inbound_may_change(struct secondary *sec);
+/*
+ * A name is about to appear at B's parent/name (create, mknod, mkdir,
+ * symlink, link): the checkpoint's tree must not see it. On 0 the caller
+ * makes the change with the tree, then calls inbound_named(); on -errno
+ * it changes nothing (and calls nothing).
+ */
+int inbound_naming(struct secondary *sec, uint64_t parent, const char *name);
+void inbound_named(struct secondary *sec);
+/* unlink (dir: rmdir) and rename of B's names, done here: what the
+ * checkpoint's tree still has goes into the graveyard, not away. */
+int inbound_remove(struct secondary *sec, uint64_t parent, const char *name,
+		   bool dir);
+int inbound_rename(struct secondary *sec, uint64_t parent, const char *name,
+		   uint64_t newparent, const char *newname, unsigned int flags);
 
 #endif

@@ -81,6 +81,7 @@ struct secondary {
 	atomic_bool inbound_up;	 /* the inbound mount is mounted */
 	atomic_bool read_only;	 /* failover began: inbound refuses */
 	_Atomic uint64_t ns_gen; /* bumped by every change of names */
+	_Atomic uint64_t graves; /* the next graveyard name's number */
 
 	pthread_rwlock_t epoch;
 	pthread_rwlock_t names;
@@ -126,6 +127,13 @@ int vinfo_get(struct secondary *sec, const char *vpath, struct vinfo *vi);
 int vinfo_stat(struct secondary *sec, const struct vinfo *vi, struct stat *st);
 void vinfo_free(struct vinfo *vi);
 
+/* view.c: view_lookup() and view_opendir() for a caller that holds
+ * sec->names already (a change of names, exclusively). */
+int view_lookup_locked(struct secondary *sec, uint64_t parent, const char *name,
+		       struct tree_entry *e);
+int view_opendir_locked(struct secondary *sec, uint64_t ino,
+			struct view_dir **d);
+
 /* ---- stage.c ---- */
 
 /* Record stage `now` (enum repl_stage) in the active layer's state, then
@@ -141,6 +149,20 @@ int secondary_new_epoch(struct secondary *sec);
 /* RUNNING -> FAILOVER -> DONE (or FAILOVER_FAILED): commit the layers
  * into the base, so that it becomes what the view shows. */
 int secondary_failover(struct secondary *sec, char *err, size_t errlen);
+/* Paths: a layer's, shallowest first, or the graveyard's names. */
+struct paths {
+	char **p;
+	int n, cap;
+};
+
+/* cnames.c: what the graveyard holds now, and its removal, which may run
+ * after the epoch lock is dropped: new burials get new names. */
+int graveyard_list(struct secondary *sec, struct paths **out);
+void graveyard_clear(struct secondary *sec, struct paths *ps);
+/* cnames.c: B's names become those layer l gives over it; afterwards
+ * every entry's lower is its own path. Holds nothing; the caller holds
+ * sec->epoch and sec->names exclusively. */
+int commit_names(struct secondary *sec, struct layer *l);
 
 /* ---- resolve.c: the trees' names, under sec->lock ---- */
 

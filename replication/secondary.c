@@ -64,8 +64,11 @@ int secondary_open(const struct config_secondary *cfg, struct secondary **out,
 	if (!sec)
 		return refuse(err, errlen, -ENOMEM, "out of memory");
 	sec->cfg = cfg;
+	/* Graveyard names must not meet those of an earlier run. */
+	atomic_init(&sec->graves, (uint64_t)time(NULL) << 20);
 	pthread_rwlock_init(&sec->epoch, NULL);
 	pthread_rwlock_init(&sec->names, NULL);
+	pthread_mutex_init(&sec->fill, NULL);
 	pthread_mutex_init(&sec->lock, NULL);
 	ret = layer_open(cfg->active, "active", cfg->cluster, cfg->layer_sync,
 			 &sec->active, err, errlen);
@@ -102,6 +105,7 @@ void secondary_close(struct secondary *sec, bool clean)
 	layer_close(sec->hidden, clean);
 	vnodes_free(sec);
 	pthread_mutex_destroy(&sec->lock);
+	pthread_mutex_destroy(&sec->fill);
 	pthread_rwlock_destroy(&sec->names);
 	pthread_rwlock_destroy(&sec->epoch);
 	free(sec);
@@ -113,36 +117,6 @@ void secondary_inbound(struct secondary *sec, bool mounted)
 }
 
 /* ---- stages ---- */
-
-static int start(struct secondary *sec, int mode, char *err, size_t errlen)
-{
-	int s = atomic_load(&sec->stage), ret;
-
-	if (mode < 0)
-		return refuse(err, errlen, -EINVAL,
-			      "usage: replication start secondary");
-	if (s == REPL_DONE || s == REPL_FAILOVER)
-		return 0;
-	if (s != REPL_NONE)
-		return refuse(err, errlen, -EBUSY, RUNNING_OR_DONE);
-	if (mode != 1)
-		return refuse(err, errlen, -EINVAL, MODE_INVALID, 1, mode);
-	if (!atomic_load(&sec->inbound_up))
-		return refuse(err, errlen, -ENOTCONN, NO_BACKEND);
-	pthread_rwlock_wrlock(&sec->epoch);
-	ret = secondary_new_epoch(sec);
-	if (!ret)
-		ret = secondary_set_stage(sec, REPL_RUNNING,
-					  "replication start");
-	if (!ret)
-		atomic_store(&sec->error, 0);
-	pthread_rwlock_unlock(&sec->epoch);
-	if (ret)
-		return refuse(err, errlen, ret,
-			      "Cannot make active disk "
-			      "empty");
-	return 0;
-}
 
 static void emit_checkpoint(struct secondary *sec, int64_t ms)
 {
@@ -175,25 +149,9 @@ static int drain(struct secondary *sec, char *err, size_t errlen)
 		      "in-flight I/O did not drain within %d ms", ms);
 }
 
-static int checkpoint(struct secondary *sec, char *err, size_t errlen)
+/* Checkpoint statistics, for status. */
+static void count_checkpoint(struct secondary *sec, int64_t ms)
 {
-	int s = atomic_load(&sec->stage), ret;
-	int64_t t0 = now_ms(), ms;
-
-	if (s == REPL_DONE || s == REPL_FAILOVER)
-		return 0;
-	if (s != REPL_RUNNING)
-		return refuse(err, errlen, -EINVAL, JOB_CANCELLED);
-	ret = drain(sec, err, errlen);
-	if (ret)
-		return ret;
-	ret = secondary_new_epoch(sec);
-	pthread_rwlock_unlock(&sec->epoch);
-	if (ret)
-		return refuse(err, errlen, ret,
-			      "Cannot make active disk "
-			      "empty");
-	ms = now_ms() - t0;
 	pthread_mutex_lock(&sec->lock);
 	sec->checkpoints++;
 	sec->last_checkpoint_ms = (uint64_t)ms;
@@ -201,8 +159,68 @@ static int checkpoint(struct secondary *sec, char *err, size_t errlen)
 	if ((uint64_t)ms > sec->max_checkpoint_ms)
 		sec->max_checkpoint_ms = (uint64_t)ms;
 	pthread_mutex_unlock(&sec->lock);
-	emit_checkpoint(sec, ms);
+}
+
+/*
+ * With every request drained: empty both layers, then take stage `to`
+ * (-1: keep it). What the graveyard held for the old epoch goes after
+ * the requests resume: nothing refers to it any more.
+ */
+static int switch_epoch(struct secondary *sec, int to, const char *why,
+			char *err, size_t errlen)
+{
+	struct paths *graves = NULL;
+	int ret = drain(sec, err, errlen);
+
+	if (ret)
+		return ret;
+	ret = secondary_new_epoch(sec);
+	if (!ret && to >= 0)
+		ret = secondary_set_stage(sec, to, why);
+	if (!ret)
+		graveyard_list(sec, &graves);
+	pthread_rwlock_unlock(&sec->epoch);
+	graveyard_clear(sec, graves);
+	return ret ? refuse(err, errlen, ret, "Cannot make active disk empty")
+		   : 0;
+}
+
+static int checkpoint(struct secondary *sec, char *err, size_t errlen)
+{
+	int s = atomic_load(&sec->stage), ret;
+	int64_t t0 = now_ms();
+
+	if (s == REPL_DONE || s == REPL_FAILOVER)
+		return 0;
+	if (s != REPL_RUNNING)
+		return refuse(err, errlen, -EINVAL, JOB_CANCELLED);
+	ret = switch_epoch(sec, -1, NULL, err, errlen);
+	if (ret)
+		return ret;
+	count_checkpoint(sec, now_ms() - t0);
+	emit_checkpoint(sec, now_ms() - t0);
 	return 0;
+}
+
+static int start(struct secondary *sec, int mode, char *err, size_t errlen)
+{
+	int s = atomic_load(&sec->stage), ret;
+
+	if (mode < 0)
+		return refuse(err, errlen, -EINVAL,
+			      "usage: replication start secondary");
+	if (s == REPL_DONE || s == REPL_FAILOVER)
+		return 0;
+	if (s != REPL_NONE)
+		return refuse(err, errlen, -EBUSY, RUNNING_OR_DONE);
+	if (mode != 1)
+		return refuse(err, errlen, -EINVAL, MODE_INVALID, 1, mode);
+	if (!atomic_load(&sec->inbound_up))
+		return refuse(err, errlen, -ENOTCONN, NO_BACKEND);
+	ret = switch_epoch(sec, REPL_RUNNING, "replication start", err, errlen);
+	if (!ret)
+		atomic_store(&sec->error, 0);
+	return ret;
 }
 
 static int get_error(struct secondary *sec, char *err, size_t errlen)
@@ -216,7 +234,7 @@ static int get_error(struct secondary *sec, char *err, size_t errlen)
 
 static int stop(struct secondary *sec, bool failover, char *err, size_t errlen)
 {
-	int s = atomic_load(&sec->stage), ret;
+	int s = atomic_load(&sec->stage);
 
 	if (s == REPL_DONE || s == REPL_FAILOVER)
 		return 0;
@@ -224,15 +242,8 @@ static int stop(struct secondary *sec, bool failover, char *err, size_t errlen)
 		return refuse(err, errlen, -EINVAL, NOT_RUNNING);
 	if (failover)
 		return secondary_failover(sec, err, errlen);
-	ret = drain(sec, err, errlen);
-	if (ret)
-		return ret;
 	/* Without failover the view becomes the base: the layers go. */
-	ret = secondary_new_epoch(sec);
-	if (!ret)
-		ret = secondary_set_stage(sec, REPL_DONE, "replication stop");
-	pthread_rwlock_unlock(&sec->epoch);
-	return ret ? refuse(err, errlen, ret, "%s", strerror(-ret)) : 0;
+	return switch_epoch(sec, REPL_DONE, "replication stop", err, errlen);
 }
 
 int replication_secondary(struct secondary *sec,

@@ -108,7 +108,7 @@ int vinfo_stat(struct secondary *sec, const struct vinfo *vi, struct stat *st)
 	return 0;
 }
 
-/* Attributes of V path vpath, under the names lock. */
+/* Attributes of V path vpath; the caller holds the names lock. */
 static int vpath_stat(struct secondary *sec, const char *vpath, struct stat *st)
 {
 	struct vinfo vi;
@@ -116,17 +116,26 @@ static int vpath_stat(struct secondary *sec, const char *vpath, struct stat *st)
 
 	if (*vpath == '/')
 		return -ENOENT; /* renamed over */
-	pthread_rwlock_rdlock(&sec->names);
 	ret = vinfo_get(sec, vpath, &vi);
 	if (!ret)
 		ret = vinfo_stat(sec, &vi, st);
-	pthread_rwlock_unlock(&sec->names);
 	vinfo_free(&vi);
 	return ret;
 }
 
 int view_lookup(struct secondary *sec, uint64_t parent, const char *name,
 		struct tree_entry *e)
+{
+	int ret;
+
+	pthread_rwlock_rdlock(&sec->names);
+	ret = view_lookup_locked(sec, parent, name, e);
+	pthread_rwlock_unlock(&sec->names);
+	return ret;
+}
+
+int view_lookup_locked(struct secondary *sec, uint64_t parent, const char *name,
+		       struct tree_entry *e)
 {
 	char *dir = vnode_path(sec, parent), *vpath = NULL;
 	int ret = -ENOENT;
@@ -148,8 +157,12 @@ int view_lookup(struct secondary *sec, uint64_t parent, const char *name,
 int view_getattr(struct secondary *sec, uint64_t ino, struct stat *st)
 {
 	char *vpath = vnode_path(sec, ino);
-	int ret = vpath ? vpath_stat(sec, vpath, st) : -ENOENT;
+	int ret = -ENOENT;
 
+	pthread_rwlock_rdlock(&sec->names);
+	if (vpath)
+		ret = vpath_stat(sec, vpath, st);
+	pthread_rwlock_unlock(&sec->names);
 	if (!ret)
 		st->st_ino = ino;
 	free(vpath);
@@ -242,6 +255,16 @@ static int candidates(struct secondary *sec, const char *vpath,
 	return ret;
 }
 
+/* A number for a path, never 0. */
+static ino_t path_number(const char *path)
+{
+	uint64_t h = 14695981039346656037ull;
+
+	while (*path)
+		h = (h ^ (unsigned char)*path++) * 1099511628211ull;
+	return (ino_t)(h | 1);
+}
+
 /* Keep the names V has, with their attributes. */
 static int keep_present(struct secondary *sec, const char *vpath,
 			struct view_dir *d)
@@ -258,10 +281,15 @@ static int keep_present(struct secondary *sec, const char *vpath,
 
 		if (!ret)
 			ret = path ? vinfo_get(sec, path, &vi) : -ENOMEM;
-		if (!ret && vinfo_stat(sec, &vi, &d->st[kept]) == 0)
+		if (!ret && vinfo_stat(sec, &vi, &d->st[kept]) == 0) {
+			/* A listing hides an entry of inode 0: an object only
+			 * the layer has needs a number of its own. */
+			if (!d->st[kept].st_ino)
+				d->st[kept].st_ino = path_number(path);
 			d->name[kept++] = d->name[i];
-		else
+		} else {
 			free(d->name[i]);
+		}
 		vinfo_free(&vi);
 		free(path);
 	}
@@ -293,13 +321,23 @@ static int add_dots(struct view_dir *d, const struct stat *dir)
 
 int view_opendir(struct secondary *sec, uint64_t ino, struct view_dir **out)
 {
+	int ret;
+
+	pthread_rwlock_rdlock(&sec->names);
+	ret = view_opendir_locked(sec, ino, out);
+	pthread_rwlock_unlock(&sec->names);
+	return ret;
+}
+
+int view_opendir_locked(struct secondary *sec, uint64_t ino,
+			struct view_dir **out)
+{
 	char *vpath = vnode_path(sec, ino);
 	struct view_dir *d = calloc(1, sizeof(*d));
 	struct vinfo vi = {0};
 	struct stat st;
 	int ret = vpath && d ? 0 : -ENOMEM;
 
-	pthread_rwlock_rdlock(&sec->names);
 	if (!ret)
 		ret = vinfo_get(sec, vpath, &vi);
 	if (!ret)
@@ -312,7 +350,6 @@ int view_opendir(struct secondary *sec, uint64_t ino, struct view_dir **out)
 		ret = keep_present(sec, vpath, d);
 	if (!ret)
 		ret = add_dots(d, &st);
-	pthread_rwlock_unlock(&sec->names);
 	vinfo_free(&vi);
 	free(vpath);
 	if (ret) {

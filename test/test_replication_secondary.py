@@ -15,7 +15,9 @@ differential test drives QEMU itself).
 
 import errno
 import os
+import random
 import subprocess
+import time
 
 import pytest
 
@@ -23,6 +25,7 @@ import qfs
 from qfs import read_file, write_file
 from control_util import control, refused, status, wait_child_state
 from test_docs import documented, keys_of, readme_section
+from replication_model import ReplicationModel
 from test_replication_primary import IO_ERROR, NOT_RUNNING, RUNNING_OR_DONE
 
 KiB = 1024
@@ -296,3 +299,129 @@ def test_secondary_status_and_events_are_in_the_readme(pair):
         names.add(e["event"])
     assert not documented(names, section), names
     assert not documented(keys, section), sorted(documented(keys, section))
+
+
+# --- names, from both sides, against the reference model ---------------------
+
+NAMES = ["a.img", "b.img", "c.img", "d.img"]
+SMALL = 256 * KiB
+SCRIPTS = range(12)
+
+
+def tree_of(root):
+    """path -> bytes of every regular file below root, but the mount's
+    own names."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        dirs[:] = [x for x in dirs if x not in (".quorumfs", ".qfs-graveyard")]
+        for f in files:
+            if f == ".control" and d == str(root):
+                continue
+            path = os.path.join(d, f)
+            out[os.path.relpath(path, root)] = read_file(path)
+    return out
+
+
+def ns_step(rng, model):
+    """A random step that the model's trees allow now."""
+    side = rng.choice(["p", "s"])
+    names = sorted(model.p.files) if side == "p" else \
+        sorted(model.s.v_ns())
+    free = [n for n in NAMES if n not in names]
+    r = rng.random()
+    if r < 0.08:
+        return ("checkpoint",)
+    if (r < 0.2 or not names) and free:
+        return (side + "create", rng.choice(free))
+    if not names:
+        return ("checkpoint",)
+    path = rng.choice(names)
+    if r < 0.3:
+        return (side + "unlink", path)
+    if r < 0.42:
+        return (side + "rename", path, rng.choice(NAMES))
+    if r < 0.52:
+        return (side + "truncate", path, rng.randrange(0, 2 * SMALL, 512))
+    off = rng.randrange(0, 2 * SMALL, 512)
+    return (side + "write", path, off,
+            bytes([rng.randrange(1, 256)]) * rng.choice((512, 4096, 65536)))
+
+
+def apply_ns(p, model, step):
+    """One step on the mounts and on the model."""
+    kind, args = step[0], step[1:]
+    if kind == "checkpoint":
+        p.checkpoint()
+        model.checkpoint("primary")
+        model.checkpoint("secondary")
+        return
+    mnt = p.p if kind[0] == "p" else p.s
+    op, who = kind[1:], "primary" if kind[0] == "p" else "secondary"
+    path = mnt.path(args[0])
+    if op == "create":
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    elif op == "unlink":
+        os.unlink(path)
+    elif op == "rename":
+        os.rename(path, mnt.path(args[1]))
+    elif op == "truncate":
+        os.truncate(path, args[1])
+    else:
+        pwrite(path, args[1], args[2])
+    getattr(model, "%s_%s" % (who, op))(*args)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("seed", SCRIPTS)
+def test_names_from_both_sides_follow_the_model(pair, seed):
+    rng = random.Random("replication-names-%d" % seed)
+    p = pair()
+    files = {}
+    for n in NAMES[:2]:
+        files[n] = rng.randbytes(SMALL)
+        for side in ("p1", "b1"):
+            write_file(p.root / side / n, files[n])
+    os.unlink(p.root / "p1" / "disk.img")
+    os.unlink(p.root / "b1" / "disk.img")
+    model = ReplicationModel(files, flavour="quorumfs")
+    p.start()
+    model.start("secondary")
+    model.start("primary")
+    for i in range(40):
+        step = ns_step(rng, model)
+        apply_ns(p, model, step)
+        where = "step %d %s (seed %d)" % (i, step[:2], seed)
+        assert tree_of(p.s.path()) == model.view_tree(), where
+        assert tree_of(p.root / "b1") == model.base_tree(), where
+        assert tree_of(p.p.path()) == model.primary_tree(), where
+    if seed % 2:
+        view = tree_of(p.s.path())
+        p.p.kill()
+        model.failover()
+        control(p.s, "replication stop failover")
+        assert repl(p.s)["stage"] == "DONE"
+        assert tree_of(p.root / "b1") == view == model.base_tree()
+    else:
+        control(p.p, "replication stop")
+        control(p.s, "replication stop")
+        model.stop("primary")
+        model.stop("secondary")
+        assert tree_of(p.s.path()) == tree_of(p.root / "b1") == \
+            model.base_tree()
+
+
+def test_removing_a_big_image_on_the_inbound_side_is_a_rename(pair):
+    p = pair()
+    p.start()
+    with open(p.p.path("big.img"), "wb") as f:
+        f.truncate(1 << 30)
+    p.checkpoint()  # the checkpoint's tree has it
+    t = time.monotonic()
+    os.unlink(p.p.path("big.img"))
+    took = time.monotonic() - t
+    assert took < 0.5 * qfs.deadline_scale(), took
+    assert "big.img" not in os.listdir(p.root / "b1")
+    assert os.listdir(p.root / "b1" / ".qfs-graveyard")
+    assert os.stat(p.s.path("big.img")).st_size == 1 << 30  # C has it
+    p.checkpoint()
+    assert not os.listdir(p.root / "b1" / ".qfs-graveyard")

@@ -470,6 +470,28 @@ int tree_lookup(struct tree *tree, uint64_t parent, const char *name,
 	return ns_run(tree, &op, e);
 }
 
+int tree_graveyard(struct tree *tree, uint64_t *ino)
+{
+	struct ns_op look = {.kind = NS_LOOKUP,
+			     .parent = tree_root(tree),
+			     .name = PERSIST_GRAVEYARD};
+	struct ns_op make = {.kind = NS_MKDIR,
+			     .parent = tree_root(tree),
+			     .name = PERSIST_GRAVEYARD,
+			     .mode = S_IFDIR | 0700};
+	struct tree_entry e;
+	int ret = ns_run(tree, &look, &e);
+
+	if (ret == -ENOENT) {
+		ret = ns_run(tree, &make, &e);
+		if (ret == -EEXIST)
+			ret = ns_run(tree, &look, &e);
+	}
+	if (!ret)
+		*ino = e.ino;
+	return ret;
+}
+
 void tree_forget(struct tree *tree, uint64_t ino, uint64_t nlookup)
 {
 	node_forget(tree, tree_node(tree, ino), nlookup);

@@ -446,6 +446,8 @@ char *tree_entry_path(struct tree *tree, struct tree_node *parent,
 
 bool tree_reserved_name(uint64_t parent, const char *name)
 {
-	return parent == TREE_ROOT_INO && (strcmp(name, ".control") == 0 ||
-					   strcmp(name, ".quorumfs") == 0);
+	return parent == TREE_ROOT_INO &&
+	       (strcmp(name, ".control") == 0 ||
+		strcmp(name, PERSIST_DIR) == 0 ||
+		strcmp(name, PERSIST_GRAVEYARD) == 0);
 }

@@ -122,8 +122,13 @@ void tree_child_removed(struct tree *tree, int slot);
  * the old handles (sshfs answers EIO on them for ever). */
 int tree_child_reopen(struct tree *tree, struct child *c);
 
-/* Names the mount reserves at its root: .control and .quorumfs. */
+/* Names the mount reserves at its root: .control, .quorumfs and the
+ * graveyard. */
 bool tree_reserved_name(uint64_t parent, const char *name);
+/* The graveyard directory at the root (PERSIST_GRAVEYARD), made if need
+ * be, with one lookup: a replication secondary's own place, which no
+ * name on the mount reaches. */
+int tree_graveyard(struct tree *tree, uint64_t *ino);
 
 /* Namespace. Each successful entry-returning call adds one lookup. */
 int tree_lookup(struct tree *tree, uint64_t parent, const char *name,

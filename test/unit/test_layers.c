@@ -111,6 +111,24 @@ static void test_a_move_renames_an_entry_and_all_below_it(void)
 	wipe();
 }
 
+static void test_moving_lowers_follows_objects_renamed_below(void)
+{
+	struct layer *l = open_layer("hidden");
+	struct layer_entry a = {.path = "c1", .lower = "d/x"},
+			   b = {.path = "c2", .lower = "dx"};
+
+	layer_put(l, &a);
+	layer_put(l, &b);
+	CHECK_EQ(layer_move_lower(l, "d", "e/f"), 0);
+	CHECK(strcmp(layer_find(l, "c1")->lower, "e/f/x") == 0);
+	CHECK(strcmp(layer_find(l, "c2")->lower, "dx") == 0);
+	layer_close(l, true);
+	l = open_layer("hidden");
+	CHECK(strcmp(layer_find(l, "c1")->lower, "e/f/x") == 0);
+	layer_close(l, true);
+	wipe();
+}
+
 static void test_objects_hold_clusters_only_once_told(void)
 {
 	struct layer *l = open_layer("hidden");
@@ -222,6 +240,7 @@ int main(void)
 	RUN(test_another_role_or_cluster_is_refused);
 	RUN(test_entries_are_journaled_and_come_back_after_reopening);
 	RUN(test_a_move_renames_an_entry_and_all_below_it);
+	RUN(test_moving_lowers_follows_objects_renamed_below);
 	RUN(test_objects_hold_clusters_only_once_told);
 	RUN(test_zeroing_makes_a_range_read_as_zeros);
 	RUN(test_a_new_epoch_starts_empty_and_gc_removes_the_old);
