@@ -187,16 +187,17 @@ static int parse_replication(char **word, int n, struct config_command *cmd,
 			     char *err, size_t errlen)
 {
 	static const char *const actions[] = {"start", "checkpoint",
-					      "get-error", "stop"};
+					      "get-error", "stop", "commit"};
 	int i, a;
 
 	cmd->mode = -1;
-	for (a = 0; n >= 2 && a < 4 && strcmp(word[1], actions[a]); a++)
+	for (a = 0; n >= 2 && a < 5 && strcmp(word[1], actions[a]); a++)
 		;
-	if (n < 2 || a == 4)
+	if (n < 2 || a == 5)
 		return fail(err, errlen,
 			    "usage: replication start|checkpoint|get-error|"
-			    "stop [primary|secondary] [failover] [NAME]");
+			    "stop|commit [primary|secondary] [failover] "
+			    "[NAME]");
 	cmd->repl = a;
 	for (i = 2; i < n; i++) {
 		if (!strcmp(word[i], "primary") ||

@@ -158,6 +158,7 @@ enum config_repl_action {
 	CONFIG_REPL_CHECKPOINT,
 	CONFIG_REPL_GET_ERROR,
 	CONFIG_REPL_STOP,
+	CONFIG_REPL_COMMIT, /* retry a failover's commit (FAILOVER_FAILED) */
 };
 
 enum config_scrub_action {

@@ -95,6 +95,9 @@ static char *state_text(const struct layer *l, const struct layer_state *st)
 	json_object_object_add(o, "epoch", json_object_new_int64(st->epoch));
 	json_object_object_add(o, "stage", json_object_new_int(st->stage));
 	json_object_object_add(o, "clean", json_object_new_boolean(st->clean));
+	if (st->failed_over)
+		json_object_object_add(o, "failed-over",
+				       json_object_new_boolean(1));
 	text = strdup(json_object_to_json_string(o));
 	json_object_put(o);
 	return text;
@@ -184,6 +187,7 @@ static int parse_state(struct layer *l, struct json_object *o, const char *path,
 	l->st.epoch = (uint64_t)get_int(o, "epoch", 0);
 	l->st.stage = (int)get_int(o, "stage", 0);
 	l->st.clean = get_bool(o, "clean");
+	l->st.failed_over = get_bool(o, "failed-over");
 	return 0;
 }
 

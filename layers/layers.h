@@ -64,6 +64,7 @@ struct layer_state {
 	uint64_t epoch;
 	int stage;
 	bool clean;
+	bool failed_over; /* a failover began: the inbound side is closed */
 };
 
 /*

@@ -208,6 +208,32 @@ static int commit_layer(struct secondary *sec, struct layer *l)
 	return ret;
 }
 
+/* Once B is C again, hidden has nothing more to say: an empty hidden
+ * layer keeps the view right while the active one is committed, and a
+ * failover that stops here and goes on later. */
+static int empty_hidden(struct secondary *sec)
+{
+	struct layer_state st;
+	int ret;
+
+	layer_get_state(sec->hidden, &st);
+	pthread_mutex_lock(&sec->lock);
+	ret = layer_switch(sec->hidden, st.epoch);
+	pthread_mutex_unlock(&sec->lock);
+	return ret;
+}
+
+static int mark_failed_over(struct secondary *sec)
+{
+	struct layer_state st;
+
+	layer_get_state(sec->active, &st);
+	if (st.failed_over)
+		return 0;
+	st.failed_over = true;
+	return layer_set_state(sec->active, &st);
+}
+
 int secondary_failover(struct secondary *sec, char *err, size_t errlen)
 {
 	struct paths *graves = NULL;
@@ -216,11 +242,17 @@ int secondary_failover(struct secondary *sec, char *err, size_t errlen)
 	atomic_store(&sec->read_only, true);
 	pthread_rwlock_wrlock(&sec->epoch);
 	pthread_rwlock_wrlock(&sec->names);
-	ret = secondary_set_stage(sec, REPL_FAILOVER,
-				  "replication stop failover");
+	ret = mark_failed_over(sec);
+	if (!ret)
+		ret = secondary_set_stage(sec, REPL_FAILOVER,
+					  "replication stop failover");
 	/* Hidden first: C's bytes come back; then the VM's own over them. */
 	if (!ret)
 		ret = commit_layer(sec, sec->hidden);
+	if (!ret) {
+		failpoint("commit");
+		ret = empty_hidden(sec);
+	}
 	if (!ret)
 		ret = commit_layer(sec, sec->active);
 	if (!ret)

@@ -243,6 +243,8 @@ static ssize_t guarded(struct secondary *sec, struct tree_file *f, uint64_t off,
 			ret = cbw_claim(sec, c.ino, 0, RANGE_END, true, &claim);
 		if (!ret)
 			ret = cbw(sec, &c, off, end, resize);
+		if (!ret)
+			failpoint("cbw");
 	}
 	if (!ret)
 		ret = change(sec, arg);

@@ -74,6 +74,11 @@ static int one(struct child_set *set, struct child *c,
 		return stop(set, c, err, errlen);
 	case CONFIG_REPL_CHECKPOINT:
 		break; /* the barrier below covers every child at once */
+	case CONFIG_REPL_COMMIT:
+		return refuse(err, errlen, -EINVAL,
+			      "commit retries a secondary's failover; %s is "
+			      "a primary's replication child",
+			      child_name(c));
 	}
 	return 0;
 }

@@ -143,6 +143,8 @@ int secondary_set_stage(struct secondary *sec, int now, const char *reason);
  * hidden, then the old epochs' files go. The caller holds sec->epoch
  * exclusively; takes sec->lock. */
 int secondary_new_epoch(struct secondary *sec);
+/* A point where the tests may cut the daemon short (QFS_FAILPOINT). */
+void failpoint(const char *name);
 
 /* ---- commit.c: failover ---- */
 

@@ -49,10 +49,25 @@ static void check_recovery(struct secondary *sec)
 
 	layer_get_state(sec->active, &a);
 	atomic_store(&sec->stage, a.stage);
+	atomic_store(&sec->read_only, a.failed_over);
 	if (a.stage == REPL_NONE || a.stage == REPL_DONE || a.clean ||
 	    sec->cfg->layer_sync)
 		return;
 	atomic_store(&sec->stage, REPL_NONE);
+}
+
+/* Writers first: a checkpoint must not wait behind a stream of view
+ * and inbound requests that keep the epoch lock shared. */
+static void init_locks(struct secondary *sec)
+{
+	pthread_rwlockattr_t attr;
+
+	pthread_rwlockattr_init(&attr);
+	pthread_rwlockattr_setkind_np(
+		&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&sec->epoch, &attr);
+	pthread_rwlock_init(&sec->names, &attr);
+	pthread_rwlockattr_destroy(&attr);
 }
 
 int secondary_open(const struct config_secondary *cfg, struct secondary **out,
@@ -66,8 +81,7 @@ int secondary_open(const struct config_secondary *cfg, struct secondary **out,
 	sec->cfg = cfg;
 	/* Graveyard names must not meet those of an earlier run. */
 	atomic_init(&sec->graves, (uint64_t)time(NULL) << 20);
-	pthread_rwlock_init(&sec->epoch, NULL);
-	pthread_rwlock_init(&sec->names, NULL);
+	init_locks(sec);
 	pthread_mutex_init(&sec->fill, NULL);
 	pthread_mutex_init(&sec->lock, NULL);
 	ret = layer_open(cfg->active, "active", cfg->cluster, cfg->layer_sync,
@@ -92,9 +106,15 @@ int secondary_open(const struct config_secondary *cfg, struct secondary **out,
 void secondary_start(struct secondary *sec, struct tree *tree,
 		     struct event_log *log, int timeout_ms)
 {
+	char err[256];
+
 	sec->tree = tree;
 	sec->log = log;
 	sec->timeout_ms = timeout_ms;
+	/* A failover cut short by a crash goes on where it stopped: each
+	 * step of its commit may run again. */
+	if (atomic_load(&sec->stage) == REPL_FAILOVER)
+		secondary_failover(sec, err, sizeof(err));
 }
 
 void secondary_close(struct secondary *sec, bool clean)
@@ -262,6 +282,13 @@ int replication_secondary(struct secondary *sec,
 		return get_error(sec, err, errlen);
 	case CONFIG_REPL_STOP:
 		return stop(sec, cmd->failover, err, errlen);
+	case CONFIG_REPL_COMMIT:
+		if (atomic_load(&sec->stage) != REPL_FAILOVER_FAILED)
+			return refuse(
+				err, errlen, -EINVAL,
+				"nothing to commit: the stage is %s",
+				repl_stage_name(atomic_load(&sec->stage)));
+		return secondary_failover(sec, err, errlen);
 	}
 	return -EINVAL;
 }

@@ -6,6 +6,9 @@
 #include "replication/replication_i.h"
 
 #include <json-c/json.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "children/children.h"
 
@@ -54,6 +57,8 @@ int secondary_new_epoch(struct secondary *sec)
 	pthread_mutex_lock(&sec->lock);
 	ret = layer_switch(sec->active, st.epoch + 1);
 	if (!ret)
+		failpoint("checkpoint");
+	if (!ret)
 		ret = layer_switch(sec->hidden, st.epoch + 1);
 	if (!ret) {
 		atomic_fetch_add(&sec->ns_gen, 1);
@@ -62,4 +67,29 @@ int secondary_new_epoch(struct secondary *sec)
 	}
 	pthread_mutex_unlock(&sec->lock);
 	return ret;
+}
+
+/*
+ * QFS_FAILPOINT=NAME:N kills the daemon with SIGKILL, as kill -9 would,
+ * the Nth time it passes point NAME: how the tests cut a checkpoint, a
+ * copy-before-write or a failover's commit half way. Unset, it costs a
+ * load of a flag.
+ */
+void failpoint(const char *name)
+{
+	static _Atomic int hits;
+	static const char *spec;
+	static atomic_bool read;
+	const char *colon;
+
+	if (!atomic_load(&read)) {
+		spec = getenv("QFS_FAILPOINT");
+		atomic_store(&read, true);
+	}
+	if (!spec || !(colon = strchr(spec, ':')) ||
+	    strncmp(spec, name, (size_t)(colon - spec)) ||
+	    name[colon - spec] != '\0')
+		return;
+	if (atomic_fetch_add(&hits, 1) + 1 == atoi(colon + 1))
+		raise(SIGKILL);
 }

@@ -330,6 +330,15 @@ static int layer_write(struct secondary *sec, struct layer *l, uint64_t obj,
 	return ret;
 }
 
+/* After a failed failover, a cluster neither layer holds is written to
+ * B, as QEMU routes a write by bdrv_is_allocated_above there. */
+static bool to_base(struct secondary *sec, const struct view_file *f,
+		    const struct layout *lo, uint64_t k)
+{
+	return atomic_load(&sec->stage) == REPL_FAILOVER_FAILED && f->base &&
+	       !holds(sec, sec->hidden, lo->hobj, k);
+}
+
 /* Write [pos, pos + n) of one cluster into the active layer: a cluster
  * it does not hold yet is first filled from C, whole. */
 static int write_piece(struct secondary *sec, struct view_file *f,
@@ -345,6 +354,11 @@ static int write_piece(struct secondary *sec, struct view_file *f,
 	if (holds(sec, sec->active, lo->aobj, (uint64_t)pos / cl))
 		return layer_write(sec, sec->active, lo->aobj, buf, n, pos,
 				   false);
+	if (to_base(sec, f, lo, (uint64_t)pos / cl)) {
+		ssize_t w = tree_write(sec->tree, f->base, buf, n, pos, NULL);
+
+		return w < 0 ? (int)w : 0;
+	}
 	whole = malloc(cl);
 	if (!whole)
 		return -ENOMEM;

@@ -172,7 +172,7 @@ class Both:
 def test_quorumfs_answers_as_qemu_step_by_step(quorum, tmp_path, seed):
     rng, steps = random_script(seed)
     fill = rng.randbytes(IMAGE)
-    q = QemuReplication(size=IMAGE, fill=fill)
+    q = QemuReplication(size=IMAGE, fill=fill, timeout=30.0)
     try:
         q.setup(start=False)
         both = Both(q, Mounts(quorum, tmp_path / "m", fill))
@@ -188,7 +188,7 @@ def test_quorumfs_answers_as_qemu_step_by_step(quorum, tmp_path, seed):
 
 def test_the_view_before_start_fails_reads_as_qemu_does(quorum, tmp_path):
     fill = b"\xaa" * (1 << 20)
-    q = QemuReplication(size=1 << 20, fill=fill)
+    q = QemuReplication(size=1 << 20, fill=fill, timeout=30.0)
     try:
         q.setup(start=False)
         m = Mounts(quorum, tmp_path / "m", fill)

@@ -104,6 +104,7 @@ static const char *const repl_words[] = {
 	[CONFIG_REPL_CHECKPOINT] = "checkpoint",
 	[CONFIG_REPL_GET_ERROR] = "get-error",
 	[CONFIG_REPL_STOP] = "stop",
+	[CONFIG_REPL_COMMIT] = "commit",
 };
 
 static const char *const scrub_words[] = {
@@ -176,7 +177,7 @@ static void check_fields(const struct config_command *cmd, const char *buf)
 			 "a scrub rate is in range, and never given to stop");
 		break;
 	case CMD_REPLICATION:
-		contract(cmd->repl <= CONFIG_REPL_STOP && cmd->mode >= -1 &&
+		contract(cmd->repl <= CONFIG_REPL_COMMIT && cmd->mode >= -1 &&
 				 cmd->mode <= 1,
 			 "replication names an action and a mode, or none");
 		contract(!cmd->failover || cmd->repl == CONFIG_REPL_STOP,
