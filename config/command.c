@@ -62,14 +62,15 @@ static int split_words(char *buf, char **word, int *nwords, char *err,
 	*nwords = 0;
 	while ((w = next_word(buf, &pos, &bad)) && !bad) {
 		if (*nwords == CMD_MAX_WORDS)
-			return fail(err, errlen,
-				    "too many words in the command");
+			return config_fail(err, errlen,
+					   "too many words in the command");
 		word[(*nwords)++] = w;
 	}
 	if (bad)
-		return fail(err, errlen,
-			    "a quote is not closed, or the command ends in a "
-			    "backslash");
+		return config_fail(
+			err, errlen,
+			"a quote is not closed, or the command ends in a "
+			"backslash");
 	return 0;
 }
 
@@ -87,18 +88,20 @@ static int parse_add_option(const char *word, struct config_command *cmd,
 		if (strcmp(word + 5, "primary") == 0)
 			cmd->replication = true;
 		else if (strcmp(word + 5, "secondary") == 0)
-			return fail(err, errlen,
-				    "a secondary is a mount of its own (-o "
-				    "replication=secondary), not a child");
+			return config_fail(
+				err, errlen,
+				"a secondary is a mount of its own (-o "
+				"replication=secondary), not a child");
 		else
-			return fail(err, errlen, MODE_VALUE);
+			return config_fail(err, errlen, MODE_VALUE);
 	} else if (strncmp(word, "top=", 4) == 0) {
 		*top = true;
 	} else {
-		return fail(err, errlen,
-			    "add takes name=NAME and mode=primary after the "
-			    "path, not '%s'",
-			    word);
+		return config_fail(
+			err, errlen,
+			"add takes name=NAME and mode=primary after the "
+			"path, not '%s'",
+			word);
 	}
 	return 0;
 }
@@ -109,21 +112,23 @@ static int parse_add(char **word, int n, struct config_command *cmd, char *err,
 	bool top = false;
 
 	if (n < 2)
-		return fail(err, errlen,
-			    "usage: add PATH [name=NAME] [mode=primary]");
+		return config_fail(
+			err, errlen,
+			"usage: add PATH [name=NAME] [mode=primary]");
 	cmd->path = word[1];
 	if (cmd->path[0] != '/')
-		return fail(err, errlen, "add needs an absolute path, not '%s'",
-			    cmd->path);
+		return config_fail(err, errlen,
+				   "add needs an absolute path, not '%s'",
+				   cmd->path);
 	for (int i = 2; i < n; i++)
 		if (parse_add_option(word[i], cmd, &top, err, errlen))
 			return -EINVAL;
 	if (top && cmd->replication)
-		return fail(err, errlen, PRIMARY_TOP_ID);
+		return config_fail(err, errlen, PRIMARY_TOP_ID);
 	if (top)
-		return fail(err, errlen,
-			    "top= goes with mode=, and only a "
-			    "secondary has a top");
+		return config_fail(err, errlen,
+				   "top= goes with mode=, and only a "
+				   "secondary has a top");
 	return 0;
 }
 
@@ -131,25 +136,27 @@ static int parse_switch(char **word, int n, struct config_command *cmd,
 			char *err, size_t errlen)
 {
 	if (n != 2)
-		return fail(err, errlen, "usage: %s",
-			    cmd->verb == CMD_READ_PATTERN
-				    ? "read-pattern quorum|fifo"
-				    : "rewrite-corrupted on|off");
+		return config_fail(err, errlen, "usage: %s",
+				   cmd->verb == CMD_READ_PATTERN
+					   ? "read-pattern quorum|fifo"
+					   : "rewrite-corrupted on|off");
 	if (cmd->verb == CMD_READ_PATTERN) {
 		if (strcmp(word[1], "quorum") && strcmp(word[1], "fifo"))
-			return fail(err, errlen,
-				    "read-pattern must be quorum or fifo, not "
-				    "'%s'",
-				    word[1]);
+			return config_fail(
+				err, errlen,
+				"read-pattern must be quorum or fifo, not "
+				"'%s'",
+				word[1]);
 		cmd->read_pattern = strcmp(word[1], "fifo") == 0
 					    ? READ_PATTERN_FIFO
 					    : READ_PATTERN_QUORUM;
 		return 0;
 	}
 	if (strcmp(word[1], "on") && strcmp(word[1], "off"))
-		return fail(err, errlen,
-			    "rewrite-corrupted must be on or off, not '%s'",
-			    word[1]);
+		return config_fail(
+			err, errlen,
+			"rewrite-corrupted must be on or off, not '%s'",
+			word[1]);
 	cmd->on = strcmp(word[1], "on") == 0;
 	return 0;
 }
@@ -163,7 +170,7 @@ static int parse_scrub(char **word, int n, struct config_command *cmd,
 
 	cmd->rate = -1;
 	if (n < 2 || n > 3)
-		return fail(err, errlen, "%s", usage);
+		return config_fail(err, errlen, "%s", usage);
 	if (strcmp(word[1], "start") == 0)
 		cmd->scrub = CONFIG_SCRUB_START;
 	else if (strcmp(word[1], "repair") == 0)
@@ -171,14 +178,15 @@ static int parse_scrub(char **word, int n, struct config_command *cmd,
 	else if (strcmp(word[1], "stop") == 0 && n == 2)
 		cmd->scrub = CONFIG_SCRUB_STOP;
 	else
-		return fail(err, errlen, "%s", usage);
+		return config_fail(err, errlen, "%s", usage);
 	if (n == 3 &&
 	    (strncmp(word[2], "rate=", 5) != 0 ||
 	     !parse_int(word[2] + 5, 0, CONFIG_MAX_SCRUB_RATE, &cmd->rate)))
-		return fail(err, errlen,
-			    "scrub takes rate=N after %s, N a whole number of "
-			    "MiB/s from 0 (unlimited) to %d, not '%s'",
-			    word[1], CONFIG_MAX_SCRUB_RATE, word[2]);
+		return config_fail(
+			err, errlen,
+			"scrub takes rate=N after %s, N a whole number of "
+			"MiB/s from 0 (unlimited) to %d, not '%s'",
+			word[1], CONFIG_MAX_SCRUB_RATE, word[2]);
 	return 0;
 }
 
@@ -194,10 +202,11 @@ static int parse_replication(char **word, int n, struct config_command *cmd,
 	for (a = 0; n >= 2 && a < 5 && strcmp(word[1], actions[a]); a++)
 		;
 	if (n < 2 || a == 5)
-		return fail(err, errlen,
-			    "usage: replication start|checkpoint|get-error|"
-			    "stop|commit [primary|secondary] [failover] "
-			    "[NAME]");
+		return config_fail(
+			err, errlen,
+			"usage: replication start|checkpoint|get-error|"
+			"stop|commit [primary|secondary] [failover] "
+			"[NAME]");
 	cmd->repl = a;
 	for (i = 2; i < n; i++) {
 		if (!strcmp(word[i], "primary") ||
@@ -208,15 +217,16 @@ static int parse_replication(char **word, int n, struct config_command *cmd,
 		else if (i == n - 1 && word[i][0])
 			cmd->name = word[i];
 		else
-			return fail(err, errlen,
-				    "replication takes primary, secondary, "
-				    "failover and one NAME, not '%s'",
-				    word[i]);
+			return config_fail(
+				err, errlen,
+				"replication takes primary, secondary, "
+				"failover and one NAME, not '%s'",
+				word[i]);
 	}
 	if (cmd->failover && cmd->repl != CONFIG_REPL_STOP)
-		return fail(err, errlen,
-			    "Parameter 'failover' is only for "
-			    "stopping replication");
+		return config_fail(err, errlen,
+				   "Parameter 'failover' is only for "
+				   "stopping replication");
 	return 0;
 }
 
@@ -242,7 +252,8 @@ static int parse_words(char **word, int n, struct config_command *cmd,
 		if (strcmp(word[0], verbs[v].word) == 0)
 			break;
 	if (v == sizeof(verbs) / sizeof(verbs[0]))
-		return fail(err, errlen, "unknown command '%s'", word[0]);
+		return config_fail(err, errlen, "unknown command '%s'",
+				   word[0]);
 	cmd->verb = verbs[v].verb;
 	switch (cmd->verb) {
 	case CMD_ADD:
@@ -250,16 +261,17 @@ static int parse_words(char **word, int n, struct config_command *cmd,
 	case CMD_REMOVE:
 	case CMD_RESYNC:
 		if (n != 2 || !word[1][0])
-			return fail(err, errlen, "usage: %s NAME|PATH",
-				    word[0]);
+			return config_fail(err, errlen, "usage: %s NAME|PATH",
+					   word[0]);
 		cmd->name = word[1];
 		return 0;
 	case CMD_THRESHOLD:
 		if (n != 2 ||
 		    !parse_int(word[1], 1, CHILDREN_MAX, &cmd->number))
-			return fail(err, errlen,
-				    "threshold needs one whole number from 1 "
-				    "to the number of voting children");
+			return config_fail(
+				err, errlen,
+				"threshold needs one whole number from 1 "
+				"to the number of voting children");
 		return 0;
 	case CMD_SCRUB:
 		return parse_scrub(word, n, cmd, err, errlen);
@@ -280,17 +292,19 @@ int config_parse_command(const char *line, size_t len, char *buf,
 	if (len > 0 && line[len - 1] == '\n')
 		len--;
 	if (len >= CONFIG_COMMAND_MAX)
-		return fail(err, errlen, "a command may be at most %d bytes",
-			    CONFIG_COMMAND_MAX - 1);
+		return config_fail(err, errlen,
+				   "a command may be at most %d bytes",
+				   CONFIG_COMMAND_MAX - 1);
 	if (memchr(line, '\0', len))
-		return fail(err, errlen, "a command may not contain NUL bytes");
+		return config_fail(err, errlen,
+				   "a command may not contain NUL bytes");
 	if (memchr(line, '\n', len))
-		return fail(err, errlen, "write one command at a time");
+		return config_fail(err, errlen, "write one command at a time");
 	memcpy(buf, line, len);
 	buf[len] = '\0';
 	if (split_words(buf, word, &n, err, errlen))
 		return -EINVAL;
 	if (n == 0)
-		return fail(err, errlen, "the command is empty");
+		return config_fail(err, errlen, "the command is empty");
 	return parse_words(word, n, cmd, err, errlen);
 }

@@ -29,12 +29,13 @@ static int check_paths(const struct config_args *a, struct config *cfg,
 	int ret;
 
 	if (a->too_many_paths)
-		return fail(err, errlen, "at most %d children are supported",
-			    CHILDREN_MAX);
+		return config_fail(err, errlen,
+				   "at most %d children are supported",
+				   CHILDREN_MAX);
 	if (a->npaths < 2)
-		return fail(err, errlen,
-			    a->npaths ? "no child directories were given"
-				      : "no mountpoint was given");
+		return config_fail(err, errlen,
+				   a->npaths ? "no child directories were given"
+					     : "no mountpoint was given");
 	ret = resolve_dir("mountpoint", a->path[n], &cfg->mountpoint, &mnt, err,
 			  errlen);
 	if (ret)
@@ -50,19 +51,22 @@ static int check_paths(const struct config_args *a, struct config *cfg,
 		cfg->children.n++;
 		for (int j = 0; j < i; j++)
 			if (same_inode(&st[i], &st[j]))
-				return fail(err, errlen,
-					    "child '%s' is the same directory "
-					    "as child '%s'",
-					    a->path[i], a->path[j]);
+				return config_fail(
+					err, errlen,
+					"child '%s' is the same directory "
+					"as child '%s'",
+					a->path[i], a->path[j]);
 		if (path_within(cfg->mountpoint, &st[i]))
-			return fail(err, errlen,
-				    "child '%s' contains the mountpoint '%s'",
-				    a->path[i], a->path[n]);
+			return config_fail(
+				err, errlen,
+				"child '%s' contains the mountpoint '%s'",
+				a->path[i], a->path[n]);
 		if (path_within(real, &mnt))
-			return fail(err, errlen,
-				    "child '%s' lies inside the mountpoint "
-				    "'%s'",
-				    a->path[i], a->path[n]);
+			return config_fail(
+				err, errlen,
+				"child '%s' lies inside the mountpoint "
+				"'%s'",
+				a->path[i], a->path[n]);
 	}
 	return 0;
 }
@@ -78,33 +82,37 @@ static int check_numbers(const struct config_args *a, struct config *cfg,
 	cfg->threshold_given = a->threshold != NULL;
 	if (a->threshold &&
 	    !parse_int(a->threshold, 1, CHILDREN_MAX, &cc->threshold))
-		return fail(err, errlen,
-			    "threshold=%s is invalid: it must be a whole "
-			    "number from 1 to %d (the number of children)",
-			    a->threshold, cc->n);
+		return config_fail(
+			err, errlen,
+			"threshold=%s is invalid: it must be a whole "
+			"number from 1 to %d (the number of children)",
+			a->threshold, cc->n);
 	cfg->threads = CONFIG_DEFAULT_THREADS;
 	if (a->threads &&
 	    !parse_int(a->threads, 1, CONFIG_MAX_THREADS, &cfg->threads))
-		return fail(err, errlen,
-			    "threads=%s is invalid: it must be a whole number "
-			    "from 1 to %d",
-			    a->threads, CONFIG_MAX_THREADS);
+		return config_fail(
+			err, errlen,
+			"threads=%s is invalid: it must be a whole number "
+			"from 1 to %d",
+			a->threads, CONFIG_MAX_THREADS);
 	cfg->io_timeout_ms = CONFIG_DEFAULT_IO_TIMEOUT * 1000;
 	if (a->io_timeout && !parse_int(a->io_timeout, 0, CONFIG_MAX_IO_TIMEOUT,
 					&cfg->io_timeout_ms))
-		return fail(err, errlen,
-			    "io-timeout=%s is invalid: it must be a whole "
-			    "number of seconds from 0 (no timeout) to %d",
-			    a->io_timeout, CONFIG_MAX_IO_TIMEOUT);
+		return config_fail(
+			err, errlen,
+			"io-timeout=%s is invalid: it must be a whole "
+			"number of seconds from 0 (no timeout) to %d",
+			a->io_timeout, CONFIG_MAX_IO_TIMEOUT);
 	if (a->io_timeout)
 		cfg->io_timeout_ms *= 1000;
 	cfg->scrub_rate = CONFIG_DEFAULT_SCRUB_RATE;
 	if (a->scrub_rate && !parse_int(a->scrub_rate, 0, CONFIG_MAX_SCRUB_RATE,
 					&cfg->scrub_rate))
-		return fail(err, errlen,
-			    "scrub-rate=%s is invalid: it must be a whole "
-			    "number of MiB/s from 0 (unlimited) to %d",
-			    a->scrub_rate, CONFIG_MAX_SCRUB_RATE);
+		return config_fail(
+			err, errlen,
+			"scrub-rate=%s is invalid: it must be a whole "
+			"number of MiB/s from 0 (unlimited) to %d",
+			a->scrub_rate, CONFIG_MAX_SCRUB_RATE);
 	return 0;
 }
 
@@ -119,26 +127,27 @@ static int check_modes(const struct config_args *a, struct config *cfg,
 	if (a->read_pattern && strcmp(a->read_pattern, "fifo") == 0)
 		cc->read_pattern = READ_PATTERN_FIFO;
 	else if (a->read_pattern && strcmp(a->read_pattern, "quorum") != 0)
-		return fail(err, errlen,
-			    "read-pattern=%s is invalid: it must be quorum or "
-			    "fifo",
-			    a->read_pattern);
+		return config_fail(
+			err, errlen,
+			"read-pattern=%s is invalid: it must be quorum or "
+			"fifo",
+			a->read_pattern);
 	cc->rewrite_corrupted = a->rewrite_corrupted;
 	cc->blkverify = a->blkverify;
 	if (!a->blkverify)
 		return 0;
 	if (cc->n != 2 || (cfg->threshold_given && cc->threshold != 2))
-		return fail(err, errlen,
-			    "blkverify can only be set with exactly two "
-			    "children and threshold=2");
+		return config_fail(err, errlen,
+				   "blkverify can only be set with exactly two "
+				   "children and threshold=2");
 	if (a->rewrite_corrupted)
-		return fail(err, errlen,
-			    "blkverify cannot be combined with "
-			    "rewrite-corrupted");
+		return config_fail(err, errlen,
+				   "blkverify cannot be combined with "
+				   "rewrite-corrupted");
 	if (cc->read_pattern == READ_PATTERN_FIFO)
-		return fail(err, errlen,
-			    "blkverify cannot be combined with "
-			    "read-pattern=fifo");
+		return config_fail(err, errlen,
+				   "blkverify cannot be combined with "
+				   "read-pattern=fifo");
 	return 0;
 }
 
@@ -150,7 +159,7 @@ static int check_log(const struct config_args *a, struct config *cfg, char *err,
 	if (!a->log)
 		return 0;
 	if (!*a->log)
-		return fail(err, errlen, "log= needs a file path");
+		return config_fail(err, errlen, "log= needs a file path");
 	/* The file may not exist yet; its directory must. */
 	dir = strdup(a->log);
 	if (!dir)
@@ -161,9 +170,9 @@ static int check_log(const struct config_args *a, struct config *cfg, char *err,
 	real = realpath(slash ? dir : ".", NULL);
 	free(dir);
 	if (!real)
-		return fail(err, errlen,
-			    "log=%s cannot be used: its directory: %s", a->log,
-			    strerror(errno));
+		return config_fail(err, errlen,
+				   "log=%s cannot be used: its directory: %s",
+				   a->log, strerror(errno));
 	if (asprintf(&cfg->log_path, "%s/%s", real,
 		     slash ? strrchr(a->log, '/') + 1 : a->log) < 0)
 		cfg->log_path = NULL;
@@ -242,10 +251,11 @@ static int check_sync_from(const struct config_args *a, struct config *cfg,
 	free(real);
 	if (cfg->sync_from >= 0)
 		return 0;
-	return fail(err, errlen,
-		    "sync-from=%s is not one of the children on the command "
-		    "line",
-		    a->sync_from);
+	return config_fail(
+		err, errlen,
+		"sync-from=%s is not one of the children on the command "
+		"line",
+		a->sync_from);
 }
 
 static int check_socket(const struct config_args *a, struct config *cfg,
@@ -258,16 +268,17 @@ static int check_socket(const struct config_args *a, struct config *cfg,
 		return 0;
 	if (!a->control_socket) {
 		if (config_default_socket(cfg->mountpoint, path, sizeof(path)))
-			return fail(
+			return config_fail(
 				err, errlen,
 				"no default control socket fits a socket "
 				"address; give control-socket=PATH or none");
 	} else if (a->control_socket[0] != '/' ||
 		   strlen(a->control_socket) >= sizeof(sun.sun_path)) {
-		return fail(err, errlen,
-			    "control-socket=%s must be an absolute path of at "
-			    "most %zu bytes, or none",
-			    a->control_socket, sizeof(sun.sun_path) - 1);
+		return config_fail(
+			err, errlen,
+			"control-socket=%s must be an absolute path of at "
+			"most %zu bytes, or none",
+			a->control_socket, sizeof(sun.sun_path) - 1);
 	} else {
 		snprintf(path, sizeof(path), "%s", a->control_socket);
 	}
@@ -286,10 +297,11 @@ int config_resolve_rules(const struct config *cfg, struct children_config *cc,
 		cc->threshold =
 			from_record ? recorded->threshold : cc->n / 2 + 1;
 	else if (cc->threshold > cc->n)
-		return fail(err, errlen,
-			    "threshold=%d is invalid: it must be a whole "
-			    "number from 1 to %d (the number of children)",
-			    cc->threshold, cc->n);
+		return config_fail(
+			err, errlen,
+			"threshold=%d is invalid: it must be a whole "
+			"number from 1 to %d (the number of children)",
+			cc->threshold, cc->n);
 	if (!cfg->read_pattern_given && from_record)
 		cc->read_pattern = recorded->read_pattern;
 	if (!cfg->rewrite_given && from_record && !cc->blkverify)
@@ -366,7 +378,8 @@ int config_check_new_child(const char *path, const char *mountpoint,
 
 	snprintf(err, errlen, "%s", "");
 	if (lexically_within(path, mountpoint)) {
-		fail(err, errlen, "'%s' lies inside the mountpoint", path);
+		config_fail(err, errlen, "'%s' lies inside the mountpoint",
+			    path);
 		return -EINVAL;
 	}
 	resolved = realpath(path, NULL);
@@ -374,17 +387,19 @@ int config_check_new_child(const char *path, const char *mountpoint,
 		int e = errno;
 
 		free(resolved);
-		fail(err, errlen, "'%s' cannot be used: %s", path, strerror(e));
+		config_fail(err, errlen, "'%s' cannot be used: %s", path,
+			    strerror(e));
 		return -e;
 	}
 	if (!S_ISDIR(st.st_mode)) {
-		fail(err, errlen, "'%s' is not a directory", path);
+		config_fail(err, errlen, "'%s' is not a directory", path);
 		free(resolved);
 		return -ENOTDIR;
 	}
 	for (int i = 0; i < nroots; i++) {
 		if (fstat(roots[i], &other) == 0 && same_inode(&st, &other)) {
-			fail(err, errlen, "'%s' is already a child", path);
+			config_fail(err, errlen, "'%s' is already a child",
+				    path);
 			free(resolved);
 			return -EEXIST;
 		}
@@ -392,7 +407,8 @@ int config_check_new_child(const char *path, const char *mountpoint,
 	/* Never stat the live mountpoint itself: that asks this daemon. */
 	if (lexically_within(resolved, mountpoint) ||
 	    parent_within(mountpoint, &st) || same_inode(&st, mount_st)) {
-		fail(err, errlen, "'%s' contains or is the mountpoint", path);
+		config_fail(err, errlen, "'%s' contains or is the mountpoint",
+			    path);
 		free(resolved);
 		return -EINVAL;
 	}

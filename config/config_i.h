@@ -9,7 +9,7 @@
 #include <stdlib.h>
 
 /* Write the reason into err and return -EINVAL. */
-static inline int fail(char *err, size_t errlen, const char *fmt, ...)
+static inline int config_fail(char *err, size_t errlen, const char *fmt, ...)
 {
 	va_list ap;
 

@@ -47,12 +47,12 @@ int resolve_dir(const char *what, const char *path, char **out, struct stat *st,
 	char *real = realpath(path, NULL);
 
 	if (!real)
-		return fail(err, errlen, "%s '%s' cannot be used: %s", what,
-			    path, strerror(errno));
+		return config_fail(err, errlen, "%s '%s' cannot be used: %s",
+				   what, path, strerror(errno));
 	if (stat(real, st) != 0 || !S_ISDIR(st->st_mode)) {
 		free(real);
-		return fail(err, errlen, "%s '%s' is not a directory", what,
-			    path);
+		return config_fail(err, errlen, "%s '%s' is not a directory",
+				   what, path);
 	}
 	*out = real;
 	return 0;

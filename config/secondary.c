@@ -31,29 +31,32 @@ static bool secondary_options(const struct config_args *a)
 static int check_mode(const struct config_args *a, char *err, size_t errlen)
 {
 	if (a->replication_bare && !a->replication)
-		return fail(err, errlen, "Missing the option mode");
+		return config_fail(err, errlen, "Missing the option mode");
 	if (!a->replication)
 		return secondary_options(a)
-			       ? fail(err, errlen,
-				      "active=, hidden=, inbound= and "
-				      "layer-* go with replication=secondary")
+			       ? config_fail(err, errlen,
+					     "active=, hidden=, inbound= and "
+					     "layer-* go with "
+					     "replication=secondary")
 			       : 1;
 	if (strcmp(a->replication, "primary") == 0)
-		return fail(err, errlen,
-			    "a primary is an ordinary mount: give it its "
-			    "replication child with 'add PATH mode=primary'");
+		return config_fail(
+			err, errlen,
+			"a primary is an ordinary mount: give it its "
+			"replication child with 'add PATH mode=primary'");
 	if (strcmp(a->replication, "secondary") != 0)
-		return fail(err, errlen, MODE_VALUE);
+		return config_fail(err, errlen, MODE_VALUE);
 	if (!a->active)
-		return fail(err, errlen,
-			    "Active disk doesn't have backing file");
+		return config_fail(err, errlen,
+				   "Active disk doesn't have backing file");
 	if (!a->hidden)
-		return fail(err, errlen,
-			    "Hidden disk doesn't have backing file");
+		return config_fail(err, errlen,
+				   "Hidden disk doesn't have backing file");
 	if (!a->inbound)
-		return fail(err, errlen,
-			    "replication=secondary needs inbound=MOUNTPOINT, "
-			    "where the primary's changes arrive");
+		return config_fail(
+			err, errlen,
+			"replication=secondary needs inbound=MOUNTPOINT, "
+			"where the primary's changes arrive");
 	return 0;
 }
 
@@ -68,20 +71,21 @@ static int check_layer(const char *what, const char *path, char **out,
 	if (resolve_dir(what, path, out, st, err, errlen))
 		return -EINVAL;
 	if (access(*out, W_OK))
-		return fail(err, errlen, MAKE_EMPTY ": '%s' is not writable",
-			    path);
+		return config_fail(err, errlen,
+				   MAKE_EMPTY ": '%s' is not writable", path);
 	for (int i = 0; i < cfg->children.n; i++)
 		if (stat(cfg->children.path[i], &other) == 0 &&
 		    (path_within(*out, &other) ||
 		     path_within(cfg->children.path[i], st)))
-			return fail(err, errlen,
-				    MAKE_EMPTY ": '%s' and child '%s' overlap",
-				    path, cfg->children.path[i]);
+			return config_fail(err, errlen,
+					   MAKE_EMPTY
+					   ": '%s' and child '%s' overlap",
+					   path, cfg->children.path[i]);
 	if (stat(cfg->mountpoint, &other) == 0 &&
 	    (path_within(*out, &other) || path_within(cfg->mountpoint, st)))
-		return fail(err, errlen,
-			    MAKE_EMPTY ": '%s' and the mountpoint overlap",
-			    path);
+		return config_fail(
+			err, errlen,
+			MAKE_EMPTY ": '%s' and the mountpoint overlap", path);
 	return 0;
 }
 
@@ -97,17 +101,19 @@ static int check_dirs(const struct config_args *a, struct config *cfg,
 			errlen))
 		return -EINVAL;
 	if (same_inode(&act, &hid))
-		return fail(err, errlen,
-			    MAKE_EMPTY ": active and hidden are one directory");
+		return config_fail(err, errlen,
+				   MAKE_EMPTY
+				   ": active and hidden are one directory");
 	if (resolve_dir("inbound", a->inbound, &s->inbound, &in, err, errlen))
 		return -EINVAL;
 	if (stat(cfg->mountpoint, &mnt) == 0 && same_inode(&in, &mnt))
-		return fail(err, errlen,
-			    "inbound '%s' is the view's mountpoint",
-			    a->inbound);
+		return config_fail(err, errlen,
+				   "inbound '%s' is the view's mountpoint",
+				   a->inbound);
 	if (path_within(s->inbound, &act) || path_within(s->inbound, &hid))
-		return fail(err, errlen, "inbound '%s' lies inside a layer",
-			    a->inbound);
+		return config_fail(err, errlen,
+				   "inbound '%s' lies inside a layer",
+				   a->inbound);
 	return 0;
 }
 
@@ -150,21 +156,24 @@ static int check_layer_options(const struct config_args *a,
 	if (a->layer_cluster &&
 	    (!parse_int(a->layer_cluster, 4096, 1 << 20, &cluster) ||
 	     (cluster & (cluster - 1))))
-		return fail(err, errlen,
-			    "layer-cluster=%s is invalid: it must be a power "
-			    "of two from 4096 to 1048576",
-			    a->layer_cluster);
+		return config_fail(
+			err, errlen,
+			"layer-cluster=%s is invalid: it must be a power "
+			"of two from 4096 to 1048576",
+			a->layer_cluster);
 	s->cluster = (unsigned int)cluster;
 	if (a->layer_limit && !parse_size(a->layer_limit, &s->limit))
-		return fail(err, errlen,
-			    "layer-limit=%s is invalid: it must be a size "
-			    "such as 512M or 2G",
-			    a->layer_limit);
+		return config_fail(
+			err, errlen,
+			"layer-limit=%s is invalid: it must be a size "
+			"such as 512M or 2G",
+			a->layer_limit);
 	if (a->layer_sync && strcmp(a->layer_sync, "on") &&
 	    strcmp(a->layer_sync, "off"))
-		return fail(err, errlen,
-			    "layer-sync=%s is invalid: it must be on or off",
-			    a->layer_sync);
+		return config_fail(
+			err, errlen,
+			"layer-sync=%s is invalid: it must be on or off",
+			a->layer_sync);
 	/* Layers on tmpfs die with the host: syncing them buys nothing. */
 	s->layer_sync = a->layer_sync
 				? strcmp(a->layer_sync, "on") == 0
