@@ -238,7 +238,7 @@ int commit_names(struct secondary *sec, struct layer *l)
 	pthread_mutex_lock(&sec->lock);
 	ret = layer_each(l, add_path, &ps);
 	pthread_mutex_unlock(&sec->lock);
-	if (!ret)
+	if (!ret && ps.n) /* qsort() wants an array, even of none */
 		qsort(ps.p, ps.n, sizeof(*ps.p), shallower);
 	for (int i = 0; !ret && i < ps.n; i++)
 		ret = set_aside(sec, l, ps.p[i]);

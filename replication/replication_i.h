@@ -202,7 +202,11 @@ void base_forget(struct secondary *sec, uint64_t ino);
 /* The voted attributes of B path bpath. */
 int base_stat(struct secondary *sec, const char *bpath, struct stat *st);
 
-/* ---- cbw.c: the base files' claims ---- */
+/* ---- cbw.c: the base files' claims, and the view files' ---- */
+
+/* The claims of a view file, by its node id: apart from the base
+ * files', whose node ids are the tree's. */
+#define VIEW_CLAIM(ino) ((ino) | (1ull << 63))
 
 struct cbw_claim {
 	struct cbw_lock *lock;

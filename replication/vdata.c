@@ -150,8 +150,13 @@ static int layout_get(struct secondary *sec, struct view_file *f,
 	lo->vsize = a && a->has_size ? a->size : UINT64_MAX;
 	lo->csize = h && h->has_size ? h->size : UINT64_MAX;
 	pthread_mutex_unlock(&sec->lock);
-	if (f->base_ino && tree_getattr(sec->tree, f->base_ino, &st) == 0)
+	if (f->base_ino) {
+		int ret = tree_getattr(sec->tree, f->base_ino, &st);
+
+		if (ret)
+			return ret; /* a size of 0 would cut the view */
 		lo->bsize = (uint64_t)st.st_size;
+	}
 	if (lo->csize == UINT64_MAX)
 		lo->csize = lo->c ? lo->bsize : 0;
 	if (lo->vsize == UINT64_MAX)
@@ -250,12 +255,18 @@ static ssize_t layered_read(struct secondary *sec, struct view_file *f,
 			    char *buf, size_t size, off_t off)
 {
 	struct layout lo;
-	struct cbw_claim claim = {0};
-	off_t pos = off, end;
-	int ret = layout_get(sec, f, &lo);
+	struct cbw_claim claim = {0}, mine = {0};
+	off_t pos = off, end = off + (off_t)size;
+	/* The view's own writes are ordered with its reads, as the tree's
+	 * are: a read never sees half a write. */
+	int ret = cbw_claim(sec, VIEW_CLAIM(f->ino), off, end, false, &mine);
 
-	if (ret || (uint64_t)off >= lo.vsize)
+	if (!ret)
+		ret = layout_get(sec, f, &lo);
+	if (ret || (uint64_t)off >= lo.vsize) {
+		cbw_release(sec, &mine);
 		return ret;
+	}
 	if (size > lo.vsize - (uint64_t)off)
 		size = (size_t)(lo.vsize - (uint64_t)off);
 	end = off + (off_t)size;
@@ -268,6 +279,7 @@ static ssize_t layered_read(struct secondary *sec, struct view_file *f,
 		pos += (off_t)n;
 	}
 	cbw_release(sec, &claim);
+	cbw_release(sec, &mine);
 	return ret ? ret : (ssize_t)size;
 }
 
@@ -401,8 +413,18 @@ static ssize_t layered_write(struct secondary *sec, struct view_file *f,
 			     const char *buf, size_t size, off_t off)
 {
 	struct layout lo;
+	struct cbw_claim mine;
 	off_t pos = off, end = off + (off_t)size;
 	int ret = layout_get(sec, f, &lo);
+
+	/* A write that may grow the file claims to its end, as the tree's
+	 * do, so that a read past the old end is before or after it. */
+	if (!ret)
+		ret = cbw_claim(sec, VIEW_CLAIM(f->ino), off,
+				(uint64_t)end > lo.vsize ? RANGE_END : end,
+				true, &mine);
+	if (ret)
+		return ret;
 
 	if (!ret && !lo.aobj)
 		ret = active_object(sec, f, &lo.aobj);
@@ -418,6 +440,7 @@ static ssize_t layered_write(struct secondary *sec, struct view_file *f,
 	pthread_mutex_unlock(&sec->fill);
 	if (!ret && (uint64_t)end > lo.vsize)
 		ret = resize(sec, f, (uint64_t)end, true);
+	cbw_release(sec, &mine);
 	return ret ? ret : (ssize_t)size;
 }
 
@@ -500,7 +523,8 @@ static int cut(struct secondary *sec, struct view_file *f,
 	return ret;
 }
 
-static int set_size(struct secondary *sec, struct view_file *f, uint64_t size)
+static int set_size_claimed(struct secondary *sec, struct view_file *f,
+			    uint64_t size)
 {
 	struct layout lo;
 	int ret = layout_get(sec, f, &lo);
@@ -512,6 +536,18 @@ static int set_size(struct secondary *sec, struct view_file *f, uint64_t size)
 		ret = cut(sec, f, &lo, size, lo.vsize);
 	pthread_mutex_unlock(&sec->fill);
 	return ret ? ret : resize(sec, f, size, false);
+}
+
+static int set_size(struct secondary *sec, struct view_file *f, uint64_t size)
+{
+	struct cbw_claim mine;
+	int ret = cbw_claim(sec, VIEW_CLAIM(f->ino), 0, RANGE_END, true, &mine);
+
+	if (ret)
+		return ret;
+	ret = set_size_claimed(sec, f, size);
+	cbw_release(sec, &mine);
+	return ret;
 }
 
 /* The fields of attr that to_set names, over the metadata now. */
