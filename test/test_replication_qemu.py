@@ -167,6 +167,14 @@ class Both:
                                                    "\n  ".join(problems))
 
 
+def inside(step):
+    """Whether a write stays on the image: the scripts' cluster-straddling
+    extents can start before it or end past it, which QEMU's fixed-size
+    disk refuses and a file on the mount does not."""
+    return step[0] not in ("pw", "sw") or \
+        (step[1] >= 0 and step[1] + step[2] <= IMAGE)
+
+
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("seed", SCRIPTS)
 def test_quorumfs_answers_as_qemu_step_by_step(quorum, tmp_path, seed):
@@ -180,6 +188,8 @@ def test_quorumfs_answers_as_qemu_step_by_step(quorum, tmp_path, seed):
         both.command("primary", "start")
         both.compare("start")
         for i, step in enumerate(steps):
+            if not inside(step):
+                continue
             both.step(step)
             both.compare("step %d %s (seed %d)" % (i, step, seed))
     finally:
