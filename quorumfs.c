@@ -741,9 +741,17 @@ static const struct fuse_lowlevel_ops qfs_ops = {
 
 /* ---- command line ---- */
 
+/* What the command line gives beyond the config's raw strings. */
+struct cmdline {
+	struct config_args args;
+	bool fsname_given; /* -o fsname=: the operator's name for the mount */
+};
+
+enum { KEY_FSNAME = 1 };
+
 #define QFS_OPT(t, p)                                                          \
 	{                                                                      \
-		t, offsetof(struct config_args, p), 1                          \
+		t, offsetof(struct cmdline, args.p), 1                         \
 	}
 static const struct fuse_opt qfs_opts[] = {
 	QFS_OPT("threshold=%s", threshold),
@@ -756,15 +764,19 @@ static const struct fuse_opt qfs_opts[] = {
 	QFS_OPT("sync-from=%s", sync_from),
 	QFS_OPT("rewrite-corrupted", rewrite_corrupted),
 	QFS_OPT("blkverify", blkverify),
+	FUSE_OPT_KEY("fsname=", KEY_FSNAME),
 	FUSE_OPT_END,
 };
 
 static int collect_path(void *data, const char *arg, int key,
 			struct fuse_args *outargs)
 {
-	struct config_args *a = data;
+	struct cmdline *cl = data;
+	struct config_args *a = &cl->args;
 
 	(void)outargs;
+	if (key == KEY_FSNAME)
+		cl->fsname_given = true;
 	if (key != FUSE_OPT_KEY_NONOPT)
 		return 1; /* libfuse's own option: keep it */
 	if (a->npaths == CHILDREN_MAX + 2)
@@ -808,17 +820,29 @@ static void usage(const char *prog)
 	fuse_lowlevel_help();
 }
 
-/* libfuse's messages are the daemon's own: one prefix for all. */
+/*
+ * libfuse's messages are the daemon's own: one prefix for all, and one
+ * line each. libfuse builds some lines from several calls (the list of
+ * unknown options), so the pieces wait here, per thread, until the
+ * newline.
+ */
 static void log_line(enum fuse_log_level level, const char *fmt, va_list ap)
 {
-	char msg[1024];
-	const char *text = msg;
+	static _Thread_local char line[1024];
+	static _Thread_local size_t used;
+	const char *text = line;
 
 	(void)level;
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	vsnprintf(line + used, sizeof(line) - used, fmt, ap);
+	used = strlen(line);
+	if (used < sizeof(line) - 1 && (!used || line[used - 1] != '\n'))
+		return;
 	if (strncmp(text, "fuse: ", 6) == 0)
 		text += 6;
-	fprintf(stderr, "quorumfs: %s", text);
+	fprintf(stderr, "quorumfs: %s%s", text,
+		line[used - 1] == '\n' ? "" : "\n");
+	used = 0;
+	line[0] = '\0';
 }
 
 /* ---- signals ---- */
@@ -888,15 +912,14 @@ static int serve(const struct fuse_cmdline_opts *opts, struct qfs *q)
 }
 
 /*
- * Everything is checked before any child is touched: the command line,
- * then libfuse's own options (fuse_session_new refuses unknown ones),
- * and only then the children's records are read and written. A typo in
- * an fstab line must not enrol fresh directories into a set.
+ * Everything is checked before any child is touched: libfuse's own
+ * options (fuse_session_new refuses unknown ones, in main), the command
+ * line, and only then are the children's records read and written. A
+ * typo in an fstab line must not enrol fresh directories into a set.
  */
-static int start(struct fuse_args *args, const struct fuse_cmdline_opts *opts,
+static int start(struct qfs *q, const struct fuse_cmdline_opts *opts,
 		 const struct config *cfg)
 {
-	struct qfs q = {.timeout = 1.0, .owner = geteuid(), .group = getegid()};
 	struct stat mount_st;
 	char err[512];
 	int ret = 1;
@@ -906,22 +929,17 @@ static int start(struct fuse_args *args, const struct fuse_cmdline_opts *opts,
 			cfg->mountpoint, strerror(errno));
 		return 1;
 	}
-	q.se = fuse_session_new(args, &qfs_ops, sizeof(qfs_ops), &q);
-	if (!q.se)
-		return 1;
-	if (control_open(cfg, &mount_st, &q.ctl, err, sizeof(err))) {
+	if (control_open(cfg, &mount_st, &q->ctl, err, sizeof(err))) {
 		fprintf(stderr, "quorumfs: %s\n", err);
-		goto out_session;
+		return 1;
 	}
-	if (fuse_set_signal_handlers(q.se))
+	if (fuse_set_signal_handlers(q->se))
 		goto out;
-	if (fuse_session_mount(q.se, cfg->mountpoint) == 0)
-		ret = serve(opts, &q);
-	fuse_remove_signal_handlers(q.se);
+	if (fuse_session_mount(q->se, cfg->mountpoint) == 0)
+		ret = serve(opts, q);
+	fuse_remove_signal_handlers(q->se);
 out:
-	control_stop(q.ctl, ret == 0);
-out_session:
-	fuse_session_destroy(q.se);
+	control_stop(q->ctl, ret == 0);
 	return ret;
 }
 
@@ -938,39 +956,86 @@ static void release_args(struct config_args *raw)
 	free((char *)raw->sync_from);
 }
 
+/* Add -o fsname=VALUE with libfuse's escapes for ',' and '\'. */
+static int add_fsname(struct fuse_args *args, const char *value)
+{
+	char opt[2 * CONFIG_SOURCE_MAX + 16];
+	size_t n = snprintf(opt, sizeof(opt), "-ofsname=");
+
+	for (const char *p = value; *p && n + 3 < sizeof(opt); p++) {
+		if (*p == ',' || *p == '\\')
+			opt[n++] = '\\';
+		opt[n++] = *p;
+	}
+	opt[n] = '\0';
+	return fuse_opt_add_arg(args, opt);
+}
+
+/*
+ * The options every mount has: the type shows as fuse.quorumfs, the
+ * kernel checks permissions, and unless the operator named the mount
+ * (-o fsname=) its source is the set, as an fstab line spells it.
+ */
+static int add_fixed_options(struct fuse_args *args, const struct cmdline *cl)
+{
+	char source[CONFIG_SOURCE_MAX];
+
+	if (!cl->fsname_given && cl->args.npaths > 1 &&
+	    config_join_source(&cl->args, source, sizeof(source)) >= 0 &&
+	    add_fsname(args, source))
+		return -1;
+	return fuse_opt_add_arg(args, "-osubtype=quorumfs,default_permissions");
+}
+
+/* The command line, parsed; 1 when it asked for help or the version
+ * (printed), -1 on an error (printed), else 0. */
+static int parse_cmdline(struct fuse_args *args, struct cmdline *cl,
+			 struct fuse_cmdline_opts *opts, const char *prog)
+{
+	if (fuse_opt_parse(args, cl, qfs_opts, collect_path) ||
+	    fuse_parse_cmdline(args, opts))
+		return -1;
+	if (opts->show_help)
+		usage(prog);
+	else if (opts->show_version)
+		printf("quorumfs, libfuse %s\n", fuse_pkgversion());
+	return opts->show_help || opts->show_version ? 1 : 0;
+}
+
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts opts = {0};
-	struct config_args raw = {0};
+	struct qfs q = {.timeout = 1.0, .owner = geteuid(), .group = getegid()};
+	struct cmdline cl = {0};
 	struct config cfg;
 	char err[512];
-	int ret = 1;
+	int ret;
 
 	fuse_set_log_func(log_line);
-	if (fuse_opt_parse(&args, &raw, qfs_opts, collect_path) ||
-	    fuse_parse_cmdline(&args, &opts))
-		goto out;
-	if (opts.show_help || opts.show_version) {
-		if (opts.show_help)
-			usage(argv[0]);
-		else
-			printf("quorumfs, libfuse %s\n", fuse_pkgversion());
-		ret = 0;
+	ret = parse_cmdline(&args, &cl, &opts, argv[0]);
+	if (ret) {
+		ret = ret > 0 ? 0 : 1;
 		goto out;
 	}
-	if (config_from_args(&raw, &cfg, err, sizeof(err))) {
+	ret = 1;
+	/* libfuse's options first: an unknown one is named even when the
+	 * paths are missing too. */
+	if (add_fixed_options(&args, &cl) == 0)
+		q.se = fuse_session_new(&args, &qfs_ops, sizeof(qfs_ops), &q);
+	if (!q.se)
+		goto out;
+	if (config_from_args(&cl.args, &cfg, err, sizeof(err)) == 0) {
+		/* Modes arrive with the caller's umask applied. */
+		umask(0);
+		ret = start(&q, &opts, &cfg);
+		config_release(&cfg);
+	} else {
 		fprintf(stderr, "quorumfs: %s\n", err);
-		goto out;
 	}
-	/* Modes arrive with the caller's umask applied; don't apply ours. */
-	umask(0);
-	if (fuse_opt_add_arg(&args, "-ofsname=quorumfs,subtype=quorumfs,"
-				    "default_permissions") == 0)
-		ret = start(&args, &opts, &cfg);
-	config_release(&cfg);
+	fuse_session_destroy(q.se);
 out:
-	release_args(&raw);
+	release_args(&cl.args);
 	free(opts.mountpoint);
 	fuse_opt_free_args(&args);
 	return ret;

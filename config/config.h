@@ -84,6 +84,22 @@ int config_from_args(const struct config_args *args, struct config *cfg,
  */
 int config_default_socket(const char *mountpoint, char *buf, size_t size);
 
+/* ---- the set as one source string (config/source.c) ---- */
+
+/* The longest default fsname; longer sets are shortened (see below). */
+#define CONFIG_SOURCE_MAX 1024
+
+/*
+ * The children of a (every path but the last, as given) as one string:
+ * joined by ':', a ':' or '\' inside a path written '\:' or '\\', so that
+ * the string reads back as the same children. When that does not fit
+ * size bytes, as many whole children as fit followed by ":+N", N the
+ * children left out. Returns N (0 when all fit), or -ENAMETOOLONG when
+ * size is too small for anything. Pure; buf is always NUL-terminated on
+ * success.
+ */
+int config_join_source(const struct config_args *a, char *buf, size_t size);
+
 /*
  * The rules once the membership is known (cc->n, the command line's
  * children plus the members the record names): what the command line

@@ -1,0 +1,62 @@
+/*
+ * The set as one source string, the way mount(8) and fstab carry a
+ * file system's source: the children joined by colons, a colon or a
+ * backslash inside a path written \: or \\ (mergerfs's convention for
+ * its branches). The mount's fsname is this string, so that df and
+ * /proc/mounts show the set and `mount -a` recognises an fstab line
+ * that is already mounted.
+ */
+#define _GNU_SOURCE
+#include "config/config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Append path to buf at *n, a colon or backslash in it escaped. The
+ * caller checked that it fits. */
+static void put_path(char *buf, size_t *n, const char *path)
+{
+	for (const char *p = path; *p; p++) {
+		if (*p == ':' || *p == '\\')
+			buf[(*n)++] = '\\';
+		buf[(*n)++] = *p;
+	}
+}
+
+/* The bytes path takes in the joined string, escapes included. */
+static size_t escaped_length(const char *path)
+{
+	size_t n = 0;
+
+	for (const char *p = path; *p; p++)
+		n += (*p == ':' || *p == '\\') ? 2 : 1;
+	return n;
+}
+
+int config_join_source(const struct config_args *a, char *buf, size_t size)
+{
+	/* Room kept for ":+N" when children are left out. */
+	const size_t reserve = 8;
+	int children = a->npaths - 1, kept = 0;
+	size_t n = 0, total = 0;
+
+	if (size <= reserve)
+		return -ENAMETOOLONG;
+	for (int i = 0; i < children; i++)
+		total += escaped_length(a->path[i]) + (i > 0);
+	for (; kept < children; kept++) {
+		size_t add = escaped_length(a->path[kept]) + (kept > 0);
+
+		if (n + add >= (total < size ? size : size - reserve))
+			break;
+		if (kept > 0)
+			buf[n++] = ':';
+		put_path(buf, &n, a->path[kept]);
+	}
+	buf[n] = '\0';
+	if (kept < children)
+		snprintf(buf + n, size - n, "%s+%d", kept ? ":" : "",
+			 children - kept);
+	return children > kept ? children - kept : 0;
+}
