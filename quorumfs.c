@@ -987,6 +987,13 @@ static int add_fixed_options(struct fuse_args *args, const struct cmdline *cl)
 	return fuse_opt_add_arg(args, "-osubtype=quorumfs,default_permissions");
 }
 
+static void print_version(void)
+{
+	printf("quorumfs %s\nlibfuse %s\n", QFS_VERSION, fuse_pkgversion());
+	fflush(stdout);
+	fuse_lowlevel_version(); /* the kernel interface it speaks */
+}
+
 /* The command line, parsed; 1 when it asked for help or the version
  * (printed), -1 on an error (printed), else 0. */
 static int parse_cmdline(struct fuse_args *args, struct cmdline *cl,
@@ -998,7 +1005,7 @@ static int parse_cmdline(struct fuse_args *args, struct cmdline *cl,
 	if (opts->show_help)
 		usage(prog);
 	else if (opts->show_version)
-		printf("quorumfs, libfuse %s\n", fuse_pkgversion());
+		print_version();
 	return opts->show_help || opts->show_version ? 1 : 0;
 }
 

@@ -4,6 +4,8 @@ option named even when nothing else was given, and the mount's source
 the set itself, as an fstab line spells it (README "Command line")."""
 
 import os
+import re
+import subprocess
 
 import pytest
 
@@ -85,3 +87,20 @@ def test_fsname_names_the_mount(quorum):
 def test_fsname_may_hold_an_escaped_comma(quorum):
     m = quorum(opts=["fsname=vm\\,store"])
     assert mount_source(m.mnt) == "vm,store"
+
+
+def project_version():
+    text = (qfs.REPO / "CMakeLists.txt").read_text()
+    return re.search(r"project\(quorumfs VERSION (\d+\.\d+\.\d+)",
+                     text).group(1)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_names_the_project_and_libfuse(flag):
+    res = subprocess.run([qfs.daemon_binary(), flag], capture_output=True,
+                         text=True, timeout=10)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.split("\n")
+    assert lines[0] == "quorumfs " + project_version()
+    assert re.fullmatch(r"libfuse 3\.\d+\.\d+", lines[1]), lines
