@@ -26,6 +26,7 @@
 #include "children/children.h"
 #include "config/config.h"
 #include "control/control.h"
+#include "daemon/daemon.h"
 #include "events/events.h"
 #include "tree/tree.h"
 
@@ -745,6 +746,7 @@ static const struct fuse_lowlevel_ops qfs_ops = {
 struct cmdline {
 	struct config_args args;
 	bool fsname_given; /* -o fsname=: the operator's name for the mount */
+	char *children;	   /* what args.path[] points into once split */
 };
 
 enum { KEY_FSNAME = 1 };
@@ -788,7 +790,7 @@ static int collect_path(void *data, const char *arg, int key,
 
 static void usage(const char *prog)
 {
-	printf("usage: %s [options] CHILD... MOUNTPOINT\n\n"
+	printf("usage: %s [options] CHILD[:CHILD...]... MOUNTPOINT\n\n"
 	       "quorumfs options:\n"
 	       "    -o threshold=N         votes a read needs and children a "
 	       "write needs\n"
@@ -888,25 +890,39 @@ static int run_loop(struct fuse_session *se,
 	return ret;
 }
 
-/* Serve until unmounted; returns the exit status. The threads start
- * after fuse_daemonize(), whose fork() would leave them behind. */
+/*
+ * Serve until unmounted; returns the exit status. The threads start
+ * after the detach, whose fork() would leave them behind, and the
+ * process that was started exits only once they serve (daemon.h), so
+ * mount(8) and systemd are told the truth.
+ */
 static int serve(const struct fuse_cmdline_opts *opts, struct qfs *q)
 {
 	char err[512];
 	int ret = 1;
 
-	fuse_daemonize(opts->foreground);
+	if (!opts->foreground && daemon_detach()) {
+		perror("quorumfs: detaching");
+		goto out;
+	}
+	if (chdir("/")) /* hold no directory busy */
+		goto out;
 	if (control_start(q->ctl, err, sizeof(err)) == 0) {
 		q->tree = control_tree(q->ctl);
 		hup_log = control_log(q->ctl);
 		set_sighup(hup_log != NULL);
-		ret = run_loop(q->se, opts) ? 1 : 0;
+		daemon_ready();
+		/* A signal number (SIGTERM, SIGINT: systemctl stop, ^C)
+		 * ended it as orderly as an unmount; below 0 is an error. */
+		ret = run_loop(q->se, opts) < 0 ? 1 : 0;
+		daemon_notify("STOPPING=1");
 		if (tree_fatal(q->tree))
 			ret = 1; /* blkverify found a mismatch */
 		set_sighup(false);
 	} else {
 		fprintf(stderr, "quorumfs: %s\n", err);
 	}
+out:
 	fuse_session_unmount(q->se);
 	return ret;
 }
@@ -994,11 +1010,16 @@ static void print_version(void)
 	fuse_lowlevel_version(); /* the kernel interface it speaks */
 }
 
-/* The command line, parsed; 1 when it asked for help or the version
- * (printed), -1 on an error (printed), else 0. */
+/*
+ * The command line, parsed, each child argument split at its colons (an
+ * fstab line's one source names the whole set). Returns 1 when it asked
+ * for help or the version (printed), -1 on an error (printed), else 0.
+ */
 static int parse_cmdline(struct fuse_args *args, struct cmdline *cl,
 			 struct fuse_cmdline_opts *opts, const char *prog)
 {
+	char err[512];
+
 	if (fuse_opt_parse(args, cl, qfs_opts, collect_path) ||
 	    fuse_parse_cmdline(args, opts))
 		return -1;
@@ -1006,7 +1027,13 @@ static int parse_cmdline(struct fuse_args *args, struct cmdline *cl,
 		usage(prog);
 	else if (opts->show_version)
 		print_version();
-	return opts->show_help || opts->show_version ? 1 : 0;
+	if (opts->show_help || opts->show_version)
+		return 1;
+	if (config_split_source(&cl->args, &cl->children, err, sizeof(err))) {
+		fprintf(stderr, "quorumfs: %s\n", err);
+		return -1;
+	}
+	return 0;
 }
 
 int main(int argc, char *argv[])
@@ -1043,6 +1070,7 @@ int main(int argc, char *argv[])
 	fuse_session_destroy(q.se);
 out:
 	release_args(&cl.args);
+	free(cl.children);
 	free(opts.mountpoint);
 	fuse_opt_free_args(&args);
 	return ret;

@@ -101,6 +101,18 @@ int config_default_socket(const char *mountpoint, char *buf, size_t size);
 int config_join_source(const struct config_args *a, char *buf, size_t size);
 
 /*
+ * Split each child argument of a (every path but the last) at the colons
+ * that are not escaped, a backslash keeping the next byte ('\:' a colon,
+ * '\\' a backslash), so "/srv/a:/srv/b" names two children. a->path[]
+ * then points into *store (one allocation; the caller frees it, also on
+ * failure, after the config is made). More than CHILDREN_MAX children
+ * set a->too_many_paths. Returns 0, -ENOMEM, or -EINVAL with the reason
+ * in err for an empty child ("/srv/a::/srv/b", a trailing colon).
+ */
+int config_split_source(struct config_args *a, char **store, char *err,
+			size_t errlen);
+
+/*
  * The rules once the membership is known (cc->n, the command line's
  * children plus the members the record names): what the command line
  * gave, else what recorded holds (a children_config whose threshold is

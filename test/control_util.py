@@ -20,6 +20,7 @@ import json
 import mmap
 import os
 import random
+import socket
 import stat
 import threading
 import time
@@ -56,6 +57,22 @@ def control_errno(m, command):
         return e.errno
     pytest.fail("command %r was accepted (write returned %r)" % (
         command[:200], n))
+
+
+def socket_request(path, line, timeout=5):
+    """One request through the control socket; the reply, parsed."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(line.encode() + b"\n")
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    return json.loads(b"".join(chunks))
 
 
 def status_text(m):

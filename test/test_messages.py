@@ -70,10 +70,13 @@ def test_a_colon_in_a_child_is_escaped_in_the_source(quorum, tmp_path):
                 tmp_path / "back\\slash"]
     for c in children:
         c.mkdir()
-    m = quorum(children=children)
-    assert mount_source(m.mnt) == "%s:%s:%s" % (
-        children[0], str(children[1]).replace(":", "\\:"),
-        str(children[2]).replace("\\", "\\\\"))
+    # Given one by one, each written as the source spells it.
+    escaped = [str(c).replace("\\", "\\\\").replace(":", "\\:")
+               for c in children]
+    m = quorum(children=escaped)
+    assert mount_source(m.mnt) == ":".join(escaped)
+    qfs.write_file(m.path("f"), b"x")
+    assert all((c / "f").exists() for c in children)
 
 
 @pytest.mark.timeout(60)
