@@ -257,6 +257,7 @@ char *control_status(struct control *ctl)
 	if (ctl->record)
 		json_object_object_add(o, "set", record_status(ctl->record));
 	jobs_scrub_status(ctl->jobs, o);
+	control_status_about(ctl, o);
 	json_object_object_add(o, "last-control-error", last_error_json(ctl));
 	json_object_object_add(
 		o, "events-dropped",

@@ -41,6 +41,9 @@ struct control {
 int control_run(struct control *ctl, const char *buf, size_t len, char *err,
 		size_t errlen);
 
+/* Add the daemon's own facts (version, pid, log) to status (about.c). */
+void control_status_about(struct control *ctl, struct json_object *status);
+
 /* The operator's socket at path and its threads (socket.c); stop
  * accepts NULL and returns once no client is served. */
 struct control_socket;

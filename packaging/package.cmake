@@ -11,7 +11,7 @@ include(GNUInstallDirs)
 
 # mount(8) runs quorumfs through mount.fuse3 and /bin/sh with PATH
 # cleared: the shell's default path holds the sbin directories.
-install(TARGETS quorumfs RUNTIME DESTINATION ${CMAKE_INSTALL_SBINDIR})
+install(TARGETS quorumfs quorumctl RUNTIME DESTINATION ${CMAKE_INSTALL_SBINDIR})
 
 set(QFS_SYSTEMD_UNIT_DIR "${CMAKE_INSTALL_PREFIX}/lib/systemd/system"
 	CACHE PATH "where quorumfs@.service is installed")
@@ -43,7 +43,8 @@ and writes need a quorum of them; a child that misses writes is resynced,\n\
 and a scrub compares and repairs every copy.\n\
 .\n\
 The package holds the daemon (mounted with mount(8), fstab or the\n\
-quorumfs@.service unit), its manual pages and a logrotate file.")
+quorumfs@.service unit), the operator's tool quorumctl (status, control\n\
+commands, events, Prometheus metrics), manual pages and a logrotate file.")
 set(CPACK_STRIP_FILES ON)
 set(CPACK_PACKAGING_INSTALL_PREFIX "${CMAKE_INSTALL_PREFIX}")
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)

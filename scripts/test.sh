@@ -35,12 +35,13 @@ done
 # one binary. openssh-server and sshfs are test/test_network.py's child on
 # another "machine": an sshd of the test's own on 127.0.0.1. dpkg-dev
 # (dpkg-shlibdeps) is what the package test's cpack needs; systemd gives
-# test_fstab.py systemd-fstab-generator and systemd-analyze.
+# test_fstab.py systemd-fstab-generator and systemd-analyze;
+# python3-prometheus-client's parser reads quorumctl's metrics.
 packages=(build-essential cmake pkg-config libfuse3-dev fuse3 libssl-dev
 	libjson-c-dev liburing-dev python3-pytest python3-pytest-timeout qemu-utils
 	qemu-system-x86 attr e2fsprogs util-linux fio clang libclang-rt-14-dev
 	linux-image-amd64 busybox-static socat openssh-server sshfs dpkg-dev
-	systemd)
+	systemd python3-prometheus-client)
 
 if [ "${QFS_SKIP_INSTALL:-0}" != 1 ]; then
 	sudo=()

@@ -115,6 +115,7 @@ def test_the_package_puts_its_files_in_their_fhs_places(deb):
     files = contents(deb)
     expected = {
         "/usr/sbin/quorumfs": "-rwxr-xr-x",
+        "/usr/sbin/quorumctl": "-rwxr-xr-x",
         "/usr/lib/systemd/system/quorumfs@.service": "-rw-r--r--",
         "/etc/logrotate.d/quorumfs": "-rw-r--r--",
         "/usr/share/doc/quorumfs/README.md": "-rw-r--r--",
@@ -146,14 +147,16 @@ def test_maintainer_scripts_and_conffiles(deb, tmp_path):
 
 
 @pytest.mark.timeout(1200)
-def test_the_packaged_daemon_runs(deb, tmp_path):
+def test_the_packaged_programs_run(deb, tmp_path):
     root = tmp_path / "root"
     subprocess.run(["dpkg-deb", "--extract", str(deb), str(root)],
                    check=True)
-    res = subprocess.run([str(root / "usr/sbin/quorumfs"), "--version"],
-                         capture_output=True, text=True, timeout=10)
-    assert res.returncode == 0
-    assert res.stdout.split("\n")[0] == "quorumfs " + project_version()
+    for prog in ("quorumfs", "quorumctl"):
+        res = subprocess.run([str(root / "usr/sbin" / prog), "--version"],
+                             capture_output=True, text=True, timeout=10)
+        assert res.returncode == 0
+        assert res.stdout.split("\n")[0] == "%s %s" % (prog,
+                                                      project_version())
 
 
 @pytest.mark.timeout(1200)
