@@ -13,6 +13,26 @@ include(GNUInstallDirs)
 # cleared: the shell's default path holds the sbin directories.
 install(TARGETS quorumfs quorumctl RUNTIME DESTINATION ${CMAKE_INSTALL_SBINDIR})
 
+# The manual pages, with the version filled in, compressed as Debian
+# wants them (gzip -n: the same bytes on every build).
+foreach(page quorumfs.8 quorumctl.8)
+	file(READ ${CMAKE_SOURCE_DIR}/man/${page} text)
+	string(REPLACE "@VERSION@" "${PROJECT_VERSION}" text "${text}")
+	file(GENERATE OUTPUT ${CMAKE_BINARY_DIR}/man/man8/${page}
+		CONTENT "${text}")
+	add_custom_command(OUTPUT ${CMAKE_BINARY_DIR}/man/${page}.gz
+		COMMAND gzip -9n -c ${CMAKE_BINARY_DIR}/man/man8/${page}
+			> ${CMAKE_BINARY_DIR}/man/${page}.gz
+		DEPENDS ${CMAKE_SOURCE_DIR}/man/${page}
+			${CMAKE_BINARY_DIR}/man/man8/${page}
+		VERBATIM)
+	list(APPEND QFS_MAN_PAGES ${CMAKE_BINARY_DIR}/man/${page}.gz)
+endforeach()
+add_custom_target(man ALL DEPENDS ${QFS_MAN_PAGES})
+set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS
+	${CMAKE_SOURCE_DIR}/man/quorumfs.8 ${CMAKE_SOURCE_DIR}/man/quorumctl.8)
+install(FILES ${QFS_MAN_PAGES} DESTINATION ${CMAKE_INSTALL_MANDIR}/man8)
+
 set(QFS_SYSTEMD_UNIT_DIR "${CMAKE_INSTALL_PREFIX}/lib/systemd/system"
 	CACHE PATH "where quorumfs@.service is installed")
 install(FILES packaging/quorumfs@.service

@@ -121,6 +121,8 @@ def test_the_package_puts_its_files_in_their_fhs_places(deb):
         "/usr/share/doc/quorumfs/README.md": "-rw-r--r--",
         "/usr/share/doc/quorumfs/DESIGN.md": "-rw-r--r--",
         "/usr/share/doc/quorumfs/examples/quorumfs.conf": "-rw-r--r--",
+        "/usr/share/man/man8/quorumfs.8.gz": "-rw-r--r--",
+        "/usr/share/man/man8/quorumctl.8.gz": "-rw-r--r--",
         "/etc/quorumfs": "drwxr-xr-x",
         "/var/log/quorumfs": "drwxr-xr-x",
     }
@@ -171,3 +173,20 @@ def test_cmake_install_puts_the_files_the_package_has(build, deb, tmp_path):
             installed.add("/" + os.path.relpath(os.path.join(dirpath, name),
                                                 root))
     assert installed == set(contents(deb)) - {"/"}
+
+
+@pytest.mark.timeout(1200)
+def test_the_packaged_manual_pages_render_and_carry_the_version(deb,
+                                                               tmp_path):
+    if not shutil.which("man"):
+        pytest.skip("needs man")
+    root = tmp_path / "root"
+    subprocess.run(["dpkg-deb", "--extract", str(deb), str(root)],
+                   check=True)
+    for page in ("quorumfs", "quorumctl"):
+        gz = root / "usr/share/man/man8" / ("%s.8.gz" % page)
+        res = subprocess.run(["man", "-l", "--warnings", str(gz)],
+            capture_output=True, text=True, timeout=60,
+            env=dict(os.environ, MANWIDTH="80"))
+        assert res.returncode == 0 and res.stderr == "", res.stderr
+        assert "quorumfs %s" % project_version() in res.stdout
