@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include "children/children.h"
@@ -51,8 +52,9 @@ struct qfs {
 	struct control *ctl;
 	struct tree *tree; /* control_tree(ctl), once started */
 	struct fuse_session *se;
-	double timeout; /* entry and attribute cache time, seconds */
-	uid_t owner;	/* the mounting user owns .control */
+	double timeout;		/* entry and attribute cache time, seconds */
+	const char *mountpoint; /* for the daemon's messages */
+	uid_t owner;		/* the mounting user owns .control */
 	gid_t group;
 };
 
@@ -764,6 +766,9 @@ static const struct fuse_opt qfs_opts[] = {
 	QFS_OPT("scrub-rate=%s", scrub_rate),
 	QFS_OPT("control-socket=%s", control_socket),
 	QFS_OPT("sync-from=%s", sync_from),
+	QFS_OPT("events=%s", events),
+	QFS_OPT("event-program=%s", event_program),
+	QFS_OPT("event-program-timeout=%s", event_program_timeout),
 	QFS_OPT("rewrite-corrupted", rewrite_corrupted),
 	QFS_OPT("blkverify", blkverify),
 	FUSE_OPT_KEY("fsname=", KEY_FSNAME),
@@ -803,6 +808,12 @@ static void usage(const char *prog)
 	       "any difference\n"
 	       "    -o log=PATH            JSON event log (SIGHUP reopens "
 	       "it)\n"
+	       "    -o events=syslog       every event to syslog too\n"
+	       "    -o event-program=PATH  run PATH EVENT MOUNTPOINT for each "
+	       "event, its JSON\n"
+	       "                           on stdin (killed after "
+	       "event-program-timeout=S,\n"
+	       "                           default %d)\n"
 	       "    -o threads=N           I/O pool size (default %d)\n"
 	       "    -o io-timeout=S        seconds a child may take to answer "
 	       "(default %d,\n"
@@ -816,7 +827,8 @@ static void usage(const char *prog)
 	       "none\n"
 	       "                           (default "
 	       "/run/quorumfs/MOUNT.sock)\n\n",
-	       prog, CONFIG_DEFAULT_THREADS, CONFIG_DEFAULT_IO_TIMEOUT,
+	       prog, CONFIG_DEFAULT_EVENT_PROGRAM_TIMEOUT,
+	       CONFIG_DEFAULT_THREADS, CONFIG_DEFAULT_IO_TIMEOUT,
 	       CONFIG_DEFAULT_SCRUB_RATE);
 	fuse_cmdline_help();
 	fuse_lowlevel_help();
@@ -912,10 +924,12 @@ static int serve(const struct fuse_cmdline_opts *opts, struct qfs *q)
 		hup_log = control_log(q->ctl);
 		set_sighup(hup_log != NULL);
 		daemon_ready();
+		daemon_say(LOG_INFO, "serving %s", q->mountpoint);
 		/* A signal number (SIGTERM, SIGINT: systemctl stop, ^C)
 		 * ended it as orderly as an unmount; below 0 is an error. */
 		ret = run_loop(q->se, opts) < 0 ? 1 : 0;
 		daemon_notify("STOPPING=1");
+		daemon_say(LOG_INFO, "unmounting %s", q->mountpoint);
 		if (tree_fatal(q->tree))
 			ret = 1; /* blkverify found a mismatch */
 		set_sighup(false);
@@ -945,6 +959,7 @@ static int start(struct qfs *q, const struct fuse_cmdline_opts *opts,
 			cfg->mountpoint, strerror(errno));
 		return 1;
 	}
+	q->mountpoint = cfg->mountpoint;
 	if (control_open(cfg, &mount_st, &q->ctl, err, sizeof(err))) {
 		fprintf(stderr, "quorumfs: %s\n", err);
 		return 1;
@@ -970,6 +985,9 @@ static void release_args(struct config_args *raw)
 	free((char *)raw->scrub_rate);
 	free((char *)raw->control_socket);
 	free((char *)raw->sync_from);
+	free((char *)raw->events);
+	free((char *)raw->event_program);
+	free((char *)raw->event_program_timeout);
 }
 
 /* Add -o fsname=VALUE with libfuse's escapes for ',' and '\'. */
@@ -1047,6 +1065,9 @@ int main(int argc, char *argv[])
 	int ret;
 
 	fuse_set_log_func(log_line);
+	/* Events to syslog (events=syslog) and, once detached, the
+	 * daemon's own messages, under one ident with the pid. */
+	openlog("quorumfs", LOG_PID, LOG_DAEMON);
 	ret = parse_cmdline(&args, &cl, &opts, argv[0]);
 	if (ret) {
 		ret = ret > 0 ? 0 : 1;
@@ -1069,6 +1090,7 @@ int main(int argc, char *argv[])
 	}
 	fuse_session_destroy(q.se);
 out:
+	daemon_finish();
 	release_args(&cl.args);
 	free(cl.children);
 	free(opts.mountpoint);

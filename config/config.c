@@ -5,7 +5,7 @@
  * combinations.
  */
 #define _GNU_SOURCE
-#include "config/config.h"
+#include "config/config_i.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -387,6 +387,8 @@ int config_from_args(const struct config_args *args, struct config *cfg,
 		ret = check_socket(args, cfg, err, errlen);
 	if (!ret)
 		ret = check_sync_from(args, cfg, err, errlen);
+	if (!ret)
+		ret = config_check_sinks(args, cfg, err, errlen);
 	if (ret == -ENOMEM)
 		snprintf(err, errlen, "out of memory");
 	if (ret)
@@ -400,6 +402,7 @@ void config_release(struct config *cfg)
 		free((char *)cfg->children.path[i]);
 	free(cfg->log_path);
 	free(cfg->control_socket);
+	free(cfg->event_program);
 	free(cfg->mountpoint);
 	memset(cfg, 0, sizeof(*cfg));
 }

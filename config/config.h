@@ -35,6 +35,9 @@ struct config_args {
 	const char *scrub_rate;
 	const char *control_socket;
 	const char *sync_from;
+	const char *events;		   /* "syslog" */
+	const char *event_program;	   /* run for each event */
+	const char *event_program_timeout; /* seconds */
 	int rewrite_corrupted;
 	int blkverify;
 	int npaths; /* children then the mountpoint */
@@ -56,6 +59,10 @@ struct config {
 	int sync_from;
 	/* The command line gave these rules (else the record's stand). */
 	bool threshold_given, read_pattern_given, rewrite_given;
+	/* Where events go besides log_path (config/sinks.c). */
+	bool events_syslog;
+	char *event_program; /* absolute, or NULL */
+	int event_program_timeout_ms;
 };
 
 #define CONFIG_DEFAULT_THREADS 16
@@ -65,6 +72,9 @@ struct config {
 /* Scrub rates are MiB/s; 0 means unlimited. */
 #define CONFIG_DEFAULT_SCRUB_RATE 64
 #define CONFIG_MAX_SCRUB_RATE (1024 * 1024)
+/* An event program's run is killed after this many seconds. */
+#define CONFIG_DEFAULT_EVENT_PROGRAM_TIMEOUT 10
+#define CONFIG_MAX_EVENT_PROGRAM_TIMEOUT 3600
 
 /*
  * Validate args into *cfg. Returns 0, or -EINVAL with a one-sentence

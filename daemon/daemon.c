@@ -53,18 +53,21 @@ int daemon_detach(void)
 	return 0;
 }
 
-/* stdin, stdout and stderr to /dev/null: nobody reads the terminal. */
-static void quiet_stdio(void)
+/* stdin and stdout to /dev/null, stderr to syslog: nobody reads the
+ * terminal any more. */
+static void detach_stdio(void)
 {
 	int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
 
-	if (fd < 0)
-		return;
 	fflush(stdout);
-	fflush(stderr);
-	for (int i = 0; i < 3; i++)
-		dup2(fd, i);
-	close(fd);
+	if (fd >= 0) {
+		dup2(fd, STDIN_FILENO);
+		dup2(fd, STDOUT_FILENO);
+	}
+	if (daemon_syslog_start() && fd >= 0)
+		dup2(fd, STDERR_FILENO);
+	if (fd >= 0)
+		close(fd);
 }
 
 void daemon_ready(void)
@@ -72,7 +75,7 @@ void daemon_ready(void)
 	char byte = 1;
 
 	if (ready_fd >= 0) {
-		quiet_stdio();
+		detach_stdio();
 		if (write(ready_fd, &byte, 1) < 0)
 			perror("quorumfs: telling the parent");
 		close(ready_fd);

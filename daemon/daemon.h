@@ -25,10 +25,29 @@ int daemon_detach(void);
 
 /*
  * The mount serves: the parent waiting in daemon_detach() exits 0, the
- * detached daemon's stdin, stdout and stderr go to /dev/null, and
- * systemd hears READY=1. In the foreground only the latter. Call once.
+ * detached daemon's stdin and stdout go to /dev/null and its stderr to
+ * syslog (daemon_syslog_start; /dev/null if that fails), and systemd
+ * hears READY=1. In the foreground only the latter. Call once.
  */
 void daemon_ready(void);
+
+/*
+ * Send what the daemon prints on stderr to syslog (facility daemon,
+ * ident quorumfs, priority warning) from now on, line by line, through a
+ * pipe a thread reads (syslog.c). The pipe never blocks a writer.
+ * Returns 0 or -errno (stderr unchanged).
+ */
+int daemon_syslog_start(void);
+
+/*
+ * A message of the daemon's own: to syslog at priority once stderr goes
+ * there, else "quorumfs: ..." on stderr.
+ */
+void daemon_say(int priority, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* Before exit: stderr's last lines reach syslog, the thread ends. */
+void daemon_finish(void);
 
 /*
  * Send state ("READY=1", "STOPPING=1", "STATUS=...") to the socket
