@@ -204,12 +204,15 @@ static int run(const struct qctl_mount *m, const struct verb *v, int argc,
 {
 	char command[CONFIG_COMMAND_MAX];
 	bool scrub = strcmp(v->name, "scrub") == 0;
+	struct json_object *reply;
 	char *child;
 	int ret;
 
 	if (!build(v, argc, argv, command, sizeof(command)))
 		return QCTL_ERROR;
-	ret = report(qctl_command(m, command), command);
+	reply = qctl_command(m, command);
+	ret = report(reply, command);
+	json_object_put(reply);
 	if (ret || !o->wait)
 		return ret;
 	if (scrub)
