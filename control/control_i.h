@@ -49,6 +49,10 @@ void control_status_about(struct control *ctl, struct json_object *status);
  * event-program=), or none: ctl->log stays NULL. 0 or -errno. */
 int control_open_events(struct control *ctl);
 
+/* What each child still needs and what no version could win, as one
+ * JSON document (heal.c; caller frees), or NULL when out of memory. */
+char *control_heal_info(struct control *ctl);
+
 /* The operator's socket at path and its threads (socket.c); stop
  * accepts NULL and returns once no client is served. */
 struct control_socket;

@@ -346,23 +346,38 @@ static bool no_daemon_there(int err)
 	       err == ENAMETOOLONG;
 }
 
-struct json_object *qctl_status(const struct qctl_mount *m)
+/* request (a read: status or heal-info) through the socket, or through
+ * .control when fallback and no daemon listens there. */
+static struct json_object *ask(const struct qctl_mount *m, const char *request,
+			       bool fallback)
 {
 	struct json_object *o;
 	char *text = NULL;
-	int err = 0;
+	int err = ENOENT;
 
 	if (m->socket)
-		text = socket_request(m->socket, "status", &err);
-	if (!text && m->socket && !no_daemon_there(err)) {
-		qctl_error("%s: %s", m->socket, strerror(err));
+		text = socket_request(m->socket, request, &err);
+	if (!text && (!no_daemon_there(err) || !fallback)) {
+		qctl_error("%s: %s%s", m->socket ? m->socket : m->mountpoint,
+			   strerror(err),
+			   fallback ? "" : " (this needs the control socket)");
 		return NULL;
 	}
 	if (!text)
 		text = control_read(m);
-	o = parse_reply(text, m->socket && !err ? m->socket : ".control");
+	o = parse_reply(text, m->socket && text ? m->socket : ".control");
 	free(text);
 	return o;
+}
+
+struct json_object *qctl_status(const struct qctl_mount *m)
+{
+	return ask(m, "status", true);
+}
+
+struct json_object *qctl_heal_info(const struct qctl_mount *m)
+{
+	return ask(m, "heal-info", false);
 }
 
 /* The reply .control's refusal stands for: errno, and the reason the

@@ -29,13 +29,18 @@ static void usage(FILE *to)
 		"  scrub MOUNTPOINT stop\n"
 		"  events MOUNTPOINT           the event log, readable\n"
 		"  metrics [MOUNTPOINT...]     Prometheus text format\n"
+		"  heal-info MOUNTPOINT        what each child still needs, "
+		"what no version\n"
+		"                              could win; exit 1 unless "
+		"nothing\n"
 		"\n"
 		"options:\n"
 		"  -s, --socket=PATH   the mount's control socket (default: "
 		"as the daemon\n"
 		"                      chooses it, or its fstab line's "
 		"control-socket=)\n"
-		"  -j, --json          the daemon's JSON (status, events)\n"
+		"  -j, --json          the daemon's JSON (status, events, "
+		"heal-info)\n"
 		"  -w, --wait          add, resync, scrub: until it ends; exit "
 		"1 if it failed\n"
 		"  -f, --follow        events: go on as they come\n"
@@ -120,6 +125,8 @@ int main(int argc, char **argv)
 		return qctl_cmd_events(argc, argv, &o);
 	if (strcmp(cmd, "metrics") == 0)
 		return qctl_cmd_metrics(argc, argv, &o);
+	if (strcmp(cmd, "heal-info") == 0)
+		return qctl_cmd_heal_info(argc, argv, &o);
 	if (strcmp(cmd, "help") == 0) {
 		usage(stdout);
 		return QCTL_OK;

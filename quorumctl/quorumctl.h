@@ -65,6 +65,8 @@ void qctl_mount_release(struct qctl_mount *m);
 
 /* The status document (caller puts it), or NULL (said why). */
 struct json_object *qctl_status(const struct qctl_mount *m);
+/* The heal-info document (the socket only), or NULL (said why). */
+struct json_object *qctl_heal_info(const struct qctl_mount *m);
 
 /*
  * Run one control command (its words already quoted for the daemon's
@@ -107,6 +109,7 @@ int qctl_cmd_control(const char *verb, int argc, char **argv,
 bool qctl_is_control_verb(const char *name);
 int qctl_cmd_events(int argc, char **argv, const struct qctl_opts *o);
 int qctl_cmd_metrics(int argc, char **argv, const struct qctl_opts *o);
+int qctl_cmd_heal_info(int argc, char **argv, const struct qctl_opts *o);
 
 /* status.c: the set's health, for the status and the wait. */
 enum qctl_health { QCTL_ONLINE, QCTL_DEGRADED_SET, QCTL_UNAVAILABLE };

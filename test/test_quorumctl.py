@@ -348,3 +348,97 @@ def test_metrics_parse_with_a_prometheus_parser(with_faultfs, quorum):
                  mountpoint=whole.mnt) > 1e9
     ffs.clear()
     ok("resync", m.mnt, ffs.mnt, "--wait")
+
+
+# --- heal-info -------------------------------------------------------------
+
+MiB = 1 << 20
+REGION = 64 * MiB
+
+
+@pytest.mark.timeout(120)
+def test_heal_info_names_what_a_child_that_missed_writes_needs(quorum,
+                                                               tmp_path):
+    from faultfs import FaultFS
+    base = tmp_path / "kids"
+    base.mkdir()
+    a, b, c = (base / n for n in "abc")
+    for d in (a, b, c):
+        d.mkdir()
+    m = quorum(children=[a, b, c], opts=["io-timeout=30"])
+    qfs.write_file(m.path("old"), b"o" * 4096)
+    qfs.write_file(m.path("img"), b"")
+    assert ctl("heal-info", m.mnt)[0] == 0
+    m.unmount()
+    # c is away for one mount, which writes two regions of img (a new
+    # name would make it need the whole tree).
+    away = base / "c.away"
+    os.rename(c, away)
+    c.mkdir()
+    os.rmdir(c)
+    m2 = quorum(children=[a, b], opts=["io-timeout=30"])
+    with open(m2.path("img"), "r+b") as f:
+        f.write(b"i" * MiB)
+        f.seek(130 * MiB)
+        f.write(b"j" * MiB)
+    m2.unmount()
+    # c comes back behind a faultfs whose writes to img hang: its resync
+    # stalls there, and heal-info says what it still needs.
+    c.mkdir()
+    ffs = FaultFS(away, c).start()
+    try:
+        ffs.set("hang op=write path=/img")
+        m.start()
+        wait_child_state(m, str(c), "syncing", timeout=20)
+        rc, out, err = ctl("heal-info", m.mnt)
+        assert rc == 1, out + err
+        doc = json.loads(ctl("heal-info", "--json", m.mnt)[1])
+        kid = [k for k in doc["children"] if k["path"] == str(c)][0]
+        assert kid["needs"] == "regions", kid
+        files = {f["path"]: f["ranges"] for f in kid["files"]}
+        assert files["img"] == [{"offset": 0, "length": REGION},
+                                {"offset": 2 * REGION, "length": REGION}]
+        assert set(files) == {"img"}, files
+        assert [k["needs"] for k in doc["children"]
+                if k["path"] != str(c)] == ["nothing", "nothing"]
+        assert "img: offset 0, 64.0 MiB; offset 134217728, 64.0 MiB" in out
+        ffs.clear()
+        wait_child_state(m, str(c), "ok", timeout=60)
+        assert ctl("heal-info", m.mnt)[0] == 0
+        m.unmount()
+    finally:
+        ffs.clear()
+        m.cleanup()
+        ffs.stop()
+
+
+def unwinnable(m, name, block=1):
+    """name on m with one 4 KiB block that differs on every child."""
+    qfs.write_file(m.path(name), b"\0" * 16384)
+    for i in range(len(m.children)):
+        with open(m.child_file(i, name), "r+b") as f:
+            f.seek(block * 4096)
+            f.write(bytes([i + 1]) * 4096)
+
+
+@pytest.mark.timeout(120)
+def test_heal_info_keeps_what_no_version_could_win_beyond_64(quorum):
+    m = quorum()
+    for k in range(80):
+        unwinnable(m, "f%02d" % k)
+    rc, out, err = ctl("scrub", m.mnt, "start", "rate=0", "--wait")
+    assert rc == 1 and "80 unrecoverable" in out, out + err
+    assert len(status(m)["scrub"]["findings"]) == 64
+    doc = json.loads(ctl("heal-info", "--json", m.mnt)[1])
+    u = doc["unrecoverable"]
+    assert u["unrecoverable"] == 80 and u["kept"] == 80, u
+    files = {f["path"]: f["ranges"] for f in u["files"]}
+    assert len(files) == 80
+    assert files["f00"] == [{"offset": 4096, "length": 4096}]
+    # On disk in the children's .quorumfs/: a restart keeps it.
+    m.unmount()
+    m.start()
+    rc, out, err = ctl("heal-info", m.mnt)
+    assert rc == 1
+    assert "80 blocks or names no version could win" in out
+    assert "f79: offset 4096, 4.0 KiB" in out
