@@ -29,6 +29,7 @@
 #include "control/control.h"
 #include "daemon/daemon.h"
 #include "events/events.h"
+#include "stats/stats.h"
 #include "tree/tree.h"
 
 /* Largest request the kernel sends us whole: QEMU issues 1 MiB I/O. */
@@ -484,22 +485,35 @@ static void qfs_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 }
 
+/* The bytes an answer holds (less than asked for at the end of a file). */
+static uint64_t iov_bytes(const struct tree_answer *r)
+{
+	uint64_t n = 0;
+
+	for (int i = 0; i < r->iovcnt; i++)
+		n += r->iov[i].iov_len;
+	return n;
+}
+
 static void qfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
 	struct qfs *q = qfs_of(req);
 	struct tree_answer r;
+	uint64_t start;
 	int ret;
 
 	if (is_control(ino)) {
 		file_control_read(req, size, off, fi);
 		return;
 	}
+	start = stats_start();
 	ret = tree_read(q->tree, file_of(fi), off, size, &r);
 	if (ret)
 		fuse_reply_err(req, -ret);
 	else
 		fuse_reply_iov(req, r.iov, r.iovcnt);
+	stats_done(STATS_READ, start, ret != 0, ret ? 0 : iov_bytes(&r));
 	tree_answer_release(&r);
 	if (tree_fatal(q->tree))
 		fuse_session_exit(q->se); /* blkverify: stop like QEMU */
@@ -509,6 +523,7 @@ static void qfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		      size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct tree_caller who = caller_of(req);
+	uint64_t start = stats_start();
 	ssize_t ret;
 
 	if (is_control(ino)) {
@@ -520,14 +535,24 @@ static void qfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		fuse_reply_err(req, (int)-ret);
 	else
 		fuse_reply_write(req, (size_t)ret);
+	stats_done(STATS_WRITE, start, ret < 0, ret < 0 ? 0 : (uint64_t)ret);
+}
+
+/* A flush or fsync's answer, counted as a flush. */
+static void reply_flush(fuse_req_t req, uint64_t start, int ret)
+{
+	fuse_reply_err(req, -ret);
+	stats_done(STATS_FLUSH, start, ret != 0, 0);
 }
 
 static void qfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	uint64_t start = stats_start();
+
 	if (is_control(ino))
 		fuse_reply_err(req, 0);
 	else
-		fuse_reply_err(req, -tree_flush(tree_of(req), file_of(fi)));
+		reply_flush(req, start, tree_flush(tree_of(req), file_of(fi)));
 }
 
 static void qfs_release(fuse_req_t req, fuse_ino_t ino,
@@ -544,11 +569,13 @@ static void qfs_release(fuse_req_t req, fuse_ino_t ino,
 static void qfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 		      struct fuse_file_info *fi)
 {
+	uint64_t start = stats_start();
+
 	if (is_control(ino))
 		fuse_reply_err(req, 0);
 	else
-		fuse_reply_err(
-			req, -tree_fsync(tree_of(req), file_of(fi), datasync));
+		reply_flush(req, start,
+			    tree_fsync(tree_of(req), file_of(fi), datasync));
 }
 
 static void qfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,

@@ -1,6 +1,7 @@
 /*
  * The daemon's own facts in the status document, for the operator's
- * tool: which version runs, its process, and where its events go; and
+ * tool: which version runs, its process, where its events go and the
+ * data requests it answered (stats/); and
  * the event log opened with all its sinks.
  */
 #define _GNU_SOURCE
@@ -8,6 +9,8 @@
 
 #include <json-c/json.h>
 #include <unistd.h>
+
+#include "stats/stats.h"
 
 static void add_count(struct json_object *o, const char *key, uint64_t n)
 {
@@ -45,6 +48,7 @@ void control_status_about(struct control *ctl, struct json_object *status)
 	json_object_object_add(status, "events-syslog",
 			       json_object_new_boolean(cfg->events_syslog));
 	json_object_object_add(status, "event-program", program_status(ctl));
+	json_object_object_add(status, "requests", stats_json());
 }
 
 int control_open_events(struct control *ctl)

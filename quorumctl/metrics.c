@@ -170,6 +170,58 @@ static void emit_scrub(const struct family *f, const struct scrape *s)
 	put(f->name, s, qctl_int(scrub, key), NULL);
 }
 
+static const char *const request_ops[] = {"read", "write", "flush"};
+
+/* Requests of each class: family name after quorumfs_request to key. */
+static void emit_requests(const struct family *f, const struct scrape *s)
+{
+	struct json_object *r = qctl_get(s->status, "requests");
+	const char *key = strstr(f->name, "errors")  ? "errors"
+			  : strstr(f->name, "bytes") ? "bytes"
+						     : "count";
+
+	for (int k = 0; r && k < 3; k++)
+		put(f->name, s, qctl_int(qctl_get(r, request_ops[k]), key),
+		    "op", request_ops[k], NULL);
+}
+
+/* The latency histogram of one class: cumulative buckets, sum, count. */
+static void emit_histogram(const struct family *f, const struct scrape *s,
+			   struct json_object *le, const char *op)
+{
+	struct json_object *c = qctl_get(qctl_get(s->status, "requests"), op);
+	struct json_object *buckets = qctl_get(c, "buckets");
+	size_t n = json_object_array_length(buckets);
+	char name[128], bound[32];
+	double total = 0;
+
+	snprintf(name, sizeof(name), "%s_bucket", f->name);
+	for (size_t b = 0; b < n; b++) {
+		total += json_object_get_int64(
+			json_object_array_get_idx(buckets, b));
+		if (b + 1 < n)
+			snprintf(bound, sizeof(bound), "%g",
+				 json_object_get_double(
+					 json_object_array_get_idx(le, b)));
+		put(name, s, total, "op", op, "le", b + 1 < n ? bound : "+Inf",
+		    NULL);
+	}
+	snprintf(name, sizeof(name), "%s_sum", f->name);
+	put(name, s, json_object_get_double(qctl_get(c, "seconds")), "op", op,
+	    NULL);
+	snprintf(name, sizeof(name), "%s_count", f->name);
+	put(name, s, qctl_int(c, "count"), "op", op, NULL);
+}
+
+static void emit_durations(const struct family *f, const struct scrape *s)
+{
+	struct json_object *le =
+		qctl_get(qctl_get(s->status, "requests"), "le");
+
+	for (int k = 0; le && k < 3; k++)
+		emit_histogram(f, s, le, request_ops[k]);
+}
+
 #define SCRUB(name, help)                                                      \
 	{                                                                      \
 		"quorumfs_scrub_" name, "gauge", help, emit_scrub              \
@@ -222,6 +274,16 @@ static const struct family families[] = {
 	      "when the last scrub ended (0: none, or running)"),
 	{"quorumfs_events_dropped_total", "counter",
 	 "events lost because the log's queue was full", emit_number},
+	{"quorumfs_requests_total", "counter",
+	 "data requests answered since the mount, by op (read, write, flush)",
+	 emit_requests},
+	{"quorumfs_request_errors_total", "counter",
+	 "data requests answered with an error, by op", emit_requests},
+	{"quorumfs_request_bytes_total", "counter",
+	 "bytes read and written by the requests, by op", emit_requests},
+	{"quorumfs_request_duration_seconds", "histogram",
+	 "time from a request reaching the daemon to its answer, by op",
+	 emit_durations},
 };
 
 static void print_families(const struct scrape *scrapes, int n)

@@ -346,6 +346,20 @@ def test_metrics_parse_with_a_prometheus_parser(with_faultfs, quorum):
     assert value(s, "quorumfs_scrub_files_done", mountpoint=whole.mnt) >= 0
     assert value(s, "quorumfs_scrub_last_end_timestamp_seconds",
                  mountpoint=whole.mnt) > 1e9
+    # The data requests: the writes and reads above, counted and timed.
+    w = dict(mountpoint=m.mnt, op="write")
+    r = dict(mountpoint=m.mnt, op="read")
+    assert value(s, "quorumfs_requests_total", **w) >= 1
+    assert value(s, "quorumfs_request_bytes_total", **w) >= 8192
+    assert value(s, "quorumfs_requests_total", **r) >= 3
+    assert value(s, "quorumfs_request_errors_total", **r) == 0
+    for labels in (w, r):
+        count = value(s, "quorumfs_request_duration_seconds_count", **labels)
+        assert count == value(s, "quorumfs_requests_total", **labels)
+        assert value(s, "quorumfs_request_duration_seconds_bucket",
+                     le="+Inf", **labels) == count
+        assert value(s, "quorumfs_request_duration_seconds_sum",
+                     **labels) > 0
     ffs.clear()
     ok("resync", m.mnt, ffs.mnt, "--wait")
 
