@@ -61,14 +61,16 @@ if command -v systemd-analyze >/dev/null; then
 fi
 logrotate --debug /etc/logrotate.d/quorumfs 2>&1 | grep -m1 'rotating pattern' || true
 
-step "an fstab line mounts through mount(8), found in PATH's place"
+step "an fstab line mounts through mount(8), found in PATH's place; quorumctl"
 mkdir -p "$scratch"/{a,b,c,mnt}
 fstab="$scratch/fstab"
-echo "$scratch/a:$scratch/b:$scratch/c $scratch/mnt fuse.quorumfs threshold=2,allow_other,nofail,control-socket=none 0 0" >"$fstab"
+echo "$scratch/a:$scratch/b:$scratch/c $scratch/mnt fuse.quorumfs threshold=2,allow_other,nofail,control-socket=$scratch/ctl.sock 0 0" >"$fstab"
 mount -T "$fstab" -a
 grep " $scratch/mnt " /proc/self/mountinfo | sed 's/.* - //'
 echo data >"$scratch/mnt/f"
 cmp "$scratch/a/f" "$scratch/c/f" && echo "written through the mount to every child"
+quorumctl -s "$scratch/ctl.sock" status "$scratch/mnt" | sed -n '3p;7,10p'
+quorumctl -s "$scratch/ctl.sock" threshold "$scratch/mnt" 4 2>&1 || echo "(exit $?)"
 umount "$scratch/mnt"
 echo "unmounted"
 
