@@ -5,7 +5,7 @@
  * combinations.
  */
 #define _GNU_SOURCE
-#include "config/config_i.h"
+#include "config/config.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -19,6 +19,8 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#include "config/sinks_i.h"
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
 {

@@ -5,7 +5,7 @@
  * reported on the terminal rather than on every event later.
  */
 #define _GNU_SOURCE
-#include "config/config_i.h"
+#include "config/sinks_i.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -1,6 +1,6 @@
-/* Private to the config module. */
-#ifndef QFS_CONFIG_I_H
-#define QFS_CONFIG_I_H
+/* Private to the config module: what config.c takes from sinks.c. */
+#ifndef QFS_CONFIG_SINKS_I_H
+#define QFS_CONFIG_SINKS_I_H
 
 #include "config/config.h"
 
