@@ -22,14 +22,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include "children/children.h"
 #include "config/config.h"
 #include "control/control.h"
+#include "daemon/daemon.h"
 #include "events/events.h"
 #include "quorumfs.h"
 #include "replication/replication.h"
+#include "stats/stats.h"
 #include "tree/tree.h"
 
 /* Largest request the kernel sends us whole: QEMU issues 1 MiB I/O. */
@@ -638,22 +641,35 @@ static void qfs_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 }
 
+/* The bytes an answer holds (less than asked for at the end of a file). */
+static uint64_t iov_bytes(const struct tree_answer *r)
+{
+	uint64_t n = 0;
+
+	for (int i = 0; i < r->iovcnt; i++)
+		n += r->iov[i].iov_len;
+	return n;
+}
+
 static void qfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
 	struct qfs *q = qfs_of(req);
 	struct tree_answer r;
+	uint64_t start;
 	int ret;
 
 	if (is_control(ino)) {
 		file_control_read(req, size, off, fi);
 		return;
 	}
+	start = stats_start();
 	ret = tree_read(q->tree, file_of(fi), off, size, &r);
 	if (ret)
 		fuse_reply_err(req, -ret);
 	else
 		fuse_reply_iov(req, r.iov, r.iovcnt);
+	stats_done(STATS_READ, start, ret != 0, ret ? 0 : iov_bytes(&r));
 	tree_answer_release(&r);
 	if (tree_fatal(q->tree))
 		fuse_session_exit(q->se); /* blkverify: stop like QEMU */
@@ -663,6 +679,7 @@ static void qfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		      size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct tree_caller who = caller_of(req);
+	uint64_t start = stats_start();
 	ssize_t ret;
 
 	if (is_control(ino)) {
@@ -679,14 +696,24 @@ static void qfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		fuse_reply_err(req, (int)-ret);
 	else
 		fuse_reply_write(req, (size_t)ret);
+	stats_done(STATS_WRITE, start, ret < 0, ret < 0 ? 0 : (uint64_t)ret);
+}
+
+/* A flush or fsync's answer, counted as a flush. */
+static void reply_flush(fuse_req_t req, uint64_t start, int ret)
+{
+	fuse_reply_err(req, -ret);
+	stats_done(STATS_FLUSH, start, ret != 0, 0);
 }
 
 static void qfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	uint64_t start = stats_start();
+
 	if (is_control(ino))
 		fuse_reply_err(req, 0);
 	else
-		fuse_reply_err(req, -tree_flush(tree_of(req), file_of(fi)));
+		reply_flush(req, start, tree_flush(tree_of(req), file_of(fi)));
 }
 
 static void qfs_release(fuse_req_t req, fuse_ino_t ino,
@@ -703,11 +730,13 @@ static void qfs_release(fuse_req_t req, fuse_ino_t ino,
 static void qfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 		      struct fuse_file_info *fi)
 {
+	uint64_t start = stats_start();
+
 	if (is_control(ino))
 		fuse_reply_err(req, 0);
 	else
-		fuse_reply_err(
-			req, -tree_fsync(tree_of(req), file_of(fi), datasync));
+		reply_flush(req, start,
+			    tree_fsync(tree_of(req), file_of(fi), datasync));
 }
 
 static void qfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
@@ -920,9 +949,18 @@ static const struct fuse_lowlevel_ops qfs_ops = {
 
 /* ---- command line ---- */
 
+/* What the command line gives beyond the config's raw strings. */
+struct cmdline {
+	struct config_args args;
+	bool fsname_given; /* -o fsname=: the operator's name for the mount */
+	char *children;	   /* what args.path[] points into once split */
+};
+
+enum { KEY_FSNAME = 1 };
+
 #define QFS_OPT(t, p)                                                          \
 	{                                                                      \
-		t, offsetof(struct config_args, p), 1                          \
+		t, offsetof(struct cmdline, args.p), 1                         \
 	}
 static const struct fuse_opt qfs_opts[] = {
 	QFS_OPT("threshold=%s", threshold),
@@ -941,17 +979,24 @@ static const struct fuse_opt qfs_opts[] = {
 	QFS_OPT("layer-sync=%s", layer_sync),
 	QFS_OPT("layer-limit=%s", layer_limit),
 	QFS_OPT("layer-cluster=%s", layer_cluster),
+	QFS_OPT("events=%s", events),
+	QFS_OPT("event-program=%s", event_program),
+	QFS_OPT("event-program-timeout=%s", event_program_timeout),
 	QFS_OPT("rewrite-corrupted", rewrite_corrupted),
 	QFS_OPT("blkverify", blkverify),
+	FUSE_OPT_KEY("fsname=", KEY_FSNAME),
 	FUSE_OPT_END,
 };
 
 static int collect_path(void *data, const char *arg, int key,
 			struct fuse_args *outargs)
 {
-	struct config_args *a = data;
+	struct cmdline *cl = data;
+	struct config_args *a = &cl->args;
 
 	(void)outargs;
+	if (key == KEY_FSNAME)
+		cl->fsname_given = true;
 	if (key != FUSE_OPT_KEY_NONOPT)
 		return 1; /* libfuse's own option: keep it */
 	if (a->npaths == CHILDREN_MAX + 2)
@@ -963,7 +1008,7 @@ static int collect_path(void *data, const char *arg, int key,
 
 static void usage(const char *prog)
 {
-	printf("usage: %s [options] CHILD... MOUNTPOINT\n\n"
+	printf("usage: %s [options] CHILD[:CHILD...]... MOUNTPOINT\n\n"
 	       "quorumfs options:\n"
 	       "    -o threshold=N         votes a read needs and children a "
 	       "write needs\n"
@@ -976,6 +1021,12 @@ static void usage(const char *prog)
 	       "any difference\n"
 	       "    -o log=PATH            JSON event log (SIGHUP reopens "
 	       "it)\n"
+	       "    -o events=syslog       every event to syslog too\n"
+	       "    -o event-program=PATH  run PATH EVENT MOUNTPOINT for each "
+	       "event, its JSON\n"
+	       "                           on stdin (killed after "
+	       "event-program-timeout=S,\n"
+	       "                           default %d)\n"
 	       "    -o threads=N           I/O pool size (default %d)\n"
 	       "    -o io-timeout=S        seconds a child may take to answer "
 	       "(default %d,\n"
@@ -989,23 +1040,36 @@ static void usage(const char *prog)
 	       "none\n"
 	       "                           (default "
 	       "/run/quorumfs/MOUNT.sock)\n\n",
-	       prog, CONFIG_DEFAULT_THREADS, CONFIG_DEFAULT_IO_TIMEOUT,
+	       prog, CONFIG_DEFAULT_EVENT_PROGRAM_TIMEOUT,
+	       CONFIG_DEFAULT_THREADS, CONFIG_DEFAULT_IO_TIMEOUT,
 	       CONFIG_DEFAULT_SCRUB_RATE);
 	fuse_cmdline_help();
 	fuse_lowlevel_help();
 }
 
-/* libfuse's messages are the daemon's own: one prefix for all. */
+/*
+ * libfuse's messages are the daemon's own: one prefix for all, and one
+ * line each. libfuse builds some lines from several calls (the list of
+ * unknown options), so the pieces wait here, per thread, until the
+ * newline.
+ */
 static void log_line(enum fuse_log_level level, const char *fmt, va_list ap)
 {
-	char msg[1024];
-	const char *text = msg;
+	static _Thread_local char line[1024];
+	static _Thread_local size_t used;
+	const char *text = line;
 
 	(void)level;
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	vsnprintf(line + used, sizeof(line) - used, fmt, ap);
+	used = strlen(line);
+	if (used < sizeof(line) - 1 && (!used || line[used - 1] != '\n'))
+		return;
 	if (strncmp(text, "fuse: ", 6) == 0)
 		text += 6;
-	fprintf(stderr, "quorumfs: %s", text);
+	fprintf(stderr, "quorumfs: %s%s", text,
+		line[used - 1] == '\n' ? "" : "\n");
+	used = 0;
+	line[0] = '\0';
 }
 
 /* ---- signals ---- */
@@ -1121,15 +1185,24 @@ static void inbound_close(struct inbound *in)
 	in->q.se = NULL;
 }
 
-/* Serve until unmounted; returns the exit status. The threads start
- * after fuse_daemonize(), whose fork() would leave them behind. */
+/*
+ * Serve until unmounted; returns the exit status. The threads start
+ * after the detach, whose fork() would leave them behind, and the
+ * process that was started exits only once they serve (daemon.h), so
+ * mount(8) and systemd are told the truth.
+ */
 static int serve(const struct fuse_cmdline_opts *opts, struct qfs *q,
 		 struct inbound *in)
 {
 	char err[512];
 	int ret = 1;
 
-	fuse_daemonize(opts->foreground);
+	if (!opts->foreground && daemon_detach()) {
+		perror("quorumfs: detaching");
+		goto out;
+	}
+	if (chdir("/")) /* hold no directory busy */
+		goto out;
 	if (control_start(q->ctl, err, sizeof(err)) == 0) {
 		q->tree = control_tree(q->ctl);
 		in->q.tree = q->tree;
@@ -1137,29 +1210,34 @@ static int serve(const struct fuse_cmdline_opts *opts, struct qfs *q,
 		set_sighup(hup_log != NULL);
 		if (in->q.se)
 			inbound_start(in, opts);
-		ret = run_loop(q->se, opts) ? 1 : 0;
+		daemon_ready();
+		daemon_say(LOG_INFO, "serving %s", q->mountpoint);
+		/* A signal number (SIGTERM, SIGINT: systemctl stop, ^C)
+		 * ended it as orderly as an unmount; below 0 is an error. */
+		ret = run_loop(q->se, opts) < 0 ? 1 : 0;
+		daemon_notify("STOPPING=1");
+		daemon_say(LOG_INFO, "unmounting %s", q->mountpoint);
 		if (tree_fatal(q->tree))
 			ret = 1; /* blkverify found a mismatch */
 		set_sighup(false);
 	} else {
 		fprintf(stderr, "quorumfs: %s\n", err);
 	}
+out:
 	inbound_close(in);
 	fuse_session_unmount(q->se);
 	return ret;
 }
 
 /*
- * Everything is checked before any child is touched: the command line,
- * then libfuse's own options (fuse_session_new refuses unknown ones),
- * and only then the children's records are read and written. A typo in
- * an fstab line must not enrol fresh directories into a set.
+ * Everything is checked before any child is touched: libfuse's own
+ * options (fuse_session_new refuses unknown ones, in main), the command
+ * line, and only then are the children's records read and written. A
+ * typo in an fstab line must not enrol fresh directories into a set.
  */
-static int start(struct fuse_args *args, const struct fuse_cmdline_opts *opts,
-		 const struct config *cfg)
+static int start(struct qfs *q, const struct fuse_cmdline_opts *opts,
+		 const struct config *cfg, const struct fuse_args *inbound_args)
 {
-	struct qfs q = {.timeout = 1.0, .owner = geteuid(), .group = getegid()};
-	struct fuse_args inbound_args = FUSE_ARGS_INIT(0, NULL);
 	struct inbound in = {0};
 	struct stat mount_st;
 	char err[512];
@@ -1170,41 +1248,37 @@ static int start(struct fuse_args *args, const struct fuse_cmdline_opts *opts,
 			cfg->mountpoint, strerror(errno));
 		return 1;
 	}
-	/* The inbound session takes the same libfuse options; the first
-	 * session consumes them. */
-	for (int i = 0; cfg->secondary.on && i < args->argc; i++)
-		if (fuse_opt_add_arg(&inbound_args, args->argv[i]))
-			goto out_args;
-	q.se = fuse_session_new(args, cfg->secondary.on ? &view_ops : &qfs_ops,
-				sizeof(qfs_ops), &q);
-	if (!q.se)
-		goto out_args;
-	if (control_open(cfg, &mount_st, &q.ctl, err, sizeof(err))) {
+	q->mountpoint = cfg->mountpoint;
+	if (control_open(cfg, &mount_st, &q->ctl, err, sizeof(err))) {
 		fprintf(stderr, "quorumfs: %s\n", err);
-		goto out_session;
+		return 1;
 	}
-	q.secondary = control_secondary(q.ctl);
-	if (q.secondary)
-		q.timeout = 0; /* a checkpoint changes every name */
-	if (q.secondary &&
-	    inbound_open(&in, &inbound_args, &q, cfg->secondary.inbound)) {
+	q->secondary = control_secondary(q->ctl);
+	if (q->secondary)
+		q->timeout = 0; /* a checkpoint changes every name */
+	if (q->secondary &&
+	    inbound_open(&in, inbound_args, q, cfg->secondary.inbound)) {
 		fprintf(stderr, "quorumfs: inbound '%s' cannot be mounted\n",
 			cfg->secondary.inbound);
 		goto out;
 	}
-	if (fuse_set_signal_handlers(q.se))
+	if (fuse_set_signal_handlers(q->se))
 		goto out;
-	if (fuse_session_mount(q.se, cfg->mountpoint) == 0)
-		ret = serve(opts, &q, &in);
-	fuse_remove_signal_handlers(q.se);
+	if (fuse_session_mount(q->se, cfg->mountpoint) == 0)
+		ret = serve(opts, q, &in);
+	fuse_remove_signal_handlers(q->se);
 out:
 	inbound_close(&in);
-	control_stop(q.ctl, ret == 0);
-out_session:
-	fuse_session_destroy(q.se);
-out_args:
-	fuse_opt_free_args(&inbound_args);
+	control_stop(q->ctl, ret == 0);
 	return ret;
+}
+
+static int copy_args(const struct fuse_args *from, struct fuse_args *to)
+{
+	for (int i = 0; i < from->argc; i++)
+		if (fuse_opt_add_arg(to, from->argv[i]))
+			return -1;
+	return 0;
 }
 
 /* libfuse's option parser allocated these. */
@@ -1225,42 +1299,121 @@ static void release_args(struct config_args *raw)
 	free((char *)raw->layer_sync);
 	free((char *)raw->layer_limit);
 	free((char *)raw->layer_cluster);
+	free((char *)raw->events);
+	free((char *)raw->event_program);
+	free((char *)raw->event_program_timeout);
+}
+
+/* Add -o fsname=VALUE with libfuse's escapes for ',' and '\'. */
+static int add_fsname(struct fuse_args *args, const char *value)
+{
+	char opt[2 * CONFIG_SOURCE_MAX + 16];
+	size_t n = snprintf(opt, sizeof(opt), "-ofsname=");
+
+	for (const char *p = value; *p && n + 3 < sizeof(opt); p++) {
+		if (*p == ',' || *p == '\\')
+			opt[n++] = '\\';
+		opt[n++] = *p;
+	}
+	opt[n] = '\0';
+	return fuse_opt_add_arg(args, opt);
+}
+
+/*
+ * The options every mount has: the type shows as fuse.quorumfs, the
+ * kernel checks permissions, and unless the operator named the mount
+ * (-o fsname=) its source is the set, as an fstab line spells it.
+ */
+static int add_fixed_options(struct fuse_args *args, const struct cmdline *cl)
+{
+	char source[CONFIG_SOURCE_MAX];
+
+	if (!cl->fsname_given && cl->args.npaths > 1 &&
+	    config_join_source(&cl->args, source, sizeof(source)) >= 0 &&
+	    add_fsname(args, source))
+		return -1;
+	return fuse_opt_add_arg(args, "-osubtype=quorumfs,default_permissions");
+}
+
+static void print_version(void)
+{
+	printf("quorumfs %s\nlibfuse %s\n", QFS_VERSION, fuse_pkgversion());
+	fflush(stdout);
+	fuse_lowlevel_version(); /* the kernel interface it speaks */
+}
+
+/*
+ * The command line, parsed, each child argument split at its colons (an
+ * fstab line's one source names the whole set). Returns 1 when it asked
+ * for help or the version (printed), -1 on an error (printed), else 0.
+ */
+static int parse_cmdline(struct fuse_args *args, struct cmdline *cl,
+			 struct fuse_cmdline_opts *opts, const char *prog)
+{
+	char err[512];
+
+	if (fuse_opt_parse(args, cl, qfs_opts, collect_path) ||
+	    fuse_parse_cmdline(args, opts))
+		return -1;
+	if (opts->show_help)
+		usage(prog);
+	else if (opts->show_version)
+		print_version();
+	if (opts->show_help || opts->show_version)
+		return 1;
+	if (config_split_source(&cl->args, &cl->children, err, sizeof(err))) {
+		fprintf(stderr, "quorumfs: %s\n", err);
+		return -1;
+	}
+	return 0;
 }
 
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts opts = {0};
-	struct config_args raw = {0};
+	struct qfs q = {.timeout = 1.0, .owner = geteuid(), .group = getegid()};
+	struct fuse_args inbound_args = FUSE_ARGS_INIT(0, NULL);
+	struct cmdline cl = {0};
 	struct config cfg;
 	char err[512];
-	int ret = 1;
+	int ret;
 
 	fuse_set_log_func(log_line);
-	if (fuse_opt_parse(&args, &raw, qfs_opts, collect_path) ||
-	    fuse_parse_cmdline(&args, &opts))
-		goto out;
-	if (opts.show_help || opts.show_version) {
-		if (opts.show_help)
-			usage(argv[0]);
-		else
-			printf("quorumfs, libfuse %s\n", fuse_pkgversion());
-		ret = 0;
+	/* Events to syslog (events=syslog) and, once detached, the
+	 * daemon's own messages, under one ident with the pid. */
+	openlog("quorumfs", LOG_PID, LOG_DAEMON);
+	ret = parse_cmdline(&args, &cl, &opts, argv[0]);
+	if (ret) {
+		ret = ret > 0 ? 0 : 1;
 		goto out;
 	}
-	if (config_from_args(&raw, &cfg, err, sizeof(err))) {
+	ret = 1;
+	/* libfuse's options first: an unknown one is named even when the
+	 * paths are missing too. A secondary's inbound session gets the same
+	 * ones; the first session consumes them. */
+	if (add_fixed_options(&args, &cl) == 0 &&
+	    (!cl.args.replication || copy_args(&args, &inbound_args) == 0))
+		q.se = fuse_session_new(
+			&args, cl.args.replication ? &view_ops : &qfs_ops,
+			sizeof(qfs_ops), &q);
+	if (!q.se)
+		goto out;
+	if (config_from_args(&cl.args, &cfg, err, sizeof(err)) == 0) {
+		/* Modes arrive with the caller's umask applied. */
+		umask(0);
+		ret = start(&q, &opts, &cfg, &inbound_args);
+		config_release(&cfg);
+	} else {
 		fprintf(stderr, "quorumfs: %s\n", err);
-		goto out;
 	}
-	/* Modes arrive with the caller's umask applied; don't apply ours. */
-	umask(0);
-	if (fuse_opt_add_arg(&args, "-ofsname=quorumfs,subtype=quorumfs,"
-				    "default_permissions") == 0)
-		ret = start(&args, &opts, &cfg);
-	config_release(&cfg);
+	fuse_session_destroy(q.se);
 out:
-	release_args(&raw);
+	daemon_finish();
+	release_args(&cl.args);
+	free(cl.children);
 	free(opts.mountpoint);
+	fuse_opt_free_args(&inbound_args);
 	fuse_opt_free_args(&args);
 	return ret;
 }

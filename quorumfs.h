@@ -20,8 +20,9 @@ struct qfs {
 	struct control *ctl;
 	struct tree *tree; /* control_tree(ctl), once started */
 	struct fuse_session *se;
-	double timeout; /* entry and attribute cache time, seconds */
-	uid_t owner;	/* the mounting user owns .control */
+	double timeout;		/* entry and attribute cache time, seconds */
+	const char *mountpoint; /* for the daemon's messages */
+	uid_t owner;		/* the mounting user owns .control */
 	gid_t group;
 	/* A replication secondary's: the view's session has secondary set,
 	 * the inbound session has inbound set (its changes copy before

@@ -21,6 +21,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "config/sinks_i.h"
 static int check_paths(const struct config_args *a, struct config *cfg,
 		       char *err, size_t errlen)
 {
@@ -328,6 +329,8 @@ int config_from_args(const struct config_args *args, struct config *cfg,
 		ret = check_sync_from(args, cfg, err, errlen);
 	if (!ret)
 		ret = check_secondary(args, cfg, err, errlen);
+	if (!ret)
+		ret = config_check_sinks(args, cfg, err, errlen);
 	if (ret == -ENOMEM)
 		snprintf(err, errlen, "out of memory");
 	if (ret)
@@ -341,6 +344,7 @@ void config_release(struct config *cfg)
 		free((char *)cfg->children.path[i]);
 	free(cfg->log_path);
 	free(cfg->control_socket);
+	free(cfg->event_program);
 	free(cfg->mountpoint);
 	release_secondary(&cfg->secondary);
 	memset(cfg, 0, sizeof(*cfg));

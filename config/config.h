@@ -43,6 +43,9 @@ struct config_args {
 	int replication_bare;
 	const char *active, *hidden, *inbound;
 	const char *layer_sync, *layer_limit, *layer_cluster;
+	const char *events;		   /* "syslog" */
+	const char *event_program;	   /* run for each event */
+	const char *event_program_timeout; /* seconds */
 	int rewrite_corrupted;
 	int blkverify;
 	int npaths; /* children then the mountpoint */
@@ -80,6 +83,10 @@ struct config {
 	/* The command line gave these rules (else the record's stand). */
 	bool threshold_given, read_pattern_given, rewrite_given;
 	struct config_secondary secondary;
+	/* Where events go besides log_path (config/sinks.c). */
+	bool events_syslog;
+	char *event_program; /* absolute, or NULL */
+	int event_program_timeout_ms;
 };
 
 #define CONFIG_DEFAULT_THREADS 16
@@ -89,6 +96,9 @@ struct config {
 /* Scrub rates are MiB/s; 0 means unlimited. */
 #define CONFIG_DEFAULT_SCRUB_RATE 64
 #define CONFIG_MAX_SCRUB_RATE (1024 * 1024)
+/* An event program's run is killed after this many seconds. */
+#define CONFIG_DEFAULT_EVENT_PROGRAM_TIMEOUT 10
+#define CONFIG_MAX_EVENT_PROGRAM_TIMEOUT 3600
 
 /*
  * Validate args into *cfg. Returns 0, or -EINVAL with a one-sentence
@@ -107,6 +117,34 @@ int config_from_args(const struct config_args *args, struct config *cfg,
  * socket address. Returns 0 with the path in buf, or -ENAMETOOLONG.
  */
 int config_default_socket(const char *mountpoint, char *buf, size_t size);
+
+/* ---- the set as one source string (config/source.c) ---- */
+
+/* The longest default fsname; longer sets are shortened (see below). */
+#define CONFIG_SOURCE_MAX 1024
+
+/*
+ * The children of a (every path but the last, as given) as one string:
+ * joined by ':', a ':' or '\' inside a path written '\:' or '\\', so that
+ * the string reads back as the same children. When that does not fit
+ * size bytes, as many whole children as fit followed by ":+N", N the
+ * children left out. Returns N (0 when all fit), or -ENAMETOOLONG when
+ * size is too small for anything. Pure; buf is always NUL-terminated on
+ * success.
+ */
+int config_join_source(const struct config_args *a, char *buf, size_t size);
+
+/*
+ * Split each child argument of a (every path but the last) at the colons
+ * that are not escaped, a backslash keeping the next byte ('\:' a colon,
+ * '\\' a backslash), so "/srv/a:/srv/b" names two children. a->path[]
+ * then points into *store (one allocation; the caller frees it, also on
+ * failure, after the config is made). More than CHILDREN_MAX children
+ * set a->too_many_paths. Returns 0, -ENOMEM, or -EINVAL with the reason
+ * in err for an empty child ("/srv/a::/srv/b", a trailing colon).
+ */
+int config_split_source(struct config_args *a, char **store, char *err,
+			size_t errlen);
 
 /*
  * The rules once the membership is known (cc->n, the command line's

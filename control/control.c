@@ -272,6 +272,7 @@ char *control_status(struct control *ctl)
 	jobs_scrub_status(ctl->jobs, o);
 	if (ctl->secondary)
 		secondary_status(ctl->secondary, o);
+	control_status_about(ctl, o);
 	json_object_object_add(o, "last-control-error", last_error_json(ctl));
 	json_object_object_add(
 		o, "events-dropped",

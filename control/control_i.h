@@ -45,6 +45,18 @@ struct control {
 int control_run(struct control *ctl, const char *buf, size_t len, char *err,
 		size_t errlen);
 
+/* Add the daemon's own facts (version, pid, log, the event program) to
+ * status (about.c). */
+void control_status_about(struct control *ctl, struct json_object *status);
+
+/* The event log with every sink the config asks for (log=, events=,
+ * event-program=), or none: ctl->log stays NULL. 0 or -errno. */
+int control_open_events(struct control *ctl);
+
+/* What each child still needs and what no version could win, as one
+ * JSON document (heal.c; caller frees), or NULL when out of memory. */
+char *control_heal_info(struct control *ctl);
+
 /* The operator's socket at path and its threads (socket.c); stop
  * accepts NULL and returns once no client is served. */
 struct control_socket;

@@ -219,7 +219,7 @@ static int fill_from_source(struct control *ctl, char *err, size_t errlen)
 int control_start(struct control *ctl, char *err, size_t errlen)
 {
 	const struct config *cfg = ctl->cfg;
-	int ret = cfg->log_path ? event_log_open(cfg->log_path, &ctl->log) : 0;
+	int ret = control_open_events(ctl);
 
 	if (!ret)
 		ret = pool_new(cfg->threads, &ctl->pool);

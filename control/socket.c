@@ -11,8 +11,9 @@
  *
  * Protocol: one request per connection, one line (at most
  * CONFIG_COMMAND_MAX bytes, ended by a newline or by closing the write
- * side): `status`, or any control command. One reply, then the server
- * closes: for status the JSON document; for a command one JSON line,
+ * side): `status`, `heal-info`, or any control command. One reply, then
+ * the server closes: for status and heal-info the JSON document; for a command
+ * one JSON line,
  * {"ok":true} or {"ok":false,"errno":N,"error":"strerror text",
  * "reason":"why"}. Only root and the mounting user may connect (the
  * socket is 0600 and the peer's credentials are checked).
@@ -127,11 +128,12 @@ static char *command_reply(int ret, const char *reason)
 	return text;
 }
 
-static bool is_status(const char *buf, size_t len)
+/* The request is word alone (a status or heal-info read). */
+static bool is_request(const char *buf, size_t len, const char *word)
 {
 	while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == ' '))
 		len--;
-	return len == 6 && memcmp(buf, "status", 6) == 0;
+	return len == strlen(word) && memcmp(buf, word, len) == 0;
 }
 
 static void serve_client(struct control_socket *cs, int fd)
@@ -146,8 +148,11 @@ static void serve_client(struct control_socket *cs, int fd)
 	len = read_request(fd, buf, sizeof(buf));
 	if (len < 0)
 		return;
-	if (is_status(buf, len)) {
-		reply = control_status(cs->ctl);
+	if (is_request(buf, len, "status") ||
+	    is_request(buf, len, "heal-info")) {
+		reply = is_request(buf, len, "status")
+				? control_status(cs->ctl)
+				: control_heal_info(cs->ctl);
 		if (reply) {
 			write_all(fd, reply);
 			write_all(fd, "\n");

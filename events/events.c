@@ -26,7 +26,7 @@
  * from "now", otherwise the key's state is freed (the key goes quiet).
  */
 #define _GNU_SOURCE
-#include "events/events.h"
+#include "events/events_i.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -67,17 +67,18 @@ struct throttle_state {
 };
 
 struct event_log {
-	char *path;  /* immutable after open */
+	char *path;  /* immutable after open; NULL: no file */
 	int wake_fd; /* eventfd; immutable after open */
 	atomic_bool reopen_requested;
 	pthread_t writer;
 
 	/* Owned by the writer thread alone (open/close aside). */
-	int fd;
-	char **spare_lines;  /* empty array swapped with lines */
-	char *write_buffer;  /* EVENT_WRITE_BUFFER bytes */
-	bool write_failing;  /* warn once per failing streak */
-	bool reopen_failing; /* likewise for reopen retries */
+	int fd;			       /* -1: no file */
+	struct event_forward *forward; /* syslog, the program; or NULL */
+	char **spare_lines;	       /* empty array swapped with lines */
+	char *write_buffer;	       /* EVENT_WRITE_BUFFER bytes */
+	bool write_failing;	       /* warn once per failing streak */
+	bool reopen_failing;	       /* likewise for reopen retries */
 
 	pthread_mutex_t lock;
 	/* Guarded by lock. */
@@ -432,8 +433,9 @@ static void write_lines(struct event_log *log, size_t count)
 
 	for (i = 0; i < count; i++) {
 		char *line = log->spare_lines[i];
-		size_t len = strlen(line);
+		size_t len = log->fd >= 0 ? strlen(line) : 0;
 
+		event_forward_line(log->forward, line);
 		if (used + len > EVENT_WRITE_BUFFER && used > 0) {
 			note_write_result(
 				log,
@@ -442,7 +444,7 @@ static void write_lines(struct event_log *log, size_t count)
 		}
 		if (len > EVENT_WRITE_BUFFER) {
 			note_write_result(log, write_all(log->fd, line, len));
-		} else {
+		} else if (len) {
 			memcpy(log->write_buffer + used, line, len);
 			used += len;
 		}
@@ -467,7 +469,7 @@ static void reopen_if_requested(struct event_log *log)
 	char buf[128];
 	int fd;
 
-	if (!atomic_exchange(&log->reopen_requested, false))
+	if (!atomic_exchange(&log->reopen_requested, false) || !log->path)
 		return;
 	fd = open_log_file(log->path);
 	if (fd < 0) {
@@ -572,6 +574,7 @@ static void event_log_free(struct event_log *log)
 	free(log->write_buffer);
 	if (log->fd >= 0)
 		close(log->fd);
+	event_forward_stop(log->forward);
 	if (log->wake_fd >= 0)
 		close(log->wake_fd);
 	pthread_mutex_destroy(&log->lock);
@@ -594,11 +597,11 @@ static int event_log_alloc(const char *path, struct event_log **out)
 		free(log);
 		return r;
 	}
-	log->path = strdup(path);
+	log->path = path ? strdup(path) : NULL;
 	log->lines = calloc(EVENT_QUEUE_CAPACITY, sizeof(*log->lines));
 	log->spare_lines = calloc(EVENT_QUEUE_CAPACITY, sizeof(*log->lines));
 	log->write_buffer = malloc(EVENT_WRITE_BUFFER);
-	if (!log->path || !log->lines || !log->spare_lines ||
+	if ((path && !log->path) || !log->lines || !log->spare_lines ||
 	    !log->write_buffer) {
 		event_log_free(log);
 		return -ENOMEM;
@@ -607,18 +610,21 @@ static int event_log_alloc(const char *path, struct event_log **out)
 	return 0;
 }
 
-int event_log_open(const char *path, struct event_log **out)
+int event_log_open_sinks(const struct event_sinks *s, struct event_log **out)
 {
 	struct event_log *log;
 	int r;
 
-	r = event_log_alloc(path, &log);
+	r = event_log_alloc(s->path, &log);
 	if (r < 0)
 		return r;
-	r = open_log_file(path);
-	if (r < 0)
+	r = s->path ? open_log_file(s->path) : -1;
+	if (s->path && r < 0)
 		goto out_free;
 	log->fd = r;
+	r = event_forward_start(s, &log->forward);
+	if (r < 0)
+		goto out_free;
 	log->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (log->wake_fd < 0) {
 		r = -errno;
@@ -632,6 +638,19 @@ int event_log_open(const char *path, struct event_log **out)
 out_free:
 	event_log_free(log);
 	return r;
+}
+
+int event_log_open(const char *path, struct event_log **out)
+{
+	const struct event_sinks s = {.path = path};
+
+	return event_log_open_sinks(&s, out);
+}
+
+bool event_log_program_stats(struct event_log *log,
+			     struct event_program_stats *st)
+{
+	return log && event_forward_stats(log->forward, st);
 }
 
 void event_log_close(struct event_log *log)

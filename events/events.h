@@ -24,6 +24,7 @@
 #ifndef QFS_EVENTS_H
 #define QFS_EVENTS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 struct json_object;
@@ -37,8 +38,53 @@ struct event_log;
 int event_log_open(const char *path, struct event_log **out);
 
 /*
+ * Where events go: the JSON lines file, syslog, a program. Every sink
+ * gets the same lines in the same order (after the throttle), from the
+ * writer thread, so none of them can stall an emitter.
+ */
+struct event_sinks {
+	const char *path; /* the JSON lines file (append), or NULL */
+	bool syslog;	  /* each event to syslog(3): facility daemon */
+	/*
+	 * Run for each event, one at a time, as `program EVENT MOUNTPOINT`
+	 * with the event's JSON line on stdin (mdadm --monitor's PROGRAM,
+	 * ZFS's zedlets). Bounded: a run is killed after timeout_ms, and
+	 * events that find a queue of EVENT_PROGRAM_QUEUE waiting runs are
+	 * dropped and counted; at close what is still queued gets
+	 * timeout_ms in all, the rest is dropped. NULL: none.
+	 */
+	const char *program;
+	int timeout_ms;
+	const char *mountpoint;
+};
+
+#define EVENT_PROGRAM_QUEUE 256
+
+/* What the event program did since the log was opened. */
+struct event_program_stats {
+	uint64_t runs;	    /* runs started */
+	uint64_t failed;    /* exited non-zero, died of a signal, or did not
+			     * start */
+	uint64_t timed_out; /* killed after timeout_ms */
+	uint64_t dropped;   /* events not run: the queue was full */
+};
+
+/*
+ * Open the sinks s names and start the writer thread (and the program's
+ * runner). Returns 0 and *out, or -errno with *out unchanged; the file
+ * is opened as event_log_open() opens it. A log with no sink at all
+ * discards events.
+ */
+int event_log_open_sinks(const struct event_sinks *s, struct event_log **out);
+
+/* The program's counts into *st; false when the log runs no program. */
+bool event_log_program_stats(struct event_log *log,
+			     struct event_program_stats *st);
+
+/*
  * Write every pending and throttled event, stop the writer thread, close
- * the file and free the log. NULL is accepted.
+ * the file and free the log. Events already handed to the program run
+ * first, for at most about the program's timeout. NULL is accepted.
  */
 void event_log_close(struct event_log *log);
 

@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "children/children.h"
 #include "events/events.h"
@@ -218,5 +219,34 @@ bool chunk_marked(const struct chunk *c, const uint32_t *mask, int k);
 /* Write the voted bytes over ballot k's lost and missing blocks and make
  * them durable; true when all of it reached the copy. */
 bool chunk_repair_copy(struct chunk *c, int k);
+
+/* ---- lost.c: what a scrub found no version could win, kept on disk ---- */
+
+/* At most this many no-quorum findings of a run are kept (in memory and
+ * in .quorumfs/findings, which also stays under the record's size). */
+#define SCRUB_LOST_MAX 2048
+
+struct scrub_lost {
+	struct scrub_lost_range {
+		char *path;
+		uint64_t off, len;
+	} * range;
+	size_t n;
+};
+
+/* Keep a copy of path's [off, off + len) unless the list is full. */
+void scrub_lost_add(struct scrub_lost *l, const char *path, uint64_t off,
+		    uint64_t len);
+void scrub_lost_clear(struct scrub_lost *l);
+/*
+ * The run's list as .quorumfs/findings's JSON: {"result", "repair",
+ * "finished", "unrecoverable" (the run's count), "kept",
+ * "findings": [{path, offset, length}...]}; NULL when out of memory.
+ */
+char *scrub_lost_text(const struct scrub_lost *l, const char *result,
+		      bool repair, time_t finished, uint64_t unrecoverable);
+/* Write text to every voting child's .quorumfs/findings (bounded by
+ * io-timeout); a failure is the child's business, not the scrub's. */
+void scrub_lost_save(struct jobs *jobs, const char *text);
 
 #endif

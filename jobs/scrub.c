@@ -120,6 +120,7 @@ struct scrub_run {
 	char reason[256];			      /* why a run failed */
 	struct scrub_finding finding[SCRUB_FINDINGS]; /* a ring */
 	uint64_t findings; /* recorded in this run; the ring holds the last */
+	struct scrub_lost lost; /* its no-quorum findings, for heal-info */
 };
 
 struct scrub {
@@ -227,6 +228,7 @@ static void run_release(struct scrub_run *run)
 		free(run->finding[i].node);
 	}
 	counts_release(&run->children);
+	scrub_lost_clear(&run->lost);
 	memset(run, 0, sizeof(*run));
 }
 
@@ -297,6 +299,8 @@ static void record(struct scrub *s, struct tree_node *n, const char *leaf,
 	s->run.mismatches++;
 	s->run.repaired += repaired;
 	s->run.unrecoverable += kind == FINDING_NO_QUORUM;
+	if (kind == FINDING_NO_QUORUM)
+		scrub_lost_add(&s->run.lost, f.path, off, len);
 	if (node) {
 		count_add(&s->run.children, node, 1);
 		count_add(&s->total, node, 1);
@@ -760,6 +764,7 @@ static void scrub_finish(struct scrub *s, int ret)
 				 : ret		   ? SCRUB_FAILED
 						   : SCRUB_COMPLETED;
 	struct json_object *d = json_object_new_object();
+	char *lost;
 
 	if (state == SCRUB_FAILED)
 		set_reason(s, strerror(-ret));
@@ -775,9 +780,15 @@ static void scrub_finish(struct scrub *s, int ret)
 	add_int(d, "unrecoverable", s->run.unrecoverable);
 	json_object_object_add(d, "children", counts_json(&s->run.children));
 	s->run.finished = time(NULL);
+	lost = s->quiet ? NULL
+			: scrub_lost_text(&s->run.lost, state_names[state],
+					  s->run.repair, s->run.finished,
+					  s->run.unrecoverable);
 	s->state = state;
 	pthread_mutex_unlock(&s->lock);
 	event_log_emit(s->jobs->log, "SCRUB_COMPLETED", d);
+	scrub_lost_save(s->jobs, lost);
+	free(lost);
 }
 
 static void *scrub_thread(void *arg)

@@ -17,6 +17,8 @@
 #define STATE_NAME PERSIST_DIR "/state"
 #define STATE_TMP PERSIST_DIR "/state.tmp"
 #define LOG_NAME PERSIST_DIR "/intent"
+#define FINDINGS_NAME PERSIST_DIR "/findings"
+#define FINDINGS_TMP PERSIST_DIR "/findings.tmp"
 #define STATE_MAX (256 * 1024)
 
 static int fail(char *err, size_t errlen, int ret, const char *why)
@@ -407,13 +409,15 @@ char *persist_state_text(const struct persist_state *st)
 	return text;
 }
 
-int persist_save_text(int root_fd, const char *text)
+/* Replace name with text whole, durably: tmp written, synced, renamed. */
+static int replace_file(int root_fd, const char *tmp, const char *name,
+			const char *text)
 {
 	int fd = -1, ret = make_dir(root_fd);
 
 	if (ret)
 		goto out;
-	fd = openat(root_fd, STATE_TMP,
+	fd = openat(root_fd, tmp,
 		    O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
 		    0600);
 	if (fd < 0) {
@@ -424,14 +428,30 @@ int persist_save_text(int root_fd, const char *text)
 	if (!ret)
 		ret = child_result(fsync(fd));
 	if (!ret)
-		ret = child_result(
-			renameat(root_fd, STATE_TMP, root_fd, STATE_NAME));
+		ret = child_result(renameat(root_fd, tmp, root_fd, name));
 	if (!ret)
 		ret = sync_dir(root_fd);
 out:
 	if (fd >= 0)
 		close(fd);
 	return ret;
+}
+
+int persist_save_text(int root_fd, const char *text)
+{
+	return replace_file(root_fd, STATE_TMP, STATE_NAME, text);
+}
+
+int persist_save_findings(int root_fd, const char *text)
+{
+	return strlen(text) > STATE_MAX ? -EFBIG
+					: replace_file(root_fd, FINDINGS_TMP,
+						       FINDINGS_NAME, text);
+}
+
+int persist_load_findings(int root_fd, char **text)
+{
+	return read_small(root_fd, FINDINGS_NAME, text);
 }
 
 int persist_save(int root_fd, const struct persist_state *st)

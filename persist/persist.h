@@ -120,6 +120,15 @@ int persist_first_check(const char *const *root, int n, char *err,
 /* A fresh random identity. */
 void persist_new_id(char id[PERSIST_ID_LEN + 1]);
 
+/*
+ * .quorumfs/findings: what the last scrub found that no version could
+ * win (JSON, written by jobs/lost.c, at most STATE_MAX bytes), replaced
+ * whole and durably. Load: 0 and *text (caller frees), or -errno
+ * (-ENOENT: no scrub wrote one).
+ */
+int persist_save_findings(int root_fd, const char *text);
+int persist_load_findings(int root_fd, char **text);
+
 /* The intent log. Appends open and close the file each time: a handle
  * kept open for writing would stop an operator remounting the child's
  * file system read-only. */
@@ -254,5 +263,12 @@ bool record_unclean(struct record *r);
  * persist_missed_free(). */
 int record_in_flight(struct record *r, struct child_set *set,
 		     struct persist_missed *m);
+/* text as .quorumfs/findings on every voting child, each bounded by
+ * io-timeout; 0 or the first child's -errno. */
+int record_save_findings(struct record *r, struct child_set *set,
+			 const char *text);
+/* .quorumfs/findings of the first voting child that has one: 0 and
+ * *text (caller frees), or -ENOENT. */
+int record_load_findings(struct record *r, struct child_set *set, char **text);
 /* Members the record names that are not mounted (JSON array). */
 struct json_object *record_status(struct record *r);

@@ -368,6 +368,7 @@ enum record_op {
 	RECORD_APPEND,	  /* append text[i] to the intent log */
 	RECORD_LOG_RESET, /* empty the intent log */
 	RECORD_SYNC,	  /* syncfs() the child's file system */
+	RECORD_FINDINGS,  /* save text[i] as the scrub's findings */
 };
 
 /* One operation on some children of a view (those with text[i], or
@@ -408,6 +409,8 @@ static int record_write_body(struct child_request *rq, int i)
 		return persist_log_reset(root);
 	case RECORD_SYNC:
 		return sync_root(root);
+	case RECORD_FINDINGS:
+		return persist_save_findings(root, w->text[i]);
 	}
 	return -EINVAL;
 }
@@ -1033,4 +1036,46 @@ int record_in_flight(struct record *r, struct child_set *set,
 uint64_t record_generation(struct record *r)
 {
 	return atomic_load(&r->generation);
+}
+
+int record_save_findings(struct record *r, struct child_set *set,
+			 const char *text)
+{
+	const struct child_view *v = children_view_get(set);
+	struct child_request *rq;
+	struct record_write *w;
+	int ret = -ENOMEM;
+
+	pthread_mutex_lock(&r->lock);
+	rq = write_new(v, RECORD_FINDINGS);
+	for (int i = 0; rq && i < v->n; i++) {
+		w = rq->arg;
+		if (!v->votes[i])
+			continue;
+		w->text[i] = strdup(text);
+		if (!w->text[i]) {
+			child_request_put(rq);
+			rq = NULL;
+		}
+		w->mask |= 1u << i;
+	}
+	if (rq)
+		ret = write_run_locked(r, rq);
+	record_unlock(r);
+	children_view_put(v);
+	return ret;
+}
+
+int record_load_findings(struct record *r, struct child_set *set, char **text)
+{
+	const struct child_view *v = children_view_get(set);
+	int ret = -ENOENT;
+
+	(void)r;
+	for (int i = 0; i < v->n && ret; i++)
+		if (v->votes[i])
+			ret = persist_load_findings(child_root_fd(v->child[i]),
+						    text);
+	children_view_put(v);
+	return ret;
 }

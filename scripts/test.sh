@@ -33,11 +33,15 @@ done
 # qemu-system-x86, linux-image-amd64 and busybox-static are the guest of
 # test/test_vm.py: QEMU, a kernel with its modules, and the initramfs's
 # one binary. openssh-server and sshfs are test/test_network.py's child on
-# another "machine": an sshd of the test's own on 127.0.0.1.
+# another "machine": an sshd of the test's own on 127.0.0.1. dpkg-dev
+# (dpkg-shlibdeps) is what the package test's cpack needs; systemd gives
+# test_fstab.py systemd-fstab-generator and systemd-analyze;
+# python3-prometheus-client's parser reads quorumctl's metrics.
 packages=(build-essential cmake pkg-config libfuse3-dev fuse3 libssl-dev
 	libjson-c-dev liburing-dev python3-pytest python3-pytest-timeout qemu-utils
 	qemu-system-x86 attr e2fsprogs util-linux fio clang libclang-rt-14-dev
-	linux-image-amd64 busybox-static socat openssh-server sshfs)
+	linux-image-amd64 busybox-static socat openssh-server sshfs dpkg-dev
+	systemd python3-prometheus-client man-db)
 
 if [ "${QFS_SKIP_INSTALL:-0}" != 1 ]; then
 	sudo=()
@@ -47,7 +51,9 @@ if [ "${QFS_SKIP_INSTALL:-0}" != 1 ]; then
 		--no-install-recommends "${packages[@]}"
 fi
 
-cmake_args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo)
+# The prefix /usr is what the package is built for (test_package.py then
+# packages this very build).
+cmake_args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_INSTALL_PREFIX=/usr)
 [ "${CI:-}" = true ] && cmake_args+=(-DQFS_WERROR=ON)
 build=build
 if [ "$sanitize" = 1 ]; then

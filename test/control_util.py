@@ -20,6 +20,7 @@ import json
 import mmap
 import os
 import random
+import socket
 import stat
 import threading
 import time
@@ -63,6 +64,22 @@ def refused(m, command, err):
     gives."""
     assert control_errno(m, command) == err, command
     return status(m)["last-control-error"]["reason"]
+
+
+def socket_request(path, line, timeout=5):
+    """One request through the control socket; the reply, parsed."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(line.encode() + b"\n")
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    return json.loads(b"".join(chunks))
 
 
 def status_text(m):

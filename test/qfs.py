@@ -224,6 +224,7 @@ class Mount:
         self.stderr_path = self.workdir / "daemon.stderr"
         self.proc = None
         self.killed = False
+        self.env = None  # the daemon's environment; None: the test's
         self.cmd = (daemon_wrapper() + [daemon_binary(), "-f", "-o",
                     ",".join(["log=" + self.log] + self.opts)] +
                     self.children + [self.mnt])
@@ -242,7 +243,7 @@ class Mount:
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
                 self.cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                preexec_fn=lambda: os.umask(0o022))
+                env=self.env, preexec_fn=lambda: os.umask(0o022))
 
         def ready():
             if is_fuse_mounted(self.mnt):

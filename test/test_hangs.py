@@ -12,9 +12,7 @@ control socket). Afterwards the hang ends and the mount unmounts cleanly
 """
 
 import errno
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,8 +20,8 @@ import time
 import pytest
 
 import qfs
-from control_util import (child_status, control, status, wait_child_state,
-                          wait_status)
+from control_util import (child_status, control, socket_request, status,
+                          wait_child_state, wait_status)
 from qfs import write_file
 
 IO_TIMEOUT = 2
@@ -58,22 +56,6 @@ class Probe:
         took = time.monotonic() - self.start
         assert self.proc.returncode == 0, "%s failed: %s" % (self.name, err)
         return took, out
-
-
-def socket_request(path, line, timeout=5):
-    """One request through the control socket; the reply, parsed."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(line.encode() + b"\n")
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while True:
-            data = s.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    return json.loads(b"".join(chunks))
 
 
 @pytest.fixture
