@@ -43,6 +43,7 @@ struct record {
 	int write_error[CHILDREN_MAX]; /* by slot: its last record write */
 	bool tree_announced;
 	_Atomic uint64_t generation; /* set.generation, readable unlocked */
+	atomic_int members;	     /* set.n, likewise, for the status */
 	struct announced *announced; /* this generation's, unordered */
 	size_t nannounced;
 	int nextra;
@@ -480,6 +481,7 @@ static void record_unlock(struct record *r)
 
 	memcpy(late, r->pending, sizeof(late));
 	r->npending = 0;
+	atomic_store(&r->members, r->set.n);
 	pthread_mutex_unlock(&r->lock);
 	for (int i = 0; i < n; i++) {
 		watchdog_report(r->wd, late[i]);
@@ -952,13 +954,15 @@ struct json_object *record_status(struct record *r)
 {
 	struct json_object *o = json_object_new_object();
 
-	pthread_mutex_lock(&r->lock);
+	/* Without the lock: a write to a hung child may hold it for an
+	 * io-timeout, and the status must answer at once. The set's id is
+	 * fixed once the record is read. */
 	json_object_object_add(o, "set", json_object_new_string(r->set.set));
 	json_object_object_add(
 		o, "generation",
-		json_object_new_int64((int64_t)r->set.generation));
-	json_object_object_add(o, "members", json_object_new_int(r->set.n));
-	pthread_mutex_unlock(&r->lock);
+		json_object_new_int64((int64_t)atomic_load(&r->generation)));
+	json_object_object_add(o, "members",
+			       json_object_new_int(atomic_load(&r->members)));
 	return o;
 }
 

@@ -203,3 +203,37 @@ os.close(fd)
         "the timed-out write to end")
     control(m, "resync %s" % ffs.mnt)
     wait_child_state(m, str(ffs.mnt), "ok", timeout=30)
+
+
+def in_pwrite(pid):
+    """Whether process pid is inside pwrite64(2) (x86-64: call 18)."""
+    try:
+        with open("/proc/%d/syscall" % pid) as f:
+            return f.read().split()[0] == "18"
+    except (OSError, IndexError):
+        return False
+
+
+def test_status_answers_while_a_hung_child_holds_the_intent_log(hung_set):
+    """A write to a new region appends to every child's intent log under
+    the record's lock; a child hung in that append must not hold a
+    status read for its io-timeout."""
+    m, ffs = hung_set
+    write_file(m.path("img"), b"\0" * 65536)
+    path = status(m)["control-socket"]
+    ffs.set("hang op=write path=/.quorumfs/intent")
+    writer = Probe("a write to a new region", m, """
+import os, sys
+fd = os.open(sys.argv[1] + "/img", os.O_WRONLY)
+os.pwrite(fd, b"r" * 4096, 300 * 1024 * 1024)
+os.close(fd)
+""")
+    qfs.wait_for(lambda: in_pwrite(writer.proc.pid), 5,
+                 "the writer to wait in its pwrite")
+    start = time.monotonic()
+    doc = socket_request(path, "status")
+    assert time.monotonic() - start < 0.5 * qfs.deadline_scale()
+    assert doc["set"]["members"] == 3
+    took, _ = writer.finish(deadline())
+    assert took < deadline()
+    ffs.clear()
