@@ -21,6 +21,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <json-c/json.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -87,10 +88,29 @@ void child_put(struct child *c)
 		return;
 	if (c->root_fd >= 0)
 		close(c->root_fd);
+	if (c->lock_fd >= 0)
+		close(c->lock_fd);
 	child_latch_free(c);
 	free(c->name);
 	free(c->path);
 	free(c);
+}
+
+/*
+ * One mount a child: a second daemon over the same directory would write
+ * its records and its data behind this one's back. A file system that
+ * has no flock (some network ones) cannot tell, and is let be.
+ */
+static int lock_root(struct child *c, const char *path)
+{
+	c->lock_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (c->lock_fd < 0)
+		return -errno;
+	if (flock(c->lock_fd, LOCK_EX | LOCK_NB) == 0)
+		return 0;
+	if (errno == EWOULDBLOCK)
+		return -EBUSY;
+	return 0;
 }
 
 static int child_new(const char *path, const char *name, int slot,
@@ -108,7 +128,7 @@ static int child_new(const char *path, const char *name, int slot,
 	atomic_init(&c->stage, REPL_NONE);
 	c->slot = slot;
 	c->kind = kind;
-	c->root_fd = -1;
+	c->root_fd = c->lock_fd = -1;
 	if (kind == CHILD_REPLICATION && (ret = child_latch_new(c)))
 		goto out;
 	c->root_fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -116,6 +136,9 @@ static int child_new(const char *path, const char *name, int slot,
 		ret = -errno;
 		goto out;
 	}
+	ret = lock_root(c, path);
+	if (ret)
+		goto out;
 	c->path = strdup(path);
 	c->name = strdup(name ? name : path);
 	if (!c->path || !c->name) {
@@ -340,7 +363,20 @@ static int publish_locked(struct child_set *set)
 
 /* ---- the set ---- */
 
-int children_new(const struct children_config *cfg, struct child_set **out)
+/* Why child path cannot be opened, for the operator. */
+static void open_failed(char *err, size_t errlen, const char *path, int ret)
+{
+	if (ret == -EBUSY)
+		snprintf(err, errlen,
+			 "child '%s' is in use by another quorumfs mount",
+			 path);
+	else
+		snprintf(err, errlen, "cannot open child '%s': %s", path,
+			 strerror(-ret));
+}
+
+int children_new(const struct children_config *cfg, struct child_set **out,
+		 char *err, size_t errlen)
 {
 	struct child_set *set = calloc(1, sizeof(*set));
 	int ret = 0;
@@ -356,6 +392,8 @@ int children_new(const struct children_config *cfg, struct child_set **out)
 		if (!ret) {
 			set->slot_used[i] = true;
 			set->nmembers++;
+		} else {
+			open_failed(err, errlen, cfg->path[i], ret);
 		}
 	}
 	set->rules.threshold = cfg->threshold;
@@ -511,9 +549,10 @@ static int add_locked(struct child_set *set, const char *path, const char *name,
 		return fail(err, errlen, -EEXIST, "a child named '%s' exists",
 			    name ? name : path);
 	ret = child_new(path, name, slot, kind, CHILD_SYNCING, out);
-	if (ret)
-		return fail(err, errlen, ret, "cannot open '%s': %s", path,
-			    strerror(-ret));
+	if (ret) {
+		open_failed(err, errlen, path, ret);
+		return ret;
+	}
 	set->member[set->nmembers++] = *out;
 	set->slot_used[slot] = true;
 	snprintf((*out)->reason, sizeof((*out)->reason), "added");

@@ -110,11 +110,13 @@ struct children_config {
 };
 
 /*
- * Open every child's root directory and build the first view. Returns 0
- * and *out (owned by the caller, freed with children_free()), or -errno
- * with nothing allocated.
+ * Open every child's root directory, take its lock (a child serves one
+ * mount: another's is -EBUSY) and build the first view. Returns 0 and
+ * *out (owned by the caller, freed with children_free()), or -errno
+ * with the reason in err and nothing allocated.
  */
-int children_new(const struct children_config *cfg, struct child_set **out);
+int children_new(const struct children_config *cfg, struct child_set **out,
+		 char *err, size_t errlen);
 
 /* Free the set. No view may still be held. NULL is accepted. */
 void children_free(struct child_set *set);

@@ -21,6 +21,7 @@ struct child {
 	char *name;
 	char *path;
 	int root_fd;
+	int lock_fd; /* holds flock(LOCK_EX) of the root: one mount a child */
 	int slot;
 	enum child_kind kind;
 	atomic_int refs;

@@ -76,12 +76,9 @@ static int open_children(struct control *ctl, char *err, size_t errlen)
 	ctl->threshold = cc.threshold;
 	if (ctl->cfg->sync_from >= 0)
 		cc.threshold = 1;
-	ret = children_new(&cc, &ctl->set);
-	if (ret) {
-		snprintf(err, errlen, "cannot open the children: %s",
-			 strerror(-ret));
+	ret = children_new(&cc, &ctl->set, err, errlen);
+	if (ret)
 		return ret;
-	}
 	return record_start(ctl->record, ctl->set, err, errlen);
 }
 

@@ -236,3 +236,17 @@ def test_resync_completed_counts_the_bytes_copied(quorum, scratch_fs):
     done = m.wait_event("RESYNC_COMPLETED", lambda d: d["node-name"] == "x",
                         timeout=60)
     assert MiB <= done["bytes"] <= 2 * MiB, done
+
+
+def test_a_child_serves_one_mount_at_a_time(tmp_path, quorum, run_daemon):
+    dirs = make_dirs(tmp_path, 3)
+    m = quorum(children=dirs)
+    write_file(m.path("f"), b"first")
+    other = tmp_path / "other"
+    other.mkdir()
+    rc, err = run_daemon("-f", "-o", "control-socket=none", *dirs, other)
+    assert rc == 1 and "in use by another quorumfs mount" in err, err
+    assert str(dirs[0]) in err
+    m.unmount()
+    m.start()  # the lock went with the daemon
+    assert read_file(m.path("f")) == b"first"
