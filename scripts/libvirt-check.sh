@@ -301,10 +301,11 @@ grep " $scratch/mnt " /proc/self/mountinfo | sed 's/.* - //' | sed "s|$scratch|\
 start=$SECONDS
 created=1
 v create "$scratch/domain.xml" | sed "s|$scratch|\$SCRATCH|g"
-qemu_pid=$(cat "/run/libvirt/qemu/$name.pid")
-echo "QEMU pid $qemu_pid runs as $(ps -o user= -p "$qemu_pid")"
-grep -o '"driver":"file","filename":"[^"]*","aio":"[^"]*"[^}]*}' \
-	"/var/log/libvirt/qemu/$name.log" | sed "s|$scratch|\$SCRATCH|g" | sort -u
+qemu_pid=$(cat "/run/libvirt/qemu/$name.pid" 2>/dev/null || true)
+[ -z "$qemu_pid" ] || echo "QEMU pid $qemu_pid runs as $(ps -o user= -p "$qemu_pid")"
+# How libvirt opened the images (its QEMU command line, in the domain's log).
+{ grep -o '"driver":"file","filename":"[^"]*","aio":"[^"]*"[^}]*}' \
+	"/var/log/libvirt/qemu/$name.log" || true; } | sed "s|$scratch|\$SCRATCH|g" | sort -u
 echo "while it runs (libvirt's DAC labelling, through the mount into every child):"
 for f in "$scratch"/mnt/vda.qcow2 "$scratch"/children/*/vda.qcow2; do
 	echo "  ${f#"$scratch"/} $(stat -c '%U:%G' "$f")" \
@@ -327,7 +328,7 @@ if ! grep -aq 'VMTEST: VERIFIED final' "$scratch/serial.log" ||
 fi
 created=0
 qemu_pid=
-grep 'shutting down' "/var/log/libvirt/qemu/$name.log" | tail -n 1 | sed 's/^[^ ]* //'
+{ grep 'shutting down' "/var/log/libvirt/qemu/$name.log" || true; } | tail -n 1 | sed 's/^[^ ]* //'
 echo "domain gone after $((SECONDS - start)) s"
 guest_md5=$(sed -n 's/.*VMTEST: WRITTEN A \([0-9a-f]*\).*/\1/p' "$scratch/serial.log")
 
