@@ -682,18 +682,32 @@ static void remove_tree(int parent, const char *name)
 	unlinkat(parent, name, AT_REMOVEDIR);
 }
 
-void layer_gc(struct layer *l)
+/* The epoch a directory name E<n> gives, or false for other names. */
+static bool epoch_of(const char *name, uint64_t *epoch)
 {
-	DIR *d = fdopendir(dup(l->dirfd));
-	char current[32], names[64][32];
+	char *end;
+
+	if (name[0] != 'E' || name[1] < '0' || name[1] > '9')
+		return false;
+	errno = 0;
+	*epoch = strtoull(name + 1, &end, 10);
+	return !errno && *end == '\0';
+}
+
+void layer_gc(struct layer *l, uint64_t below)
+{
+	/* A description of its own: another thread may read the layer's. */
+	int fd = openat(l->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd < 0 ? NULL : fdopendir(fd);
+	char names[64][32];
 	struct dirent *de;
+	uint64_t epoch;
 	int n = 0;
 
-	epoch_name(current, sizeof(current), l->st.epoch);
-	if (d) /* the duplicate shares the position of an earlier read */
-		rewinddir(d);
+	if (fd >= 0 && !d)
+		close(fd);
 	while (d && (de = readdir(d)) && n < 64)
-		if (de->d_name[0] == 'E' && strcmp(de->d_name, current) &&
+		if (epoch_of(de->d_name, &epoch) && epoch < below &&
 		    strlen(de->d_name) < sizeof(names[0]))
 			snprintf(names[n++], sizeof(names[0]), "%s",
 				 de->d_name);

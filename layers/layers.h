@@ -89,8 +89,9 @@ int layer_set_state(struct layer *l, const struct layer_state *st);
  * until layer_gc().
  */
 int layer_switch(struct layer *l, uint64_t epoch);
-/* Remove every E<n>/ but the current one's. */
-void layer_gc(struct layer *l);
+/* Remove every E<n>/ with n below `below`. Safe beside the layer's other
+ * calls: it touches old epochs only, which nothing refers to. */
+void layer_gc(struct layer *l, uint64_t below);
 
 /* ---- entries ---- */
 

@@ -291,6 +291,11 @@ void graveyard_clear(struct secondary *sec, struct paths *ps)
 			base_remove(sec, path);
 		free(path);
 	}
+	graveyard_free(ps);
+}
+
+void graveyard_free(struct paths *ps)
+{
 	if (ps)
 		paths_free(ps);
 	free(ps);

@@ -237,6 +237,7 @@ static int mark_failed_over(struct secondary *sec)
 int secondary_failover(struct secondary *sec, char *err, size_t errlen)
 {
 	struct paths *graves = NULL;
+	uint64_t epoch = 0;
 	int ret;
 
 	atomic_store(&sec->read_only, true);
@@ -256,7 +257,7 @@ int secondary_failover(struct secondary *sec, char *err, size_t errlen)
 	if (!ret)
 		ret = commit_layer(sec, sec->active);
 	if (!ret)
-		ret = secondary_new_epoch(sec);
+		ret = secondary_new_epoch(sec, &epoch);
 	if (!ret)
 		ret = secondary_set_stage(sec, REPL_DONE, "failover committed");
 	if (!ret)
@@ -268,6 +269,9 @@ int secondary_failover(struct secondary *sec, char *err, size_t errlen)
 	atomic_fetch_add(&sec->ns_gen, 1);
 	pthread_rwlock_unlock(&sec->names);
 	pthread_rwlock_unlock(&sec->epoch);
+	/* Here, not in the background: the base is whole when stop returns. */
+	layer_gc(sec->active, epoch);
+	layer_gc(sec->hidden, epoch);
 	graveyard_clear(sec, graves);
 	/* QEMU's stop with failover drops the commit's error: the stage
 	 * and get-error tell it. */

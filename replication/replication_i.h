@@ -89,6 +89,7 @@ struct secondary {
 	pthread_mutex_t lock;
 	struct cbw_lock *cbw; /* under lock: the base files claimed */
 	struct vnode_table *vnodes;
+	struct reaper *reaper; /* NULL before secondary_start() */
 
 	atomic_uint_fast64_t inbound_writes, inbound_bytes;
 	uint64_t checkpoints, last_checkpoint_ms, max_checkpoint_ms;
@@ -140,11 +141,22 @@ int view_opendir_locked(struct secondary *sec, uint64_t ino,
  * take it and log REPLICATION_STAGE_CHANGED. */
 int secondary_set_stage(struct secondary *sec, int now, const char *reason);
 /* Empty both layers: a new epoch in active (the commit point), then in
- * hidden, then the old epochs' files go. The caller holds sec->epoch
- * exclusively; takes sec->lock. */
-int secondary_new_epoch(struct secondary *sec);
+ * hidden; *epoch is the new one. The old epochs' files stay for
+ * layer_gc(). The caller holds sec->epoch exclusively; takes sec->lock. */
+int secondary_new_epoch(struct secondary *sec, uint64_t *epoch);
 /* A point where the tests may cut the daemon short (QFS_FAILPOINT). */
 void failpoint(const char *name);
+
+struct paths;
+
+/* ---- reap.c: what checkpoints leave, removed in the background ---- */
+
+int reaper_start(struct secondary *sec);
+/* Stops the thread; work still queued is left for the next start. */
+void reaper_stop(struct secondary *sec);
+/* Remove the layers' epochs below `below` and the graveyard's `graves`
+ * (taken over; NULL: none), soon. */
+void reaper_queue(struct secondary *sec, uint64_t below, struct paths *graves);
 
 /* ---- commit.c: failover ---- */
 
@@ -161,6 +173,7 @@ struct paths {
  * after the epoch lock is dropped: new burials get new names. */
 int graveyard_list(struct secondary *sec, struct paths **out);
 void graveyard_clear(struct secondary *sec, struct paths *ps);
+void graveyard_free(struct paths *ps);
 /* cnames.c: B's names become those layer l gives over it; afterwards
  * every entry's lower is its own path. Holds nothing; the caller holds
  * sec->epoch and sec->names exclusively. */

@@ -106,6 +106,7 @@ int secondary_open(const struct config_secondary *cfg, struct secondary **out,
 void secondary_start(struct secondary *sec, struct tree *tree,
 		     struct event_log *log, int timeout_ms)
 {
+	struct layer_state st;
 	char err[256];
 
 	sec->tree = tree;
@@ -115,12 +116,19 @@ void secondary_start(struct secondary *sec, struct tree *tree,
 	 * step of its commit may run again. */
 	if (atomic_load(&sec->stage) == REPL_FAILOVER)
 		secondary_failover(sec, err, sizeof(err));
+	/* Without the thread, checkpoints remove the old epochs inline. */
+	if (reaper_start(sec))
+		return;
+	/* Epochs a crash left behind before their removal. */
+	layer_get_state(sec->active, &st);
+	reaper_queue(sec, st.epoch, NULL);
 }
 
 void secondary_close(struct secondary *sec, bool clean)
 {
 	if (!sec)
 		return;
+	reaper_stop(sec);
 	layer_close(sec->active, clean);
 	layer_close(sec->hidden, clean);
 	vnodes_free(sec);
@@ -190,17 +198,18 @@ static int switch_epoch(struct secondary *sec, int to, const char *why,
 			char *err, size_t errlen)
 {
 	struct paths *graves = NULL;
+	uint64_t epoch = 0;
 	int ret = drain(sec, err, errlen);
 
 	if (ret)
 		return ret;
-	ret = secondary_new_epoch(sec);
+	ret = secondary_new_epoch(sec, &epoch);
 	if (!ret && to >= 0)
 		ret = secondary_set_stage(sec, to, why);
 	if (!ret)
 		graveyard_list(sec, &graves);
 	pthread_rwlock_unlock(&sec->epoch);
-	graveyard_clear(sec, graves);
+	reaper_queue(sec, epoch, graves);
 	return ret ? refuse(err, errlen, ret, "Cannot make active disk empty")
 		   : 0;
 }

@@ -47,8 +47,9 @@ int secondary_set_stage(struct secondary *sec, int now, const char *reason)
 }
 
 /* Empty both layers: a new epoch in active (the commit point), then in
- * hidden; then the old epochs' files go. Under the epoch lock. */
-int secondary_new_epoch(struct secondary *sec)
+ * hidden. The old epochs' files are left to layer_gc(). Under the epoch
+ * lock. */
+int secondary_new_epoch(struct secondary *sec, uint64_t *epoch)
 {
 	struct layer_state st;
 	int ret;
@@ -62,8 +63,7 @@ int secondary_new_epoch(struct secondary *sec)
 		ret = layer_switch(sec->hidden, st.epoch + 1);
 	if (!ret) {
 		atomic_fetch_add(&sec->ns_gen, 1);
-		layer_gc(sec->active);
-		layer_gc(sec->hidden);
+		*epoch = st.epoch + 1;
 	}
 	pthread_mutex_unlock(&sec->lock);
 	return ret;

@@ -205,8 +205,11 @@ def test_primary_writes_reach_the_base_and_the_view_keeps_the_checkpoint(
     assert r["layers"]["active"]["bytes"] == 0 == \
         r["layers"]["hidden"]["bytes"], r
     assert r["checkpoint"]["count"] == 1 and r["epoch"] == 2, r
+    # The old epochs' files go in the background, soon after.
     for layer in ("act", "hid"):
-        assert sorted(os.listdir(p.root / layer)) == [".qfslayer", "E2"]
+        qfs.wait_for(lambda: sorted(os.listdir(p.root / layer)) ==
+                     [".qfslayer", "E2"], 10 * qfs.deadline_scale(),
+                     "the old epoch of %s removed" % layer)
     ev = p.s.wait_event("REPLICATION_CHECKPOINT")
     assert ev["epoch"] == 2 and ev["duration-ms"] >= 0
 
@@ -427,7 +430,8 @@ def test_removing_a_big_image_on_the_inbound_side_is_a_rename(pair):
     assert os.listdir(p.b1 / ".qfs-graveyard")
     assert os.stat(p.s.path("big.img")).st_size == 1 << 30  # C has it
     p.checkpoint()
-    assert not os.listdir(p.b1 / ".qfs-graveyard")
+    qfs.wait_for(lambda: not os.listdir(p.b1 / ".qfs-graveyard"),
+                 10 * qfs.deadline_scale(), "the graveyard emptied")
 
 
 # --- full, failing and restarted -------------------------------------------
@@ -563,6 +567,11 @@ def test_a_crash_inside_a_checkpoint_ends_it_or_leaves_it_whole(pair):
     assert r["layers"]["hidden"]["clusters"] == 0 == \
         r["layers"]["active"]["clusters"], r
     assert p.view() == p.primary()
+    # The epoch the crash kept from its removal goes after the mount.
+    for layer in ("act", "hid"):
+        qfs.wait_for(lambda: sorted(os.listdir(p.root / layer)) ==
+                     [".qfslayer", "E2"], 10 * qfs.deadline_scale(),
+                     "the old epoch of %s removed" % layer)
 
 
 @pytest.mark.timeout(120)

@@ -194,7 +194,9 @@ static void test_a_new_epoch_starts_empty_and_gc_removes_the_old(void)
 	CHECK(!layer_obj_has(l, id, 0));
 	snprintf(path, sizeof(path), "%s/E0", dir);
 	CHECK_EQ(access(path, F_OK), 0);
-	layer_gc(l);
+	layer_gc(l, 0);
+	CHECK_EQ(access(path, F_OK), 0);
+	layer_gc(l, 1);
 	CHECK(access(path, F_OK) != 0);
 	layer_close(l, true);
 	l = open_layer("active");
