@@ -170,6 +170,22 @@ static int cbw_size(struct secondary *sec, const struct change *c)
 	return ret;
 }
 
+/* Whether hidden keeps C's size of c's object already (for this epoch:
+ * the caller holds sec->epoch). */
+static bool c_size_kept(struct secondary *sec, const struct change *c)
+{
+	const struct layer_entry *h;
+	bool kept;
+
+	if (!c->cpath)
+		return true; /* C cannot see it: nothing to keep */
+	pthread_mutex_lock(&sec->lock);
+	h = layer_find(sec->hidden, c->cpath);
+	kept = h && h->has_size;
+	pthread_mutex_unlock(&sec->lock);
+	return kept;
+}
+
 /* C's size of c's object: hidden's, else B's now. */
 static uint64_t c_size(struct secondary *sec, const struct change *c)
 {
@@ -223,6 +239,27 @@ int inbound_may_change(struct secondary *sec)
 	return read_only(sec);
 }
 
+/*
+ * The claim a change of [off, end) needs: the whole file while it may
+ * change B's size before C's size is kept (so no other change slips in
+ * between the look at the size and the keeping), else the clusters it
+ * touches, so that changes of other clusters copy and write in parallel.
+ * *resize is false once C's size is kept: there is nothing to do for it.
+ */
+static int claim_for(struct secondary *sec, const struct change *c,
+		     uint64_t off, uint64_t end, bool *resize,
+		     struct cbw_claim *claim)
+{
+	uint64_t cl = sec->cfg->cluster, lo = off - off % cl, hi = RANGE_END;
+
+	if (*resize && !c_size_kept(sec, c))
+		return cbw_claim(sec, c->ino, 0, RANGE_END, true, claim);
+	*resize = false;
+	if (end < (uint64_t)RANGE_END - cl)
+		hi = end + (cl - end % cl) % cl;
+	return cbw_claim(sec, c->ino, (off_t)lo, (off_t)hi, true, claim);
+}
+
 /* Run change(arg) on f, after copy-before-write of [off, end) (and of
  * the size with resize) when RUNNING, all under f's claim. */
 static ssize_t guarded(struct secondary *sec, struct tree_file *f, uint64_t off,
@@ -240,7 +277,7 @@ static ssize_t guarded(struct secondary *sec, struct tree_file *f, uint64_t off,
 	if (atomic_load(&sec->stage) == REPL_RUNNING) {
 		ret = change_get(sec, f, &c);
 		if (!ret)
-			ret = cbw_claim(sec, c.ino, 0, RANGE_END, true, &claim);
+			ret = claim_for(sec, &c, off, end, &resize, &claim);
 		if (!ret)
 			ret = cbw(sec, &c, off, end, resize);
 		if (!ret)

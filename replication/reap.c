@@ -75,6 +75,8 @@ int reaper_start(struct secondary *sec)
 	pthread_cond_init(&r->wake, NULL);
 	sec->reaper = r;
 	ret = -pthread_create(&r->thread, NULL, reap_main, sec);
+	if (!ret)
+		pthread_setname_np(r->thread, "qfs-layer-gc");
 	if (ret) {
 		sec->reaper = NULL;
 		pthread_cond_destroy(&r->wake);
