@@ -250,6 +250,19 @@ void child_proc_path(int fd, char buf[64])
 	snprintf(buf, 64, "/proc/self/fd/%d", fd);
 }
 
+int child_sync_dir(int dfd, const char *name, bool datasync)
+{
+	int fd = openat(dfd, name,
+			O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	int ret;
+
+	if (fd < 0)
+		return -errno;
+	ret = child_result(datasync ? fdatasync(fd) : fsync(fd));
+	close(fd);
+	return ret;
+}
+
 /* ---- views ---- */
 
 static void view_free(struct view_holder *h)

@@ -358,6 +358,11 @@ ssize_t child_rw_full(int fd, bool write, bool direct, void *buf, size_t len,
 /* The path /proc/self/fd/FD, for calls that take a path, not a handle. */
 void child_proc_path(int fd, char buf[64]);
 
+/* fsync (fdatasync with datasync) the directory name of dfd, "." for dfd
+ * itself (an O_PATH handle will do), so that the creations, removals and
+ * renames in it are on the child's disk. 0 or -errno. */
+int child_sync_dir(int dfd, const char *name, bool datasync);
+
 /* out = now on clock, plus ms: a deadline for timed waits. */
 void children_deadline(clockid_t clock, int ms, struct timespec *out);
 

@@ -92,6 +92,8 @@ static int copy_dir(int from, int to, const char *name, const struct stat *st)
 	while (!ret && (de = readdir(d)))
 		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
 			ret = copy_entry(dirfd(d), out, de->d_name);
+	if (!ret)
+		ret = child_sync_dir(out, ".", false);
 	if (d)
 		closedir(d);
 	else if (in >= 0)

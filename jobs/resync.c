@@ -458,6 +458,9 @@ static int copy_file(struct resync *rs, const struct tree_entry *e, int handle)
 		ret = copy_data(rs, f, out, 0, RANGE_END);
 		if (!ret)
 			ret = finish_file(rs, f, out);
+		/* On the child's disk before it votes, as its names are. */
+		if (!ret)
+			ret = child_result(fsync(out));
 		close(out);
 	}
 	tree_release(rs->tree, f);
@@ -679,6 +682,13 @@ static int copy_dir(struct resync *rs, struct tree_node *dir)
 		progress(rs, false);
 	}
 	free(p);
+	/* The child is about to vote: a power cut of it must not take back
+	 * the names placed here. */
+	if (!ret) {
+		ret = child_sync_dir(dfd, ".", false);
+		if (ret)
+			fail(rs, ret, "cannot fsync", "a directory");
+	}
 	return ret;
 }
 

@@ -12,9 +12,12 @@
  *      none;
  *   2. each region is voted block by block, and the winner written over
  *      the others.
- * The children are identical again. An acknowledged change reached every
- * voting child (a child that missed one was demoted, durably, before the
- * acknowledgement), so settling never loses one: it wins everywhere.
+ * The children are identical again, and durably so: each settled
+ * directory and file is fsync'd on every child before the mount serves,
+ * so what the mount shows after the crash is not undone by the next
+ * power cut. An acknowledged change reached every voting child (a child
+ * that missed one was demoted, durably, before the acknowledgement), so
+ * settling never loses one: it wins everywhere.
  *
  * A path renamed after the log named it is read through the rename's own
  * line; when the rename itself was in flight, the old path is tried too.
@@ -69,6 +72,11 @@ static int settle_dir(struct jobs *jobs, const char *path, const char *was,
 	if (S_ISDIR(e.attr.st_mode))
 		ret = dir_compare(jobs, tree_node(jobs->tree, e.ino), leaf,
 				  &how);
+	/* What the mount is about to show must outlive the next power cut:
+	 * the winning names may be on no child's disk yet (children the
+	 * crash did not take keep theirs in memory only). */
+	if (!ret && S_ISDIR(e.attr.st_mode))
+		ret = tree_fsyncdir(jobs->tree, e.ino, false);
 	entry_forget(jobs, &e);
 	return ret;
 }

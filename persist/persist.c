@@ -350,24 +350,9 @@ static struct json_object *state_json(const struct persist_state *st)
 	return o;
 }
 
-/* fsync directory name of dfd, so a rename or a creation in it is
- * durable. */
-static int sync_at(int dfd, const char *name)
-{
-	int fd = openat(dfd, name,
-			O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	int ret;
-
-	if (fd < 0)
-		return -errno;
-	ret = child_result(fsync(fd));
-	close(fd);
-	return ret;
-}
-
 static int sync_dir(int root_fd)
 {
-	return sync_at(root_fd, PERSIST_DIR);
+	return child_sync_dir(root_fd, PERSIST_DIR, false);
 }
 
 static int write_all(int fd, const char *text)
@@ -392,7 +377,7 @@ static int make_dir(int root_fd)
 {
 	if (mkdirat(root_fd, PERSIST_DIR, 0700))
 		return errno == EEXIST ? 0 : -errno;
-	return sync_at(root_fd, ".");
+	return child_sync_dir(root_fd, ".", false);
 }
 
 char *persist_state_text(const struct persist_state *st)

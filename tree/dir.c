@@ -242,16 +242,8 @@ static int dirsync_body(struct child_request *rq, int i)
 	struct dirsync_op *op = rq->arg;
 	int pfd = tree_node_fd(op->a.tree, op->a.node,
 			       child_slot(rq->view->child[i]));
-	int fd, ret;
 
-	if (pfd < 0)
-		return pfd;
-	fd = openat(pfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	ret = (op->datasync ? fdatasync(fd) : fsync(fd)) ? -errno : 0;
-	close(fd);
-	return ret;
+	return pfd < 0 ? pfd : child_sync_dir(pfd, ".", op->datasync);
 }
 
 int tree_fsyncdir(struct tree *tree, uint64_t ino, bool datasync)
