@@ -391,7 +391,9 @@ static int copy_chunk(struct resync *rs, struct tree_file *f, int out,
 	return ret;
 }
 
-/* Give the child's file the voted size, with every write held off. */
+/* Give the child's file the voted size, with every write held off; then
+ * put it on the child's disk: the child is about to vote, and a power cut
+ * of it must not take back what the copy wrote. */
 static int finish_file(struct resync *rs, struct tree_file *f, int out)
 {
 	const struct child_view *view = children_view_get(rs->jobs->set);
@@ -406,7 +408,7 @@ static int finish_file(struct resync *rs, struct tree_file *f, int out)
 		ret = child_result(ftruncate(out, st.st_size));
 	range_unlock(tree_node_ranges(n), &claim);
 	children_view_put(view);
-	return ret;
+	return ret ? ret : child_result(fsync(out));
 }
 
 /* Copy the voters' data regions inside [off, end). */
@@ -458,9 +460,6 @@ static int copy_file(struct resync *rs, const struct tree_entry *e, int handle)
 		ret = copy_data(rs, f, out, 0, RANGE_END);
 		if (!ret)
 			ret = finish_file(rs, f, out);
-		/* On the child's disk before it votes, as its names are. */
-		if (!ret)
-			ret = child_result(fsync(out));
 		close(out);
 	}
 	tree_release(rs->tree, f);

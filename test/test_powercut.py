@@ -300,6 +300,57 @@ def test_a_resynced_child_keeps_its_names_through_a_cut(tmp_path, scratch_fs,
     late.stop()
 
 
+@pytest.mark.timeout(120)
+def test_a_child_that_copied_only_what_it_missed_keeps_it_through_a_cut(
+        tmp_path, scratch_fs, quorum):
+    """A child that missed one mount copies back only the regions written
+    meanwhile, then votes. A power cut of it right after must not take
+    those regions back: the copy is on its disk before it is in step."""
+    c0, c1 = scratch_fs("tmpfs"), scratch_fs("tmpfs")
+    mnt = tmp_path / "away"
+    mnt.mkdir()
+    away = FaultFS(scratch_fs("tmpfs"), mnt, powercut=True,
+                   control=tmp_path / "rules").start()
+    old, new = b"o" * MiB, b"n" * (64 * KiB)
+    try:
+        m = quorum(children=[c0, c1, away.mnt], threshold=2)
+        fd = os.open(m.path("disk.img"), os.O_CREAT | os.O_WRONLY, 0o644)
+        try:   # data in two 64 MiB regions of the intent log
+            pwrite_full(fd, old, 0)
+            pwrite_full(fd, old, 64 * MiB)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        m.unmount()
+        away.stop()     # unreachable for one mount
+        mnt.rename(tmp_path / "parked")
+        m = quorum(children=[c0, c1], threshold=2)
+        fd = os.open(m.path("disk.img"), os.O_WRONLY)
+        try:
+            pwrite_full(fd, new, 256 * KiB)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        m.unmount()
+        (tmp_path / "parked").rename(mnt)
+        away.start()
+        m = quorum(children=[c0, c1, away.mnt], threshold=2)
+        done = m.wait_event("RESYNC_COMPLETED", timeout=60)
+        assert done["bytes"] == MiB, done    # the one region written
+        wait_status(m, all_ok, 60, "the returning child to be in step")
+        cut(m, [away], [0], [])
+        assert read_file(os.path.join(away.mnt, "disk.img"))[
+            256 * KiB:320 * KiB] == new
+        m.start()
+        wait_status(m, all_ok, 60, "every child ok after the cut")
+        assert assert_same_tree(c0, away.mnt) == assert_same_tree(c0, c1)
+        m.unmount()
+    except BaseException:
+        away.cleanup()
+        raise
+    away.stop()
+
+
 def run_cuts(m, disks):
     files = {"direct.img": True, "buffered.img": False}
     allowed = {}
@@ -343,12 +394,15 @@ def run_cuts(m, disks):
             for rel in files:
                 check_data(m, rel, allowed[rel])
             check_names(m, names)
+            ref = assert_same_tree(disks[0].mnt, disks[1].mnt)
+            assert ref == assert_same_tree(disks[0].mnt, disks[2].mnt)
         except AssertionError:
             print("round %d cut children %s; rounds so far (children cut, "
                   "data writes, name calls): %s" % (rnd, which, seen))
+            print("events: %s" % [(e["event"], e.get("data"))
+                                  for e in m.events()
+                                  if e["event"] != "QUORUM_REPORT_BAD"])
             raise
-        ref = assert_same_tree(disks[0].mnt, disks[1].mnt)
-        assert ref == assert_same_tree(disks[0].mnt, disks[2].mnt)
     assert not m.events_named("QUORUM_FAILURE")
     m.unmount()
     print("\n%d cuts (children cut, data writes, name calls): %s" % (
