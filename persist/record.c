@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include "persist/persist.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
@@ -133,6 +134,28 @@ static int check_member(struct record *r, const struct persist_state *st,
 	return 0;
 }
 
+/* Whether path is a directory with nothing in it. */
+static bool empty_dir(const char *path)
+{
+	DIR *d = opendir(path);
+	struct dirent *de;
+	bool empty = d != NULL;
+
+	while (empty && (de = readdir(d)))
+		empty = !strcmp(de->d_name, ".") || !strcmp(de->d_name, "..");
+	if (d)
+		closedir(d);
+	return empty;
+}
+
+static bool member_path(const struct persist_state *set, const char *path)
+{
+	for (int m = 0; m < set->n; m++)
+		if (strcmp(set->member[m].path, path) == 0)
+			return true;
+	return false;
+}
+
 /* A child whose record was lost or wiped joins under a new identity:
  * the member its path stood for is gone. */
 static void forget_path(struct persist_state *set, const char *path)
@@ -152,6 +175,19 @@ static int place(struct record *r, int i, const struct persist_state *st,
 		persist_new_id(r->id[i]);
 		if (r->fresh_set)
 			return 0;
+		/* An empty directory where a member was is as likely a file
+		 * system that is not mounted (an NFS export at boot) as a
+		 * wiped disk: filling it would fill the file system beneath
+		 * and drop the member. */
+		if (loaded == -ENOENT && member_path(&r->set, path) &&
+		    empty_dir(path))
+			return refuse(err, errlen,
+				      "child '%s' is an empty directory where "
+				      "a member of this set was: is its file "
+				      "system mounted? Mount it, or leave '%s' "
+				      "out (the set mounts without it), or "
+				      "enrol it anew with 'add' at runtime",
+				      path, path);
 		forget_path(&r->set, path);
 		r->behind[i] = true;
 		snprintf(r->why[i], sizeof(r->why[i]), "%s",
@@ -193,7 +229,8 @@ static bool on_command_line(const struct record *r, int n, const char *id)
 }
 
 /* The member's directory is there but its record is not, or is garbage
- * (an unreachable directory is merely absent and keeps its place). */
+ * (an unreachable directory is merely absent and keeps its place, and so
+ * is an empty one: a file system not mounted yet, see place()). */
 static bool lost_record(const char *path)
 {
 	struct persist_state st;
@@ -201,7 +238,7 @@ static bool lost_record(const char *path)
 	struct stat dir;
 	int ret;
 
-	if (stat(path, &dir) || !S_ISDIR(dir.st_mode))
+	if (stat(path, &dir) || !S_ISDIR(dir.st_mode) || empty_dir(path))
 		return false;
 	ret = load_path(path, &st, why, sizeof(why));
 	persist_clear(&st);
@@ -707,6 +744,8 @@ int record_added(struct record *r, struct child_set *set, struct child *c)
 	r->behind[slot] = true;
 	r->tree[slot] = true;
 	r->gen[slot] = 0;
+	/* Enrolled anew: an absent member that had its path is gone. */
+	forget_path(&r->set, child_path(c));
 	ret = member_locked(r, c);
 	if (!ret && child_kind(c) == CHILD_DATA) {
 		const struct child_view *v = children_view_get(set);

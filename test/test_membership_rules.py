@@ -5,6 +5,7 @@ refuses, the rules and states the record carries to the next mount, and
 the events that tell of it.
 """
 
+import json
 import os
 import subprocess
 
@@ -250,3 +251,69 @@ def test_a_child_serves_one_mount_at_a_time(tmp_path, quorum, run_daemon):
     m.unmount()
     m.start()  # the lock went with the daemon
     assert read_file(m.path("f")) == b"first"
+
+
+# --- a member's file system that is not mounted ------------------------
+
+def members(child):
+    with open(child / ".quorumfs" / "state") as f:
+        return [m["path"] for m in json.load(f)["members"]]
+
+
+def test_an_empty_directory_where_a_member_was_is_never_filled(
+        tmp_path, quorum, run_daemon):
+    """A network child whose file system did not come up leaves an empty
+    mount point. On the command line it refuses the mount, with the
+    reason; left out, the set mounts without it and keeps it a member;
+    once its file system is back it only catches up."""
+    dirs = make_dirs(tmp_path, 3)
+    m = quorum(children=dirs, threshold=2)
+    write_file(m.path("vm.img"), b"before" * 1000)
+    m.unmount()
+    real = dirs[2].rename(tmp_path / "c2.export")
+    dirs[2].mkdir()     # the empty mount point
+    mnt = tmp_path / "mnt2"
+    mnt.mkdir()
+    rc, err = run_daemon("-f", *dirs, mnt)
+    assert rc != 0, err
+    assert "empty directory" in err and "mounted" in err, err
+    assert os.listdir(dirs[2]) == []
+
+    two = quorum(children=dirs[:2], threshold=2, mountpoint=m.mnt)
+    assert [c["path"] for c in status(two)["children"]] == \
+        [str(d) for d in dirs[:2]]
+    write_file(two.path("vm.img"), b"after" * 1000)
+    two.unmount()
+    assert os.listdir(dirs[2]) == []
+    assert members(dirs[0]) == [str(d) for d in dirs]
+
+    dirs[2].rmdir()     # its file system is mounted again
+    real.rename(dirs[2])
+    back = quorum(children=dirs, threshold=2, mountpoint=m.mnt)
+    wait_status(back, lambda d: all(c["state"] == "ok"
+                                    for c in d["children"]), 30,
+                "the returning member to catch up")
+    assert read_file(dirs[2] / "vm.img") == b"after" * 1000
+    assert back.events_named("RESYNC_COMPLETED")[0]["files"] == 1
+
+
+def test_add_enrols_an_empty_directory_where_a_member_was_anew(
+        tmp_path, quorum):
+    """A disk replaced by an empty one at the same path: the operator adds
+    it; it is filled, and the old member it stood for is gone."""
+    dirs = make_dirs(tmp_path, 3)
+    m = quorum(children=dirs, threshold=2)
+    write_file(m.path("vm.img"), b"data" * 1000)
+    m.unmount()
+    for name in os.listdir(dirs[2]):
+        p = dirs[2] / name
+        if p.is_dir():
+            subprocess.run(["rm", "-rf", str(p)], check=True)
+        else:
+            p.unlink()
+    two = quorum(children=dirs[:2], threshold=2, mountpoint=m.mnt)
+    assert len(status(two)["children"]) == 2
+    control(two, "add %s" % dirs[2])
+    wait_child_state(two, str(dirs[2]), "ok", timeout=30)
+    assert read_file(dirs[2] / "vm.img") == b"data" * 1000
+    assert sorted(members(dirs[0])) == sorted(str(d) for d in dirs)
