@@ -415,6 +415,9 @@ static bool repair_entry(const struct dir_job *j, int k, int w,
 
 	if (!ret && present)
 		ret = copy_entry(j->fd[w], j->fd[k], name);
+	/* A repair a power cut of the child can undo is not one. */
+	if (!ret)
+		ret = child_sync_dir(j->fd[k], ".", false);
 	if (ret)
 		child_count_error(voter_child(j, k), CHILD_OP_WRITE);
 	return !ret;
@@ -426,7 +429,9 @@ static int relink(const struct dir_job *j, int k, const char *name,
 {
 	int ret = remove_tree(j->fd[k], name);
 
-	return ret ? ret : child_result(symlinkat(w->target, j->fd[k], name));
+	if (!ret)
+		ret = child_result(symlinkat(w->target, j->fd[k], name));
+	return ret ? ret : child_sync_dir(j->fd[k], ".", false);
 }
 
 /* Set voter w's field f on voter k's entry. */

@@ -351,6 +351,40 @@ def test_a_child_that_copied_only_what_it_missed_keeps_it_through_a_cut(
     away.stop()
 
 
+@pytest.mark.timeout(120)
+def test_a_scrubs_repair_of_a_name_outlives_a_cut_of_the_child(
+        tmp_path, scratch_fs, quorum):
+    """A scrub puts back a file one child lost. A power cut of that child
+    right after must not lose it again: the repair is on its disk."""
+    c0, c1 = scratch_fs("tmpfs"), scratch_fs("tmpfs")
+    mnt = tmp_path / "lossy"
+    mnt.mkdir()
+    lossy = FaultFS(scratch_fs("tmpfs"), mnt, powercut=True,
+                    control=tmp_path / "rules").start()
+    data = b"kept by two" * 1000
+    try:
+        m = quorum(children=[c0, c1, lossy.mnt], threshold=2)
+        write_file(m.path("vm.img"), data)
+        fd = os.open(m.path("vm.img"), os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        fsync_dir(m.path(""))
+        os.unlink(lossy.backing_path("vm.img"))     # lost, durably
+        control(m, "scrub repair rate=0")
+        m.wait_event("SCRUB_COMPLETED", timeout=60)
+        assert read_file(os.path.join(lossy.mnt, "vm.img")) == data
+        cut(m, [lossy], [0], [])
+        assert read_file(os.path.join(lossy.mnt, "vm.img")) == data
+        m.start()
+        wait_status(m, all_ok, 60, "every child ok after the cut")
+        assert assert_same_tree(c0, lossy.mnt) == assert_same_tree(c0, c1)
+        m.unmount()
+    except BaseException:
+        lossy.cleanup()
+        raise
+    lossy.stop()
+
+
 def run_cuts(m, disks):
     files = {"direct.img": True, "buffered.img": False}
     allowed = {}
