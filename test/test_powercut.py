@@ -15,6 +15,7 @@ mounted again. Every time:
   - the children are identical (names, kinds, data, metadata).
 """
 
+import contextlib
 import os
 import random
 import re
@@ -300,19 +301,41 @@ def test_a_resynced_child_keeps_its_names_through_a_cut(tmp_path, scratch_fs,
     late.stop()
 
 
+@contextlib.contextmanager
+def two_and_a_lossy_child(tmp_path, scratch_fs, name):
+    """Two plain children and a third behind faultfs in power-cut mode:
+    yields (c0, c1, faultfs); stops faultfs after, checked on success."""
+    c0, c1 = scratch_fs("tmpfs"), scratch_fs("tmpfs")
+    mnt = tmp_path / name
+    mnt.mkdir()
+    lossy = FaultFS(scratch_fs("tmpfs"), mnt, powercut=True,
+                    control=tmp_path / ("%s.rules" % name)).start()
+    try:
+        yield c0, c1, lossy
+    except BaseException:
+        lossy.cleanup()
+        raise
+    lossy.stop()
+
+
+def remount_and_compare(m, c0, c1, lossy):
+    """After a cut of the lossy child: mount again, and all three hold
+    the same tree."""
+    m.start()
+    wait_status(m, all_ok, 60, "every child ok after the cut")
+    assert assert_same_tree(c0, lossy.mnt) == assert_same_tree(c0, c1)
+    m.unmount()
+
+
 @pytest.mark.timeout(120)
 def test_a_child_that_copied_only_what_it_missed_keeps_it_through_a_cut(
         tmp_path, scratch_fs, quorum):
     """A child that missed one mount copies back only the regions written
     meanwhile, then votes. A power cut of it right after must not take
     those regions back: the copy is on its disk before it is in step."""
-    c0, c1 = scratch_fs("tmpfs"), scratch_fs("tmpfs")
-    mnt = tmp_path / "away"
-    mnt.mkdir()
-    away = FaultFS(scratch_fs("tmpfs"), mnt, powercut=True,
-                   control=tmp_path / "rules").start()
     old, new = b"o" * MiB, b"n" * (64 * KiB)
-    try:
+    with two_and_a_lossy_child(tmp_path, scratch_fs, "away") as (c0, c1,
+                                                                  away):
         m = quorum(children=[c0, c1, away.mnt], threshold=2)
         fd = os.open(m.path("disk.img"), os.O_CREAT | os.O_WRONLY, 0o644)
         try:   # data in two 64 MiB regions of the intent log
@@ -323,7 +346,8 @@ def test_a_child_that_copied_only_what_it_missed_keeps_it_through_a_cut(
             os.close(fd)
         m.unmount()
         away.stop()     # unreachable for one mount
-        mnt.rename(tmp_path / "parked")
+        parked = tmp_path / "parked"
+        os.rename(away.mnt, parked)
         m = quorum(children=[c0, c1], threshold=2)
         fd = os.open(m.path("disk.img"), os.O_WRONLY)
         try:
@@ -332,7 +356,7 @@ def test_a_child_that_copied_only_what_it_missed_keeps_it_through_a_cut(
         finally:
             os.close(fd)
         m.unmount()
-        (tmp_path / "parked").rename(mnt)
+        os.rename(parked, away.mnt)
         away.start()
         m = quorum(children=[c0, c1, away.mnt], threshold=2)
         done = m.wait_event("RESYNC_COMPLETED", timeout=60)
@@ -341,14 +365,7 @@ def test_a_child_that_copied_only_what_it_missed_keeps_it_through_a_cut(
         cut(m, [away], [0], [])
         assert read_file(os.path.join(away.mnt, "disk.img"))[
             256 * KiB:320 * KiB] == new
-        m.start()
-        wait_status(m, all_ok, 60, "every child ok after the cut")
-        assert assert_same_tree(c0, away.mnt) == assert_same_tree(c0, c1)
-        m.unmount()
-    except BaseException:
-        away.cleanup()
-        raise
-    away.stop()
+        remount_and_compare(m, c0, c1, away)
 
 
 @pytest.mark.timeout(120)
@@ -356,13 +373,9 @@ def test_a_scrubs_repair_of_a_name_outlives_a_cut_of_the_child(
         tmp_path, scratch_fs, quorum):
     """A scrub puts back a file one child lost. A power cut of that child
     right after must not lose it again: the repair is on its disk."""
-    c0, c1 = scratch_fs("tmpfs"), scratch_fs("tmpfs")
-    mnt = tmp_path / "lossy"
-    mnt.mkdir()
-    lossy = FaultFS(scratch_fs("tmpfs"), mnt, powercut=True,
-                    control=tmp_path / "rules").start()
     data = b"kept by two" * 1000
-    try:
+    with two_and_a_lossy_child(tmp_path, scratch_fs, "lossy") as (c0, c1,
+                                                                   lossy):
         m = quorum(children=[c0, c1, lossy.mnt], threshold=2)
         write_file(m.path("vm.img"), data)
         fd = os.open(m.path("vm.img"), os.O_RDONLY)
@@ -375,14 +388,7 @@ def test_a_scrubs_repair_of_a_name_outlives_a_cut_of_the_child(
         assert read_file(os.path.join(lossy.mnt, "vm.img")) == data
         cut(m, [lossy], [0], [])
         assert read_file(os.path.join(lossy.mnt, "vm.img")) == data
-        m.start()
-        wait_status(m, all_ok, 60, "every child ok after the cut")
-        assert assert_same_tree(c0, lossy.mnt) == assert_same_tree(c0, c1)
-        m.unmount()
-    except BaseException:
-        lossy.cleanup()
-        raise
-    lossy.stop()
+        remount_and_compare(m, c0, c1, lossy)
 
 
 def run_cuts(m, disks):
