@@ -947,13 +947,100 @@ void record_announce_tree(struct record *r, struct child_set *set)
 	free(lines);
 }
 
+/* ---- reading the voters' records, bounded like the writes ---- */
+
+enum record_read_op {
+	READ_LOG,      /* the intent log's lines since since */
+	READ_FINDINGS, /* the last scrub's findings */
+};
+
+/* One voter's answer. A read given up on at io-timeout may still be
+ * filling it when the caller has moved on: the request owns it. */
+struct record_read {
+	enum record_read_op op;
+	int only; /* the view index read */
+	uint64_t since;
+	struct persist_missed missed;
+	char *text;
+};
+
+static int record_read_body(struct child_request *rq, int i)
+{
+	struct record_read *rd = rq->arg;
+	int root = child_root_fd(rq->view->child[i]);
+
+	if (i != rd->only)
+		return 0;
+	if (rd->op == READ_LOG)
+		return persist_log_missed(root, rd->since, &rd->missed);
+	return persist_load_findings(root, &rd->text);
+}
+
+static void record_read_release(struct child_request *rq)
+{
+	struct record_read *rd = rq->arg;
+
+	persist_missed_free(&rd->missed);
+	free(rd->text);
+}
+
+/*
+ * op on the voters of v, one after the other until one answers (0, or
+ * with any anything but -ENOENT), each read on the pool and bounded by
+ * io-timeout: a voter whose disk hangs is failed (the watchdog hears of
+ * it) and the next one is asked, instead of the read holding a resync's
+ * start, the settle or heal-info for ever. Returns the request of the
+ * voter that answered, its answer in ret[only], or NULL.
+ */
+static struct child_request *read_voters(struct record *r,
+					 const struct child_view *v,
+					 enum record_read_op op, uint64_t since,
+					 bool any)
+{
+	const struct watchdog *wd;
+	struct pool *pool;
+
+	pthread_mutex_lock(&r->lock);
+	pool = r->pool;
+	wd = r->wd;
+	pthread_mutex_unlock(&r->lock);
+	for (int i = 0; i < v->n; i++) {
+		struct child_request *rq;
+		struct record_read *rd;
+
+		if (!v->votes[i])
+			continue;
+		rq = child_request_new(v, sizeof(*rd), record_read_release);
+		if (!rq)
+			return NULL;
+		rd = rq->arg;
+		*rd = (struct record_read){.op = op, .only = i, .since = since};
+		child_request_run(rq, pool, wd, record_read_body);
+		if (rq->late)
+			watchdog_report(wd, rq);
+		else if (any ? rq->ret[i] != -ENOENT : rq->ret[i] == 0)
+			return rq;
+		child_request_put(rq);
+	}
+	return NULL;
+}
+
+/* Move the log a voter answered with into *m. */
+static void take_missed(struct child_request *rq, struct persist_missed *m)
+{
+	struct record_read *rd = rq->arg;
+
+	*m = rd->missed;
+	memset(&rd->missed, 0, sizeof(rd->missed));
+}
+
 int record_missed(struct record *r, struct child_set *set, struct child *c,
 		  struct persist_missed *m)
 {
 	const struct child_view *v = children_view_get(set);
-	int slot = child_slot(c), ret = -ENOENT;
+	struct child_request *rq = NULL;
+	int slot = child_slot(c);
 	uint64_t since;
-
 	bool tree;
 
 	pthread_mutex_lock(&r->lock);
@@ -964,14 +1051,12 @@ int record_missed(struct record *r, struct child_set *set, struct child *c,
 	/* A new child, or a log that no longer reaches back far enough. */
 	if (tree || since == 0 || since < r->set.log_since)
 		m->tree = true;
-	for (int i = 0; i < v->n && ret && !m->tree; i++)
-		if (v->votes[i])
-			ret = persist_log_missed(child_root_fd(v->child[i]),
-						 since, m);
-	if (ret && !m->tree) {
-		persist_missed_free(m);
+	if (!m->tree && (rq = read_voters(r, v, READ_LOG, since, false)))
+		take_missed(rq, m);
+	else
 		m->tree = true;
-	}
+	if (rq)
+		child_request_put(rq);
 	children_view_put(v);
 	return 0;
 }
@@ -1065,13 +1150,16 @@ int record_in_flight(struct record *r, struct child_set *set,
 		     struct persist_missed *m)
 {
 	const struct child_view *v = children_view_get(set);
+	struct child_request *rq =
+		read_voters(r, v, READ_LOG, r->set.log_since, true);
 	int ret = -ENOENT;
 
 	memset(m, 0, sizeof(*m));
-	for (int i = 0; i < v->n && ret == -ENOENT; i++)
-		if (v->votes[i])
-			ret = persist_log_missed(child_root_fd(v->child[i]),
-						 r->set.log_since, m);
+	if (rq) {
+		ret = rq->ret[((struct record_read *)rq->arg)->only];
+		take_missed(rq, m);
+		child_request_put(rq);
+	}
 	children_view_put(v);
 	return ret;
 }
@@ -1112,13 +1200,14 @@ int record_save_findings(struct record *r, struct child_set *set,
 int record_load_findings(struct record *r, struct child_set *set, char **text)
 {
 	const struct child_view *v = children_view_get(set);
-	int ret = -ENOENT;
+	struct child_request *rq = read_voters(r, v, READ_FINDINGS, 0, false);
 
-	(void)r;
-	for (int i = 0; i < v->n && ret; i++)
-		if (v->votes[i])
-			ret = persist_load_findings(child_root_fd(v->child[i]),
-						    text);
+	*text = NULL;
+	if (rq) {
+		*text = ((struct record_read *)rq->arg)->text;
+		((struct record_read *)rq->arg)->text = NULL;
+		child_request_put(rq);
+	}
 	children_view_put(v);
-	return ret;
+	return rq ? 0 : -ENOENT;
 }

@@ -237,3 +237,59 @@ os.close(fd)
     took, _ = writer.finish(deadline())
     assert took < deadline()
     ffs.clear()
+
+
+@pytest.mark.timeout(90)
+def test_a_voter_hung_on_its_intent_log_does_not_hold_a_resync(
+        faulty, scratch_fs, quorum):
+    """A child back after missing a mount learns what it missed from a
+    voter's intent log. A voter whose log read hangs is given up on at
+    io-timeout like any request (failed), and the log of another voter
+    serves: the returning child is in step, not syncing for ever."""
+    ffs = faulty(scratch_fs("tmpfs"))
+    c1, c2, away = [scratch_fs("tmpfs") for _ in range(3)]
+    opts = ["io-timeout=%d" % IO_TIMEOUT]
+    m = quorum(children=[ffs.mnt, c1, c2, away], threshold=2, opts=opts)
+    write_file(m.path("vm.img"), b"old" * 10000)
+    m.unmount()
+    parked = away.with_name(away.name + ".parked")
+    away.rename(parked)
+    m = quorum(children=[ffs.mnt, c1, c2], threshold=2, opts=opts,
+               mountpoint=m.mnt)
+    write_file(m.path("vm.img"), b"new" * 10000)
+    m.unmount()
+    parked.rename(away)
+    ffs.set("hang op=read path=/.quorumfs/intent")
+    m = quorum(children=[ffs.mnt, c1, c2, away], threshold=2, opts=opts,
+               mountpoint=m.mnt)
+    doc = wait_child_state(m, str(away), "ok",
+                           timeout=IO_TIMEOUT + MARGIN + 10)
+    assert child_status(doc, str(ffs.mnt))["state"] == "failed", doc
+    done = m.wait_event("RESYNC_COMPLETED")
+    assert done["node-name"] == str(away) and done["files"] == 1, done
+    with open(os.path.join(away, "vm.img"), "rb") as f:
+        assert f.read() == b"new" * 10000
+    ffs.clear()
+
+
+@pytest.mark.timeout(90)
+def test_heal_info_answers_while_a_voter_hangs_on_its_findings(
+        faulty, scratch_fs, quorum):
+    """heal-info reads the last scrub's findings from the first voter: one
+    whose disk hangs is given up on at io-timeout, and the next voter's
+    copy serves."""
+    ffs = faulty(scratch_fs("tmpfs"))
+    m = quorum(children=[ffs.mnt, scratch_fs("tmpfs"), scratch_fs("tmpfs")],
+               threshold=2, opts=["io-timeout=%d" % IO_TIMEOUT])
+    control(m, "scrub start rate=0")
+    m.wait_event("SCRUB_COMPLETED", timeout=60)
+    assert os.path.exists(ffs.backing_path(".quorumfs/findings"))
+    ffs.set("hang op=read path=/.quorumfs/findings")
+    path = status(m)["control-socket"]
+    t0 = time.monotonic()
+    doc = socket_request(path, "heal-info", timeout=IO_TIMEOUT + MARGIN)
+    took = time.monotonic() - t0
+    assert took < IO_TIMEOUT + MARGIN, took
+    assert doc["unrecoverable"] is not None, doc
+    assert child_status(status(m), str(ffs.mnt))["state"] == "failed"
+    ffs.clear()
