@@ -15,7 +15,7 @@ import time
 import pytest
 
 import qfs
-from control_util import control, control_errno, status
+from control_util import control, control_errno, status, wait_status
 from test_quorumctl import ctl_binary
 
 # What a syslog datagram from glibc looks like: <PRI>TIMESTAMP IDENT[PID]: MSG
@@ -161,8 +161,12 @@ def test_the_event_program_runs_for_each_event_with_its_json(quorum,
     assert ran["MOUNTED"]["data"]["mountpoint"] == m.mnt
     assert ran["THRESHOLD_CHANGED"]["data"] == {"old": 2, "new": 3}
     assert "MOUNTED %s" % m.mnt in (out / "args").read_text()
-    st = status(m)["event-program"]
-    assert st["path"] == str(prog) and st["runs"] >= 2
+    # A run counts once the program has exited, which is after its last
+    # file appeared: wait for the count, not just the files.
+    doc = wait_status(m, lambda d: d["event-program"]["runs"] >= 2, 10,
+                      "both runs of the event program to be counted")
+    st = doc["event-program"]
+    assert st["path"] == str(prog)
     assert st["failed"] == 0 and st["dropped"] == 0
 
 
