@@ -220,20 +220,21 @@ int record_check_new(struct record *r, const char *path, char *err,
 void record_removed(struct record *r, struct child_set *set, struct child *c);
 
 /*
- * Announce a write to [off, off + len) of a file before it happens. key
- * identifies the file; path (computed only when needed) names it.
+ * Announce a write to [off, off + len) of a file before it happens. id
+ * identifies the file for the announcements already made (it must never
+ * stand for another file in the same generation: an inode number does,
+ * once the file is removed and its number reused); path (computed only
+ * when needed) names it.
  */
-bool record_announced(struct record *r, uint64_t dev, uint64_t ino, off_t off,
-		      off_t len);
+bool record_announced(struct record *r, uint64_t id, off_t off, off_t len);
 /* The current generation, without the lock (announcements are per one). */
 uint64_t record_generation(struct record *r);
-void record_announce(struct record *r, struct child_set *set, uint64_t dev,
-		     uint64_t ino, const char *path, off_t off, off_t len);
+void record_announce(struct record *r, struct child_set *set, uint64_t id,
+		     const char *path, off_t off, off_t len);
 /* Announce a change of directory path's names (listing), or of the
  * entry's own metadata, once per entry per generation. */
-void record_announce_entry(struct record *r, struct child_set *set,
-			   uint64_t dev, uint64_t ino, const char *path,
-			   bool listing);
+void record_announce_entry(struct record *r, struct child_set *set, uint64_t id,
+			   const char *path, bool listing);
 /* Announce a rename of path from to path to, every time: the lines
  * before it that name paths below from are read as below to (exchange:
  * and those below to as below from). */

@@ -24,7 +24,7 @@
 #define RECORD_PENDING 4
 
 struct announced {
-	uint64_t dev, ino;
+	uint64_t id; /* the file's announcement identity, see persist.h */
 	int64_t region;
 };
 
@@ -769,25 +769,24 @@ void record_removed(struct record *r, struct child_set *set, struct child *c)
 	record_unlock(r);
 }
 
-static bool announced_locked(const struct record *r, uint64_t dev, uint64_t ino,
+static bool announced_locked(const struct record *r, uint64_t id,
 			     int64_t region)
 {
 	for (size_t i = 0; i < r->nannounced; i++)
 		if (r->announced[i].region == region &&
-		    r->announced[i].ino == ino && r->announced[i].dev == dev)
+		    r->announced[i].id == id)
 			return true;
 	return false;
 }
 
-bool record_announced(struct record *r, uint64_t dev, uint64_t ino, off_t off,
-		      off_t len)
+bool record_announced(struct record *r, uint64_t id, off_t off, off_t len)
 {
 	bool all = true;
 
 	pthread_mutex_lock(&r->lock);
 	for (int64_t k = off / PERSIST_REGION;
 	     all && k <= (off + (len ? len : 1) - 1) / PERSIST_REGION; k++)
-		all = announced_locked(r, dev, ino, k);
+		all = announced_locked(r, id, k);
 	pthread_mutex_unlock(&r->lock);
 	return all;
 }
@@ -831,8 +830,7 @@ static void add_line(char **lines, struct json_object *o)
 	json_object_put(o);
 }
 
-static void remember_locked(struct record *r, uint64_t dev, uint64_t ino,
-			    int64_t region)
+static void remember_locked(struct record *r, uint64_t id, int64_t region)
 {
 	struct announced *a;
 
@@ -845,11 +843,11 @@ static void remember_locked(struct record *r, uint64_t dev, uint64_t ino,
 		r->announced = a;
 	}
 	r->announced[r->nannounced++] =
-		(struct announced){.dev = dev, .ino = ino, .region = region};
+		(struct announced){.id = id, .region = region};
 }
 
-void record_announce(struct record *r, struct child_set *set, uint64_t dev,
-		     uint64_t ino, const char *path, off_t off, off_t len)
+void record_announce(struct record *r, struct child_set *set, uint64_t id,
+		     const char *path, off_t off, off_t len)
 {
 	char *lines = strdup("");
 	bool any = false;
@@ -859,7 +857,7 @@ void record_announce(struct record *r, struct child_set *set, uint64_t dev,
 	     k <= (off + (len ? len : 1) - 1) / PERSIST_REGION; k++) {
 		struct json_object *o;
 
-		if (announced_locked(r, dev, ino, k))
+		if (announced_locked(r, id, k))
 			continue;
 		o = json_object_new_object();
 		json_object_object_add(
@@ -868,7 +866,7 @@ void record_announce(struct record *r, struct child_set *set, uint64_t dev,
 		json_object_object_add(o, "p", json_object_new_string(path));
 		json_object_object_add(o, "r", json_object_new_int64(k));
 		add_line(&lines, o);
-		remember_locked(r, dev, ino, k);
+		remember_locked(r, id, k);
 		any = true;
 	}
 	if (any && lines)
@@ -877,9 +875,8 @@ void record_announce(struct record *r, struct child_set *set, uint64_t dev,
 	free(lines);
 }
 
-void record_announce_entry(struct record *r, struct child_set *set,
-			   uint64_t dev, uint64_t ino, const char *path,
-			   bool listing)
+void record_announce_entry(struct record *r, struct child_set *set, uint64_t id,
+			   const char *path, bool listing)
 {
 	/* Entries share the cache of regions, under regions no file has. */
 	int64_t key = listing ? -1 : -2;
@@ -887,7 +884,7 @@ void record_announce_entry(struct record *r, struct child_set *set,
 	char *lines = strdup("");
 
 	pthread_mutex_lock(&r->lock);
-	if (!announced_locked(r, dev, ino, key)) {
+	if (!announced_locked(r, id, key)) {
 		o = json_object_new_object();
 		json_object_object_add(
 			o, "g",
@@ -897,7 +894,7 @@ void record_announce_entry(struct record *r, struct child_set *set,
 		add_line(&lines, o);
 		if (lines)
 			append_locked(r, set, lines);
-		remember_locked(r, dev, ino, key);
+		remember_locked(r, id, key);
 	}
 	record_unlock(r);
 	free(lines);

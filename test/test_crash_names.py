@@ -19,6 +19,7 @@ leaves that child without the changes in flight, for the settle to bring.
 
 import copy
 import errno
+import json
 import os
 import random
 import signal
@@ -360,3 +361,24 @@ def test_kill_9_with_a_child_that_died_too_settles_what_it_missed(
     assert differed == ROUNDS, \
         "the children were the same after %d of %d kills" % (
             ROUNDS - differed, ROUNDS)
+
+
+@pytest.mark.timeout(60)
+def test_a_file_on_a_reused_inode_number_is_announced_anew(scratch_fs,
+                                                           quorum):
+    """ext4 gives a removed file's inode number to the next file made. The
+    intent log must still name the new file's writes: the settle after a
+    crash finds only what the log names, and would leave the new file's
+    unsynced data as it is on each child."""
+    children = [scratch_fs("ext4") for _ in range(3)]
+    m = quorum(children=children, threshold=2)
+    qfs.write_file(m.path("first.img"), b"a" * 4096)
+    ino = os.stat(children[0] / "first.img").st_ino
+    os.unlink(m.path("first.img"))
+    qfs.write_file(m.path("second.img"), b"b" * 4096)
+    assert os.stat(children[0] / "second.img").st_ino == ino, \
+        "ext4 did not reuse the inode number: nothing to test"
+    with open(children[0] / ".quorumfs" / "intent") as f:
+        named = {json.loads(line).get("p") for line in f}
+    assert "first.img" in named, named
+    assert "second.img" in named, named

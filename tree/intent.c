@@ -38,12 +38,12 @@ void intent_write(struct tree *tree, struct tree_node *n, off_t off, off_t len)
 	if (bits && atomic_load(&n->intent_gen) == gen &&
 	    (atomic_load(&n->intent_mask) & bits) == bits)
 		return;
-	if (!record_announced(tree->record, n->key_dev, n->key_ino, off, len)) {
+	if (!record_announced(tree->record, n->serial, off, len)) {
 		path = tree_node_path(tree, n);
 		if (!path)
 			return; /* not announced: nothing to cache */
-		record_announce(tree->record, tree->set, n->key_dev, n->key_ino,
-				path, off, len);
+		record_announce(tree->record, tree->set, n->serial, path, off,
+				len);
 		free(path);
 	}
 	/* A lost race only costs another trip to the record. */
@@ -75,8 +75,8 @@ void intent_change(struct tree *tree, struct tree_node *n, bool listing)
 	path = tree_node_path(tree, n);
 	if (!path)
 		return; /* not announced: nothing to cache */
-	record_announce_entry(tree->record, tree->set, n->key_dev, n->key_ino,
-			      path, listing);
+	record_announce_entry(tree->record, tree->set, n->serial, path,
+			      listing);
 	free(path);
 	atomic_store(cached, gen);
 }

@@ -24,6 +24,9 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Node serials; 0 is the root's (made apart, zeroed). */
+static _Atomic uint64_t next_serial = 1;
+
 static size_t hash_index(const struct tree *tree, uint64_t dev, uint64_t ino)
 {
 	uint64_t h = ino * 0x9E3779B97F4A7C15ull ^ dev;
@@ -238,6 +241,7 @@ static struct tree_node *node_new_locked(struct tree *tree,
 	node_init_fds(n);
 	n->key_dev = key_st->st_dev;
 	n->key_ino = key_st->st_ino;
+	n->serial = atomic_fetch_add(&next_serial, 1);
 	n->type = key_st->st_mode & S_IFMT;
 	range_locks_init(&n->ranges);
 	atomic_init(&n->size_hint, key_st->st_size);

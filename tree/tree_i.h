@@ -53,6 +53,10 @@ struct tree_node {
 	/* A size no child is below, kept so that writes growing the file can
 	 * lock everything past it (write.c). */
 	_Atomic int64_t size_hint;
+	/* Never reused, unlike the inode number (another file may get it
+	 * once this one is removed): what the record remembers this node's
+	 * announcements by. */
+	uint64_t serial;
 	/* Intent regions 0..63 already announced in generation intent_gen:
 	 * lets a write skip the record's lock (intent.c). */
 	_Atomic uint64_t intent_gen;
