@@ -116,9 +116,9 @@ void secondary_start(struct secondary *sec, struct tree *tree,
 	 * step of its commit may run again. */
 	if (atomic_load(&sec->stage) == REPL_FAILOVER)
 		secondary_failover(sec, err, sizeof(err));
-	/* Without the thread, checkpoints remove the old epochs inline. */
-	if (reaper_start(sec))
-		return;
+	/* Without the thread, checkpoints remove the old epochs inline;
+	 * so does the queue below. */
+	reaper_start(sec);
 	/* Epochs a crash left behind before their removal. */
 	layer_get_state(sec->active, &st);
 	reaper_queue(sec, st.epoch, NULL);
