@@ -641,6 +641,15 @@ static void qfs_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 }
 
+/* stats_done(), and whether the request came through io_uring. */
+static void count_done(enum stats_op op, uint64_t start, bool failed,
+		       uint64_t bytes)
+{
+	stats_done(op, start, failed, bytes);
+	if (transport_serving())
+		stats_via_ring(op);
+}
+
 /* The bytes an answer holds (less than asked for at the end of a file). */
 static uint64_t iov_bytes(const struct tree_answer *r)
 {
@@ -669,7 +678,7 @@ static void qfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, -ret);
 	else
 		fuse_reply_iov(req, r.iov, r.iovcnt);
-	stats_done(STATS_READ, start, ret != 0, ret ? 0 : iov_bytes(&r));
+	count_done(STATS_READ, start, ret != 0, ret ? 0 : iov_bytes(&r));
 	tree_answer_release(&r);
 	if (tree_fatal(q->tree))
 		fuse_session_exit(q->se); /* blkverify: stop like QEMU */
@@ -696,14 +705,14 @@ static void qfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		fuse_reply_err(req, (int)-ret);
 	else
 		fuse_reply_write(req, (size_t)ret);
-	stats_done(STATS_WRITE, start, ret < 0, ret < 0 ? 0 : (uint64_t)ret);
+	count_done(STATS_WRITE, start, ret < 0, ret < 0 ? 0 : (uint64_t)ret);
 }
 
 /* A flush or fsync's answer, counted as a flush. */
 static void reply_flush(fuse_req_t req, uint64_t start, int ret)
 {
 	fuse_reply_err(req, -ret);
-	stats_done(STATS_FLUSH, start, ret != 0, 0);
+	count_done(STATS_FLUSH, start, ret != 0, 0);
 }
 
 static void qfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -984,6 +993,7 @@ static const struct fuse_opt qfs_opts[] = {
 	QFS_OPT("event-program-timeout=%s", event_program_timeout),
 	QFS_OPT("rewrite-corrupted", rewrite_corrupted),
 	QFS_OPT("blkverify", blkverify),
+	QFS_OPT("uring=%s", uring),
 	FUSE_OPT_KEY("fsname=", KEY_FSNAME),
 	FUSE_OPT_END,
 };
@@ -1039,7 +1049,10 @@ static void usage(const char *prog)
 	       "    -o control-socket=PATH the operator's unix socket, or "
 	       "none\n"
 	       "                           (default "
-	       "/run/quorumfs/MOUNT.sock)\n\n",
+	       "/run/quorumfs/MOUNT.sock)\n"
+	       "    -o uring=auto|on|off   FUSE requests through io_uring "
+	       "when the kernel\n"
+	       "                           offers it (default auto)\n\n",
 	       prog, CONFIG_DEFAULT_EVENT_PROGRAM_TIMEOUT,
 	       CONFIG_DEFAULT_THREADS, CONFIG_DEFAULT_IO_TIMEOUT,
 	       CONFIG_DEFAULT_SCRUB_RATE);
@@ -1203,7 +1216,8 @@ static int serve(const struct fuse_cmdline_opts *opts, struct qfs *q,
 	}
 	if (chdir("/")) /* hold no directory busy */
 		goto out;
-	if (control_start(q->ctl, err, sizeof(err)) == 0) {
+	if (control_start(q->ctl, err, sizeof(err)) == 0 &&
+	    transport_start(q->se, q->uring, err, sizeof(err)) == 0) {
 		q->tree = control_tree(q->ctl);
 		in->q.tree = q->tree;
 		hup_log = control_log(q->ctl);
@@ -1226,6 +1240,7 @@ static int serve(const struct fuse_cmdline_opts *opts, struct qfs *q,
 out:
 	inbound_close(in);
 	fuse_session_unmount(q->se);
+	transport_stop(); /* the unmount ended the rings' commands */
 	return ret;
 }
 
@@ -1249,6 +1264,13 @@ static int start(struct qfs *q, const struct fuse_cmdline_opts *opts,
 		return 1;
 	}
 	q->mountpoint = cfg->mountpoint;
+	q->uring = cfg->uring == CONFIG_URING_ON    ? TRANSPORT_URING_ON
+		   : cfg->uring == CONFIG_URING_OFF ? TRANSPORT_URING_OFF
+						    : TRANSPORT_URING_AUTO;
+	if (transport_check(q->uring, err, sizeof(err))) {
+		fprintf(stderr, "quorumfs: %s\n", err);
+		return 1;
+	}
 	if (control_open(cfg, &mount_st, &q->ctl, err, sizeof(err))) {
 		fprintf(stderr, "quorumfs: %s\n", err);
 		return 1;
@@ -1289,6 +1311,7 @@ static void release_args(struct config_args *raw)
 	free((char *)raw->threads);
 	free((char *)raw->log);
 	free((char *)raw->io_timeout);
+	free((char *)raw->uring);
 	free((char *)raw->scrub_rate);
 	free((char *)raw->control_socket);
 	free((char *)raw->sync_from);

@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "transport/transport.h"
+
 struct control;
 struct tree;
 struct secondary;
@@ -28,6 +30,7 @@ struct qfs {
 	 * the inbound session has inbound set (its changes copy before
 	 * they write). NULL on an ordinary mount. */
 	struct secondary *secondary, *inbound;
+	enum transport_uring uring; /* how the mount's requests arrive */
 };
 
 struct qfs *qfs_of(fuse_req_t req);

@@ -72,6 +72,17 @@ static int check_paths(const struct config_args *a, struct config *cfg,
 	return 0;
 }
 
+static int parse_uring(const char *word, enum config_uring *out)
+{
+	static const char *const names[] = {"auto", "on", "off"};
+
+	for (int i = 0; i < 3; i++)
+		if (strcmp(word, names[i]) == 0) {
+			*out = (enum config_uring)i;
+			return 0;
+		}
+	return -EINVAL;
+}
 static int check_numbers(const struct config_args *a, struct config *cfg,
 			 char *err, size_t errlen)
 {
@@ -133,6 +144,11 @@ static int check_modes(const struct config_args *a, struct config *cfg,
 			"read-pattern=%s is invalid: it must be quorum or "
 			"fifo",
 			a->read_pattern);
+	if (a->uring && parse_uring(a->uring, &cfg->uring))
+		return config_fail(err, errlen,
+				   "uring=%s is invalid: it must be auto, on "
+				   "or off",
+				   a->uring);
 	cc->rewrite_corrupted = a->rewrite_corrupted;
 	cc->blkverify = a->blkverify;
 	if (!a->blkverify)

@@ -46,6 +46,7 @@ struct config_args {
 	const char *events;		   /* "syslog" */
 	const char *event_program;	   /* run for each event */
 	const char *event_program_timeout; /* seconds */
+	const char *uring;		   /* auto, on, off */
 	int rewrite_corrupted;
 	int blkverify;
 	int npaths; /* children then the mountpoint */
@@ -68,6 +69,9 @@ struct config_secondary {
 
 #define CONFIG_DEFAULT_CLUSTER 65536
 
+/* uring=: FUSE requests through io_uring when offered, always, never. */
+enum config_uring { CONFIG_URING_AUTO, CONFIG_URING_ON, CONFIG_URING_OFF };
+
 struct config {
 	struct children_config children; /* paths are owned by the config */
 	int threads;
@@ -87,6 +91,7 @@ struct config {
 	bool events_syslog;
 	char *event_program; /* absolute, or NULL */
 	int event_program_timeout_ms;
+	enum config_uring uring; /* how FUSE requests arrive */
 };
 
 #define CONFIG_DEFAULT_THREADS 16

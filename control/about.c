@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "stats/stats.h"
+#include "transport/transport.h"
 
 static void add_count(struct json_object *o, const char *key, uint64_t n)
 {
@@ -35,6 +36,20 @@ static struct json_object *program_status(struct control *ctl)
 	return o;
 }
 
+/* {kind, queues, slots}: how the kernel's requests reach the daemon. */
+static struct json_object *transport_status(void)
+{
+	struct json_object *o = json_object_new_object();
+	unsigned queues, slots;
+
+	transport_shape(&queues, &slots);
+	json_object_object_add(o, "kind",
+			       json_object_new_string(transport_describe()));
+	add_count(o, "queues", queues);
+	add_count(o, "slots", slots);
+	return o;
+}
+
 void control_status_about(struct control *ctl, struct json_object *status)
 {
 	const struct config *cfg = ctl->cfg;
@@ -49,6 +64,7 @@ void control_status_about(struct control *ctl, struct json_object *status)
 			       json_object_new_boolean(cfg->events_syslog));
 	json_object_object_add(status, "event-program", program_status(ctl));
 	json_object_object_add(status, "requests", stats_json());
+	json_object_object_add(status, "transport", transport_status());
 }
 
 int control_open_events(struct control *ctl)

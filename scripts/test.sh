@@ -11,7 +11,8 @@
 #
 # Environment: QFS_SKIP_INSTALL=1 skips apt-get; CI=true builds with
 # -Werror; QFS_FUZZ_SECONDS (default 30, 0 skips) bounds the fuzz run at
-# the end; QFS_WRAPPER (e.g. "valgrind --error-exitcode=99 -q") prefixes
+# the end; QFS_URING_SUITE=0 skips the second run of the data-path tests
+# over FUSE-over-io_uring; QFS_WRAPPER (e.g. "valgrind --error-exitcode=99 -q") prefixes
 # the daemon; PYTHON picks the interpreter that has pytest (default: the
 # system one, which the python3-pytest package installs into).
 set -euo pipefail
@@ -72,6 +73,29 @@ export QFS_BIN="$PWD/$build/quorumfs"
 python="${PYTHON:-/usr/bin/python3}"
 # With no arguments, pytest.ini's testpaths picks test/.
 "$python" -m pytest "${pytest_args[@]}"
+
+# The data path again with every mount on FUSE over io_uring (README "FUSE
+# over io_uring"), where the kernel has it: the switch is turned on for
+# this run and put back. QFS_URING_SUITE=0 skips it.
+param=/sys/module/fuse/parameters/enable_uring
+only_options=1 # pytest arguments naming tests pick the tests themselves
+for a in "${pytest_args[@]}"; do
+	case $a in -*) ;; *) only_options=0 ;; esac
+done
+if [ "${QFS_URING_SUITE:-1}" != 0 ] && [ -w "$param" ] &&
+	[ "$only_options" = 1 ]; then
+	was=$(cat "$param")
+	echo Y >"$param"
+	status=0
+	QFS_EXTRA_OPTS=uring=on "$python" -m pytest test/test_concurrency.py \
+		test/test_integrity.py test/test_posix.py test/test_hangs.py \
+		test/test_qemu_differential.py test/test_powercut.py \
+		"${pytest_args[@]}" || status=$?
+	echo "$was" >"$param"
+	[ "$status" = 0 ] || exit "$status"
+else
+	echo "test.sh: the io_uring run skipped (no kernel switch, or tests named)"
+fi
 
 # A bounded fuzz run of the control-command parser (scripts/fuzz.sh), when
 # clang and its fuzzer runtime are there. QFS_FUZZ_SECONDS sets the length

@@ -18,7 +18,7 @@ static const char *const op_names[STATS_OPS] = {
 };
 
 struct op_counts {
-	atomic_uint_fast64_t count, errors, bytes, ns;
+	atomic_uint_fast64_t count, errors, bytes, ns, ring;
 	atomic_uint_fast64_t bucket[STATS_BUCKETS + 1];
 };
 
@@ -47,6 +47,11 @@ void stats_done(enum stats_op op, uint64_t start, bool failed, uint64_t bytes)
 	atomic_fetch_add_explicit(&c->count, 1, memory_order_relaxed);
 }
 
+void stats_via_ring(enum stats_op op)
+{
+	atomic_fetch_add_explicit(&counts[op].ring, 1, memory_order_relaxed);
+}
+
 static int64_t load(atomic_uint_fast64_t *v)
 {
 	return (int64_t)atomic_load_explicit(v, memory_order_relaxed);
@@ -69,6 +74,8 @@ static struct json_object *op_json(struct op_counts *c)
 	json_object_object_add(o, "seconds",
 			       json_object_new_double(load(&c->ns) / 1e9));
 	json_object_object_add(o, "buckets", buckets);
+	json_object_object_add(o, "ring",
+			       json_object_new_int64(load(&c->ring)));
 	return o;
 }
 

@@ -37,10 +37,15 @@ uint64_t stats_start(void);
 /* A request of class op that started at start ended; bytes it moved. */
 void stats_done(enum stats_op op, uint64_t start, bool failed, uint64_t bytes);
 
+/* The request just counted was served through a FUSE-over-io_uring
+ * queue (transport/). */
+void stats_via_ring(enum stats_op op);
+
 /*
  * The counts as JSON (caller puts it): {"le": [bounds...], "read":
  * {"count", "errors", "bytes", "seconds" (the sum), "buckets": [count
- * per bucket, not cumulative, the last one +Inf]}, "write": ...,
+ * per bucket, not cumulative, the last one +Inf], "ring": those served
+ * through io_uring}, "write": ...,
  * "flush": ...}. NULL when out of memory.
  */
 struct json_object *stats_json(void);

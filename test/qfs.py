@@ -220,7 +220,9 @@ class Mount:
         self.mnt = str(mnt)
         self.log = str(log)
         self.workdir = Path(workdir)
-        self.opts = list(opts)
+        # QFS_EXTRA_OPTS (e.g. "uring=on") runs a suite under an option.
+        extra = os.environ.get("QFS_EXTRA_OPTS")
+        self.opts = list(opts) + ([extra] if extra else [])
         self.stderr_path = self.workdir / "daemon.stderr"
         self.proc = None
         self.killed = False
