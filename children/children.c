@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/vfs.h>
 #include <json-c/json.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -113,6 +114,22 @@ static int lock_root(struct child *c, const char *path)
 	return 0;
 }
 
+/* FUSE (sshfs), NFS, CephFS, SMB: the file systems a child on another
+ * machine lives on. */
+static bool is_remote(int fd)
+{
+	static const long magic[] = {0x65735546, 0x6969, 0x00c36400, 0xfe534d42,
+				     (long)0xff534d42};
+	struct statfs st;
+
+	if (fstatfs(fd, &st))
+		return false;
+	for (size_t i = 0; i < sizeof(magic) / sizeof(magic[0]); i++)
+		if ((long)st.f_type == magic[i])
+			return true;
+	return false;
+}
+
 static int child_new(const char *path, const char *name, int slot,
 		     enum child_kind kind, enum child_state state,
 		     struct child **out)
@@ -139,6 +156,7 @@ static int child_new(const char *path, const char *name, int slot,
 	ret = lock_root(c, path);
 	if (ret)
 		goto out;
+	c->remote = is_remote(c->root_fd);
 	c->path = strdup(path);
 	c->name = strdup(name ? name : path);
 	if (!c->path || !c->name) {

@@ -24,6 +24,11 @@ struct child {
 	int lock_fd; /* holds flock(LOCK_EX) of the root: one mount a child */
 	int slot;
 	enum child_kind kind;
+	/* On FUSE or a network file system: io_uring would issue its I/O
+	 * on the submitting thread, where such a file system can block it
+	 * beyond io-timeout (FUSE's wait for a request slot is not
+	 * interruptible), so its parts go to io_uring's workers. */
+	bool remote;
 	atomic_int refs;
 	atomic_int views; /* live views naming this child */
 	_Atomic enum child_state state;

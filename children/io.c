@@ -195,6 +195,8 @@ static void prep(struct io_uring_sqe *sqe, struct child_io *io, int k)
 		io_uring_prep_write(sqe, io->fd, io->buf, io->len, io->off);
 	else
 		io_uring_prep_read(sqe, io->fd, io->buf, io->len, io->off);
+	if (io->child && io->child->remote)
+		sqe->flags |= IOSQE_ASYNC;
 	io_uring_sqe_set_data64(sqe, (uint64_t)k);
 }
 
@@ -403,7 +405,8 @@ bool child_io_start(struct pool *pool, struct child_io *io, int n,
 
 	for (int i = 0; i < n; i++) {
 		io[i].in_ring = false;
-		if (io[i].fd >= 0 && io[i].cached)
+		if (io[i].fd >= 0 && io[i].cached &&
+		    !(io[i].child && io[i].child->remote))
 			try_inline(&io[i]);
 	}
 	w->timed = timeout_ms > 0;

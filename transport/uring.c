@@ -1,18 +1,21 @@
 /*
  * FUSE over io_uring beneath libfuse 3.14 (see transport.h).
  *
- * Each CPU's queue gets TRANSPORT_SLOTS slots, each slot one thread
- * with an io_uring of its own, pinned to the queue's CPU: handlers block
- * (a read waits for its children), so a slot serves one request at a
- * time and a queue as many as it has slots, like libfuse's worker
- * threads do on /dev/fuse.
+ * A slot is one request buffer the kernel knows (a ring entry) with an
+ * io_uring of its own; each CPU's queue has a few. Workers are threads
+ * that serve slots: a worker waits on a free slot's ring, serves the
+ * request that arrives there, and answers it. The answer and the fetch
+ * of the slot's next request are one command, so the moment a handler
+ * replies its slot is armed again; but the handler may go on (a read
+ * answers on a majority, then checks its late children, for up to
+ * io-timeout when one hangs). So a worker lets go of its slot when it
+ * answers, another worker waits on it, and the first one picks up a
+ * free slot once its handler returns. Twice as many workers as slots
+ * keep every armed slot watched while as many handlers finish late.
  *
- * A slot's ring is created with DEFER_TASKRUN: the kernel copies the
- * next request into the slot's buffers only when its thread waits on
- * the ring. So the answer can be committed, and the next request
- * fetched, from inside the handler's reply (a read answers before it
- * collects its late children), with no risk that the next request
- * overwrites buffers the handler still reads.
+ * A handler must not read its request after it answered: the slot's
+ * buffers may already hold the next request. libfuse's own code does
+ * not; ours answers last or reads only its own memory afterwards.
  *
  * The payload buffer is page-aligned and the request's headers are
  * copied just in front of it, so libfuse sees one contiguous message
@@ -28,7 +31,7 @@
 #include <liburing.h>
 #include <poll.h>
 #include <pthread.h>
-#include <sched.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -74,32 +77,33 @@ struct uring_cmd_req {
 	uint8_t padding[6];
 };
 
-#define TRANSPORT_SLOTS 8
 #define STAGING 4096 /* in front of the payload: the request's headers */
 #define ENABLE_PARAM "/sys/module/fuse/parameters/enable_uring"
 
 enum { TAG_SLOT = 1, TAG_STOP = 2 };
 
 struct slot {
-	pthread_t thread;
 	unsigned qid;
+	bool registered;
 	struct io_uring ring;
 	struct uring_req_header hdr;
 	char *area; /* STAGING bytes, then the payload */
 	struct iovec iov[2];
-	bool committed;
-	uint64_t unique;
+	uint64_t unique; /* of the request being served */
+	struct slot *next_free;
 };
 
 /* One per process: the hooks libfuse calls get no pointer of ours. */
 static struct {
 	struct fuse_session *se;
 	int fd, stop_fd;
-	unsigned nr_slots, created;
+	unsigned queues, per_queue, nr_slots, nr_workers;
 	size_t payload;
 	struct slot *slots;
-	pthread_mutex_t lock;
+	pthread_t *workers;
+	pthread_mutex_t lock; /* the fields below */
 	pthread_cond_t cond;
+	struct slot *free; /* armed slots no worker waits on */
 	bool go, stop, failed;
 	_Atomic uint64_t init_unique;
 	char describe[128];
@@ -110,7 +114,10 @@ static struct {
 	.describe = "/dev/fuse",
 };
 
+/* The slot whose request the calling worker serves, until answered;
+ * and whether its handler still runs. */
 static _Thread_local struct slot *current;
+static _Thread_local bool serving;
 
 const char *transport_describe(void)
 {
@@ -119,15 +126,15 @@ const char *transport_describe(void)
 
 bool transport_serving(void)
 {
-	return current != NULL;
+	return serving;
 }
 
 void transport_shape(unsigned *queues, unsigned *slots)
 {
 	bool on = T.nr_slots && !T.failed;
 
-	*queues = on ? T.nr_slots / TRANSPORT_SLOTS : 0;
-	*slots = on ? TRANSPORT_SLOTS : 0;
+	*queues = on ? T.queues : 0;
+	*slots = on ? T.per_queue : 0;
 }
 
 static void fail(const char *what, int err)
@@ -141,6 +148,17 @@ static void fail(const char *what, int err)
 	pthread_mutex_unlock(&T.lock);
 	fuse_log(FUSE_LOG_ERR, "quorumfs: FUSE over io_uring: %s: %s\n", what,
 		 strerror(err));
+}
+
+/* Everything stops: the workers, and libfuse's loop through hook_read. */
+static void stop_all(void)
+{
+	pthread_mutex_lock(&T.lock);
+	T.stop = true;
+	pthread_cond_broadcast(&T.cond);
+	pthread_mutex_unlock(&T.lock);
+	if (T.stop_fd >= 0)
+		eventfd_write(T.stop_fd, 1);
 }
 
 /* ---- the slots ---- */
@@ -163,30 +181,30 @@ static struct io_uring_sqe *slot_cmd(struct slot *s, unsigned op,
 	return sqe;
 }
 
-static int slot_register(struct slot *s)
+/* A worker is done with s: the next free worker waits on it. */
+static void slot_release(struct slot *s)
 {
-	struct io_uring_sqe *sqe = slot_cmd(s, URING_CMD_REGISTER, 0);
-
-	if (!sqe)
-		return -EBUSY;
-	s->iov[0] = (struct iovec){&s->hdr, sizeof(s->hdr)};
-	s->iov[1] = (struct iovec){s->area + STAGING, T.payload};
-	sqe->addr = (uintptr_t)s->iov;
-	sqe->len = 2;
-	return io_uring_submit(&s->ring) < 0 ? -EIO : 0;
+	pthread_mutex_lock(&T.lock);
+	s->next_free = T.free;
+	T.free = s;
+	pthread_cond_signal(&T.cond);
+	pthread_mutex_unlock(&T.lock);
 }
 
-/* Answer the slot's request with out (and payload bytes already in
- * place) and fetch the next one. */
+/* Answer the slot's request (header and payload already in place),
+ * fetch its next one, and let go of the slot. */
 static void slot_commit(struct slot *s, size_t payload)
 {
 	uint64_t id = s->hdr.ent.commit_id;
 
 	s->hdr.ent.payload_sz = (uint32_t)payload;
-	s->committed = true;
+	current = NULL;
 	if (!slot_cmd(s, URING_CMD_COMMIT_AND_FETCH, id) ||
-	    io_uring_submit(&s->ring) < 0)
+	    io_uring_submit(&s->ring) < 0) {
 		fail("commit", EIO);
+		return; /* the slot is lost; the kernel ends the request */
+	}
+	slot_release(s);
 }
 
 static void slot_answer_error(struct slot *s, int err)
@@ -219,72 +237,41 @@ static void slot_serve(struct slot *s)
 	msg = s->area + STAGING - oplen - sizeof(in);
 	memcpy(msg, &in, sizeof(in));
 	memcpy(msg + sizeof(in), s->hdr.op_in, oplen);
-	s->committed = false;
 	s->unique = in.unique;
 	current = s;
+	serving = true;
 	fuse_session_process_buf(
 		T.se, &(struct fuse_buf){.mem = msg, .size = in.len});
-	current = NULL;
-	if (!s->committed) /* every request is answered on its thread */
+	serving = false;
+	if (current) /* every request is answered on its worker */
 		slot_answer_error(s, EIO);
-}
-
-static void pin(unsigned cpu)
-{
-	cpu_set_t set;
-
-	CPU_ZERO(&set);
-	CPU_SET(cpu, &set);
-	pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-}
-
-/* The slot's ring is made (or not) before the mount answers INIT:
- * transport_start waits for every slot's word. Then the slot waits for
- * the INIT answer to have gone out. */
-static int slot_ring(struct slot *s)
-{
-	struct io_uring_params p = {
-		.flags = IORING_SETUP_SQE128 | IORING_SETUP_SINGLE_ISSUER |
-			 IORING_SETUP_DEFER_TASKRUN,
-	};
-	struct io_uring_sqe *sqe;
-	int ret = io_uring_queue_init_params(4, &s->ring, &p);
-
-	if (ret)
-		return ret;
-	sqe = io_uring_get_sqe(&s->ring);
-	io_uring_prep_poll_add(sqe, T.stop_fd, POLLIN);
-	io_uring_sqe_set_data64(sqe, TAG_STOP);
-	return 0;
-}
-
-static bool slot_wait_go(int made)
-{
-	bool go;
-
-	pthread_mutex_lock(&T.lock);
-	if (made)
-		T.failed = true;
-	T.created++;
-	pthread_cond_broadcast(&T.cond);
-	while (!T.go && !T.stop)
-		pthread_cond_wait(&T.cond, &T.lock);
-	go = T.go && !T.stop && !T.failed;
-	pthread_mutex_unlock(&T.lock);
-	return go;
+	if (fuse_session_exited(T.se)) /* blkverify, or a signal here */
+		stop_all();
 }
 
 /* The payload's size is known from the INIT answer, so its memory is
- * mapped only now (mapped, not touched: it costs memory once used). */
-static int slot_buffers(struct slot *s)
+ * mapped only at the slot's first use (mapped, not touched: it costs
+ * memory once used). The stop poll ends a wait on the ring. */
+static int slot_register(struct slot *s)
 {
+	struct io_uring_sqe *sqe;
+
 	s->area = mmap(NULL, STAGING + T.payload, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (s->area == MAP_FAILED) {
 		s->area = NULL;
 		return -errno;
 	}
-	return slot_register(s);
+	sqe = io_uring_get_sqe(&s->ring);
+	io_uring_prep_poll_add(sqe, T.stop_fd, POLLIN);
+	io_uring_sqe_set_data64(sqe, TAG_STOP);
+	sqe = slot_cmd(s, URING_CMD_REGISTER, 0);
+	s->iov[0] = (struct iovec){&s->hdr, sizeof(s->hdr)};
+	s->iov[1] = (struct iovec){s->area + STAGING, T.payload};
+	sqe->addr = (uintptr_t)s->iov;
+	sqe->len = 2;
+	s->registered = true;
+	return io_uring_submit(&s->ring) < 0 ? -EIO : 0;
 }
 
 /* The INIT answer asked for io_uring, so the kernel holds every request
@@ -301,60 +288,82 @@ static void slot_refuse(struct slot *s)
 		io_uring_cqe_seen(&s->ring, cqe);
 }
 
-static void slot_loop(struct slot *s)
+/* Wait on s for a request and serve it; false when the worker should
+ * stop (the ring ended, or everything stops). */
+static bool slot_wait(struct slot *s)
 {
 	struct io_uring_cqe *cqe;
 	int ret;
 
-	for (;;) {
-		ret = io_uring_wait_cqe(&s->ring, &cqe);
-		if (ret == -EINTR)
-			continue;
-		if (ret < 0 || io_uring_cqe_get_data64(cqe) == TAG_STOP)
-			return;
-		ret = cqe->res;
-		io_uring_cqe_seen(&s->ring, cqe);
-		if (ret < 0) {
-			if (ret != -ENOTCONN && ret != -ECANCELED)
-				fail("fetch", -ret);
-			return;
-		}
-		slot_serve(s);
-	}
-}
-
-static void *slot_main(void *arg)
-{
-	struct slot *s = arg;
-	int made, ret;
-
-	pin(s->qid);
-	made = slot_ring(s);
-	if (!slot_wait_go(made))
-		goto out;
-	ret = slot_buffers(s);
-	if (ret) {
+	if (!s->registered && (ret = slot_register(s))) {
 		fail("register", -ret);
 		slot_refuse(s);
-	} else {
-		slot_loop(s);
+		return false;
 	}
-out:
-	if (made == 0)
-		io_uring_queue_exit(&s->ring);
-	if (s->area)
-		munmap(s->area, STAGING + T.payload);
+	do
+		ret = io_uring_wait_cqe(&s->ring, &cqe);
+	while (ret == -EINTR);
+	if (ret < 0 || io_uring_cqe_get_data64(cqe) == TAG_STOP)
+		return false;
+	ret = cqe->res;
+	io_uring_cqe_seen(&s->ring, cqe);
+	if (ret < 0) {
+		if (ret != -ENOTCONN && ret != -ECANCELED)
+			fail(s->hdr.ent.commit_id ? "fetch" : "register", -ret);
+		return false;
+	}
+	slot_serve(s);
+	return true;
+}
+
+/* A free slot to wait on, once the INIT answer went out; NULL to stop. */
+static struct slot *slot_take(void)
+{
+	struct slot *s = NULL;
+
+	pthread_mutex_lock(&T.lock);
+	while (!T.stop && (!T.go || !T.free))
+		pthread_cond_wait(&T.cond, &T.lock);
+	if (!T.stop) {
+		s = T.free;
+		T.free = s->next_free;
+	}
+	pthread_mutex_unlock(&T.lock);
+	return s;
+}
+
+static void *worker_main(void *arg)
+{
+	struct slot *s;
+
+	(void)arg;
+	while ((s = slot_take()))
+		if (!slot_wait(s))
+			break;
+	stop_all();
 	return NULL;
 }
 
 /* ---- libfuse's hooks ---- */
 
+/* libfuse's loop reads the requests that still come through /dev/fuse;
+ * once everything stops it is told the device went away, which ends
+ * the loop as an unmount does. */
 static ssize_t hook_read(int fd, void *buf, size_t len, void *userdata)
 {
-	ssize_t n = read(fd, buf, len);
+	struct pollfd p[2] = {{.fd = fd, .events = POLLIN},
+			      {.fd = T.stop_fd, .events = POLLIN}};
 	const struct fuse_in_header *in = buf;
+	ssize_t n;
 
 	(void)userdata;
+	if (poll(p, 2, -1) < 0)
+		return -1;
+	if (p[1].revents) {
+		errno = ENODEV;
+		return -1;
+	}
+	n = read(fd, buf, len);
 	if (n >= (ssize_t)sizeof(*in) && in->opcode == FUSE_INIT)
 		atomic_store(&T.init_unique, in->unique);
 	return n;
@@ -421,7 +430,7 @@ static ssize_t hook_writev(int fd, struct iovec *iov, int count, void *userdata)
 	ssize_t n;
 
 	(void)userdata;
-	if (current && !current->committed && out->unique == current->unique)
+	if (current && out->unique == current->unique)
 		return slot_reply(current, iov, count);
 	if (!init || out->unique != init || out->error)
 		return writev(fd, iov, count);
@@ -465,25 +474,57 @@ static unsigned possible_cpus(void)
 	return last + 1;
 }
 
-static int start_slots(unsigned queues)
+/* Few CPUs get 8 slots per queue, many get fewer (the kernel makes a
+ * queue for each): some 32 slots in all, 2 per queue at least. */
+static unsigned slots_per_queue(unsigned queues)
 {
-	T.nr_slots = queues * TRANSPORT_SLOTS;
-	T.slots = calloc(T.nr_slots, sizeof(*T.slots));
+	unsigned n = 32 / queues;
+
+	return n < 2 ? 2 : n > 8 ? 8 : n;
+}
+
+/* Every slot's ring, made here so that a failure is known before the
+ * INIT answer asks for io_uring. */
+static int make_rings(unsigned queues)
+{
+	T.queues = queues;
+	T.per_queue = slots_per_queue(queues);
+	T.slots = calloc(queues * T.per_queue, sizeof(*T.slots));
 	if (!T.slots)
 		return -ENOMEM;
-	for (unsigned i = 0; i < T.nr_slots; i++) {
-		T.slots[i].qid = i / TRANSPORT_SLOTS;
-		if (pthread_create(&T.slots[i].thread, NULL, slot_main,
-				   &T.slots[i])) {
-			T.nr_slots = i;
-			return -EAGAIN;
-		}
+	for (unsigned i = 0; i < queues * T.per_queue; i++) {
+		struct slot *s = &T.slots[i];
+		int ret = io_uring_queue_init(4, &s->ring, IORING_SETUP_SQE128);
+
+		if (ret)
+			return ret;
+		s->qid = i / T.per_queue;
+		s->next_free = T.free;
+		T.free = s;
+		T.nr_slots++;
 	}
-	pthread_mutex_lock(&T.lock);
-	while (T.created < T.nr_slots)
-		pthread_cond_wait(&T.cond, &T.lock);
-	pthread_mutex_unlock(&T.lock);
-	return T.failed ? -EOPNOTSUPP : 0;
+	return 0;
+}
+
+/* Workers take no signals: libfuse's loop handles them (a signal that
+ * ends the mount must interrupt its read of /dev/fuse). */
+static int start_workers(void)
+{
+	sigset_t all, old;
+	int ret = 0;
+
+	T.workers = calloc(2 * T.nr_slots, sizeof(*T.workers));
+	if (!T.workers)
+		return -ENOMEM;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	while (T.nr_workers < 2 * T.nr_slots && ret == 0) {
+		ret = -pthread_create(&T.workers[T.nr_workers], NULL,
+				      worker_main, NULL);
+		T.nr_workers += ret == 0;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return ret;
 }
 
 static const struct fuse_custom_io hooks = {
@@ -512,7 +553,9 @@ int transport_start(struct fuse_session *se, enum transport_uring mode,
 	T.se = se;
 	T.fd = fuse_session_fd(se);
 	T.stop_fd = eventfd(0, EFD_CLOEXEC);
-	ret = T.stop_fd < 0 ? -errno : start_slots(possible_cpus());
+	ret = T.stop_fd < 0 ? -errno : make_rings(possible_cpus());
+	if (ret == 0)
+		ret = start_workers();
 	if (ret == 0)
 		ret = fuse_session_custom_io(se, &hooks, T.fd);
 	if (ret == 0) {
@@ -531,17 +574,20 @@ int transport_start(struct fuse_session *se, enum transport_uring mode,
 
 void transport_stop(void)
 {
-	pthread_mutex_lock(&T.lock);
-	T.stop = true;
-	pthread_cond_broadcast(&T.cond);
-	pthread_mutex_unlock(&T.lock);
-	if (T.stop_fd >= 0)
-		eventfd_write(T.stop_fd, 1);
-	for (unsigned i = 0; i < T.nr_slots; i++)
-		pthread_join(T.slots[i].thread, NULL);
+	stop_all();
+	for (unsigned i = 0; i < T.nr_workers; i++)
+		pthread_join(T.workers[i], NULL);
+	for (unsigned i = 0; i < T.nr_slots; i++) {
+		io_uring_queue_exit(&T.slots[i].ring);
+		if (T.slots[i].area)
+			munmap(T.slots[i].area, STAGING + T.payload);
+	}
+	free(T.workers);
 	free(T.slots);
+	T.workers = NULL;
 	T.slots = NULL;
-	T.nr_slots = 0;
+	T.nr_workers = T.nr_slots = 0;
+	T.free = NULL;
 	if (T.stop_fd >= 0)
 		close(T.stop_fd);
 	T.stop_fd = -1;
