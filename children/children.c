@@ -514,6 +514,39 @@ struct child *children_find(struct child_set *set, const char *name)
 	return c;
 }
 
+/*
+ * A view of one member alone, voting nothing: what a look at that child's
+ * own copy runs its calls under, so that they are bounded by io-timeout
+ * like any request and a removal drains them like any view. Never made
+ * current.
+ */
+const struct child_view *children_view_one(struct child_set *set,
+					   const char *name)
+{
+	struct view_holder *h = calloc(1, sizeof(*h));
+	struct child *c;
+
+	if (!h)
+		return NULL;
+	atomic_init(&h->refs, 1);
+	h->set = set;
+	pthread_mutex_lock(&set->lock);
+	c = find_locked(set, name);
+	if (c) {
+		child_get(c);
+		atomic_fetch_add(&c->views, 1);
+		h->view.child[h->view.n++] = c;
+		h->view.threshold = set->rules.threshold;
+		link_live_locked(set, h);
+	}
+	pthread_mutex_unlock(&set->lock);
+	if (!c) {
+		free(h);
+		return NULL;
+	}
+	return &h->view;
+}
+
 int children_members(struct child_set *set, struct child **out)
 {
 	int n;

@@ -130,6 +130,11 @@ void children_set_log(struct child_set *set, struct event_log *log);
  */
 const struct child_view *children_view_get(struct child_set *set);
 void children_view_put(const struct child_view *view);
+/* A view of the member called name (or whose path is name) alone,
+ * whatever its state, voting nothing, never current: for calls to that
+ * child only. NULL when there is no such member (or no memory). */
+const struct child_view *children_view_one(struct child_set *set,
+					   const char *name);
 /* Another reference to a view already held; returns view. */
 const struct child_view *children_view_hold(const struct child_view *view);
 

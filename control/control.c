@@ -256,9 +256,11 @@ static struct json_object *last_error_json(struct control *ctl)
 
 char *control_status(struct control *ctl)
 {
-	struct json_object *o = children_status(ctl->set);
+	struct json_object *o = children_status(ctl->set), *children;
 	char *text;
 
+	if (json_object_object_get_ex(o, "children", &children))
+		copies_status(ctl->set, children);
 	json_object_object_add(o, "mountpoint",
 			       json_object_new_string(ctl->cfg->mountpoint));
 	json_object_object_add(o, "io-timeout-ms",

@@ -8,6 +8,7 @@
 
 #include "children/children.h"
 #include "config/config.h"
+#include "copies/copies.h"
 #include "events/events.h"
 #include "jobs/jobs.h"
 #include "persist/persist.h"
@@ -28,6 +29,7 @@ struct control {
 	struct pool *pool;
 	struct watchdog *watchdog;
 	struct tree *tree;
+	struct copies *copies; /* MOUNTPOINT/.children */
 	struct jobs *jobs;
 	struct control_socket *socket; /* NULL: none */
 	struct secondary *secondary;   /* replication=secondary: its view */

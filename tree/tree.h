@@ -122,8 +122,9 @@ void tree_child_removed(struct tree *tree, int slot);
  * the old handles (sshfs answers EIO on them for ever). */
 int tree_child_reopen(struct tree *tree, struct child *c);
 
-/* Names the mount reserves at its root: .control, .quorumfs and the
- * graveyard. */
+/* Names the mount reserves at its root: .control, .children (each
+ * child's own copy, read-only), .quorumfs and the graveyard. */
+#define TREE_CHILDREN_DIR ".children"
 bool tree_reserved_name(uint64_t parent, const char *name);
 /* The graveyard directory at the root (PERSIST_GRAVEYARD), made if need
  * be, with one lookup: a replication secondary's own place, which no
