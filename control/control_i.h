@@ -47,6 +47,13 @@ struct control {
 int control_run(struct control *ctl, const char *buf, size_t len, char *err,
 		size_t errlen);
 
+/* policy DIR ... (policy.c): change the directories' policies; at
+ * start, install what the record keeps; the status's list of them. */
+int control_policy(struct control *ctl, const struct config_command *cmd,
+		   char *err, size_t errlen);
+void control_policies_start(struct control *ctl);
+struct json_object *control_policies_json(struct control *ctl);
+
 /* Add the daemon's own facts (version, pid, log, the event program) to
  * status (about.c). */
 void control_status_about(struct control *ctl, struct json_object *status);

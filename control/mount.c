@@ -229,6 +229,8 @@ int control_start(struct control *ctl, char *err, size_t errlen)
 	if (!ret)
 		record_set_io(ctl->record, ctl->pool, ctl->watchdog);
 	if (!ret)
+		control_policies_start(ctl);
+	if (!ret)
 		ret = copies_new(ctl->set, ctl->pool, ctl->watchdog, geteuid(),
 				 getegid(), &ctl->copies);
 	if (!ret)
