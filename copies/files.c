@@ -19,6 +19,7 @@ static ssize_t value_call(struct copies *cp, uint64_t ino, enum call_kind kind,
 {
 	struct child_request *rq;
 	struct call *c;
+	ssize_t len;
 	int ret;
 
 	rq = node_call(cp, copies_node(ino), kind, &ret);
@@ -28,11 +29,13 @@ static ssize_t value_call(struct copies *cp, uint64_t ino, enum call_kind kind,
 	c->size = size;
 	if (name)
 		snprintf(c->name, sizeof(c->name), "%s", name);
-	ret = call_run(cp, rq);
-	if (!ret && size)
-		memcpy(buf, c->buf, (size_t)c->len);
+	len = call_run(cp, rq);
+	if (!len)
+		len = c->len;
+	if (len > 0 && size)
+		memcpy(buf, c->buf, (size_t)len);
 	child_request_put(rq);
-	return ret ? ret : c->len;
+	return len;
 }
 
 ssize_t copies_readlink(struct copies *cp, uint64_t ino, char *buf, size_t size)
