@@ -246,3 +246,38 @@ def test_quorumctl_sets_and_clears_a_policy(quorum):
     subprocess.run([ctl, "policy", m.mnt, "gold", "clear"], check=True,
                    timeout=60)
     assert status(m)["policies"] == []
+
+
+def corrupt(path, offset, count):
+    """Invert count bytes of a child's file in place."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        old = f.read(count)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in old))
+
+
+@pytest.mark.timeout(60)
+def test_a_directorys_read_pattern_and_rewrite_switch_apply_below_it(
+        backing, quorum):
+    m = quorum(n=3, threshold=2)
+    for d in ("fifo", "heal"):
+        os.mkdir(m.path(d))
+    data = os.urandom(64 * 1024)
+    for f in ("fifo/f", "heal/f", "plain"):
+        write_file(m.path(f), data)
+        corrupt(m.child_file(0, f), 4096, 4096)
+    control(m, "policy fifo threshold=2 read-pattern=fifo")
+    control(m, "policy heal threshold=2 rewrite-corrupted=on")
+
+    # fifo: child 0's bytes as they are; elsewhere the vote.
+    assert read_file(m.path("fifo/f")) == read_file(m.child_file(0, "fifo/f"))
+    assert read_file(m.path("fifo/f")) != data
+    assert read_file(m.path("plain")) == data
+    # heal: the losing copy is rewritten by the read; elsewhere it is not.
+    assert read_file(m.path("heal/f")) == data
+    assert read_file(m.child_file(0, "heal/f")) == data
+    assert read_file(m.child_file(0, "plain")) != data
+    # Cleared, the mount's rules again.
+    control(m, "policy fifo clear")
+    assert read_file(m.path("fifo/f")) == data
