@@ -239,6 +239,9 @@ def test_quorumctl_sets_and_clears_a_policy(quorum):
     subprocess.run([ctl, "policy", m.mnt, "gold", "threshold=3",
                     "read-pattern=fifo"], check=True, timeout=60)
     assert policies(m)["gold"]["read-pattern"] == "fifo"
+    table = subprocess.run([ctl, "status", m.mnt], capture_output=True,
+                           text=True, timeout=60).stdout
+    assert "  policy: gold threshold 3, read-pattern fifo\n" in table, table
     bad = subprocess.run([ctl, "policy", m.mnt, "gold", "threshold=9"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0
