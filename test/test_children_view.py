@@ -323,3 +323,40 @@ def test_children_of_one_last_component_get_their_slot_after_it(
                                                     "disk~2"]
     for v in views:
         assert read_file(m.path(v + "/f")) == b"same"
+
+
+@pytest.mark.timeout(120)
+def test_a_replication_child_has_no_copy_under_children(quorum, tmp_path):
+    m = quorum(n=3, threshold=2)
+    write_file(m.path("f"), b"voted")
+    inbound = tmp_path / "inbound"
+    inbound.mkdir()
+    control(m, "add %s mode=primary name=sec" % inbound)
+    wait_child_state(m, "sec", "ok")
+    assert child_status(status(m), "sec")["view"] is None
+    assert "sec" not in os.listdir(m.path(CHILDREN))
+    assert errno_of(os.stat, m.path(CHILDREN + "/sec")) == errno.ENOENT
+    assert len(os.listdir(m.path(CHILDREN))) == 3
+
+
+@pytest.mark.timeout(120)
+def test_a_child_out_of_step_shows_what_it_still_holds(faulty, tmpfs_dir,
+                                                       scratch_fs, quorum):
+    ffs = faulty(scratch_fs("tmpfs"))
+    children = [tmpfs_dir / "c0", tmpfs_dir / "c1"]
+    for c in children:
+        c.mkdir()
+    m = quorum(children=children + [ffs.mnt], threshold=2)
+    old, new = os.urandom(64 * 1024), os.urandom(64 * 1024)
+    write_file(m.path("vm.img"), old)
+    ffs.set("error=EIO op=write")
+    fd = os.open(m.path("vm.img"), os.O_WRONLY)
+    try:
+        assert os.pwrite(fd, new, 0) == len(new)
+    finally:
+        os.close(fd)
+    assert child_status(status(m), m.children[2])["votes"] is False
+    assert read_file(m.path("vm.img")) == new
+    assert read_file(view(m, 0, "vm.img")) == new
+    assert read_file(view(m, 2, "vm.img")) == old
+    ffs.clear()
