@@ -27,15 +27,22 @@ static void set_floor(struct control *ctl, const struct persist_policy *p,
 			   top ? top->dir : NULL);
 }
 
-/* A new policy's threshold, checked as the mount's is: 1..voting. */
+/* A new policy's threshold, checked as the mount's is: 1..voting; and
+ * none in blkverify mode, whose rules are fixed. */
 static int check_threshold(struct control *ctl,
 			   const struct config_command *cmd, char *err,
 			   size_t errlen)
 {
 	const struct child_view *v = children_view_get(ctl->set);
 	int voting = v->voters;
+	bool blkverify = v->blkverify;
 
 	children_view_put(v);
+	if (blkverify) {
+		snprintf(err, errlen,
+			 "cannot set a directory's policy in blkverify mode");
+		return -EINVAL;
+	}
 	if (cmd->number <= voting)
 		return 0;
 	snprintf(err, errlen,
