@@ -64,11 +64,6 @@ struct control_handle {
 	size_t len;
 };
 
-struct qfs *qfs_of(fuse_req_t req)
-{
-	return fuse_req_userdata(req);
-}
-
 static struct tree *tree_of(fuse_req_t req)
 {
 	return qfs_of(req)->tree;
@@ -380,7 +375,8 @@ static void qfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct tree_entry e;
 
-	if (qfs_control_lookup(req, parent, name))
+	if (qfs_control_lookup(req, parent, name) ||
+	    qfs_copies_lookup(req, parent, name))
 		return;
 	reply_entry(req, tree_lookup(tree_of(req), parent, name, &e), &e);
 }
@@ -397,7 +393,8 @@ void qfs_forget_each(fuse_req_t req, size_t count,
 
 static void tree_forget_one(fuse_req_t req, uint64_t ino, uint64_t n)
 {
-	tree_forget(tree_of(req), ino, n);
+	if (!qfs_copies_forget(req, ino, n))
+		tree_forget(tree_of(req), ino, n);
 }
 
 static void qfs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
@@ -419,7 +416,7 @@ static void qfs_getattr(fuse_req_t req, fuse_ino_t ino,
 	struct stat st;
 
 	(void)fi;
-	if (qfs_control_getattr(req, ino))
+	if (qfs_control_getattr(req, ino) || qfs_copies_getattr(req, ino))
 		return;
 	reply_attr(req, tree_getattr(tree_of(req), ino, &st), &st);
 }
@@ -455,7 +452,8 @@ static void qfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	struct stat st;
 	int ret;
 
-	if (qfs_control_setattr(req, ino, to_set))
+	if (qfs_control_setattr(req, ino, to_set) ||
+	    qfs_copies_refuse(req, ino))
 		return;
 	to_set = qfs_setattr_flags(to_set);
 	ret = in ? inbound_setattr(in, ino, f, attr, to_set, &st)
@@ -468,7 +466,7 @@ static void qfs_readlink(fuse_req_t req, fuse_ino_t ino)
 	char buf[PATH_MAX + 1];
 	ssize_t len;
 
-	if (refuse_control(req, ino, EINVAL))
+	if (refuse_control(req, ino, EINVAL) || qfs_copies_readlink(req, ino))
 		return;
 	len = tree_readlink(tree_of(req), ino, buf, sizeof(buf));
 	if (len == (ssize_t)sizeof(buf))
@@ -486,8 +484,11 @@ static void qfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
 {
 	struct tree_caller who = caller_of(req);
 	struct tree_entry e;
+	int ret;
 
-	int ret = naming(req, parent, name);
+	if (qfs_copies_refuse(req, parent))
+		return;
+	ret = naming(req, parent, name);
 
 	if (!ret) {
 		ret = tree_mknod(tree_of(req), parent, name, mode, rdev, &who,
@@ -502,8 +503,11 @@ static void qfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 {
 	struct tree_caller who = caller_of(req);
 	struct tree_entry e;
+	int ret;
 
-	int ret = naming(req, parent, name);
+	if (qfs_copies_refuse(req, parent))
+		return;
+	ret = naming(req, parent, name);
 
 	if (!ret) {
 		ret = tree_mkdir(tree_of(req), parent, name, mode, &who, &e);
@@ -517,8 +521,11 @@ static void qfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
 {
 	struct tree_caller who = caller_of(req);
 	struct tree_entry e;
+	int ret;
 
-	int ret = naming(req, parent, name);
+	if (qfs_copies_refuse(req, parent))
+		return;
+	ret = naming(req, parent, name);
 
 	if (!ret) {
 		ret = tree_symlink(tree_of(req), link, parent, name, &who, &e);
@@ -533,7 +540,8 @@ static void qfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 	struct tree_entry e;
 	int ret;
 
-	if (refuse_control(req, ino, EPERM))
+	if (refuse_control(req, ino, EPERM) || qfs_copies_refuse(req, ino) ||
+	    qfs_copies_refuse(req, newparent))
 		return;
 	ret = naming(req, newparent, newname);
 	if (!ret) {
@@ -547,6 +555,8 @@ static void qfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct secondary *in = qfs_of(req)->inbound;
 
+	if (qfs_copies_refuse(req, parent))
+		return;
 	fuse_reply_err(req, -(in ? inbound_remove(in, parent, name, false)
 				 : tree_unlink(tree_of(req), parent, name)));
 }
@@ -555,6 +565,8 @@ static void qfs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct secondary *in = qfs_of(req)->inbound;
 
+	if (qfs_copies_refuse(req, parent))
+		return;
 	fuse_reply_err(req, -(in ? inbound_remove(in, parent, name, true)
 				 : tree_rmdir(tree_of(req), parent, name)));
 }
@@ -565,6 +577,8 @@ static void qfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 {
 	struct secondary *in = qfs_of(req)->inbound;
 
+	if (qfs_copies_refuse(req, parent) || qfs_copies_refuse(req, newparent))
+		return;
 	fuse_reply_err(req, -(in ? inbound_rename(in, parent, name, newparent,
 						  newname, flags)
 				 : tree_rename(tree_of(req), parent, name,
@@ -598,6 +612,8 @@ static void qfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		file_control_open(req, fi);
 		return;
 	}
+	if (qfs_copies_open(req, ino, fi))
+		return;
 	ret = inbound_truncating_open(req, ino, fi);
 	if (!ret)
 		ret = tree_open(tree_of(req), ino, fi->flags, &f);
@@ -620,6 +636,8 @@ static void qfs_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct tree_file *f;
 	int ret;
 
+	if (qfs_copies_refuse(req, parent))
+		return;
 	ret = naming(req, parent, name);
 	if (!ret) {
 		ret = tree_create(tree_of(req), parent, name, mode, fi->flags,
@@ -672,6 +690,8 @@ static void qfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		file_control_read(req, size, off, fi);
 		return;
 	}
+	if (qfs_copies_read(req, ino, size, off, fi))
+		return;
 	start = stats_start();
 	ret = tree_read(q->tree, file_of(fi), off, size, &r);
 	if (ret)
@@ -695,6 +715,8 @@ static void qfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		file_control_write(req, buf, size);
 		return;
 	}
+	if (qfs_copies_refuse(req, ino))
+		return;
 	if (qfs_of(req)->inbound)
 		ret = inbound_write(qfs_of(req)->inbound, file_of(fi), buf,
 				    size, off, &who);
@@ -721,7 +743,7 @@ static void qfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 	if (is_control(ino))
 		fuse_reply_err(req, 0);
-	else
+	else if (!qfs_copies_nothing(req, ino))
 		reply_flush(req, start, tree_flush(tree_of(req), file_of(fi)));
 }
 
@@ -732,6 +754,8 @@ static void qfs_release(fuse_req_t req, fuse_ino_t ino,
 		file_control_release(req, fi);
 		return;
 	}
+	if (qfs_copies_release(req, ino, fi))
+		return;
 	tree_release(tree_of(req), file_of(fi));
 	fuse_reply_err(req, 0);
 }
@@ -743,7 +767,7 @@ static void qfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 
 	if (is_control(ino))
 		fuse_reply_err(req, 0);
-	else
+	else if (!qfs_copies_nothing(req, ino))
 		reply_flush(req, start,
 			    tree_fsync(tree_of(req), file_of(fi), datasync));
 }
@@ -753,7 +777,7 @@ static void qfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
 {
 	struct secondary *in = qfs_of(req)->inbound;
 
-	if (refuse_control(req, ino, EPERM))
+	if (refuse_control(req, ino, EPERM) || qfs_copies_refuse(req, ino))
 		return;
 	fuse_reply_err(req,
 		       -(in ? inbound_fallocate(in, file_of(fi), mode, off, len)
@@ -770,6 +794,8 @@ static void qfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		fuse_reply_err(req, EINVAL); /* the kernel handles the rest */
 		return;
 	}
+	if (qfs_copies_lseek(req, ino, off, whence, fi))
+		return;
 	ret = tree_lseek(tree_of(req), file_of(fi), off, whence);
 	if (ret < 0)
 		fuse_reply_err(req, (int)-ret);
@@ -781,10 +807,12 @@ static void qfs_opendir(fuse_req_t req, fuse_ino_t ino,
 			struct fuse_file_info *fi)
 {
 	struct tree_dir *d;
-	int ret = tree_opendir(tree_of(req), ino, &d);
+	int ret;
 
-	if (refuse_control(req, ino, ENOTDIR))
+	if (refuse_control(req, ino, ENOTDIR) ||
+	    qfs_copies_opendir(req, ino, fi))
 		return;
+	ret = tree_opendir(tree_of(req), ino, &d);
 	if (ret) {
 		fuse_reply_err(req, -ret);
 		return;
@@ -792,32 +820,6 @@ static void qfs_opendir(fuse_req_t req, fuse_ino_t ino,
 	fi->fh = (uintptr_t)d;
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		tree_releasedir(d);
-}
-
-void qfs_reply_dir(fuse_req_t req, size_t size, off_t off,
-		   bool (*entry)(const void *dir, size_t i, const char **name,
-				 struct stat *st),
-		   const void *dir)
-{
-	char *buf = malloc(size);
-	size_t pos = 0;
-	const char *name;
-	struct stat st;
-
-	if (!buf) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	for (size_t i = off; entry(dir, i, &name, &st); i++) {
-		size_t len = fuse_add_direntry(req, buf + pos, size - pos, name,
-					       &st, (off_t)i + 1);
-
-		if (len > size - pos)
-			break;
-		pos += len;
-	}
-	fuse_reply_buf(req, buf, pos);
-	free(buf);
 }
 
 static bool tree_dir_at(const void *dir, size_t i, const char **name,
@@ -829,14 +831,16 @@ static bool tree_dir_at(const void *dir, size_t i, const char **name,
 static void qfs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			struct fuse_file_info *fi)
 {
-	(void)ino;
+	if (qfs_copies_readdir(req, ino, size, off, fi))
+		return;
 	qfs_reply_dir(req, size, off, tree_dir_at, (void *)(uintptr_t)fi->fh);
 }
 
 static void qfs_releasedir(fuse_req_t req, fuse_ino_t ino,
 			   struct fuse_file_info *fi)
 {
-	(void)ino;
+	if (qfs_copies_releasedir(req, ino, fi))
+		return;
 	tree_releasedir((struct tree_dir *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
@@ -844,7 +848,7 @@ static void qfs_releasedir(fuse_req_t req, fuse_ino_t ino,
 static void qfs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
 			 struct fuse_file_info *fi)
 {
-	if (refuse_control(req, ino, ENOTDIR))
+	if (refuse_control(req, ino, ENOTDIR) || qfs_copies_nothing(req, ino))
 		return;
 	(void)fi;
 	fuse_reply_err(req, -tree_fsyncdir(tree_of(req), ino, datasync));
@@ -853,9 +857,11 @@ static void qfs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
 static void qfs_statfs(fuse_req_t req, fuse_ino_t ino)
 {
 	struct statvfs st;
-	int ret = tree_statfs(tree_of(req), &st);
+	int ret;
 
-	(void)ino;
+	if (qfs_copies_statfs(req, ino))
+		return;
+	ret = tree_statfs(tree_of(req), &st);
 	if (ret)
 		fuse_reply_err(req, -ret);
 	else
@@ -865,7 +871,8 @@ static void qfs_statfs(fuse_req_t req, fuse_ino_t ino)
 static void qfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 			 const char *value, size_t size, int flags)
 {
-	if (refuse_control(req, ino, EPERM) || refuse_inbound(req))
+	if (refuse_control(req, ino, EPERM) || qfs_copies_refuse(req, ino) ||
+	    refuse_inbound(req))
 		return;
 	fuse_reply_err(req, -tree_setxattr(tree_of(req), ino, name, value, size,
 					   flags));
@@ -889,7 +896,8 @@ static void qfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	char *buf;
 	ssize_t ret;
 
-	if (refuse_control(req, ino, ENODATA))
+	if (refuse_control(req, ino, ENODATA) ||
+	    qfs_copies_getxattr(req, ino, name, size))
 		return;
 	buf = size ? malloc(size) : NULL;
 	ret = size && !buf ? -ENOMEM
@@ -907,6 +915,8 @@ static void qfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		reply_xattr(req, 0, NULL, size); /* no attributes */
 		return;
 	}
+	if (qfs_copies_listxattr(req, ino, size))
+		return;
 	buf = size ? malloc(size) : NULL;
 	ret = size && !buf ? -ENOMEM
 			   : tree_listxattr(tree_of(req), ino, buf, size);
@@ -916,7 +926,8 @@ static void qfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 
 static void qfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
-	if (refuse_control(req, ino, EPERM) || refuse_inbound(req))
+	if (refuse_control(req, ino, EPERM) || qfs_copies_refuse(req, ino) ||
+	    refuse_inbound(req))
 		return;
 	fuse_reply_err(req, -tree_removexattr(tree_of(req), ino, name));
 }
@@ -1219,6 +1230,7 @@ static int serve(const struct fuse_cmdline_opts *opts, struct qfs *q,
 	if (control_start(q->ctl, err, sizeof(err)) == 0 &&
 	    transport_start(q->se, q->uring, err, sizeof(err)) == 0) {
 		q->tree = control_tree(q->ctl);
+		q->copies = control_copies(q->ctl);
 		in->q.tree = q->tree;
 		hup_log = control_log(q->ctl);
 		set_sighup(hup_log != NULL);

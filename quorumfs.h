@@ -14,13 +14,15 @@
 #include "transport/transport.h"
 
 struct control;
+struct copies;
 struct tree;
 struct secondary;
 
 /* One FUSE session's userdata. */
 struct qfs {
 	struct control *ctl;
-	struct tree *tree; /* control_tree(ctl), once started */
+	struct tree *tree;     /* control_tree(ctl), once started */
+	struct copies *copies; /* control_copies(ctl), ditto */
 	struct fuse_session *se;
 	double timeout;		/* entry and attribute cache time, seconds */
 	const char *mountpoint; /* for the daemon's messages */
@@ -54,6 +56,36 @@ bool qfs_control_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		       size_t size);
 bool qfs_control_release(fuse_req_t req, fuse_ino_t ino,
 			 struct fuse_file_info *fi);
+
+/*
+ * MOUNTPOINT/.children (fuse_copies.c), on an ordinary mount: each
+ * returns false when the node (or parent and name) is not one of the
+ * copies', and true once it replied. refuse answers EROFS for any node
+ * of theirs, for the calls that would change something.
+ */
+bool qfs_copies_lookup(fuse_req_t req, fuse_ino_t parent, const char *name);
+bool qfs_copies_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup);
+bool qfs_copies_getattr(fuse_req_t req, fuse_ino_t ino);
+bool qfs_copies_refuse(fuse_req_t req, fuse_ino_t ino);
+bool qfs_copies_readlink(fuse_req_t req, fuse_ino_t ino);
+bool qfs_copies_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+bool qfs_copies_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		     struct fuse_file_info *fi);
+bool qfs_copies_nothing(fuse_req_t req, fuse_ino_t ino);
+bool qfs_copies_release(fuse_req_t req, fuse_ino_t ino,
+			struct fuse_file_info *fi);
+bool qfs_copies_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+		      struct fuse_file_info *fi);
+bool qfs_copies_opendir(fuse_req_t req, fuse_ino_t ino,
+			struct fuse_file_info *fi);
+bool qfs_copies_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			struct fuse_file_info *fi);
+bool qfs_copies_releasedir(fuse_req_t req, fuse_ino_t ino,
+			   struct fuse_file_info *fi);
+bool qfs_copies_statfs(fuse_req_t req, fuse_ino_t ino);
+bool qfs_copies_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			 size_t size);
+bool qfs_copies_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
 
 /* Forget each of forgets but .control, with forget(); reply none. */
 void qfs_forget_each(fuse_req_t req, size_t count,

@@ -43,6 +43,10 @@ struct view_holder {
 	struct child_set *set;
 	uint64_t serial;
 	struct view_holder *prev, *next; /* guarded by set->drain_lock */
+	/* A view with other rules (children_view_rules) holds the view it
+	 * was made from, which stands for it in the drain and the barrier;
+	 * it is in no list of its own. */
+	struct view_holder *base;
 };
 
 /* The voting rules in force, copied into every view. */
@@ -62,6 +66,10 @@ struct child_set {
 	struct event_log *log;
 	/* All guarded by lock: */
 	struct view_holder *current;
+	/* The highest threshold a directory's policy asks for (0: none),
+	 * and that directory, for the refusals it causes. */
+	int floor;
+	char floor_dir[256];
 	int nmembers;
 	struct child *member[CHILDREN_MAX];
 	bool slot_used[CHILDREN_MAX];
@@ -287,6 +295,11 @@ static void view_free(struct view_holder *h)
 {
 	struct child_set *set = h->set;
 
+	if (h->base) {
+		children_view_put(&h->base->view);
+		free(h);
+		return;
+	}
 	for (int i = 0; i < h->view.n; i++) {
 		atomic_fetch_sub(&h->view.child[i]->views, 1);
 		child_put(h->view.child[i]);
@@ -317,6 +330,25 @@ const struct child_view *children_view_hold(const struct child_view *view)
 
 	atomic_fetch_add(&h->refs, 1);
 	return view;
+}
+
+const struct child_view *children_view_rules(const struct child_view *base,
+					     int threshold,
+					     enum read_pattern read_pattern,
+					     bool rewrite_corrupted)
+{
+	struct view_holder *h = calloc(1, sizeof(*h));
+
+	if (!h)
+		return children_view_hold(base);
+	atomic_init(&h->refs, 1);
+	h->base = (struct view_holder *)children_view_hold(base);
+	h->set = h->base->set;
+	h->view = *base;
+	h->view.threshold = threshold;
+	h->view.read_pattern = read_pattern;
+	h->view.rewrite_corrupted = rewrite_corrupted;
+	return &h->view;
 }
 
 const struct child_view *children_view_get(struct child_set *set)
@@ -532,6 +564,39 @@ struct child *children_find(struct child_set *set, const char *name)
 	return c;
 }
 
+/*
+ * A view of one member alone, voting nothing: what a look at that child's
+ * own copy runs its calls under, so that they are bounded by io-timeout
+ * like any request and a removal drains them like any view. Never made
+ * current.
+ */
+const struct child_view *children_view_one(struct child_set *set,
+					   const char *name)
+{
+	struct view_holder *h = calloc(1, sizeof(*h));
+	struct child *c;
+
+	if (!h)
+		return NULL;
+	atomic_init(&h->refs, 1);
+	h->set = set;
+	pthread_mutex_lock(&set->lock);
+	c = find_locked(set, name);
+	if (c) {
+		child_get(c);
+		atomic_fetch_add(&c->views, 1);
+		h->view.child[h->view.n++] = c;
+		h->view.threshold = set->rules.threshold;
+		link_live_locked(set, h);
+	}
+	pthread_mutex_unlock(&set->lock);
+	if (!c) {
+		free(h);
+		return NULL;
+	}
+	return &h->view;
+}
+
 int children_members(struct child_set *set, struct child **out)
 {
 	int n;
@@ -653,6 +718,11 @@ int children_remove(struct child_set *set, struct child *c, int drain_ms,
 			   "removing '%s' would leave %d voting children, "
 			   "below the threshold %d",
 			   c->name, voting, set->rules.threshold);
+	} else if (child_votes(c) && voting < set->floor) {
+		ret = fail(err, errlen, -EINVAL,
+			   "removing '%s' would leave %d voting children, "
+			   "below the threshold %d of directory '%s'",
+			   c->name, voting, set->floor, set->floor_dir);
 	} else {
 		unlink_member_locked(set, c);
 		ret = publish_locked(set);
@@ -857,6 +927,14 @@ void children_log_state(struct child_set *set, struct child *c)
 	emit_state(set, c, CHILD_OK, child_state(c), reason);
 }
 
+void children_set_floor(struct child_set *set, int threshold, const char *dir)
+{
+	pthread_mutex_lock(&set->lock);
+	set->floor = threshold;
+	snprintf(set->floor_dir, sizeof(set->floor_dir), "%s", dir ? dir : "");
+	pthread_mutex_unlock(&set->lock);
+}
+
 int children_begin_resync(struct child_set *set, struct child *c, char *err,
 			  size_t errlen)
 {
@@ -872,6 +950,11 @@ int children_begin_resync(struct child_set *set, struct child *c, char *err,
 			   "resyncing '%s' would leave %d voting children, "
 			   "below the threshold %d",
 			   c->name, voting, set->rules.threshold);
+	else if (child_votes(c) && voting < set->floor)
+		ret = fail(err, errlen, -EINVAL,
+			   "resyncing '%s' would leave %d voting children, "
+			   "below the threshold %d of directory '%s'",
+			   c->name, voting, set->floor, set->floor_dir);
 	else
 		set_state_locked(set, c, CHILD_SYNCING, "resync requested");
 	pthread_mutex_unlock(&set->lock);

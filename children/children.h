@@ -130,6 +130,18 @@ void children_set_log(struct child_set *set, struct event_log *log);
  */
 const struct child_view *children_view_get(struct child_set *set);
 void children_view_put(const struct child_view *view);
+/* A view of the member called name (or whose path is name) alone,
+ * whatever its state, voting nothing, never current: for calls to that
+ * child only. NULL when there is no such member (or no memory). */
+const struct child_view *children_view_one(struct child_set *set,
+					   const char *name);
+/* A view like base with other rules, for the requests under a
+ * directory's policy; it holds base. Never fails (out of memory: base
+ * itself, held once more). */
+const struct child_view *children_view_rules(const struct child_view *base,
+					     int threshold,
+					     enum read_pattern read_pattern,
+					     bool rewrite_corrupted);
 /* Another reference to a view already held; returns view. */
 const struct child_view *children_view_hold(const struct child_view *view);
 
@@ -177,6 +189,12 @@ enum child_state children_set_state(struct child_set *set, struct child *c,
 /* Log c's current state as a change from ok, with its reason: for
  * states set at mount, before the event log existed. */
 void children_log_state(struct child_set *set, struct child *c);
+
+/* The highest threshold a directory's policy asks for, and that
+ * directory (0, NULL: none): a removal or resync of a voting child that
+ * would leave fewer voting children is refused naming it. The caller
+ * checked the threshold against the voting children. */
+void children_set_floor(struct child_set *set, int threshold, const char *dir);
 
 /* Stop c voting and mark it syncing, unless that would leave fewer
  * voting children than the threshold (-EINVAL). */

@@ -6,6 +6,7 @@
 #include "config/config.h"
 #include "config/config_i.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #define CMD_MAX_WORDS 5
@@ -230,6 +231,104 @@ static int parse_replication(char **word, int n, struct config_command *cmd,
 	return 0;
 }
 
+/* DIR of a policy, made relative to the mount in place: slashes at
+ * either end go, and it may not be the root, name . or .., or start
+ * with a name the mount reserves. */
+static int policy_dir(char *dir, struct config_command *cmd, char *err,
+		      size_t errlen)
+{
+	size_t len;
+	char *part, *save;
+	char copy[CONFIG_COMMAND_MAX];
+
+	while (*dir == '/')
+		dir++;
+	len = strlen(dir);
+	while (len > 0 && dir[len - 1] == '/')
+		dir[--len] = '\0';
+	if (len == 0)
+		return config_fail(err, errlen,
+				   "policy needs a directory below the mount's "
+				   "root (the root's rules are threshold, "
+				   "read-pattern and rewrite-corrupted)");
+	if (len > 255)
+		return config_fail(err, errlen,
+				   "a policy's directory may be at most 255 "
+				   "bytes");
+	snprintf(copy, sizeof(copy), "%s", dir);
+	for (part = strtok_r(copy, "/", &save); part;
+	     part = strtok_r(NULL, "/", &save))
+		if (!strcmp(part, ".") || !strcmp(part, ".."))
+			return config_fail(err, errlen,
+					   "a policy's directory may not "
+					   "name . or .., not '%s'",
+					   dir);
+	if (strstr(dir, "//"))
+		return config_fail(err, errlen,
+				   "a policy's directory may not hold an "
+				   "empty name, not '%s'",
+				   dir);
+	cmd->path = dir;
+	return 0;
+}
+
+/* One option of policy: threshold=N, read-pattern=P,
+ * rewrite-corrupted=on|off. */
+static int policy_option(const char *word, struct config_command *cmd,
+			 char *err, size_t errlen)
+{
+	if (!strncmp(word, "threshold=", 10)) {
+		if (!parse_int(word + 10, 1, CHILDREN_MAX, &cmd->number))
+			return config_fail(err, errlen,
+					   "a policy's threshold needs one "
+					   "whole number from 1 to the number "
+					   "of voting children, not '%s'",
+					   word + 10);
+	} else if (!strcmp(word, "read-pattern=quorum") ||
+		   !strcmp(word, "read-pattern=fifo")) {
+		cmd->policy_pattern = !strcmp(word + 13, "fifo")
+					      ? READ_PATTERN_FIFO
+					      : READ_PATTERN_QUORUM;
+	} else if (!strcmp(word, "rewrite-corrupted=on") ||
+		   !strcmp(word, "rewrite-corrupted=off")) {
+		cmd->policy_rewrite = !strcmp(word + 18, "on");
+	} else {
+		return config_fail(err, errlen,
+				   "policy takes threshold=N, "
+				   "read-pattern=quorum|fifo and "
+				   "rewrite-corrupted=on|off, not '%s'",
+				   word);
+	}
+	return 0;
+}
+
+static int parse_policy(char **word, int n, struct config_command *cmd,
+			char *err, size_t errlen)
+{
+	cmd->policy_pattern = cmd->policy_rewrite = -1;
+	if (n < 3)
+		return config_fail(err, errlen,
+				   "usage: policy DIR threshold=N "
+				   "[read-pattern=quorum|fifo] "
+				   "[rewrite-corrupted=on|off], or policy "
+				   "DIR clear");
+	if (policy_dir(word[1], cmd, err, errlen))
+		return -EINVAL;
+	if (!strcmp(word[2], "clear")) {
+		cmd->clear = true;
+		return n == 3 ? 0
+			      : config_fail(err, errlen,
+					    "policy DIR clear takes nothing "
+					    "after clear");
+	}
+	for (int i = 2; i < n; i++)
+		if (policy_option(word[i], cmd, err, errlen))
+			return -EINVAL;
+	if (!cmd->number)
+		return config_fail(err, errlen, "a policy needs threshold=N");
+	return 0;
+}
+
 static int parse_words(char **word, int n, struct config_command *cmd,
 		       char *err, size_t errlen)
 {
@@ -245,6 +344,7 @@ static int parse_words(char **word, int n, struct config_command *cmd,
 		{"resync", CMD_RESYNC},
 		{"scrub", CMD_SCRUB},
 		{"replication", CMD_REPLICATION},
+		{"policy", CMD_POLICY},
 	};
 	size_t v;
 
@@ -277,6 +377,8 @@ static int parse_words(char **word, int n, struct config_command *cmd,
 		return parse_scrub(word, n, cmd, err, errlen);
 	case CMD_REPLICATION:
 		return parse_replication(word, n, cmd, err, errlen);
+	case CMD_POLICY:
+		return parse_policy(word, n, cmd, err, errlen);
 	default:
 		return parse_switch(word, n, cmd, err, errlen);
 	}

@@ -192,6 +192,7 @@ enum config_verb {
 	CMD_RESYNC,
 	CMD_SCRUB,
 	CMD_REPLICATION,
+	CMD_POLICY,
 };
 
 /* replication start|checkpoint|get-error|stop: QEMU's xen-set-replication,
@@ -230,6 +231,12 @@ struct config_command {
 	enum config_repl_action repl;
 	int mode;
 	bool failover;
+	/* policy DIR threshold=N [read-pattern=P] [rewrite-corrupted=on|off]
+	 * or policy DIR clear: dir (in path) relative to the mount, without
+	 * leading or trailing slashes; number the threshold; these -1 when
+	 * not given (the mount's). */
+	int policy_pattern, policy_rewrite;
+	bool clear;
 };
 
 /*

@@ -169,6 +169,8 @@ static int run_command(struct control *ctl, const struct config_command *cmd,
 							    err, errlen));
 	case CMD_SCRUB:
 		return cmd_scrub(ctl, cmd, err, errlen);
+	case CMD_POLICY:
+		return control_policy(ctl, cmd, err, errlen);
 	case CMD_REPLICATION:
 		if (ctl->secondary &&
 		    replication_route(ctl->secondary, ctl->set))
@@ -256,9 +258,12 @@ static struct json_object *last_error_json(struct control *ctl)
 
 char *control_status(struct control *ctl)
 {
-	struct json_object *o = children_status(ctl->set);
+	struct json_object *o = children_status(ctl->set), *children;
 	char *text;
 
+	if (json_object_object_get_ex(o, "children", &children))
+		copies_status(ctl->set, children);
+	json_object_object_add(o, "policies", control_policies_json(ctl));
 	json_object_object_add(o, "mountpoint",
 			       json_object_new_string(ctl->cfg->mountpoint));
 	json_object_object_add(o, "io-timeout-ms",

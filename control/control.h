@@ -41,6 +41,8 @@ void control_stop(struct control *ctl, bool clean);
 /* What the FUSE handlers work on, and the log SIGHUP reopens (NULL
  * without log=); valid between control_start() and control_stop(). */
 struct tree *control_tree(struct control *ctl);
+struct copies;
+struct copies *control_copies(struct control *ctl);
 struct event_log *control_log(struct control *ctl);
 /* A replication secondary's (replication.h), or NULL: valid from
  * control_open() on. */

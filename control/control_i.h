@@ -8,6 +8,7 @@
 
 #include "children/children.h"
 #include "config/config.h"
+#include "copies/copies.h"
 #include "events/events.h"
 #include "jobs/jobs.h"
 #include "persist/persist.h"
@@ -28,6 +29,7 @@ struct control {
 	struct pool *pool;
 	struct watchdog *watchdog;
 	struct tree *tree;
+	struct copies *copies; /* MOUNTPOINT/.children */
 	struct jobs *jobs;
 	struct control_socket *socket; /* NULL: none */
 	struct secondary *secondary;   /* replication=secondary: its view */
@@ -44,6 +46,13 @@ struct control {
 /* One command, with the reason of a refusal in err (control.c). */
 int control_run(struct control *ctl, const char *buf, size_t len, char *err,
 		size_t errlen);
+
+/* policy DIR ... (policy.c): change the directories' policies; at
+ * start, install what the record keeps; the status's list of them. */
+int control_policy(struct control *ctl, const struct config_command *cmd,
+		   char *err, size_t errlen);
+void control_policies_start(struct control *ctl);
+struct json_object *control_policies_json(struct control *ctl);
 
 /* Add the daemon's own facts (version, pid, log, the event program) to
  * status (about.c). */

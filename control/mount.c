@@ -229,6 +229,11 @@ int control_start(struct control *ctl, char *err, size_t errlen)
 	if (!ret)
 		record_set_io(ctl->record, ctl->pool, ctl->watchdog);
 	if (!ret)
+		control_policies_start(ctl);
+	if (!ret)
+		ret = copies_new(ctl->set, ctl->pool, ctl->watchdog, geteuid(),
+				 getegid(), &ctl->copies);
+	if (!ret)
 		ret = start_jobs(ctl);
 	if (ret) {
 		snprintf(err, errlen, "cannot start: %s", strerror(-ret));
@@ -279,6 +284,7 @@ void control_stop(struct control *ctl, bool clean)
 	held = !child_requests_wait(TEARDOWN_WAIT_MS);
 	if (!held)
 		tree_free(ctl->tree);
+	copies_free(ctl->copies); /* late parts own all they use */
 	if (clean && ctl->started)
 		record_unmount(ctl->record, ctl->set);
 	if (ctl->record)
@@ -299,6 +305,11 @@ void control_stop(struct control *ctl, bool clean)
 struct tree *control_tree(struct control *ctl)
 {
 	return ctl->tree;
+}
+
+struct copies *control_copies(struct control *ctl)
+{
+	return ctl->copies;
 }
 
 struct event_log *control_log(struct control *ctl)

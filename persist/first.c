@@ -70,7 +70,8 @@ static int walk(struct summary *s, int dfd, const char *prefix, bool top)
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
 		    (top && (!strcmp(de->d_name, PERSIST_DIR) ||
 			     !strcmp(de->d_name, PERSIST_GRAVEYARD) ||
-			     !strcmp(de->d_name, ".control"))))
+			     !strcmp(de->d_name, ".control") ||
+			     !strcmp(de->d_name, ".children"))))
 			continue;
 		if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) ||
 		    asprintf(&path, "%s%s", prefix, de->d_name) < 0) {

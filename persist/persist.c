@@ -250,6 +250,49 @@ static void parse_rules(struct json_object *o, struct persist_rules *r)
 		json_object_get_boolean(v);
 }
 
+/* A tri-state of a policy: -1 when absent (the mount's rule). */
+static int parse_tri(struct json_object *p, const char *key, const char *on)
+{
+	struct json_object *v;
+
+	if (!json_object_object_get_ex(p, key, &v) ||
+	    json_object_is_type(v, json_type_null))
+		return -1;
+	if (json_object_is_type(v, json_type_boolean))
+		return json_object_get_boolean(v);
+	return strcmp(json_object_get_string(v), on) == 0;
+}
+
+/* Optional too: a record older than policies has none. One that does
+ * not parse is left out, never guessed at. */
+static void parse_policies(struct json_object *o, struct persist_state *st)
+{
+	struct json_object *list;
+	size_t n;
+
+	if (!json_object_object_get_ex(o, "policies", &list) ||
+	    !json_object_is_type(list, json_type_array))
+		return;
+	n = json_object_array_length(list);
+	for (size_t i = 0; i < n && st->npolicies < PERSIST_POLICY_MAX; i++) {
+		struct json_object *p = json_object_array_get_idx(list, i);
+		struct persist_policy *out = &st->policy[st->npolicies];
+		const char *dir = get_str(p, "dir");
+		uint64_t threshold = 0;
+
+		if (!dir || !*dir || strlen(dir) > PERSIST_POLICY_DIR_MAX ||
+		    !get_u64(p, "threshold", &threshold) || threshold < 1 ||
+		    threshold > CHILDREN_MAX)
+			continue;
+		snprintf(out->dir, sizeof(out->dir), "%s", dir);
+		out->threshold = (int)threshold;
+		out->read_pattern = parse_tri(p, "read-pattern", "fifo");
+		out->rewrite_corrupted =
+			parse_tri(p, "rewrite-corrupted", "on");
+		st->npolicies++;
+	}
+}
+
 static int parse_state(struct json_object *o, struct persist_state *st)
 {
 	struct json_object *v;
@@ -265,6 +308,7 @@ static int parse_state(struct json_object *o, struct persist_state *st)
 		return -EINVAL;
 	st->clean = json_object_get_boolean(v);
 	parse_rules(o, &st->rules);
+	parse_policies(o, st);
 	return parse_members(o, st);
 }
 
@@ -312,6 +356,29 @@ static struct json_object *rules_json(const struct persist_rules *r)
 	return o;
 }
 
+struct json_object *persist_policy_json(const struct persist_policy *p)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "dir", json_object_new_string(p->dir));
+	json_object_object_add(o, "threshold",
+			       json_object_new_int(p->threshold));
+	json_object_object_add(
+		o, "read-pattern",
+		p->read_pattern < 0
+			? NULL
+			: json_object_new_string(
+				  p->read_pattern == READ_PATTERN_FIFO
+					  ? "fifo"
+					  : "quorum"));
+	json_object_object_add(
+		o, "rewrite-corrupted",
+		p->rewrite_corrupted < 0
+			? NULL
+			: json_object_new_boolean(p->rewrite_corrupted));
+	return o;
+}
+
 static struct json_object *state_json(const struct persist_state *st)
 {
 	struct json_object *o = json_object_new_object();
@@ -347,6 +414,13 @@ static struct json_object *state_json(const struct persist_state *st)
 	json_object_object_add(o, "members", list);
 	if (st->rules.threshold)
 		json_object_object_add(o, "rules", rules_json(&st->rules));
+	if (st->npolicies) {
+		list = json_object_new_array();
+		for (int i = 0; i < st->npolicies; i++)
+			json_object_array_add(
+				list, persist_policy_json(&st->policy[i]));
+		json_object_object_add(o, "policies", list);
+	}
 	return o;
 }
 

@@ -75,6 +75,25 @@ struct persist_rules {
 	bool rewrite_corrupted;
 };
 
+/*
+ * A directory's own rules (`policy DIR ...`), for everything below it
+ * that no nearer directory has a policy for. dir is relative to the
+ * mount, without leading or trailing slashes. read_pattern and
+ * rewrite_corrupted -1: the mount's.
+ */
+#define PERSIST_POLICY_MAX 16
+#define PERSIST_POLICY_DIR_MAX 255
+struct persist_policy {
+	char dir[PERSIST_POLICY_DIR_MAX + 1];
+	int threshold;
+	int read_pattern;
+	int rewrite_corrupted;
+};
+
+/* A policy as the record and the status show it (caller owns). */
+struct json_object;
+struct json_object *persist_policy_json(const struct persist_policy *p);
+
 struct persist_state {
 	char set[PERSIST_ID_LEN + 1];
 	char child[PERSIST_ID_LEN + 1];
@@ -82,6 +101,8 @@ struct persist_state {
 	uint64_t log_since;  /* the intent log holds every line from here */
 	bool clean;	     /* the set was unmounted cleanly */
 	struct persist_rules rules;
+	int npolicies;
+	struct persist_policy policy[PERSIST_POLICY_MAX];
 	int n;
 	struct persist_member member[CHILDREN_MAX];
 };
@@ -257,6 +278,12 @@ void record_set_failed(struct record *r, struct child *c, const char *reason);
 void record_rules(struct record *r, struct persist_rules *out);
 void record_set_rules(struct record *r, struct child_set *set,
 		      const struct persist_rules *rules);
+/* The directories' policies the newest record holds (out has room for
+ * PERSIST_POLICY_MAX; returns how many), and new ones to keep on every
+ * voting child, as the rules are kept. */
+int record_policies(struct record *r, struct persist_policy *out);
+void record_set_policies(struct record *r, struct child_set *set,
+			 const struct persist_policy *p, int n);
 /* The set was not unmounted cleanly: settle before serving. */
 bool record_unclean(struct record *r);
 /* Every region announced since the log was last cleared, read from a

@@ -1138,6 +1138,30 @@ void record_set_rules(struct record *r, struct child_set *set,
 	children_view_put(v);
 }
 
+int record_policies(struct record *r, struct persist_policy *out)
+{
+	int n;
+
+	pthread_mutex_lock(&r->lock);
+	n = r->set.npolicies;
+	memcpy(out, r->set.policy, n * sizeof(*out));
+	pthread_mutex_unlock(&r->lock);
+	return n;
+}
+
+void record_set_policies(struct record *r, struct child_set *set,
+			 const struct persist_policy *p, int n)
+{
+	const struct child_view *v = children_view_get(set);
+
+	pthread_mutex_lock(&r->lock);
+	r->set.npolicies = n;
+	memcpy(r->set.policy, p, n * sizeof(*p));
+	save_locked(r, v, NULL, r->set.generation, false);
+	record_unlock(r);
+	children_view_put(v);
+}
+
 bool record_unclean(struct record *r)
 {
 	return r->unclean;

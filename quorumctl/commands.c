@@ -34,6 +34,9 @@ static const struct verb verbs[] = {
 	{"resync", 1, 1, "resync MOUNTPOINT NAME [--wait]"},
 	{"scrub", 1, 2,
 	 "scrub MOUNTPOINT start|repair [rate=N] [--wait] | stop"},
+	{"policy", 2, 4,
+	 "policy MOUNTPOINT DIR threshold=N [read-pattern=quorum|fifo] "
+	 "[rewrite-corrupted=on|off] | clear"},
 	{"replication", 1, 4,
 	 "replication MOUNTPOINT start|checkpoint|get-error|stop|commit "
 	 "[primary|secondary] [failover] [NAME]"},

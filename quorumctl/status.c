@@ -41,6 +41,30 @@ static const char *health_name(enum qctl_health h)
 				       : "DEGRADED";
 }
 
+/* One line for each directory's policy: "gold threshold 3, fifo". */
+static void print_policies(struct json_object *status)
+{
+	struct json_object *list = qctl_get(status, "policies");
+	size_t n = list && json_object_is_type(list, json_type_array)
+			   ? json_object_array_length(list)
+			   : 0;
+
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *p = json_object_array_get_idx(list, i);
+		struct json_object *v;
+
+		printf("  policy: %s threshold %lld", qctl_str(p, "dir"),
+		       (long long)qctl_int(p, "threshold"));
+		if (*qctl_str(p, "read-pattern"))
+			printf(", read-pattern %s",
+			       qctl_str(p, "read-pattern"));
+		if (json_object_object_get_ex(p, "rewrite-corrupted", &v) && v)
+			printf(", rewrite-corrupted %s",
+			       json_object_get_boolean(v) ? "on" : "off");
+		printf("\n");
+	}
+}
+
 static void print_header(const struct qctl_mount *m, struct json_object *status)
 {
 	struct json_object *totals = qctl_get(status, "totals");
@@ -61,6 +85,7 @@ static void print_header(const struct qctl_mount *m, struct json_object *status)
 	       qctl_bool(status, "rewrite-corrupted") ? "on" : "off",
 	       qctl_bool(status, "blkverify") ? ", blkverify" : "",
 	       (long long)qctl_int(status, "io-timeout-ms"));
+	print_policies(status);
 	printf("  daemon: quorumfs %s, pid %lld, log %s, socket %s\n",
 	       *qctl_str(status, "version") ? qctl_str(status, "version") : "?",
 	       (long long)qctl_int(status, "pid"), *log ? log : "none",

@@ -32,7 +32,7 @@ import qfs
 KiB = 1024
 MiB = 1024 * KiB
 
-RESERVED = {".control", ".quorumfs"}
+RESERVED = {".control", ".children", ".quorumfs"}
 
 
 # --- the control file -------------------------------------------------
@@ -160,6 +160,8 @@ def check_status_shape(doc):
             assert isinstance(rs[key], int), (key, c)
         for key in ("read", "write", "flush"):
             assert isinstance(c["errors"][key], int), (key, c)
+        assert (c["view"] is None) == (c.get("kind") == "replication"), c
+        assert c["view"] is None or c["view"].startswith(".children/"), c
     t = doc["totals"]
     assert t["children"] == len(doc["children"]), doc
     assert t["voting"] == sum(c["votes"] for c in doc["children"]), doc

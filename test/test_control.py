@@ -597,15 +597,18 @@ def test_blkverify_refuses_every_membership_and_rule_change(tmp_path,
     m = quorum(n=2, threshold=2, opts=["blkverify"])
     spare = tmp_path / "spare"
     spare.mkdir()
+    os.mkdir(m.path("dir"))
     before = stable_status(status(m))
     assert before["blkverify"] is True
     for command in ("add %s" % spare, "threshold 1",
                     "read-pattern fifo", "rewrite-corrupted on",
                     "resync %s" % m.children[0],
-                    "remove %s" % m.children[1]):
+                    "remove %s" % m.children[1],
+                    "policy dir threshold=1 read-pattern=fifo"):
         assert control_errno(m, command) == errno.EINVAL, command
         assert stable_status(status(m)) == before, command
-    errs = wait_control_errors(m, 6)
+    errs = wait_control_errors(m, 7)
+    assert "blkverify" in errs[-1]["reason"], errs[-1]
     assert "blkverify" in errs[0]["reason"], errs[0]
     assert not os.listdir(spare)
 

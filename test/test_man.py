@@ -56,7 +56,7 @@ def daemon_options():
 
 
 CONTROL = ["add", "remove", "threshold", "read-pattern", "rewrite-corrupted",
-           "resync", "scrub start", "scrub repair", "scrub stop"]
+           "resync", "scrub start", "scrub repair", "scrub stop", "policy"]
 
 
 @pytest.mark.timeout(60)
@@ -78,6 +78,7 @@ def test_quorumfs_8_names_every_option_command_and_event():
     for name in ("SIGHUP", "SIGTERM"):
         assert name in section(text, "SIGNALS", ["FILES"])
     for path in (".quorumfs/state", ".quorumfs/intent", ".control",
+                 ".children/",
                  "/etc/fstab", "quorumfs@.service", "logrotate"):
         assert path in section(text, "FILES", ["EXIT STATUS"]), path
 

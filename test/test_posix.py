@@ -1126,7 +1126,7 @@ def test_mknod_creates_a_character_device_on_every_child(backing, quorum):
 
 # --- readdir -----------------------------------------------------------
 
-RESERVED = {".control", ".quorumfs"}
+RESERVED = {".control", ".children", ".quorumfs"}
 
 
 def test_root_listing_equals_every_child_listing(backing, quorum):

@@ -144,6 +144,7 @@ static struct tree_file *file_new(struct tree *tree, struct tree_node *n,
 	for (int s = 0; s < CHILDREN_MAX; s++)
 		atomic_init(&f->fd[s], -1);
 	atomic_init(&f->refs, 1);
+	atomic_init(&f->rules, 0);
 	f->node = n;
 	f->direct = flags & O_DIRECT;
 	/* The kernel gives offsets even for O_APPEND: never let a child

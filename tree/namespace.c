@@ -612,8 +612,10 @@ int tree_rename(struct tree *tree, uint64_t parent, const char *name,
 	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE))
 		return -EINVAL;
 	ret = ns_create(tree, &op, parent, NULL);
-	if (!ret)
+	if (!ret) {
 		rename_follow(tree, &op);
+		policies_moved(tree);
+	}
 	return ret;
 }
 

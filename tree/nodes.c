@@ -452,6 +452,7 @@ bool tree_reserved_name(uint64_t parent, const char *name)
 {
 	return parent == TREE_ROOT_INO &&
 	       (strcmp(name, ".control") == 0 ||
+		strcmp(name, TREE_CHILDREN_DIR) == 0 ||
 		strcmp(name, PERSIST_DIR) == 0 ||
 		strcmp(name, PERSIST_GRAVEYARD) == 0);
 }

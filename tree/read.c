@@ -602,7 +602,7 @@ int tree_read(struct tree *tree, struct tree_file *f, off_t off, size_t size,
 				    .off = off,
 				    .size = size,
 				    .early = true};
-	ret = read_voted(&late->op, children_view_get(tree->set), r);
+	ret = read_voted(&late->op, policy_view(tree, f), r);
 	if (!ret && any_late(&late->op)) {
 		file_get(f);
 		late->held = true;

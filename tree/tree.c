@@ -52,6 +52,7 @@ int tree_new(struct child_set *set, struct pool *pool, struct watchdog *wd,
 	atomic_init(&tree->fatal, false);
 	pthread_mutex_init(&tree->files.lock, NULL);
 	incomplete_init(&tree->incomplete);
+	policies_init(tree);
 	ret = nodes_init(tree);
 	if (!ret)
 		watchdog_set_late(wd, health_late, tree);
@@ -72,6 +73,7 @@ void tree_free(struct tree *tree)
 	files_release_all(tree);
 	nodes_destroy(tree);
 	pthread_mutex_destroy(&tree->files.lock);
+	policies_destroy(tree);
 	pthread_rwlock_destroy(&tree->ns_barrier);
 	free(tree);
 }

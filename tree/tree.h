@@ -122,8 +122,22 @@ void tree_child_removed(struct tree *tree, int slot);
  * the old handles (sshfs answers EIO on them for ever). */
 int tree_child_reopen(struct tree *tree, struct child *c);
 
-/* Names the mount reserves at its root: .control, .quorumfs and the
- * graveyard. */
+/*
+ * Directories' policies (persist.h's struct persist_policy): the reads,
+ * writes, fsyncs, flushes and fallocates of a file use the rules of the
+ * nearest directory above it with a policy, else the mount's; a rename
+ * is followed from the next request on. set replaces the list (n at
+ * most PERSIST_POLICY_MAX, checked by the caller); get copies it into
+ * out (room for PERSIST_POLICY_MAX) and returns how many.
+ */
+struct persist_policy;
+void tree_set_policies(struct tree *tree, const struct persist_policy *p,
+		       int n);
+int tree_policies(struct tree *tree, struct persist_policy *out);
+
+/* Names the mount reserves at its root: .control, .children (each
+ * child's own copy, read-only), .quorumfs and the graveyard. */
+#define TREE_CHILDREN_DIR ".children"
 bool tree_reserved_name(uint64_t parent, const char *name);
 /* The graveyard directory at the root (PERSIST_GRAVEYARD), made if need
  * be, with one lookup: a replication secondary's own place, which no

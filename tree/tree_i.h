@@ -94,6 +94,8 @@ struct tree_file {
 	/* Bit per slot: that child's file system refuses RWF_NOWAIT reads
 	 * (writes), so its buffered parts go straight to the ring. */
 	atomic_uint no_inline_read, no_inline_write;
+	/* Its directory's policy, as policy.c packs it (0: not looked up). */
+	_Atomic uint64_t rules;
 	/* The open handle's, plus one per read still checking late voters
 	 * after its answer went: the handle may be released before. */
 	atomic_int refs;
@@ -119,6 +121,23 @@ struct incomplete {
 
 /* ---- the tree ---- */
 
+/* ---- directories' policies (policy.c) ---- */
+
+struct policies {
+	pthread_mutex_t lock;
+	struct persist_policy p[PERSIST_POLICY_MAX]; /* guarded by lock */
+	atomic_int count;			     /* written under lock */
+	atomic_uint gen; /* moves on with every change and rename */
+};
+
+void policies_init(struct tree *tree);
+void policies_destroy(struct tree *tree);
+/* A rename may have moved files under another policy. */
+void policies_moved(struct tree *tree);
+/* The current view, with the rules of f's directory's policy if one
+ * applies; put it as any view. */
+const struct child_view *policy_view(struct tree *tree, struct tree_file *f);
+
 struct tree {
 	struct child_set *set;
 	struct pool *pool;
@@ -135,6 +154,7 @@ struct tree {
 	struct incomplete incomplete;
 	struct open_files files;
 	struct node_table table;
+	struct policies policies;
 };
 
 int nodes_init(struct tree *tree);

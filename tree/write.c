@@ -200,7 +200,7 @@ ssize_t tree_write(struct tree *tree, struct tree_file *f, const void *buf,
 	intent_write(tree, f->node, off, size);
 	/* The view after the announcement: a child that could not take it
 	 * in io-timeout has been failed, and this write leaves it out. */
-	view = children_view_get(tree->set);
+	view = policy_view(tree, f);
 	write_children(tree, view, &op, ret);
 	result = tree_outcome(tree, view, ret, false, "write", f->node, off,
 			      size);
@@ -245,7 +245,7 @@ static void fd_release(struct child_request *rq)
 
 static int fd_run(struct tree *tree, const struct fd_op *how, const char *type)
 {
-	const struct child_view *view = children_view_get(tree->set);
+	const struct child_view *view = policy_view(tree, how->file);
 	struct child_request *rq =
 		child_request_new(view, sizeof(*how), fd_release);
 	/* Closing a file opened for reading changes nothing on any child. */
@@ -298,7 +298,7 @@ int tree_fallocate(struct tree *tree, struct tree_file *f, int mode, off_t off,
 /* On the ring like reads and writes, so that io-timeout bounds it too. */
 int tree_fsync(struct tree *tree, struct tree_file *f, bool datasync)
 {
-	const struct child_view *view = children_view_get(tree->set);
+	const struct child_view *view = policy_view(tree, f);
 	struct child_io io[CHILDREN_MAX];
 	int ret[CHILDREN_MAX], fd, result;
 

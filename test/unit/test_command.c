@@ -175,6 +175,47 @@ static void test_replication_refuses_failover_outside_stop(void)
 	CHECK_EQ(parse("replication stop a b", &c), -EINVAL);
 }
 
+static void test_policy_takes_a_directory_a_threshold_and_rules(void)
+{
+	struct config_command c;
+
+	CHECK_EQ(parse("policy /gold/vms/ threshold=3 read-pattern=fifo "
+		       "rewrite-corrupted=off",
+		       &c),
+		 0);
+	CHECK_EQ(c.verb, CMD_POLICY);
+	CHECK(strcmp(c.path, "gold/vms") == 0);
+	CHECK_EQ(c.number, 3);
+	CHECK_EQ(c.policy_pattern, READ_PATTERN_FIFO);
+	CHECK_EQ(c.policy_rewrite, 0);
+	CHECK(!c.clear);
+	CHECK_EQ(parse("policy gold threshold=2", &c), 0);
+	CHECK_EQ(c.policy_pattern, -1);
+	CHECK_EQ(c.policy_rewrite, -1);
+	CHECK_EQ(parse("policy gold clear", &c), 0);
+	CHECK(c.clear);
+}
+
+static void test_policy_refuses_the_root_dots_and_missing_rules(void)
+{
+	static const char *const bad[][2] = {
+		{"policy / threshold=2", "below the mount's root"},
+		{"policy a/../b threshold=2", ". or .."},
+		{"policy ./a threshold=2", ". or .."},
+		{"policy a threshold=33", "whole number"},
+		{"policy a rewrite-corrupted=on", "needs threshold=N"},
+		{"policy a threshold=2 fast", "not 'fast'"},
+		{"policy a clear x", "nothing after clear"},
+		{"policy a", "usage: policy DIR"},
+	};
+	struct config_command c;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		CHECK_EQ(parse(bad[i][0], &c), -EINVAL);
+		CHECK(strstr(err, bad[i][1]) != NULL);
+	}
+}
+
 int main(void)
 {
 	RUN(test_add_takes_a_plain_path_and_a_name);
@@ -192,5 +233,7 @@ int main(void)
 	RUN(test_add_refuses_top_and_bad_modes_in_qemus_words);
 	RUN(test_replication_takes_an_action_a_mode_failover_and_a_name);
 	RUN(test_replication_refuses_failover_outside_stop);
+	RUN(test_policy_takes_a_directory_a_threshold_and_rules);
+	RUN(test_policy_refuses_the_root_dots_and_missing_rules);
 	return unit_summary();
 }
