@@ -17,6 +17,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <sys/stat.h>
 
@@ -46,6 +47,7 @@ struct config_args {
 	const char *events;		   /* "syslog" */
 	const char *event_program;	   /* run for each event */
 	const char *event_program_timeout; /* seconds */
+	const char *quarantine_limit;	   /* SIZE, 0: off */
 	int rewrite_corrupted;
 	int blkverify;
 	int npaths; /* children then the mountpoint */
@@ -68,6 +70,8 @@ struct config_secondary {
 
 #define CONFIG_DEFAULT_CLUSTER 65536
 
+/* One group of fields per concern of the command line, which is why
+ * there are more than 16 fields. */
 struct config {
 	struct children_config children; /* paths are owned by the config */
 	int threads;
@@ -87,6 +91,8 @@ struct config {
 	bool events_syslog;
 	char *event_program; /* absolute, or NULL */
 	int event_program_timeout_ms;
+	/* Bytes each child's quarantine may hold; 0: nothing is saved. */
+	unsigned long long quarantine_limit;
 };
 
 #define CONFIG_DEFAULT_THREADS 16
@@ -99,6 +105,9 @@ struct config {
 /* An event program's run is killed after this many seconds. */
 #define CONFIG_DEFAULT_EVENT_PROGRAM_TIMEOUT 10
 #define CONFIG_MAX_EVENT_PROGRAM_TIMEOUT 3600
+/* The quarantine (persist.h's QUARANTINE_DEFAULT_LIMIT and _MIN_LIMIT). */
+#define CONFIG_DEFAULT_QUARANTINE_LIMIT (1ULL << 30)
+#define CONFIG_MIN_QUARANTINE_LIMIT (1ULL << 20)
 
 /*
  * Validate args into *cfg. Returns 0, or -EINVAL with a one-sentence
@@ -187,6 +196,15 @@ enum config_verb {
 	CMD_RESYNC,
 	CMD_SCRUB,
 	CMD_REPLICATION,
+	CMD_QUARANTINE,
+	CMD_REPAIR,
+};
+
+/* quarantine list|restore ID|purge ID|all */
+enum config_quarantine_action {
+	CONFIG_QUARANTINE_LIST,
+	CONFIG_QUARANTINE_RESTORE,
+	CONFIG_QUARANTINE_PURGE,
 };
 
 /* replication start|checkpoint|get-error|stop: QEMU's xen-set-replication,
@@ -205,7 +223,8 @@ enum config_scrub_action {
 	CONFIG_SCRUB_STOP,
 };
 
-/* One parsed command; strings point into the caller's line buffer. */
+/* One parsed command; strings point into the caller's line buffer. One
+ * group of fields per verb, which is why there are more than 16 fields. */
 struct config_command {
 	enum config_verb verb;
 	const char *path; /* add */
@@ -225,6 +244,14 @@ struct config_command {
 	enum config_repl_action repl;
 	int mode;
 	bool failover;
+	/* quarantine: what to do, and the entry (0: every entry). */
+	enum config_quarantine_action quarantine;
+	uint64_t id;
+	/* repair FILE from=CHILD [OFFSET LENGTH]: path is the file, name
+	 * the child; whole when no range was given. */
+	bool whole;
+	uint64_t offset;
+	uint64_t length;
 };
 
 /*

@@ -45,6 +45,7 @@ static int cmd_add(struct control *ctl, const struct config_command *cmd,
 	/* Without its root handle the child misses entries, which its
 	 * resync copies anyway. */
 	tree_child_added(ctl->tree, c);
+	quarantine_attach(ctl->quarantine, ctl->set, c);
 	if (ctl->record && record_added(ctl->record, ctl->set, c))
 		jobs_fail_child(ctl->jobs, c,
 				"cannot write its .quorumfs record");
@@ -99,6 +100,7 @@ static int cmd_remove(struct control *ctl, const struct config_command *cmd,
 		if (ctl->record)
 			record_removed(ctl->record, ctl->set, c);
 		jobs_scrub_forget_child(ctl->jobs, child_name(c));
+		quarantine_detach(ctl->quarantine, c);
 	}
 	/* Only a drained child's handles can be closed and its slot reused;
 	 * a hung one keeps its slot. */
@@ -119,6 +121,8 @@ static int cmd_resync(struct control *ctl, const struct config_command *cmd,
 	if (!c)
 		return -ENOENT;
 	ret = jobs_resync(ctl->jobs, c, err, errlen);
+	if (!ret)
+		quarantine_attach(ctl->quarantine, ctl->set, c);
 	child_put(c);
 	return ret;
 }
@@ -169,6 +173,10 @@ static int run_command(struct control *ctl, const struct config_command *cmd,
 							    err, errlen));
 	case CMD_SCRUB:
 		return cmd_scrub(ctl, cmd, err, errlen);
+	case CMD_QUARANTINE:
+		return control_quarantine(ctl, cmd, err, errlen);
+	case CMD_REPAIR:
+		return control_repair(ctl, cmd, err, errlen);
 	case CMD_REPLICATION:
 		if (ctl->secondary &&
 		    replication_route(ctl->secondary, ctl->set))
@@ -256,7 +264,7 @@ static struct json_object *last_error_json(struct control *ctl)
 
 char *control_status(struct control *ctl)
 {
-	struct json_object *o = children_status(ctl->set);
+	struct json_object *o = children_status(ctl->set), *children;
 	char *text;
 
 	json_object_object_add(o, "mountpoint",
@@ -270,6 +278,8 @@ char *control_status(struct control *ctl)
 	if (ctl->record)
 		json_object_object_add(o, "set", record_status(ctl->record));
 	jobs_scrub_status(ctl->jobs, o);
+	if (json_object_object_get_ex(o, "children", &children))
+		quarantine_status(ctl->quarantine, children);
 	if (ctl->secondary)
 		secondary_status(ctl->secondary, o);
 	control_status_about(ctl, o);

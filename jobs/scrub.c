@@ -457,6 +457,7 @@ static int scrub_chunk(struct scrub *s, struct scrub_file *f, off_t off,
 	int ret;
 
 	c.threshold = s->quiet ? 1 : c.view->threshold;
+	c.why = s->quiet ? QUARANTINE_SETTLE : QUARANTINE_SCRUB;
 	range_lock(ranges, &claim, off, off + len, false);
 	chunk_read(&c);
 	ret = chunk_vote(&c);
