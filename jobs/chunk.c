@@ -372,6 +372,8 @@ static int save_run(const struct chunk *c, int k, size_t start, size_t end,
 		memcpy(win + len, w.data, w.len);
 		len += w.len;
 	}
+	/* Bytes past what the winners hold are the size pass's to cut. */
+	have = min_u64(have, start + len);
 	ret = quarantine_save(
 		c->jobs->quarantine, c->view, c->index[k],
 		&(struct quarantine_bytes){

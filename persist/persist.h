@@ -278,14 +278,14 @@ struct json_object *record_status(struct record *r);
 
 /*
  * Before a repair overwrites bytes of a child's copy because a vote said
- * so (rewrite-corrupted, scrub repair, a resync's regions, settling after
- * a crash), the bytes it replaces are saved in that child's
- * .quorumfs/quarantine/, durably, first: a vote can be wrong (two copies
- * damaged alike), and then the saved bytes are the only good copy. Only
- * the 4 KiB blocks that differ are saved, with the file, range, time,
- * why, the child and the SHA-256 of the winning bytes of that range.
- * Each child keeps at most limit bytes; the oldest entries are dropped
- * first (QUARANTINE_DROPPED). Limit 0: nothing is saved. Entry ids are
+ * so (rewrite-corrupted, scrub repair and its cutting of a copy longer
+ * than the voted size, a resync's regions, settling after a crash), the bytes
+ * it replaces are saved in that child's .quorumfs/quarantine/, durably, first:
+ * a vote can be wrong (two copies damaged alike), and then the saved bytes are
+ * the only good copy. Only the 4 KiB blocks that differ are saved, with the
+ * file, range, time, why, the child and the SHA-256 of the winning bytes of
+ * that range. Each child keeps at most limit bytes; the oldest entries are
+ * dropped first (QUARANTINE_DROPPED). Limit 0: nothing is saved. Entry ids are
  * unique in the mount. The files are written and read on the pool, each
  * bounded by the watchdog's io-timeout like the record's. Thread-safe.
  */
@@ -314,7 +314,11 @@ void quarantine_attach(struct quarantine *q, struct child_set *set,
 		       struct child *c);
 void quarantine_detach(struct quarantine *q, struct child *c);
 
-/* What an overwrite of [off, off + new_len) of a copy replaces. */
+/* Bytes each child may keep; 0: the quarantine is off (or NULL). */
+unsigned long long quarantine_capacity(const struct quarantine *q);
+
+/* What an overwrite of [off, off + new_len) of a copy replaces; old
+ * bytes past new_len are what cutting the copy removes. */
 struct quarantine_bytes {
 	const char *path; /* the file, relative to the mount */
 	off_t off;

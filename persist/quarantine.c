@@ -242,23 +242,31 @@ void quarantine_detach(struct quarantine *q, struct child *c)
 
 /* ---- saving ---- */
 
-/* The blocks of [0, n) where old and new differ, from the first that
- * does to the last: false when none does. */
-static bool differing(const char *old, const char *new, size_t n, size_t *start,
-		      size_t *end)
+/* The blocks of old where new differs, from the first that does to the
+ * last: false when none does. Bytes past new's end are removed by the
+ * overwrite (a copy cut to the voted size), so they differ; a block past
+ * old's end holds nothing to save. */
+static bool differing(const char *old, size_t old_len, const char *new,
+		      size_t new_len, size_t *start, size_t *end)
 {
-	size_t s = 0, e = n;
+	size_t same = old_len < new_len ? old_len : new_len;
+	size_t s = 0, e = old_len;
 
-	while (s < n &&
-	       !memcmp(old + s, new + s,
-		       n - s < QUARANTINE_BLOCK ? n - s : QUARANTINE_BLOCK))
-		s += QUARANTINE_BLOCK;
-	if (s >= n)
+	while (s < old_len) {
+		size_t stop = old_len - s < QUARANTINE_BLOCK
+				      ? old_len
+				      : s + QUARANTINE_BLOCK;
+
+		if (stop > same || memcmp(old + s, new + s, stop - s))
+			break;
+		s = stop;
+	}
+	if (s >= old_len)
 		return false;
 	while (e > s) {
 		size_t b = (e - 1) / QUARANTINE_BLOCK * QUARANTINE_BLOCK;
 
-		if (b < s || memcmp(old + b, new + b, e - b))
+		if (b < s || e > same || memcmp(old + b, new + b, e - b))
 			break;
 		e = b;
 	}
@@ -350,18 +358,20 @@ static int qchild_insert(struct qchild *s, struct qfile_entry *e)
 static int save_prepare(const struct quarantine_bytes *b, struct child *c,
 			struct qfile_entry *e, struct qio *io)
 {
-	size_t n = b->old_len < b->new_len ? b->old_len : b->new_len;
-	size_t start, end;
+	size_t start, end, won;
 
-	if (!differing(b->old, b->new, n, &start, &end))
+	if (!differing(b->old, b->old_len, b->new, b->new_len, &start, &end))
 		return 1;
+	won = start >= b->new_len ? 0
+	      : end < b->new_len  ? end - start
+				  : b->new_len - start;
 	e->path = strdup(b->path ? b->path : "");
 	e->child = strdup(child_name(c));
 	e->off = (uint64_t)b->off + start;
 	e->len = end - start;
 	e->time = (int64_t)time(NULL);
 	e->why = b->why;
-	sha256_hex((const char *)b->new + start, e->len, e->digest);
+	sha256_hex(won ? (const char *)b->new + start : "", won, e->digest);
 	io->bytes = malloc(e->len);
 	if (!e->path || !e->child || !io->bytes)
 		return -ENOMEM;
@@ -397,6 +407,11 @@ static int save_reserve(struct quarantine *q, const struct child_view *v, int i,
 	if (!ret && io->nids)
 		log_dropped(q, child_name(c), io, dropped);
 	return ret;
+}
+
+unsigned long long quarantine_capacity(const struct quarantine *q)
+{
+	return q ? q->limit : 0;
 }
 
 int quarantine_save(struct quarantine *q, const struct child_view *v, int i,

@@ -121,6 +121,27 @@ def test_identical_bytes_are_not_saved_only_the_blocks_that_differ(
     assert len(quarantine_list(m)) == 2
 
 
+@pytest.mark.timeout(60)
+def test_cutting_a_longer_copy_saves_its_tail_first(tmpfs_dir, quorum):
+    m = quorum(n=3)
+    data = random.Random(15).randbytes(MiB + 5000)
+    write_file(m.path("img"), data)
+    tail = random.Random(16).randbytes(MiB + 3000)  # two entries
+    with open(m.child_file(0, "img"), "ab") as f:
+        f.write(tail)
+    done = scrub(m)
+    assert done["repaired"] == done["mismatches"] == 1, done
+    assert read_file(m.child_file(0, "img")) == data
+    got = [(e["child"], e["offset"], e["length"], e["why"], e["digest"])
+           for e in quarantine_list(m)]
+    assert got == [(m.children[0], len(data), MiB, "scrub", sha(b"")),
+                   (m.children[0], len(data) + MiB, 3000, "scrub",
+                    sha(b""))], got
+    saved = b"".join(saved_bytes(m.children[0], e["id"])
+                     for e in quarantine_list(m))
+    assert saved == tail
+
+
 # --- rewrite-corrupted -------------------------------------------------
 
 @pytest.mark.timeout(60)

@@ -294,6 +294,11 @@ static void report_read(struct tree *tree, const struct child_view *v, int i,
 		health_read_error(tree, v->child[i], error);
 }
 
+static size_t min_size(size_t a, size_t b)
+{
+	return a < b ? a : b;
+}
+
 /*
  * rewrite-corrupted: write the winning bytes over a child that lost the
  * vote, before the read returns (QEMU waits too), once what they replace
@@ -376,7 +381,7 @@ static int answer_whole(struct read_op *op, const struct vote_result *vr,
 		if (op->view->rewrite_corrupted)
 			rewrite_child(op, op->view, map[k], op->buf[w],
 				      op->len[w], op->off, op->buf[map[k]],
-				      op->len[map[k]]);
+				      min_size(op->len[map[k]], op->len[w]));
 	}
 	if (answer_new(r, op, 1))
 		return -ENOMEM;
@@ -412,7 +417,8 @@ static void rewrite_blocks(struct read_op *op, const struct child_view *v,
 				      op->off + vb->bad_start[k],
 				      mine + vb->bad_start[k],
 				      own > vb->bad_start[k]
-					      ? own - vb->bad_start[k]
+					      ? min_size(own, end) -
+							vb->bad_start[k]
 					      : 0);
 	}
 	free(answer);
@@ -576,7 +582,8 @@ static void check_late(struct read_op *op, const struct tree_answer *r)
 		report_read(op->tree, v, i, path, op->off, op->size, ret);
 		if (!ret && v->rewrite_corrupted && r->iovcnt == 1)
 			rewrite_child(op, v, i, r->iov[0].iov_base, r->len,
-				      op->off, op->buf[i], op->len[i]);
+				      op->off, op->buf[i],
+				      min_size(op->len[i], r->len));
 	}
 	free(path);
 }
