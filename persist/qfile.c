@@ -223,7 +223,7 @@ static int open_entry(int root_fd, uint64_t id, struct qfile_entry *e,
 	got = pread(fd, buf, HEADER_MAX, 0);
 	ret = got < 0 ? -errno : 0;
 	if (!ret) {
-		buf[got] = '\0';
+		buf[got < 0 ? 0 : (size_t)got] = '\0';
 		nl = strchr(buf, '\n');
 		ret = nl ? (*nl = '\0', parse_header(buf, e)) : -EINVAL;
 		*at = nl ? nl - buf + 1 : 0;

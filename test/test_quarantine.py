@@ -507,3 +507,53 @@ def test_quorumctl_lists_restores_purges_and_repairs(tmpfs_dir, quorum):
     assert quarantine_list(m) == []
     rc, out, err = ctl("quarantine", m.mnt)
     assert rc == 2 and "usage: quorumctl quarantine MOUNTPOINT list" in err
+
+
+# --- a quarantine that cannot be written ---------------------------------
+
+def faulty_third(faulty, quorum, scratch_fs, opts=()):
+    """Three children, the last behind faultfs; a file of 1 MiB with one
+    block of the faultfs child damaged. Returns (mount, faultfs, data)."""
+    ffs = faulty(scratch_fs("tmpfs"))
+    base = scratch_fs("tmpfs")
+    kids = [base / "a", base / "b"]
+    for k in kids:
+        k.mkdir()
+    m = quorum(children=kids + [ffs.mnt], opts=opts)
+    data = random.Random(17).randbytes(MiB)
+    write_file(m.path("img"), data)
+    corrupt(m.child_file(2, "img"), 3 * BLOCK, BLOCK)
+    return m, ffs, data
+
+
+@pytest.mark.timeout(90)
+def test_a_repair_whose_bytes_cannot_be_saved_does_not_overwrite(
+        faulty, quorum, scratch_fs):
+    m, ffs, data = faulty_third(faulty, quorum, scratch_fs)
+    damaged = read_file(m.child_file(2, "img"))
+    ffs.set("error=ENOSPC op=create path=/.quorumfs/quarantine/*")
+    done = scrub(m)
+    assert (done["mismatches"], done["repaired"]) == (1, 0), done
+    assert read_file(m.child_file(2, "img")) == damaged
+    assert quarantine_list(m) == []
+    ffs.clear()
+    done = scrub(m)
+    assert (done["mismatches"], done["repaired"]) == (1, 1), done
+    assert read_file(m.child_file(2, "img")) == data
+    [e] = quarantine_list(m)
+    assert e["child"] == str(ffs.mnt) and e["offset"] == 3 * BLOCK
+
+
+@pytest.mark.timeout(90)
+def test_a_quarantine_that_hangs_is_given_up_on_at_io_timeout(
+        faulty, quorum, scratch_fs):
+    m, ffs, data = faulty_third(faulty, quorum, scratch_fs,
+                                opts=["io-timeout=2"])
+    damaged = read_file(m.child_file(2, "img"))
+    ffs.set("hang op=create path=/.quorumfs/quarantine/*")
+    done = scrub(m)
+    assert done["repaired"] == 0, done
+    wait_child_state(m, str(ffs.mnt), "failed", timeout=20)
+    ffs.clear()
+    assert read_file(m.child_file(2, "img")) == damaged
+    assert qfs.pread_at(m.path("img"), 0, MiB) == data
