@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The quarantine entries the status shows (the socket lists them all). */
+#define CONTROL_QUARANTINE_RECENT 64
 /* How long `remove` waits for in-flight I/O to the child. */
 #define REMOVE_DRAIN_MS 30000
 
@@ -280,6 +282,11 @@ char *control_status(struct control *ctl)
 	jobs_scrub_status(ctl->jobs, o);
 	if (json_object_object_get_ex(o, "children", &children))
 		quarantine_status(ctl->quarantine, children);
+	/* What `.control` alone shows of the quarantine: its newest
+	 * entries, as the scrub's last findings. */
+	json_object_object_add(
+		o, "quarantine-entries",
+		quarantine_recent(ctl->quarantine, CONTROL_QUARANTINE_RECENT));
 	if (ctl->secondary)
 		secondary_status(ctl->secondary, o);
 	control_status_about(ctl, o);

@@ -38,7 +38,8 @@ int control_quarantine(struct control *ctl, const struct config_command *cmd,
 	case CONFIG_QUARANTINE_LIST:
 		snprintf(err, errlen,
 			 "quarantine list is a read: ask it on the control "
-			 "socket (quorumctl quarantine MOUNTPOINT list)");
+			 "socket (quorumctl quarantine MOUNTPOINT list); "
+			 "the status shows the newest 64 entries");
 		return -EINVAL;
 	case CONFIG_QUARANTINE_RESTORE:
 		return restore(ctl, cmd->id, err, errlen);

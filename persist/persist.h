@@ -339,6 +339,8 @@ int quarantine_save(struct quarantine *q, const struct child_view *v, int i,
 /* Every entry, oldest first: [{id, child, file, offset, length, time,
  * why, digest}...]. */
 struct json_object *quarantine_list(struct quarantine *q);
+/* The newest n entries, oldest first (the status keeps them). */
+struct json_object *quarantine_recent(struct quarantine *q, size_t n);
 /* Add "quarantine": {entries, bytes, limit} to each child object of the
  * status's children array. */
 void quarantine_status(struct quarantine *q, struct json_object *children);

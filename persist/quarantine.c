@@ -500,6 +500,36 @@ struct json_object *quarantine_list(struct quarantine *q)
 	return a;
 }
 
+static int by_entry_id(const void *a, const void *b)
+{
+	const struct qfile_entry *x = *(const struct qfile_entry *const *)a;
+	const struct qfile_entry *y = *(const struct qfile_entry *const *)b;
+
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+struct json_object *quarantine_recent(struct quarantine *q, size_t n)
+{
+	struct json_object *a = json_object_new_array();
+	const struct qfile_entry **pick;
+	size_t got = 0;
+
+	if (!q || !n || !(pick = calloc(CHILDREN_MAX * n, sizeof(*pick))))
+		return a;
+	pthread_mutex_lock(&q->lock);
+	/* Each child's newest n hold the set's newest n. */
+	for (int i = 0; i < CHILDREN_MAX; i++)
+		for (size_t k = q->slot[i].n > n ? q->slot[i].n - n : 0;
+		     k < q->slot[i].n; k++)
+			pick[got++] = &q->slot[i].e[k];
+	qsort(pick, got, sizeof(*pick), by_entry_id);
+	for (size_t k = got > n ? got - n : 0; k < got; k++)
+		json_object_array_add(a, entry_json(pick[k]));
+	pthread_mutex_unlock(&q->lock);
+	free(pick);
+	return a;
+}
+
 /* The slot of the child named name; -1 when none is known. q->lock
  * held. */
 static int slot_named(struct quarantine *q, const char *name)

@@ -88,6 +88,8 @@ def test_scrub_repair_saves_the_bytes_it_overwrites_and_restore_puts_them_back(
                                    "limit": 1 << 30}
     assert quarantine_of(m, 0) == {"entries": 0, "bytes": 0,
                                    "limit": 1 << 30}
+    # .control alone shows it too, among the newest 64.
+    assert status(m)["quarantine-entries"] == [e]
     # The entry outlives a remount: it is read back from the child.
     m.unmount()
     m.start()
@@ -287,6 +289,19 @@ def test_quarantine_limit_0_saves_nothing(tmpfs_dir, quorum):
 
 
 @pytest.mark.timeout(60)
+def test_the_status_shows_the_newest_64_entries(tmpfs_dir, quorum):
+    m = quorum(n=3)
+    write_file(m.path("img"), random.Random(18).randbytes(MiB))
+    # 70 single blocks apart: 70 entries on one child.
+    for b in range(70):
+        corrupt(m.child_file(b % 3, "img"), 2 * b * BLOCK, BLOCK)
+    scrub(m)
+    everything = quarantine_list(m)
+    assert len(everything) == 70
+    assert status(m)["quarantine-entries"] == everything[-64:]
+
+
+@pytest.mark.timeout(60)
 def test_purge_one_entry_or_all(tmpfs_dir, quorum):
     m = quorum(n=3)
     write_file(m.path("img"), random.Random(10).randbytes(MiB))
@@ -365,7 +380,7 @@ def test_repair_a_lost_range_from_a_child(tmpfs_dir, quorum):
 
 
 @pytest.mark.timeout(90)
-def test_repair_from_a_child_that_is_not_in_step_is_refused(
+def test_a_child_that_is_not_in_step_is_refused_as_source_and_holder(
         faulty, quorum, scratch_fs):
     ffs = faulty(scratch_fs("tmpfs"))
     base = scratch_fs("tmpfs")
@@ -374,6 +389,9 @@ def test_repair_from_a_child_that_is_not_in_step_is_refused(
         k.mkdir()
     m = quorum(children=kids + [ffs.mnt])
     write_file(m.path("f"), b"x" * 8192)
+    corrupt(m.child_file(2, "f"), 0, BLOCK)
+    scrub(m)
+    [e] = quarantine_list(m)
     ffs.set("error=EIO op=read")
     for _ in range(3):
         assert qfs.pread_at(m.path("f"), 0, 4096) == b"x" * 4096
@@ -382,6 +400,11 @@ def test_repair_from_a_child_that_is_not_in_step_is_refused(
     assert refused(m, "repair f from=%s" % ffs.mnt, errno.EINVAL) == (
         "child '%s' is not in step (failed): repair copies only from a "
         "voting child" % ffs.mnt)
+    # Its entries cannot be read while it is out of the set.
+    assert refused(m, "quarantine restore %d" % e["id"], errno.EIO) == (
+        "entry %d is on child '%s', which is failed or removed: resync it "
+        "first" % (e["id"], ffs.mnt))
+    assert quarantine_list(m) == [e]
 
 
 # --- bad commands and options ----------------------------------------------
@@ -412,7 +435,8 @@ BAD = [
     ("quarantine purge 77", errno.ENOENT, "no quarantine entry has id 77"),
     ("quarantine list", errno.EINVAL,
      "quarantine list is a read: ask it on the control socket (quorumctl "
-     "quarantine MOUNTPOINT list)"),
+     "quarantine MOUNTPOINT list); the status shows the newest 64 "
+     "entries"),
     ("repair", errno.EINVAL, "usage: repair FILE from=CHILD [OFFSET LENGTH]"),
     ("repair f", errno.EINVAL,
      "usage: repair FILE from=CHILD [OFFSET LENGTH]"),
