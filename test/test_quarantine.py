@@ -505,6 +505,14 @@ def test_quorumctl_lists_restores_purges_and_repairs(tmpfs_dir, quorum):
     corrupt(m.child_file(2, "img"), 0, BLOCK)
     bad = read_file(m.child_file(2, "img"))[:BLOCK]
     scrub(m)
+    rc, out, err = ctl("metrics", m.mnt)
+    assert rc == 0, err
+    for family, value in (("entries", 1), ("bytes", BLOCK),
+                          ("limit_bytes", 1 << 30)):
+        line = [x for x in out.splitlines()
+                if x.startswith("quorumfs_child_quarantine_%s{" % family)
+                and 'child="%s"' % m.children[2] in x]
+        assert len(line) == 1 and line[0].endswith(" %d" % value), line
     rc, out, err = ctl("quarantine", m.mnt, "list")
     assert rc == 0, err
     doc = json.loads(out)
