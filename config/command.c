@@ -280,7 +280,7 @@ static int parse_repair(char **word, int n, struct config_command *cmd,
 {
 	unsigned long long off = 0, len = 0;
 
-	if (n != 3 && n != 5)
+	if ((n != 3 && n != 5) || !word[1][0])
 		return config_fail(err, errlen,
 				   "usage: repair FILE from=CHILD [OFFSET "
 				   "LENGTH]");

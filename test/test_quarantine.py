@@ -440,6 +440,8 @@ BAD = [
     ("repair", errno.EINVAL, "usage: repair FILE from=CHILD [OFFSET LENGTH]"),
     ("repair f", errno.EINVAL,
      "usage: repair FILE from=CHILD [OFFSET LENGTH]"),
+    ("repair '' from=C", errno.EINVAL,
+     "usage: repair FILE from=CHILD [OFFSET LENGTH]"),
     ("repair f from=C 0", errno.EINVAL,
      "usage: repair FILE from=CHILD [OFFSET LENGTH]"),
     ("repair f child=X", errno.EINVAL,
