@@ -588,6 +588,8 @@ def test_a_quarantine_that_hangs_is_given_up_on_at_io_timeout(
     done = scrub(m)
     assert done["repaired"] == 0, done
     wait_child_state(m, str(ffs.mnt), "failed", timeout=20)
+    assert child_status(status(m), str(ffs.mnt))["reason"] == \
+        "did not answer a metadata call within 2000 ms"
     ffs.clear()
     assert read_file(m.child_file(2, "img")) == damaged
     assert qfs.pread_at(m.path("img"), 0, MiB) == data
