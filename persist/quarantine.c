@@ -185,9 +185,13 @@ static uint64_t sum_bytes(const struct qfile_entry *e, size_t n)
 static void qchild_take(struct quarantine *q, struct qchild *s, struct child *c,
 			struct qio *io)
 {
+	/* Saves under way keep their room: a rescan may run beside them. */
+	uint64_t reserved = s->child == c ? s->reserved : 0;
+
 	qchild_clear(s);
 	child_get(c);
 	s->child = c;
+	s->reserved = reserved;
 	s->e = io->found;
 	s->n = io->nfound;
 	s->bytes = sum_bytes(s->e, s->n);
@@ -344,6 +348,10 @@ static int qchild_insert(struct qchild *s, struct qfile_entry *e)
 	if (!grown)
 		return -ENOMEM;
 	s->e = grown;
+	for (k = s->n; k > 0 && s->e[k - 1].id >= e->id; k--) {
+		if (s->e[k - 1].id == e->id)
+			return 0; /* a rescan found it on the disk already */
+	}
 	for (k = s->n; k > 0 && s->e[k - 1].id > e->id; k--)
 		s->e[k] = s->e[k - 1];
 	s->e[k] = *e;
