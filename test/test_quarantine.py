@@ -507,6 +507,9 @@ def test_quorumctl_lists_restores_purges_and_repairs(tmpfs_dir, quorum):
     corrupt(m.child_file(2, "img"), 0, BLOCK)
     bad = read_file(m.child_file(2, "img"))[:BLOCK]
     scrub(m)
+    rc, out, err = ctl("status", m.mnt)
+    assert rc == 0, err
+    assert "quarantine: 1 entries, 4.0 KiB of 1.0 GiB" in out, out
     rc, out, err = ctl("metrics", m.mnt)
     assert rc == 0, err
     for family, value in (("entries", 1), ("bytes", BLOCK),
