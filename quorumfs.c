@@ -1002,6 +1002,7 @@ static const struct fuse_opt qfs_opts[] = {
 	QFS_OPT("events=%s", events),
 	QFS_OPT("event-program=%s", event_program),
 	QFS_OPT("event-program-timeout=%s", event_program_timeout),
+	QFS_OPT("quarantine-limit=%s", quarantine_limit),
 	QFS_OPT("rewrite-corrupted", rewrite_corrupted),
 	QFS_OPT("blkverify", blkverify),
 	QFS_OPT("uring=%s", uring),
@@ -1054,6 +1055,10 @@ static void usage(const char *prog)
 	       "                           0: wait for ever)\n"
 	       "    -o scrub-rate=N        MiB/s a scrub reads at, 0 unlimited "
 	       "(default %d)\n"
+	       "    -o quarantine-limit=SIZE bytes each child keeps of what "
+	       "repairs\n"
+	       "                           overwrote (default 1G, 0: "
+	       "off)\n"
 	       "    -o sync-from=CHILD     first mount: fill the other "
 	       "children "
 	       "from CHILD\n"
@@ -1333,6 +1338,7 @@ static void release_args(struct config_args *raw)
 	free((char *)raw->inbound);
 	free((char *)raw->layer_sync);
 	free((char *)raw->layer_limit);
+	free((char *)raw->quarantine_limit);
 	free((char *)raw->layer_cluster);
 	free((char *)raw->events);
 	free((char *)raw->event_program);

@@ -7,6 +7,7 @@
 #include "config/config_i.h"
 
 #include <stdio.h>
+#include <stdint.h>
 #include <string.h>
 
 #define CMD_MAX_WORDS 5
@@ -329,6 +330,81 @@ static int parse_policy(char **word, int n, struct config_command *cmd,
 	return 0;
 }
 
+/* An entry id: a whole number from 1. */
+static bool parse_id(const char *s, uint64_t *out)
+{
+	char *end;
+
+	if (!s || !*s || strspn(s, "0123456789") != strlen(s))
+		return false;
+	errno = 0;
+	*out = strtoull(s, &end, 10);
+	return !errno && *out > 0;
+}
+
+/* quarantine list, quarantine restore ID, quarantine purge ID|all */
+static int parse_quarantine(char **word, int n, struct config_command *cmd,
+			    char *err, size_t errlen)
+{
+	static const char usage[] = "usage: quarantine list, quarantine "
+				    "restore ID, or quarantine purge ID|all";
+
+	if (n == 2 && strcmp(word[1], "list") == 0) {
+		cmd->quarantine = CONFIG_QUARANTINE_LIST;
+		return 0;
+	}
+	if (n != 3 || (strcmp(word[1], "restore") && strcmp(word[1], "purge")))
+		return config_fail(err, errlen, "%s", usage);
+	cmd->quarantine = strcmp(word[1], "restore") == 0
+				  ? CONFIG_QUARANTINE_RESTORE
+				  : CONFIG_QUARANTINE_PURGE;
+	if (cmd->quarantine == CONFIG_QUARANTINE_PURGE &&
+	    strcmp(word[2], "all") == 0)
+		return 0; /* id 0: every entry */
+	if (!parse_id(word[2], &cmd->id))
+		return config_fail(
+			err, errlen,
+			"quarantine %s needs an entry id (a whole number "
+			"from 1, see quarantine list)%s, not '%s'",
+			word[1],
+			cmd->quarantine == CONFIG_QUARANTINE_PURGE ? " or all"
+								   : "",
+			word[2]);
+	return 0;
+}
+
+/* repair FILE from=CHILD [OFFSET LENGTH] */
+static int parse_repair(char **word, int n, struct config_command *cmd,
+			char *err, size_t errlen)
+{
+	unsigned long long off = 0, len = 0;
+
+	if ((n != 3 && n != 5) || !word[1][0])
+		return config_fail(err, errlen,
+				   "usage: repair FILE from=CHILD [OFFSET "
+				   "LENGTH]");
+	cmd->path = word[1];
+	if (strncmp(word[2], "from=", 5) != 0 || !word[2][5])
+		return config_fail(err, errlen,
+				   "repair needs from=CHILD after the file, "
+				   "not '%s'",
+				   word[2]);
+	cmd->name = word[2] + 5;
+	cmd->whole = n == 3;
+	if (n == 5 && (!config_parse_size(word[3], &off) ||
+		       !config_parse_size(word[4], &len) || len == 0 ||
+		       off > INT64_MAX || len > INT64_MAX - off))
+		return config_fail(
+			err, errlen,
+			"repair's OFFSET and LENGTH must be sizes in bytes "
+			"(such as 4096 or 1M), LENGTH at least 1, not '%s "
+			"%s'",
+			word[3], word[4]);
+	cmd->offset = off;
+	cmd->length = len;
+	return 0;
+}
+
 static int parse_words(char **word, int n, struct config_command *cmd,
 		       char *err, size_t errlen)
 {
@@ -345,6 +421,8 @@ static int parse_words(char **word, int n, struct config_command *cmd,
 		{"scrub", CMD_SCRUB},
 		{"replication", CMD_REPLICATION},
 		{"policy", CMD_POLICY},
+		{"quarantine", CMD_QUARANTINE},
+		{"repair", CMD_REPAIR},
 	};
 	size_t v;
 
@@ -379,6 +457,10 @@ static int parse_words(char **word, int n, struct config_command *cmd,
 		return parse_replication(word, n, cmd, err, errlen);
 	case CMD_POLICY:
 		return parse_policy(word, n, cmd, err, errlen);
+	case CMD_QUARANTINE:
+		return parse_quarantine(word, n, cmd, err, errlen);
+	case CMD_REPAIR:
+		return parse_repair(word, n, cmd, err, errlen);
 	default:
 		return parse_switch(word, n, cmd, err, errlen);
 	}

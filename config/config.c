@@ -326,6 +326,25 @@ int config_resolve_rules(const struct config *cfg, struct children_config *cc,
 	return 0;
 }
 
+/* quarantine-limit=SIZE: 0 turns the quarantine off; otherwise an
+ * entry (at most one repaired chunk) must fit. */
+static int check_quarantine(const struct config_args *a, struct config *cfg,
+			    char *err, size_t errlen)
+{
+	unsigned long long v = CONFIG_DEFAULT_QUARANTINE_LIMIT;
+
+	if (a->quarantine_limit &&
+	    (!config_parse_size(a->quarantine_limit, &v) ||
+	     (v && v < CONFIG_MIN_QUARANTINE_LIMIT)))
+		return config_fail(
+			err, errlen,
+			"quarantine-limit=%s is invalid: it must be 0 (off) "
+			"or a size of at least 1M, such as 512M or 2G",
+			a->quarantine_limit);
+	cfg->quarantine_limit = v;
+	return 0;
+}
+
 int config_from_args(const struct config_args *args, struct config *cfg,
 		     char *err, size_t errlen)
 {
@@ -347,6 +366,8 @@ int config_from_args(const struct config_args *args, struct config *cfg,
 		ret = check_secondary(args, cfg, err, errlen);
 	if (!ret)
 		ret = config_check_sinks(args, cfg, err, errlen);
+	if (!ret)
+		ret = check_quarantine(args, cfg, err, errlen);
 	if (ret == -ENOMEM)
 		snprintf(err, errlen, "out of memory");
 	if (ret)

@@ -17,6 +17,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <sys/stat.h>
 
@@ -47,6 +48,7 @@ struct config_args {
 	const char *event_program;	   /* run for each event */
 	const char *event_program_timeout; /* seconds */
 	const char *uring;		   /* auto, on, off */
+	const char *quarantine_limit;	   /* SIZE, 0: off */
 	int rewrite_corrupted;
 	int blkverify;
 	int npaths; /* children then the mountpoint */
@@ -72,6 +74,8 @@ struct config_secondary {
 /* uring=: FUSE requests through io_uring when offered, always, never. */
 enum config_uring { CONFIG_URING_AUTO, CONFIG_URING_ON, CONFIG_URING_OFF };
 
+/* One group of fields per concern of the command line, which is why
+ * there are more than 16 fields. */
 struct config {
 	struct children_config children; /* paths are owned by the config */
 	int threads;
@@ -92,6 +96,8 @@ struct config {
 	char *event_program; /* absolute, or NULL */
 	int event_program_timeout_ms;
 	enum config_uring uring; /* how FUSE requests arrive */
+	/* Bytes each child's quarantine may hold; 0: nothing is saved. */
+	unsigned long long quarantine_limit;
 };
 
 #define CONFIG_DEFAULT_THREADS 16
@@ -104,6 +110,9 @@ struct config {
 /* An event program's run is killed after this many seconds. */
 #define CONFIG_DEFAULT_EVENT_PROGRAM_TIMEOUT 10
 #define CONFIG_MAX_EVENT_PROGRAM_TIMEOUT 3600
+/* The quarantine (persist.h's QUARANTINE_DEFAULT_LIMIT and _MIN_LIMIT). */
+#define CONFIG_DEFAULT_QUARANTINE_LIMIT (1ULL << 30)
+#define CONFIG_MIN_QUARANTINE_LIMIT (1ULL << 20)
 
 /*
  * Validate args into *cfg. Returns 0, or -EINVAL with a one-sentence
@@ -193,6 +202,15 @@ enum config_verb {
 	CMD_SCRUB,
 	CMD_REPLICATION,
 	CMD_POLICY,
+	CMD_QUARANTINE,
+	CMD_REPAIR,
+};
+
+/* quarantine list|restore ID|purge ID|all */
+enum config_quarantine_action {
+	CONFIG_QUARANTINE_LIST,
+	CONFIG_QUARANTINE_RESTORE,
+	CONFIG_QUARANTINE_PURGE,
 };
 
 /* replication start|checkpoint|get-error|stop: QEMU's xen-set-replication,
@@ -211,7 +229,8 @@ enum config_scrub_action {
 	CONFIG_SCRUB_STOP,
 };
 
-/* One parsed command; strings point into the caller's line buffer. */
+/* One parsed command; strings point into the caller's line buffer. One
+ * group of fields per verb, which is why there are more than 16 fields. */
 struct config_command {
 	enum config_verb verb;
 	const char *path; /* add */
@@ -237,6 +256,14 @@ struct config_command {
 	 * not given (the mount's). */
 	int policy_pattern, policy_rewrite;
 	bool clear;
+	/* quarantine: what to do, and the entry (0: every entry). */
+	enum config_quarantine_action quarantine;
+	uint64_t id;
+	/* repair FILE from=CHILD [OFFSET LENGTH]: path is the file, name
+	 * the child; whole when no range was given. */
+	bool whole;
+	uint64_t offset;
+	uint64_t length;
 };
 
 /*

@@ -37,6 +37,10 @@ static inline bool parse_int(const char *s, long min, long max, int *out)
 
 struct stat;
 
+/* A size in bytes: digits with an optional K, M, G or T (powers of
+ * 1024); false on anything else (size.c). */
+bool config_parse_size(const char *s, unsigned long long *out);
+
 /* ---- paths.c ---- */
 
 bool same_inode(const struct stat *a, const struct stat *b);

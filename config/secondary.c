@@ -118,28 +118,6 @@ static int check_dirs(const struct config_args *a, struct config *cfg,
 }
 
 /* SIZE: bytes, or a whole number of K, M, G or T (powers of 1024). */
-static bool parse_size(const char *s, unsigned long long *out)
-{
-	char *end;
-	unsigned long long v;
-	int shift = 0;
-
-	if (!s || !*s || *s == '-')
-		return false;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (*end && end[1] == '\0')
-		shift = *end == 'K'   ? 10
-			: *end == 'M' ? 20
-			: *end == 'G' ? 30
-			: *end == 'T' ? 40
-				      : -1;
-	if (errno || shift < 0 || (*end && !shift) || v > (~0ULL >> shift))
-		return false;
-	*out = v << shift;
-	return true;
-}
-
 static bool on_tmpfs(const char *path)
 {
 	struct statfs fs;
@@ -162,7 +140,7 @@ static int check_layer_options(const struct config_args *a,
 			"of two from 4096 to 1048576",
 			a->layer_cluster);
 	s->cluster = (unsigned int)cluster;
-	if (a->layer_limit && !parse_size(a->layer_limit, &s->limit))
+	if (a->layer_limit && !config_parse_size(a->layer_limit, &s->limit))
 		return config_fail(
 			err, errlen,
 			"layer-limit=%s is invalid: it must be a size "

@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The quarantine entries the status shows (the socket lists them all). */
+#define CONTROL_QUARANTINE_RECENT 64
 /* How long `remove` waits for in-flight I/O to the child. */
 #define REMOVE_DRAIN_MS 30000
 
@@ -45,6 +47,7 @@ static int cmd_add(struct control *ctl, const struct config_command *cmd,
 	/* Without its root handle the child misses entries, which its
 	 * resync copies anyway. */
 	tree_child_added(ctl->tree, c);
+	quarantine_attach(ctl->quarantine, ctl->set, c);
 	if (ctl->record && record_added(ctl->record, ctl->set, c))
 		jobs_fail_child(ctl->jobs, c,
 				"cannot write its .quorumfs record");
@@ -99,6 +102,7 @@ static int cmd_remove(struct control *ctl, const struct config_command *cmd,
 		if (ctl->record)
 			record_removed(ctl->record, ctl->set, c);
 		jobs_scrub_forget_child(ctl->jobs, child_name(c));
+		quarantine_detach(ctl->quarantine, c);
 	}
 	/* Only a drained child's handles can be closed and its slot reused;
 	 * a hung one keeps its slot. */
@@ -119,6 +123,8 @@ static int cmd_resync(struct control *ctl, const struct config_command *cmd,
 	if (!c)
 		return -ENOENT;
 	ret = jobs_resync(ctl->jobs, c, err, errlen);
+	if (!ret)
+		quarantine_attach(ctl->quarantine, ctl->set, c);
 	child_put(c);
 	return ret;
 }
@@ -171,6 +177,10 @@ static int run_command(struct control *ctl, const struct config_command *cmd,
 		return cmd_scrub(ctl, cmd, err, errlen);
 	case CMD_POLICY:
 		return control_policy(ctl, cmd, err, errlen);
+	case CMD_QUARANTINE:
+		return control_quarantine(ctl, cmd, err, errlen);
+	case CMD_REPAIR:
+		return control_repair(ctl, cmd, err, errlen);
 	case CMD_REPLICATION:
 		if (ctl->secondary &&
 		    replication_route(ctl->secondary, ctl->set))
@@ -275,6 +285,13 @@ char *control_status(struct control *ctl)
 	if (ctl->record)
 		json_object_object_add(o, "set", record_status(ctl->record));
 	jobs_scrub_status(ctl->jobs, o);
+	if (json_object_object_get_ex(o, "children", &children))
+		quarantine_status(ctl->quarantine, children);
+	/* What `.control` alone shows of the quarantine: its newest
+	 * entries, as the scrub's last findings. */
+	json_object_object_add(
+		o, "quarantine-entries",
+		quarantine_recent(ctl->quarantine, CONTROL_QUARANTINE_RECENT));
 	if (ctl->secondary)
 		secondary_status(ctl->secondary, o);
 	control_status_about(ctl, o);

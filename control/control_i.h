@@ -31,6 +31,7 @@ struct control {
 	struct tree *tree;
 	struct copies *copies; /* MOUNTPOINT/.children */
 	struct jobs *jobs;
+	struct quarantine *quarantine; /* NULL: quarantine-limit=0 */
 	struct control_socket *socket; /* NULL: none */
 	struct secondary *secondary;   /* replication=secondary: its view */
 	bool started;		       /* MOUNTED was logged */
@@ -65,6 +66,15 @@ int control_open_events(struct control *ctl);
 /* What each child still needs and what no version could win, as one
  * JSON document (heal.c; caller frees), or NULL when out of memory. */
 char *control_heal_info(struct control *ctl);
+
+/* `quarantine restore|purge` and `repair FILE from=CHILD`; the entries
+ * as one JSON document for the socket's `quarantine list` (caller frees;
+ * NULL when out of memory) (quarantine.c). */
+int control_quarantine(struct control *ctl, const struct config_command *cmd,
+		       char *err, size_t errlen);
+int control_repair(struct control *ctl, const struct config_command *cmd,
+		   char *err, size_t errlen);
+char *control_quarantine_list(struct control *ctl);
 
 /* The operator's socket at path and its threads (socket.c); stop
  * accepts NULL and returns once no client is served. */

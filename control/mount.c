@@ -151,6 +151,28 @@ static void emit_unmounted(struct control *ctl)
 	event_log_emit(ctl->log, "UNMOUNTED", data);
 }
 
+/* The quarantine (unless quarantine-limit=0) knows every member's
+ * entries before any repair may add one. */
+static int start_quarantine(struct control *ctl)
+{
+	struct child *m[CHILDREN_MAX];
+	int n, ret;
+
+	if (!ctl->cfg->quarantine_limit)
+		return 0;
+	ret = quarantine_new(ctl->cfg->quarantine_limit, ctl->log, ctl->pool,
+			     ctl->watchdog, &ctl->quarantine);
+	if (ret)
+		return ret;
+	tree_set_quarantine(ctl->tree, ctl->quarantine);
+	n = children_members(ctl->set, m);
+	for (int i = 0; i < n; i++) {
+		quarantine_attach(ctl->quarantine, ctl->set, m[i]);
+		child_put(m[i]);
+	}
+	return 0;
+}
+
 static int start_jobs(struct control *ctl)
 {
 	const struct jobs_config jc = {.set = ctl->set,
@@ -159,6 +181,7 @@ static int start_jobs(struct control *ctl)
 				       .wd = ctl->watchdog,
 				       .record = ctl->record,
 				       .log = ctl->log,
+				       .quarantine = ctl->quarantine,
 				       .timeout_ms = ctl->cfg->io_timeout_ms,
 				       .scrub_rate = ctl->cfg->scrub_rate};
 
@@ -234,6 +257,8 @@ int control_start(struct control *ctl, char *err, size_t errlen)
 		ret = copies_new(ctl->set, ctl->pool, ctl->watchdog, geteuid(),
 				 getegid(), &ctl->copies);
 	if (!ret)
+		ret = start_quarantine(ctl);
+	if (!ret)
 		ret = start_jobs(ctl);
 	if (ret) {
 		snprintf(err, errlen, "cannot start: %s", strerror(-ret));
@@ -285,6 +310,8 @@ void control_stop(struct control *ctl, bool clean)
 	if (!held)
 		tree_free(ctl->tree);
 	copies_free(ctl->copies); /* late parts own all they use */
+	if (!held)
+		quarantine_free(ctl->quarantine);
 	if (clean && ctl->started)
 		record_unmount(ctl->record, ctl->set);
 	if (ctl->record)

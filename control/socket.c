@@ -11,8 +11,9 @@
  *
  * Protocol: one request per connection, one line (at most
  * CONFIG_COMMAND_MAX bytes, ended by a newline or by closing the write
- * side): `status`, `heal-info`, or any control command. One reply, then
- * the server closes: for status and heal-info the JSON document; for a command
+ * side): `status`, `heal-info`, `quarantine list`, or any control
+ * command. One reply, then the server closes: for the three reads the
+ * JSON document; for a command
  * one JSON line,
  * {"ok":true} or {"ok":false,"errno":N,"error":"strerror text",
  * "reason":"why"}. Only root and the mounting user may connect (the
@@ -149,10 +150,12 @@ static void serve_client(struct control_socket *cs, int fd)
 	if (len < 0)
 		return;
 	if (is_request(buf, len, "status") ||
-	    is_request(buf, len, "heal-info")) {
-		reply = is_request(buf, len, "status")
-				? control_status(cs->ctl)
-				: control_heal_info(cs->ctl);
+	    is_request(buf, len, "heal-info") ||
+	    is_request(buf, len, "quarantine list")) {
+		reply = is_request(buf, len, "status") ? control_status(cs->ctl)
+			: is_request(buf, len, "heal-info")
+				? control_heal_info(cs->ctl)
+				: control_quarantine_list(cs->ctl);
 		if (reply) {
 			write_all(fd, reply);
 			write_all(fd, "\n");

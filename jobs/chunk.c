@@ -21,6 +21,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -350,13 +351,75 @@ static bool write_runs(const struct chunk *c, int fd, int k,
 	return ok;
 }
 
+/* ---- the quarantine: what a repair overwrites, saved first ---- */
+
+/* Save ballot k's bytes of [start, end) of the chunk before the voted
+ * ones replace them. */
+static int save_run(const struct chunk *c, int k, size_t start, size_t end,
+		    const char *path)
+{
+	size_t have = min_u64(c->ballot[k].len, c->own_len[k]), len = 0;
+	char *win = malloc(end - start);
+	int ret;
+
+	if (!win)
+		return -ENOMEM;
+	for (size_t at = start; at < end; at += TREE_VOTE_BLOCK) {
+		struct vote_ballot w =
+			block_of(c, c->votes.winner[at / TREE_VOTE_BLOCK], at,
+				 min_u64(TREE_VOTE_BLOCK, end - at));
+
+		memcpy(win + len, w.data, w.len);
+		len += w.len;
+	}
+	/* Bytes past what the winners hold are the size pass's to cut. */
+	have = min_u64(have, start + len);
+	ret = quarantine_save(
+		c->jobs->quarantine, c->view, c->index[k],
+		&(struct quarantine_bytes){
+			.path = path,
+			.off = c->off + start,
+			.old = (const char *)c->ballot[k].data + start,
+			.old_len =
+				have > start ? min_u64(have, end) - start : 0,
+			.new = win,
+			.new_len = len,
+			.why = c->why});
+	free(win);
+	return ret;
+}
+
+/* Save every run of ballot k a repair is about to overwrite. */
+static int save_runs(const struct chunk *c, int k)
+{
+	uint32_t mask[CHILD_IO_MAX / TREE_VOTE_BLOCK];
+	size_t b = 0, start, end;
+	char *path;
+	int ret = 0;
+
+	if (!c->jobs->quarantine)
+		return 0;
+	for (size_t i = 0; i < chunk_blocks(c); i++)
+		mask[i] = c->votes.bad[i] | c->votes.fill[i];
+	path = tree_node_path(c->jobs->tree, c->node);
+	while (!ret && chunk_next_run(c, mask, 1u << k, &b, &start, &end))
+		ret = save_run(c, k, start, end, path ? path : "");
+	free(path);
+	return ret;
+}
+
 bool chunk_repair_copy(struct chunk *c, int k)
 {
 	struct child *child = c->view->child[c->index[k]];
 	bool direct, ok;
-	int fd = copy_open(c->jobs, c->node, child_slot(child), O_WRONLY,
-			   c->buffered, &direct);
+	int fd;
 
+	/* A vote can be wrong: what it overwrites may be the only good
+	 * copy, so it is kept first, or not overwritten. */
+	if (save_runs(c, k))
+		return false;
+	fd = copy_open(c->jobs, c->node, child_slot(child), O_WRONLY,
+		       c->buffered, &direct);
 	if (fd < 0)
 		return false;
 	ok = write_runs(c, fd, k, c->votes.bad);

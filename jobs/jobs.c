@@ -103,6 +103,7 @@ int jobs_new(const struct jobs_config *cfg, struct jobs **out)
 			      .wd = cfg->wd,
 			      .record = cfg->record,
 			      .log = cfg->log,
+			      .quarantine = cfg->quarantine,
 			      .timeout_ms = cfg->timeout_ms,
 			      .scrub_rate = cfg->scrub_rate};
 	pthread_mutex_init(&jobs->lock, NULL);

@@ -26,12 +26,14 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct child;
 struct child_set;
 struct event_log;
 struct json_object;
 struct pool;
+struct quarantine;
 struct record;
 struct tree;
 struct watchdog;
@@ -45,7 +47,8 @@ struct jobs_config {
 	struct watchdog *wd;   /* bounds the jobs' metadata requests */
 	struct record *record; /* NULL: no record is kept */
 	struct event_log *log;
-	int timeout_ms; /* a child's answer; 0: wait for ever */
+	struct quarantine *quarantine; /* what repairs overwrite; NULL none */
+	int timeout_ms;		       /* a child's answer; 0: wait for ever */
 	int scrub_rate; /* MiB/s of a scrub started without rate=; 0 none */
 };
 
@@ -95,5 +98,22 @@ int jobs_scrub_start(struct jobs *jobs, bool repair, int rate, char *err,
 int jobs_scrub_stop(struct jobs *jobs, char *err, size_t errlen);
 void jobs_scrub_status(struct jobs *jobs, struct json_object *status);
 void jobs_scrub_forget_child(struct jobs *jobs, const char *name);
+
+/*
+ * Writes an operator asks for (repair.c), each through the tree like any
+ * write of the mount: voted, to every child, announced in the intent
+ * log, and fsync'd before the call returns. path is relative to the
+ * mount. 0, or -errno with one sentence in err.
+ *   jobs_write_file: len bytes of buf at off (`quarantine restore`).
+ *   jobs_repair_from: child c's own bytes of [off, off + len) of the
+ *     file, or with whole the whole file and its size (`repair FILE
+ *     from=CHILD`, GlusterFS's source-brick): for blocks no version
+ *     could win. c must be in step (ok).
+ */
+int jobs_write_file(struct jobs *jobs, const char *path, uint64_t off,
+		    const void *buf, size_t len, char *err, size_t errlen);
+int jobs_repair_from(struct jobs *jobs, const char *path, struct child *c,
+		     bool whole, uint64_t off, uint64_t len, char *err,
+		     size_t errlen);
 
 #endif

@@ -31,8 +31,9 @@ struct resync;
 struct scrub;
 
 /* The fields are what every job reads (the set, the tree, the pool and
- * watchdog for bounded child calls, the record, the log), then the
- * running jobs and the launcher's state. */
+ * watchdog for bounded child calls, the record, the log, the
+ * quarantine), then the running jobs and the launcher's state, which is
+ * why there are more than 16 fields. */
 struct jobs {
 	struct child_set *set;
 	struct tree *tree;
@@ -40,6 +41,7 @@ struct jobs {
 	struct watchdog *wd;
 	struct record *record;
 	struct event_log *log;
+	struct quarantine *quarantine;
 	int timeout_ms;
 	int scrub_rate;
 
@@ -176,7 +178,7 @@ struct chunk_votes {
 
 /*
  * One chunk of a file as every voting child of view holds it. The caller
- * fills jobs, node, own_end, buffered, view, threshold, off and len
+ * fills jobs, node, own_end, buffered, view, threshold, why, off and len
  * (at most CHILD_IO_MAX); chunk_read() fills the ballots (ballot k is
  * view index index[k]), chunk_vote() the votes; chunk_release() gives
  * the buffers back (a chunk may be read again before).
@@ -188,6 +190,7 @@ struct chunk {
 	uint32_t *buffered;   /* by slot: the copy refused O_DIRECT */
 	const struct child_view *view;
 	int threshold;
+	enum quarantine_why why; /* what a repair says it overwrote for */
 	off_t off;
 	size_t len;
 	int n;

@@ -54,6 +54,9 @@ struct resync {
 	uint64_t copied;    /* bytes written to the child */
 	bool catchup;	    /* a pass that only fills in missing entries */
 	bool partial;	    /* may copy only what the record says it missed */
+	/* Copying a returning child's regions: its file, read to keep what
+	 * the copy overwrites in its quarantine; -1 otherwise. */
+	int old_fd;
 	struct timespec last_progress;
 	char reason[256];
 	struct tree_node *
@@ -371,6 +374,63 @@ static int write_out(struct resync *rs, int out, const struct tree_answer *r,
 	return 0;
 }
 
+/* The child's bytes at off, read under io-timeout into *old (len bytes
+ * at most): how many, or -errno. A read given up on keeps the buffer
+ * (*old is then NULL). */
+static ssize_t read_old(struct resync *rs, char **old, size_t len, off_t off)
+{
+	struct child_io io = {.fd = rs->old_fd,
+			      .child = rs->child,
+			      .buf = *old,
+			      .own_buf = true,
+			      .len = len,
+			      .off = off};
+	ssize_t more;
+
+	child_io_run(rs->jobs->pool, &io, 1, rs->jobs->timeout_ms);
+	if (io.orphaned)
+		*old = NULL;
+	if (io.ret < 0 || (size_t)io.ret == len)
+		return io.ret;
+	more = child_rw_full(rs->old_fd, false, false, *old + io.ret,
+			     len - io.ret, off + io.ret);
+	return more < 0 ? more : io.ret + more;
+}
+
+/* A returning child's bytes at off are about to become the voted ones
+ * (r): what differs goes to its quarantine first. */
+static int save_old(struct resync *rs, const struct child_view *view,
+		    struct tree_node *n, const struct tree_answer *r, off_t off)
+{
+	char *old = malloc(r->len), *won = malloc(r->len), *path = NULL;
+	ssize_t got = old && won ? read_old(rs, &old, r->len, off) : -ENOMEM;
+	size_t pos = 0;
+	int i = 0, ret = got < 0 ? (int)got : 0;
+
+	while (i < view->n && view->child[i] != rs->child)
+		i++;
+	for (int k = 0; !ret && k < r->iovcnt; k++) {
+		memcpy(won + pos, r->iov[k].iov_base, r->iov[k].iov_len);
+		pos += r->iov[k].iov_len;
+	}
+	if (!ret && i < view->n && (path = tree_node_path(rs->tree, n)))
+		ret = quarantine_save(
+			rs->jobs->quarantine, view, i,
+			&(struct quarantine_bytes){.path = path,
+						   .off = off,
+						   .old = old,
+						   .old_len = (size_t)got,
+						   .new = won,
+						   .new_len = r->len,
+						   .why = QUARANTINE_RESYNC});
+	else if (!ret)
+		ret = -ENOMEM;
+	free(path);
+	free(old);
+	free(won);
+	return ret;
+}
+
 /* Copy one chunk of data at off (a data region of the voters). */
 static int copy_chunk(struct resync *rs, struct tree_file *f, int out,
 		      off_t off, off_t len)
@@ -383,6 +443,8 @@ static int copy_chunk(struct resync *rs, struct tree_file *f, int out,
 
 	range_lock(tree_node_ranges(n), &claim, off, off + len, true);
 	ret = tree_read_locked(rs->tree, view, f, off, len, &r);
+	if (!ret && r.len && rs->old_fd >= 0 && rs->jobs->quarantine)
+		ret = save_old(rs, view, n, &r, off);
 	if (!ret && r.len)
 		ret = write_out(rs, out, &r, off);
 	range_unlock(tree_node_ranges(n), &claim);
@@ -775,10 +837,14 @@ static int copy_regions(struct resync *rs, const struct persist_file *pf,
 		return ret;
 	child_proc_path(handle, proc);
 	out = open(proc, O_WRONLY | O_CLOEXEC);
-	ret = out < 0 ? -errno : 0;
+	rs->old_fd = open(proc, O_RDONLY | O_CLOEXEC);
+	ret = out < 0 || rs->old_fd < 0 ? -errno : 0;
 	for (int k = 0; !ret && k < pf->nregions; k++)
 		ret = copy_data(rs, f, out, pf->region[k] * PERSIST_REGION,
 				(pf->region[k] + 1) * PERSIST_REGION);
+	if (rs->old_fd >= 0)
+		close(rs->old_fd);
+	rs->old_fd = -1;
 	if (!ret)
 		ret = finish_file(rs, f, out);
 	if (!ret)
@@ -919,6 +985,7 @@ int resync_start(struct jobs *jobs, struct child *c, bool partial)
 	rs->child = c;
 	rs->slot = child_slot(c);
 	rs->partial = partial;
+	rs->old_fd = -1;
 	child_get(c);
 	atomic_init(&rs->stop, false);
 	ret = -pthread_create(&rs->thread, NULL, resync_thread, rs);

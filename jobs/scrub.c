@@ -457,6 +457,7 @@ static int scrub_chunk(struct scrub *s, struct scrub_file *f, off_t off,
 	int ret;
 
 	c.threshold = s->quiet ? 1 : c.view->threshold;
+	c.why = s->quiet ? QUARANTINE_SETTLE : QUARANTINE_SCRUB;
 	range_lock(ranges, &claim, off, off + len, false);
 	chunk_read(&c);
 	ret = chunk_vote(&c);
@@ -479,14 +480,92 @@ static int scrub_chunk(struct scrub *s, struct scrub_file *f, off_t off,
 
 /* ---- sizes ---- */
 
-/* Give slot's copy the voted size; the data pass fills a longer one. */
-static bool resize_copy(struct scrub *s, struct tree_node *n,
-			struct child *child, off_t size)
+/* Read len bytes at off of fd (child's), bounded by io-timeout, into a
+ * new buffer (*out, caller frees): how many, or -errno. */
+static ssize_t read_tail(struct scrub *s, struct child *child, int fd,
+			 off_t off, size_t len, char **out)
 {
-	bool direct, ok;
-	int fd = copy_open(s->jobs, n, child_slot(child), O_WRONLY,
-			   &s->buffered, &direct);
+	struct child_io io = {.fd = fd,
+			      .child = child,
+			      .buf = malloc(len),
+			      .own_buf = true,
+			      .len = len,
+			      .off = off};
 
+	if (!io.buf)
+		return -ENOMEM;
+	child_io_run(s->jobs->pool, &io, 1, s->jobs->timeout_ms);
+	if (io.orphaned)
+		return -ETIMEDOUT; /* the ring frees the buffer */
+	if (io.ret < 0)
+		free(io.buf);
+	else
+		*out = io.buf;
+	return io.ret;
+}
+
+/* Save a longer copy's tail [size, have) in its quarantine, a chunk an
+ * entry, before the copy is cut: 0, or why it must not be cut (a tail
+ * the quarantine cannot hold whole). */
+static int save_tail(struct scrub *s, struct tree_node *n,
+		     const struct child_view *v, int i, off_t size, off_t have)
+{
+	struct quarantine *q = s->jobs->quarantine;
+	int pfd = tree_node_fd(s->jobs->tree, n, child_slot(v->child[i]));
+	char proc[64], *path = NULL;
+	int fd = -1, ret = 0;
+
+	if (!quarantine_capacity(q) || have <= size)
+		return 0;
+	if ((unsigned long long)(have - size) > quarantine_capacity(q))
+		return -EFBIG;
+	if (pfd >= 0)
+		child_proc_path(pfd, proc);
+	fd = pfd < 0 ? pfd : open(proc, O_RDONLY | O_CLOEXEC);
+	path = tree_node_path(s->jobs->tree, n);
+	ret = fd < 0 ? (pfd < 0 ? pfd : -errno) : path ? 0 : -ENOMEM;
+	for (off_t off = size; !ret && off < have; off += CHILD_IO_MAX) {
+		char *old = NULL;
+		ssize_t got =
+			read_tail(s, v->child[i], fd, off,
+				  min_u64(CHILD_IO_MAX, have - off), &old);
+
+		ret = got < 0 ? (int)got
+			      : quarantine_save(
+					q, v, i,
+					&(struct quarantine_bytes){
+						.path = path,
+						.off = off,
+						.old = old,
+						.old_len = (size_t)got,
+						.new = "",
+						.new_len = 0,
+						.why = s->quiet
+							       ? QUARANTINE_SETTLE
+							       : QUARANTINE_SCRUB});
+		free(old);
+	}
+	if (fd >= 0)
+		close(fd);
+	free(path);
+	return ret;
+}
+
+/* Give view index i's copy the voted size (have: its own); the data pass
+ * fills a shorter one. What cutting a longer one removes is saved
+ * first, or it is not cut. */
+static bool resize_copy(struct scrub *s, struct tree_node *n,
+			const struct child_view *v, int i, off_t size,
+			off_t have)
+{
+	struct child *child = v->child[i];
+	bool direct, ok;
+	int fd;
+
+	if (save_tail(s, n, v, i, size, have))
+		return false;
+	fd = copy_open(s->jobs, n, child_slot(child), O_WRONLY, &s->buffered,
+		       &direct);
 	if (fd < 0)
 		return false;
 	ok = ftruncate(fd, size) == 0 && fdatasync(fd) == 0;
@@ -513,8 +592,9 @@ static int stat_copy(struct scrub *s, struct tree_node *n, struct child *child,
 
 /* A copy of another size: note it, and with repair resize it. */
 static void size_mismatch(struct scrub *s, struct scrub_file *f,
-			  struct child *child, off_t have)
+			  const struct child_view *v, int i, off_t have)
 {
+	struct child *child = v->child[i];
 	int slot = child_slot(child);
 	bool shorter = have < f->size;
 
@@ -526,7 +606,7 @@ static void size_mismatch(struct scrub *s, struct scrub_file *f,
 		f->own_end[slot] = have;
 	if (s->run.repair)
 		f->sized[slot].repaired =
-			resize_copy(s, f->node, child, f->size);
+			resize_copy(s, f->node, v, i, f->size, have);
 }
 
 /*
@@ -568,7 +648,7 @@ static void size_settle(struct scrub *s, struct scrub_file *f,
 	f->size = size[index[r.winner]];
 	for (int k = 0; k < n; k++)
 		if (r.loser[k])
-			size_mismatch(s, f, v->child[index[k]], size[index[k]]);
+			size_mismatch(s, f, v, index[k], size[index[k]]);
 }
 
 static void size_check(struct scrub *s, struct scrub_file *f)

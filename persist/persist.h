@@ -300,3 +300,82 @@ int record_save_findings(struct record *r, struct child_set *set,
 int record_load_findings(struct record *r, struct child_set *set, char **text);
 /* Members the record names that are not mounted (JSON array). */
 struct json_object *record_status(struct record *r);
+
+/* ---- the quarantine (quarantine.c, its files: qfile.c) ---- */
+
+/*
+ * Before a repair overwrites bytes of a child's copy because a vote said
+ * so (rewrite-corrupted, scrub repair and its cutting of a copy longer
+ * than the voted size, a resync's regions, settling after a crash), the bytes
+ * it replaces are saved in that child's .quorumfs/quarantine/, durably, first:
+ * a vote can be wrong (two copies damaged alike), and then the saved bytes are
+ * the only good copy. Only the 4 KiB blocks that differ are saved, with the
+ * file, range, time, why, the child and the SHA-256 of the winning bytes of
+ * that range. Each child keeps at most limit bytes; the oldest entries are
+ * dropped first (QUARANTINE_DROPPED). Limit 0: nothing is saved. Entry ids are
+ * unique in the mount. The files are written and read on the pool, each
+ * bounded by the watchdog's io-timeout like the record's. Thread-safe.
+ */
+enum quarantine_why {
+	QUARANTINE_REWRITE,
+	QUARANTINE_SCRUB,
+	QUARANTINE_RESYNC,
+	QUARANTINE_SETTLE,
+};
+#define QUARANTINE_DEFAULT_LIMIT (1ULL << 30)
+/* The smallest limit besides 0: an entry is at most one chunk a job
+ * repairs at once, and must fit. */
+#define QUARANTINE_MIN_LIMIT (1ULL << 20)
+#define QUARANTINE_BLOCK 4096
+
+struct quarantine;
+struct event_log;
+int quarantine_new(unsigned long long limit, struct event_log *log,
+		   struct pool *pool, struct watchdog *wd,
+		   struct quarantine **out);
+void quarantine_free(struct quarantine *q);
+const char *quarantine_why_name(enum quarantine_why why);
+/* Know child c and read the entries on its disk (at mount, after add and
+ * resync); forget it (remove). */
+void quarantine_attach(struct quarantine *q, struct child_set *set,
+		       struct child *c);
+void quarantine_detach(struct quarantine *q, struct child *c);
+
+/* Bytes each child may keep; 0: the quarantine is off (or NULL). */
+unsigned long long quarantine_capacity(const struct quarantine *q);
+
+/* What an overwrite of [off, off + new_len) of a copy replaces; old
+ * bytes past new_len are what cutting the copy removes. */
+struct quarantine_bytes {
+	const char *path; /* the file, relative to the mount */
+	off_t off;
+	const void *old; /* the copy's bytes now (old_len: to its end) */
+	size_t old_len;
+	const void *new; /* the winning bytes about to replace them */
+	size_t new_len;
+	enum quarantine_why why;
+};
+/*
+ * Save what b replaces on view v's child i before the overwrite: 0 once
+ * it is on the child's disk (or nothing differs, or the quarantine is
+ * off), else -errno and the caller must not overwrite. NULL q: 0.
+ */
+int quarantine_save(struct quarantine *q, const struct child_view *v, int i,
+		    const struct quarantine_bytes *b);
+
+/* Every entry, oldest first: [{id, child, file, offset, length, time,
+ * why, digest}...]. */
+struct json_object *quarantine_list(struct quarantine *q);
+/* The newest n entries, oldest first (the status keeps them). */
+struct json_object *quarantine_recent(struct quarantine *q, size_t n);
+/* Add "quarantine": {entries, bytes, limit} to each child object of the
+ * status's children array. */
+void quarantine_status(struct quarantine *q, struct json_object *children);
+/* Entry id's file, offset and bytes, read from its child (caller frees
+ * *path and *bytes): 0, or -errno with the reason in err. */
+int quarantine_fetch(struct quarantine *q, struct child_set *set, uint64_t id,
+		     char **path, uint64_t *off, void **bytes, size_t *len,
+		     char *err, size_t errlen);
+/* Remove entry id (0: every entry): 0, or -ENOENT with the reason. */
+int quarantine_purge(struct quarantine *q, struct child_set *set, uint64_t id,
+		     char *err, size_t errlen);

@@ -346,8 +346,8 @@ static bool no_daemon_there(int err)
 	       err == ENAMETOOLONG;
 }
 
-/* request (a read: status or heal-info) through the socket, or through
- * .control when fallback and no daemon listens there. */
+/* request (a read: status, heal-info or quarantine list) through the socket, or
+ * through .control when fallback and no daemon listens there. */
 static struct json_object *ask(const struct qctl_mount *m, const char *request,
 			       bool fallback)
 {
@@ -378,6 +378,11 @@ struct json_object *qctl_status(const struct qctl_mount *m)
 struct json_object *qctl_heal_info(const struct qctl_mount *m)
 {
 	return ask(m, "heal-info", false);
+}
+
+struct json_object *qctl_quarantine_list(const struct qctl_mount *m)
+{
+	return ask(m, "quarantine list", false);
 }
 
 /* The reply .control's refusal stands for: errno, and the reason the

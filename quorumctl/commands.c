@@ -37,6 +37,9 @@ static const struct verb verbs[] = {
 	{"policy", 2, 4,
 	 "policy MOUNTPOINT DIR threshold=N [read-pattern=quorum|fifo] "
 	 "[rewrite-corrupted=on|off] | clear"},
+	{"quarantine", 1, 2,
+	 "quarantine MOUNTPOINT list | restore ID | purge ID|all"},
+	{"repair", 2, 4, "repair MOUNTPOINT FILE from=CHILD [OFFSET LENGTH]"},
 	{"replication", 1, 4,
 	 "replication MOUNTPOINT start|checkpoint|get-error|stop|commit "
 	 "[primary|secondary] [failover] [NAME]"},
@@ -233,6 +236,20 @@ static int run(const struct qctl_mount *m, const struct verb *v, int argc,
 	return ret;
 }
 
+/* quarantine MOUNTPOINT list: the daemon's JSON, as it is. */
+static int quarantine_list(const struct qctl_mount *m)
+{
+	struct json_object *l = qctl_quarantine_list(m);
+
+	if (!l)
+		return QCTL_ERROR;
+	printf("%s\n", json_object_to_json_string_ext(
+			       l, JSON_C_TO_STRING_PRETTY |
+					  JSON_C_TO_STRING_NOSLASHESCAPE));
+	json_object_put(l);
+	return QCTL_OK;
+}
+
 int qctl_cmd_control(const char *verb, int argc, char **argv,
 		     const struct qctl_opts *o)
 {
@@ -247,7 +264,11 @@ int qctl_cmd_control(const char *verb, int argc, char **argv,
 		return qctl_error("usage: quorumctl %s", v->usage);
 	if (qctl_find_mount(argv[0], o, &m))
 		return QCTL_ERROR;
-	ret = run(&m, v, argc - 1, argv + 1, o);
+	if (strcmp(verb, "quarantine") == 0 && argc == 2 &&
+	    strcmp(argv[1], "list") == 0)
+		ret = quarantine_list(&m);
+	else
+		ret = run(&m, v, argc - 1, argv + 1, o);
 	qctl_mount_release(&m);
 	return ret;
 }

@@ -122,6 +122,16 @@ static void emit_child_errors(const struct family *f, const struct scrape *s)
 	}
 }
 
+/* The object of child c a per-child family's key is in. */
+static struct json_object *child_part(struct json_object *c, const char *family)
+{
+	if (strstr(family, "_resync_"))
+		return qctl_get(c, "resync");
+	if (strstr(family, "_quarantine_"))
+		return qctl_get(c, "quarantine");
+	return c;
+}
+
 /* A per-child number: family name to the status key it comes from. */
 static void emit_child_number(const struct family *f, const struct scrape *s)
 {
@@ -132,17 +142,19 @@ static void emit_child_number(const struct family *f, const struct scrape *s)
 		{"quorumfs_child_resync_bytes_total", "bytes-total"},
 		{"quorumfs_child_resync_files_done", "files-done"},
 		{"quorumfs_child_resync_files_total", "files-total"},
+		{"quorumfs_child_quarantine_entries", "entries"},
+		{"quorumfs_child_quarantine_bytes", "bytes"},
+		{"quorumfs_child_quarantine_limit_bytes", "limit"},
 	};
 	struct json_object *children = qctl_get(s->status, "children");
 
 	for (size_t i = 0; i < json_object_array_length(children); i++) {
 		struct json_object *c = json_object_array_get_idx(children, i);
+		struct json_object *in = child_part(c, f->name);
 
 		for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
 			if (strcmp(f->name, keys[k][0]) == 0)
-				put(f->name, s,
-				    qctl_int(k < 2 ? c : qctl_get(c, "resync"),
-					     keys[k][1]),
+				put(f->name, s, qctl_int(in, keys[k][1]),
 				    "child", qctl_str(c, "name"), NULL);
 	}
 }
@@ -260,6 +272,11 @@ static const struct family families[] = {
 	CHILD("resync_bytes_total", "gauge", "bytes its resync copies"),
 	CHILD("resync_files_done", "gauge", "files its resync has copied"),
 	CHILD("resync_files_total", "gauge", "files its resync copies"),
+	CHILD("quarantine_entries", "gauge",
+	      "entries its quarantine holds (what repairs overwrote)"),
+	CHILD("quarantine_bytes", "gauge", "bytes its quarantine holds"),
+	CHILD("quarantine_limit_bytes", "gauge",
+	      "bytes its quarantine may hold (quarantine-limit; 0: off)"),
 	SCRUB("running", "1 while a scrub runs"),
 	SCRUB("files_done", "files the running or last scrub compared"),
 	SCRUB("files_total", "files the running or last scrub compares"),

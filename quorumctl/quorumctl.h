@@ -67,6 +67,8 @@ void qctl_mount_release(struct qctl_mount *m);
 struct json_object *qctl_status(const struct qctl_mount *m);
 /* The heal-info document (the socket only), or NULL (said why). */
 struct json_object *qctl_heal_info(const struct qctl_mount *m);
+/* The quarantine's entries (the socket's `quarantine list`). */
+struct json_object *qctl_quarantine_list(const struct qctl_mount *m);
 
 /*
  * Run one control command (its words already quoted for the daemon's

@@ -113,6 +113,20 @@ static void print_resync(struct json_object *child, double rate)
 	printf("\n");
 }
 
+/* What the child's quarantine holds, when it holds anything. */
+static void print_quarantine(struct json_object *c, int width)
+{
+	struct json_object *q = qctl_get(c, "quarantine");
+	char b[32], l[32];
+
+	if (qctl_int(q, "entries") <= 0)
+		return;
+	printf("  %-*s quarantine: %lld entries, %s of %s\n", width, "",
+	       (long long)qctl_int(q, "entries"),
+	       qctl_bytes(b, 32, qctl_int(q, "bytes")),
+	       qctl_bytes(l, 32, qctl_int(q, "limit")));
+}
+
 static void print_child(struct json_object *c, int width, double rate)
 {
 	struct json_object *e = qctl_get(c, "errors");
@@ -132,6 +146,7 @@ static void print_child(struct json_object *c, int width, double rate)
 		printf("  %-*s", width, "");
 		print_resync(c, rate);
 	}
+	print_quarantine(c, width);
 }
 
 /* rates[i]: child i's resync rate in bytes/s, or -1. */

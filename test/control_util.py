@@ -82,6 +82,14 @@ def socket_request(path, line, timeout=5):
     return json.loads(b"".join(chunks))
 
 
+def quarantine_list(m):
+    """The quarantine's entries, oldest first, through the control socket
+    (`quarantine list` is a read, as heal-info is)."""
+    doc = socket_request(status(m)["control-socket"], "quarantine list")
+    assert doc["mountpoint"] == m.mnt, doc
+    return doc["entries"]
+
+
 def status_text(m):
     with open(m.path(".control"), "rb") as f:
         return f.read()

@@ -294,21 +294,41 @@ static void report_read(struct tree *tree, const struct child_view *v, int i,
 		health_read_error(tree, v->child[i], error);
 }
 
+static size_t min_size(size_t a, size_t b)
+{
+	return a < b ? a : b;
+}
+
 /*
  * rewrite-corrupted: write the winning bytes over a child that lost the
- * vote, before the read returns (QEMU waits too). A correction attempt:
- * its failure is not the reader's.
+ * vote, before the read returns (QEMU waits too), once what they replace
+ * (old, old_len bytes of the child's answer at off) is in the child's
+ * quarantine. A correction attempt: its failure is not the reader's.
  */
 static void rewrite_child(struct read_op *op, const struct child_view *v, int i,
-			  const char *data, size_t len, off_t off)
+			  const char *data, size_t len, off_t off,
+			  const char *old, size_t old_len)
 {
 	int slot = child_slot(v->child[i]);
 	int pfd = tree_node_fd(op->tree, op->file->node, slot);
-	char proc[64];
-	int fd;
+	char proc[64], *path;
+	int fd, saved;
 
 	if (pfd < 0)
 		return;
+	path = tree_node_path(op->tree, op->file->node);
+	saved = quarantine_save(
+		op->tree->quarantine, v, i,
+		&(struct quarantine_bytes){.path = path ? path : "",
+					   .off = off,
+					   .old = old,
+					   .old_len = old_len,
+					   .new = data,
+					   .new_len = len,
+					   .why = QUARANTINE_REWRITE});
+	free(path);
+	if (saved)
+		return; /* never overwrite what could not be kept */
 	child_proc_path(pfd, proc);
 	fd = open(proc, O_WRONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -360,7 +380,8 @@ static int answer_whole(struct read_op *op, const struct vote_result *vr,
 			    0);
 		if (op->view->rewrite_corrupted)
 			rewrite_child(op, op->view, map[k], op->buf[w],
-				      op->len[w], op->off);
+				      op->len[w], op->off, op->buf[map[k]],
+				      min_size(op->len[map[k]], op->len[w]));
 	}
 	if (answer_new(r, op, 1))
 		return -ENOMEM;
@@ -374,6 +395,7 @@ static void rewrite_blocks(struct read_op *op, const struct child_view *v,
 			   const struct vote_blocks_result *vb, const int *map,
 			   int n)
 {
+	const struct read_answer *owner = r->owner;
 	char *answer = malloc(r->len ? r->len : 1);
 	size_t pos = 0;
 
@@ -385,11 +407,19 @@ static void rewrite_blocks(struct read_op *op, const struct child_view *v,
 	}
 	for (int k = 0; k < n; k++) {
 		size_t end = vb->bad_end[k] < r->len ? vb->bad_end[k] : r->len;
+		/* The answer owns every voter's buffer by now. */
+		const char *mine = owner->buf[map[k]];
+		size_t own = op->len[map[k]];
 
-		if (vb->bad[k] && vb->bad_start[k] < end)
+		if (vb->bad[k] && vb->bad_start[k] < end && mine)
 			rewrite_child(op, v, map[k], answer + vb->bad_start[k],
 				      end - vb->bad_start[k],
-				      op->off + vb->bad_start[k]);
+				      op->off + vb->bad_start[k],
+				      mine + vb->bad_start[k],
+				      own > vb->bad_start[k]
+					      ? min_size(own, end) -
+							vb->bad_start[k]
+					      : 0);
 	}
 	free(answer);
 }
@@ -552,7 +582,8 @@ static void check_late(struct read_op *op, const struct tree_answer *r)
 		report_read(op->tree, v, i, path, op->off, op->size, ret);
 		if (!ret && v->rewrite_corrupted && r->iovcnt == 1)
 			rewrite_child(op, v, i, r->iov[0].iov_base, r->len,
-				      op->off);
+				      op->off, op->buf[i],
+				      min_size(op->len[i], r->len));
 	}
 	free(path);
 }

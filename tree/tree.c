@@ -83,6 +83,11 @@ void tree_set_hooks(struct tree *tree, const struct tree_hooks *hooks)
 	tree->hooks = *hooks;
 }
 
+void tree_set_quarantine(struct tree *tree, struct quarantine *q)
+{
+	tree->quarantine = q;
+}
+
 bool tree_fatal(const struct tree *tree)
 {
 	return atomic_load(&tree->fatal);

@@ -105,6 +105,10 @@ struct tree_hooks {
 	void *arg;
 };
 void tree_set_hooks(struct tree *tree, const struct tree_hooks *hooks);
+/* Where rewrite-corrupted saves the bytes it overwrites (persist.h's
+ * quarantine; NULL: nowhere). Set once before serving. */
+struct quarantine;
+void tree_set_quarantine(struct tree *tree, struct quarantine *q);
 
 /*
  * True once a blkverify mismatch was found: the mount must stop and the

@@ -147,7 +147,8 @@ struct tree {
 	int timeout_ms;		   /* per child answer; 0: wait for ever */
 	bool as_root; /* the daemon may chown new entries to the caller */
 	atomic_bool fatal;
-	struct tree_hooks hooks; /* set once before serving */
+	struct tree_hooks hooks;       /* set once before serving */
+	struct quarantine *quarantine; /* likewise; NULL: none */
 	/* Held shared by every namespace change, exclusively by a resync
 	 * while it makes its child vote (tree_barrier_raise). */
 	pthread_rwlock_t ns_barrier;

@@ -97,6 +97,14 @@ static const char *const verb_words[] = {
 	[CMD_RESYNC] = "resync",
 	[CMD_SCRUB] = "scrub",
 	[CMD_REPLICATION] = "replication",
+	[CMD_QUARANTINE] = "quarantine",
+	[CMD_REPAIR] = "repair",
+};
+
+static const char *const quarantine_words[] = {
+	[CONFIG_QUARANTINE_LIST] = "list",
+	[CONFIG_QUARANTINE_RESTORE] = "restore",
+	[CONFIG_QUARANTINE_PURGE] = "purge",
 };
 
 static const char *const repl_words[] = {
@@ -139,8 +147,7 @@ static const char *escaped(const char *word, int which)
 
 static void check_fields(const struct config_command *cmd, const char *buf)
 {
-	contract(cmd->verb <= CMD_REPLICATION,
-		 "the verb is one of the table's");
+	contract(cmd->verb <= CMD_REPAIR, "the verb is one of the table's");
 	switch (cmd->verb) {
 	case CMD_ADD:
 		contract(cmd->path && in_buffer(cmd->path, buf) &&
@@ -186,7 +193,43 @@ static void check_fields(const struct config_command *cmd, const char *buf)
 					cmd->name[0] != '\0'),
 			 "replication's name is absent or a non-empty word");
 		break;
+	case CMD_QUARANTINE:
+		contract(cmd->quarantine <= CONFIG_QUARANTINE_PURGE &&
+				 (cmd->id > 0 ||
+				  cmd->quarantine != CONFIG_QUARANTINE_RESTORE),
+			 "quarantine names an action, restore an id from 1");
+		break;
+	case CMD_REPAIR:
+		contract(cmd->path && in_buffer(cmd->path, buf) && cmd->name &&
+				 in_buffer(cmd->name, buf) &&
+				 cmd->name[0] != '\0',
+			 "repair names a file and a non-empty child");
+		contract(cmd->whole || (cmd->length > 0 &&
+					cmd->offset <= INT64_MAX - cmd->length),
+			 "repair's range is whole, or non-empty and in range");
+		break;
 	}
+}
+
+/* The quarantine's and repair's commands as an operator writes them. */
+static int format_quarantine(const struct config_command *cmd, char *out,
+			     size_t len)
+{
+	if (cmd->verb == CMD_REPAIR && cmd->whole)
+		return snprintf(out, len, "repair %s from=%s",
+				escaped(cmd->path, 0), escaped(cmd->name, 1));
+	if (cmd->verb == CMD_REPAIR)
+		return snprintf(out, len, "repair %s from=%s %llu %llu",
+				escaped(cmd->path, 0), escaped(cmd->name, 1),
+				(unsigned long long)cmd->offset,
+				(unsigned long long)cmd->length);
+	if (cmd->quarantine == CONFIG_QUARANTINE_LIST)
+		return snprintf(out, len, "quarantine list");
+	if (!cmd->id)
+		return snprintf(out, len, "quarantine purge all");
+	return snprintf(out, len, "quarantine %s %llu",
+			quarantine_words[cmd->quarantine],
+			(unsigned long long)cmd->id);
 }
 
 /* replication ACTION [MODE] [failover] [NAME] as an operator writes it. */
@@ -235,6 +278,9 @@ static int format_command(const struct config_command *cmd, char *out,
 				scrub_words[cmd->scrub], cmd->rate);
 	case CMD_REPLICATION:
 		return format_replication(cmd, out, len);
+	case CMD_QUARANTINE:
+	case CMD_REPAIR:
+		return format_quarantine(cmd, out, len);
 	}
 	return -1;
 }
@@ -274,6 +320,10 @@ static void check_round_trip(const struct config_command *cmd)
 			 again.replication == cmd->replication &&
 			 again.repl == cmd->repl && again.mode == cmd->mode &&
 			 again.failover == cmd->failover &&
+			 again.quarantine == cmd->quarantine &&
+			 again.id == cmd->id && again.whole == cmd->whole &&
+			 again.offset == cmd->offset &&
+			 again.length == cmd->length &&
 			 same_string(again.path, cmd->path) &&
 			 same_string(again.name, cmd->name),
 		 "the printed command parses to the same command");

@@ -216,6 +216,47 @@ static void test_policy_refuses_the_root_dots_and_missing_rules(void)
 	}
 }
 
+static void test_quarantine_takes_list_restore_and_purge(void)
+{
+	struct config_command c;
+
+	CHECK_EQ(parse("quarantine list", &c), 0);
+	CHECK_EQ(c.verb, CMD_QUARANTINE);
+	CHECK_EQ(c.quarantine, CONFIG_QUARANTINE_LIST);
+	CHECK_EQ(parse("quarantine restore 42\n", &c), 0);
+	CHECK_EQ(c.quarantine, CONFIG_QUARANTINE_RESTORE);
+	CHECK_EQ(c.id, 42);
+	CHECK_EQ(parse("quarantine purge 7", &c), 0);
+	CHECK_EQ(c.quarantine, CONFIG_QUARANTINE_PURGE);
+	CHECK_EQ(c.id, 7);
+	CHECK_EQ(parse("quarantine purge all", &c), 0);
+	CHECK_EQ(c.id, 0);
+	CHECK_EQ(parse("quarantine restore all", &c), -EINVAL);
+	CHECK_EQ(parse("quarantine restore 99999999999999999999999", &c),
+		 -EINVAL);
+	CHECK_EQ(parse("quarantine list 1", &c), -EINVAL);
+}
+
+static void test_repair_takes_a_file_a_child_and_a_range(void)
+{
+	struct config_command c;
+
+	CHECK_EQ(parse("repair \"vm 1.img\" from=/srv/b", &c), 0);
+	CHECK_EQ(c.verb, CMD_REPAIR);
+	CHECK(strcmp(c.path, "vm 1.img") == 0);
+	CHECK(strcmp(c.name, "/srv/b") == 0);
+	CHECK(c.whole);
+	CHECK_EQ(parse("repair vm.img from=b 4096 1M", &c), 0);
+	CHECK(!c.whole);
+	CHECK_EQ(c.offset, 4096);
+	CHECK_EQ(c.length, 1024 * 1024);
+	CHECK_EQ(parse("repair vm.img from=b 0 0", &c), -EINVAL);
+	CHECK_EQ(parse("repair vm.img from=b 16E 1", &c), -EINVAL);
+	CHECK_EQ(parse("repair vm.img b", &c), -EINVAL);
+	CHECK(strcmp(err, "repair needs from=CHILD after the file, not 'b'") ==
+	      0);
+}
+
 int main(void)
 {
 	RUN(test_add_takes_a_plain_path_and_a_name);
@@ -235,5 +276,7 @@ int main(void)
 	RUN(test_replication_refuses_failover_outside_stop);
 	RUN(test_policy_takes_a_directory_a_threshold_and_rules);
 	RUN(test_policy_refuses_the_root_dots_and_missing_rules);
+	RUN(test_quarantine_takes_list_restore_and_purge);
+	RUN(test_repair_takes_a_file_a_child_and_a_range);
 	return unit_summary();
 }
