@@ -159,7 +159,7 @@ void chunk_read(struct chunk *c)
 
 	c->n = 0;
 	for (int i = 0; i < c->view->n; i++) {
-		if (!c->view->votes[i])
+		if (!view_reads(c->view, i))
 			continue;
 		read_prepare(c, i, c->n, want, &io[c->n], &direct[c->n]);
 		c->n++;

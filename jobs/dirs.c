@@ -596,7 +596,7 @@ static void compare_names(struct dir_job *j, atomic_bool *stop)
 static void dir_voters(struct dir_job *j)
 {
 	for (int i = 0; i < j->view->n; i++) {
-		if (!j->view->votes[i])
+		if (!view_reads(j->view, i))
 			continue;
 		j->index[j->n] = i;
 		j->fd[j->n++] = tree_node_fd(j->jobs->tree, j->dir,

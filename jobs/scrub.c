@@ -544,7 +544,7 @@ static void size_settle(struct scrub *s, struct scrub_file *f,
 	struct vote_result r;
 
 	for (int i = 0; i < v->n; i++) {
-		if (!v->votes[i])
+		if (!view_reads(v, i))
 			continue;
 		index[n] = i;
 		err[n] = error[i];
@@ -581,13 +581,13 @@ static void size_check(struct scrub *s, struct scrub_file *f)
 	range_lock(tree_node_ranges(f->node), &claim, 0, RANGE_END,
 		   s->run.repair);
 	for (int i = 0; i < v->n; i++)
-		if (v->votes[i])
+		if (view_reads(v, i))
 			error[i] = stat_copy(s, f->node, v->child[i], &size[i]);
 	size_settle(s, f, v, size, error);
 	range_unlock(tree_node_ranges(f->node), &claim);
 	/* A copy that is missing is the directory pass's finding. */
 	for (int i = 0; i < v->n; i++) {
-		if (!v->votes[i])
+		if (!view_reads(v, i))
 			continue;
 		pthread_mutex_lock(&s->lock);
 		count_add(&s->run.children, child_name(v->child[i]), 0);

@@ -154,7 +154,28 @@ struct setattr_op {
 	struct tree_file *file;
 	struct stat attr; /* the caller's, copied */
 	int to_set;
+	/* A witness's new last partial block, when the size changes; wret:
+	 * why it could not be computed. */
+	unsigned char last[WITNESS_DIGEST];
+	bool has_last;
+	int wret;
 };
+
+/* A size change on a witness: its digest list follows. */
+static int witness_resize(struct tree *tree, const struct setattr_op *op,
+			  int slot, int pathfd)
+{
+	int ffd = op->file ? file_fd(tree, op->file, slot) : -1;
+	int fd = ffd >= 0 ? ffd : witness_open(pathfd), ret;
+
+	if (op->wret || fd < 0)
+		return op->wret ? op->wret : fd;
+	ret = witness_truncate(fd, op->attr.st_size,
+			       op->has_last ? op->last : NULL);
+	if (fd != ffd)
+		close(fd);
+	return ret;
+}
 
 static int set_times(int fd, const struct setattr_op *op)
 {
@@ -192,7 +213,10 @@ static int set_one(struct tree *tree, const struct setattr_op *op, int slot)
 				 (op->to_set & TREE_SET_GID) ? op->attr.st_gid
 							     : (gid_t)-1,
 				 AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
-	if (!r && (op->to_set & TREE_SET_SIZE)) {
+	if (!r && (op->to_set & TREE_SET_SIZE) &&
+	    tree_slot_is_witness(tree, slot)) {
+		r = witness_resize(tree, op, slot, fd);
+	} else if (!r && (op->to_set & TREE_SET_SIZE)) {
 		int ffd = op->file ? file_fd(tree, op->file, slot) : -1;
 
 		r = child_result(ffd >= 0 ? ftruncate(ffd, op->attr.st_size)
@@ -237,6 +261,10 @@ static int setattr_children(struct tree *tree, const struct child_view *view,
 	op->to_set = to_set;
 	if (f)
 		file_get(f);
+	op->has_last = attr->st_size % WITNESS_BLOCK != 0;
+	if ((to_set & TREE_SET_SIZE) && view->witnesses && op->has_last)
+		op->wret = witness_prepare_truncate(tree, view, n,
+						    attr->st_size, op->last);
 	tree_fanout(tree, rq, setattr_body);
 	ret = tree_outcome(tree, view, rq->ret, false, "write", n,
 			   (to_set & TREE_SET_SIZE) ? attr->st_size : 0, 0);
@@ -500,7 +528,7 @@ static int least_free(const struct child_request *rq,
 	int best = -1;
 
 	for (int i = 0; i < rq->view->n; i++) {
-		if (!rq->view->votes[i] || rq->ret[i])
+		if (!view_reads(rq->view, i) || rq->ret[i])
 			continue;
 		if (best < 0 ||
 		    (uint64_t)op->st[i].f_bavail * op->st[i].f_frsize <

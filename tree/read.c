@@ -172,7 +172,7 @@ static void read_voters(struct read_op *op)
 	for (int i = 0; i < op->view->n; i++) {
 		io[i] = (struct child_io){.fd = -1};
 		op->len[i] = 0;
-		op->ret[i] = op->view->votes[i]
+		op->ret[i] = view_reads(op->view, i)
 				     ? read_part(op, op->view, i, &io[i])
 				     : 0;
 	}
@@ -324,7 +324,7 @@ static int read_ballots(struct read_op *op, struct vote_ballot *b, int *map)
 	int n = 0;
 
 	for (int i = 0; i < op->view->n; i++) {
-		if (!op->view->votes[i] || op->late[i])
+		if (!view_reads(op->view, i) || op->late[i])
 			continue;
 		map[n] = i;
 		b[n++] = (struct vote_ballot){.error = op->ret[i],
@@ -474,7 +474,7 @@ static int read_fifo(struct read_op *op, struct tree_answer *r)
 	for (int i = 0; i < op->view->n; i++) {
 		char *path;
 
-		if (!op->view->votes[i])
+		if (!view_reads(op->view, i))
 			continue;
 		ret = read_child(op, op->view, i);
 		if (!ret) {

@@ -268,6 +268,19 @@ int tree_attr_vote(struct tree *tree, const struct child_view *view,
 		   struct tree_node *n, struct stat *st);
 
 /*
+ * A witness child's file (tree/witness.c has the layout), for its resync
+ * and scrub: with a claim held exclusively on [off, off + len) (whole
+ * 4 KiB blocks, len a multiple of them), tree_witness_fill() writes the
+ * digests of the voted bytes there into the witness file out (open to
+ * read and write) and returns how many bytes the vote had (short at the
+ * end of file), or -errno; tree_witness_finish() gives it the voted size,
+ * under a claim of the whole file.
+ */
+ssize_t tree_witness_fill(struct tree *tree, const struct child_view *view,
+			  struct tree_file *f, int out, off_t off, size_t len);
+int tree_witness_finish(int out, int64_t size);
+
+/*
  * Directories a namespace change could not complete on a syncing child
  * (its copy had not reached them): the child's resync takes them, one at
  * a time, with a node reference the taker drops (tree_node_unref), and
