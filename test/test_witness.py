@@ -206,3 +206,63 @@ def test_bad_forms_are_refused(tmpfs_dir, quorum, run_daemon):
     rc, err = run_daemon("-o", "witness=%s,witness=%s" % (other, other),
                          str(d), str(mnt))
     assert rc != 0 and "witness= is given twice" in err, err
+
+
+# -- (2) reads: the witness breaks the tie -------------------------------
+
+def test_a_corrupt_data_child_is_outvoted_and_reported(backing, quorum):
+    m, wdir = mount_with_witness(quorum, backing)
+    rng = random.Random(11)
+    data = rng.randbytes(2 * MiB + 1000)
+    qfs.write_file(m.path("img"), data)
+    corrupt(m.child_file(0, "img"), 5 * BLOCK + 100, 50)
+    corrupt(m.child_file(0, "img"), 2 * MiB + 10, 5)  # the partial block
+    assert qfs.read_file(m.path("img")) == data
+    ev = m.wait_event("QUORUM_REPORT_BAD",
+                      lambda d: d["node-name"] == m.children[0])
+    assert ev["type"] == "read"
+    assert not [d for d in m.events_named("QUORUM_REPORT_BAD")
+                if d["node-name"] != m.children[0]]
+    assert not m.events_named("QUORUM_FAILURE")
+    # The corruption is still there without rewrite-corrupted.
+    assert qfs.read_file(m.child_file(0, "img")) != data
+
+
+def test_one_data_child_and_the_witness_serve_at_threshold_two(tmpfs_dir,
+                                                               quorum):
+    m, wdir = mount_with_witness(quorum, tmpfs_dir)
+    data = random.Random(2).randbytes(300 * KiB)
+    qfs.write_file(m.path("img"), data)
+    control(m, "remove %s" % m.children[0])
+    assert qfs.read_file(m.path("img")) == data
+    with open(m.path("img"), "r+b") as f:
+        f.seek(1000)
+        f.write(b"z" * 5000)
+    data = data[:1000] + b"z" * 5000 + data[6000:]
+    assert qfs.read_file(m.path("img")) == data
+    check_witness(m, "img", wdir)
+    # The witness cannot vouch for bytes no data child has.
+    corrupt(m.child_file(1, "img"), 0, 10)
+    with pytest.raises(OSError) as e:
+        qfs.read_file(m.path("img"))
+    assert e.value.errno == errno.EIO
+
+
+def test_rewrite_corrupted_repairs_from_the_other_data_child(backing, quorum):
+    m, wdir = mount_with_witness(quorum, backing, opts=["rewrite-corrupted"])
+    data = random.Random(4).randbytes(1 * MiB + 5)
+    qfs.write_file(m.path("img"), data)
+    corrupt(m.child_file(1, "img"), 7 * BLOCK, BLOCK)
+    assert qfs.read_file(m.path("img")) == data
+    m.wait_event("QUORUM_REPORT_BAD",
+                 lambda d: d["node-name"] == m.children[1])
+    assert qfs.read_file(m.child_file(1, "img")) == data
+    # A witness whose digest is wrong is outvoted and repaired too.
+    with open(os.path.join(wdir, "img"), "r+b") as f:
+        f.seek(HEADER + 3 * DIGEST)
+        f.write(bytes(DIGEST - 1) + b"\1")
+    corrupt(m.child_file(0, "img"), 9 * BLOCK, 10)
+    assert qfs.read_file(m.path("img")) == data
+    m.wait_event("QUORUM_REPORT_BAD", lambda d: d["node-name"] == wdir)
+    check_witness(m, "img", wdir)
+    assert qfs.read_file(m.child_file(0, "img")) == data

@@ -27,6 +27,8 @@ struct stat_op {
 	struct stat st[CHILDREN_MAX];
 };
 
+static int witness_stat(int pathfd, struct stat *st);
+
 static int stat_body(struct child_request *rq, int i)
 {
 	struct stat_op *op = rq->arg;
@@ -35,8 +37,38 @@ static int stat_body(struct child_request *rq, int i)
 
 	if (fd < 0)
 		return fd;
+	if (rq->view->witness[i] && S_ISREG(op->a.node->type))
+		return witness_stat(fd, &op->st[i]);
 	return child_result(fstatat(fd, "", &op->st[i],
 				    AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
+}
+
+/* A witness's regular file votes on the size its header keeps. */
+static int witness_stat(int pathfd, struct stat *st)
+{
+	int fd = witness_open(pathfd), ret;
+	int64_t size;
+
+	if (fd < 0)
+		return fd;
+	ret = child_result(fstat(fd, st));
+	if (!ret)
+		ret = witness_size(fd, &size);
+	if (!ret)
+		st->st_size = size;
+	close(fd);
+	return ret;
+}
+
+/* The attributes come from a data child of the winning version: a
+ * witness's blocks and times are its digest list's. */
+static int attr_source(const struct child_view *view, const int *index,
+		       const int *error, int nb, const struct vote_result *r)
+{
+	for (int k = 0; k < nb; k++)
+		if (!error[k] && !r->loser[k] && !view->witness[index[k]])
+			return index[k];
+	return index[r->winner];
 }
 
 /*
@@ -92,7 +124,7 @@ static int attr_from_stats(struct tree *tree, const struct child_request *rq,
 	if (r.error || !r.unanimous || r.successes < nb)
 		attr_report(tree, view, n, error, index, nb, &r);
 	if (!r.error)
-		*out = st[index[r.winner]];
+		*out = st[attr_source(view, index, error, nb, &r)];
 	return r.error;
 }
 

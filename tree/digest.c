@@ -219,4 +219,3 @@ int witness_open(int pathfd)
 	fd = open(proc, O_RDWR | O_CLOEXEC);
 	return fd < 0 ? -errno : fd;
 }
-
