@@ -422,6 +422,21 @@ static void settle_copy(struct scrub *s, struct scrub_file *f, struct chunk *c,
 		       c->off + start, end - start, ok);
 }
 
+/* Witness j's part: its lost blocks' digests rewritten when asked, each
+ * run recorded like a data copy's. */
+static void settle_witness(struct scrub *s, struct chunk *c, int j, bool repair)
+{
+	struct child *child = c->view->child[c->windex[j]];
+	bool lost = chunk_marked(c, c->votes.bad, c->n + j);
+	bool ok = lost && repair && chunk_repair_witness(c, j);
+	size_t b = 0, start, end;
+
+	while (chunk_next_run(c, c->votes.bad, 1u << (c->n + j), &b, &start,
+			      &end))
+		record(s, c->node, NULL, child_name(child), FINDING_DATA,
+		       c->off + start, end - start, ok);
+}
+
 /*
  * Record what the vote found, after repairing it when asked (the caller
  * then holds the chunk exclusively).
@@ -433,6 +448,8 @@ static void chunk_settle(struct scrub *s, struct scrub_file *f, struct chunk *c,
 
 	for (int k = 0; k < c->n; k++)
 		settle_copy(s, f, c, k, repair);
+	for (int j = 0; j < c->nw; j++)
+		settle_witness(s, c, j, repair);
 	while (chunk_next_run(c, c->votes.no_quorum, 1, &b, &start, &end))
 		record(s, c->node, NULL, NULL, FINDING_NO_QUORUM,
 		       c->off + start, end - start, false);
@@ -479,21 +496,49 @@ static int scrub_chunk(struct scrub *s, struct scrub_file *f, off_t off,
 
 /* ---- sizes ---- */
 
-/* Give slot's copy the voted size; the data pass fills a longer one. */
+static bool is_witness(const struct child *child)
+{
+	return child_kind(child) == CHILD_WITNESS;
+}
+
+/* Give slot's copy the voted size; the data pass fills a longer one. A
+ * witness's digest list follows its size. */
 static bool resize_copy(struct scrub *s, struct tree_node *n,
 			struct child *child, off_t size)
 {
 	bool direct, ok;
-	int fd = copy_open(s->jobs, n, child_slot(child), O_WRONLY,
-			   &s->buffered, &direct);
+	int fd = copy_open(s->jobs, n, child_slot(child),
+			   is_witness(child) ? O_RDWR : O_WRONLY, &s->buffered,
+			   &direct);
 
 	if (fd < 0)
 		return false;
-	ok = ftruncate(fd, size) == 0 && fdatasync(fd) == 0;
+	if (is_witness(child))
+		ok = tree_witness_finish(fd, size) == 0 && fdatasync(fd) == 0;
+	else
+		ok = ftruncate(fd, size) == 0 && fdatasync(fd) == 0;
 	close(fd);
 	if (!ok)
 		child_count_error(child, CHILD_OP_WRITE);
 	return ok;
+}
+
+/* The size a witness's copy keeps in its header. */
+static int witness_size_of(struct scrub *s, struct tree_node *n,
+			   struct child *child, off_t *size)
+{
+	bool direct;
+	int64_t have = 0;
+	int fd = copy_open(s->jobs, n, child_slot(child), O_RDWR, &s->buffered,
+			   &direct),
+	    ret;
+
+	if (fd < 0)
+		return fd;
+	ret = tree_witness_size(fd, &have);
+	close(fd);
+	*size = (off_t)have;
+	return ret;
 }
 
 /* The size of view index i's copy in *size, or -errno. */
@@ -505,6 +550,8 @@ static int stat_copy(struct scrub *s, struct tree_node *n, struct child *child,
 
 	if (pfd < 0)
 		return pfd;
+	if (is_witness(child))
+		return witness_size_of(s, n, child, size);
 	if (fstatat(pfd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
 		return -errno;
 	*size = st.st_size;
@@ -544,7 +591,7 @@ static void size_settle(struct scrub *s, struct scrub_file *f,
 	struct vote_result r;
 
 	for (int i = 0; i < v->n; i++) {
-		if (!view_reads(v, i))
+		if (!v->votes[i])
 			continue;
 		index[n] = i;
 		err[n] = error[i];
@@ -581,13 +628,13 @@ static void size_check(struct scrub *s, struct scrub_file *f)
 	range_lock(tree_node_ranges(f->node), &claim, 0, RANGE_END,
 		   s->run.repair);
 	for (int i = 0; i < v->n; i++)
-		if (view_reads(v, i))
+		if (v->votes[i])
 			error[i] = stat_copy(s, f->node, v->child[i], &size[i]);
 	size_settle(s, f, v, size, error);
 	range_unlock(tree_node_ranges(f->node), &claim);
 	/* A copy that is missing is the directory pass's finding. */
 	for (int i = 0; i < v->n; i++) {
-		if (!view_reads(v, i))
+		if (!v->votes[i])
 			continue;
 		pthread_mutex_lock(&s->lock);
 		count_add(&s->run.children, child_name(v->child[i]), 0);

@@ -11,7 +11,9 @@ import errno
 import hashlib
 import os
 import random
+import shutil
 import struct
+import threading
 
 import pytest
 
@@ -266,3 +268,166 @@ def test_rewrite_corrupted_repairs_from_the_other_data_child(backing, quorum):
     m.wait_event("QUORUM_REPORT_BAD", lambda d: d["node-name"] == wdir)
     check_witness(m, "img", wdir)
     assert qfs.read_file(m.child_file(0, "img")) == data
+
+
+# -- (3) scrub and resync ------------------------------------------------
+
+def run_scrub(m, command):
+    first = len(m.events())
+    control(m, command)
+
+    def completed():
+        evs = m.events()[first:]
+        return any(e["event"] == "SCRUB_COMPLETED" for e in evs) and evs
+
+    evs = qfs.wait_for(completed, 60 * qfs.deadline_scale(),
+                       "SCRUB_COMPLETED after %r" % command)
+    return [e["data"] for e in evs if e["event"] == "SCRUB_MISMATCH"]
+
+
+def test_scrub_finds_and_repair_fixes_a_corrupt_data_child(backing, quorum):
+    m, wdir = mount_with_witness(quorum, backing)
+    data = random.Random(8).randbytes(3 * MiB + 777)
+    qfs.write_file(m.path("img"), data)
+    corrupt(m.child_file(0, "img"), MiB + 3 * BLOCK + 1, 20)
+    corrupt(m.child_file(1, "img"), 3 * MiB + 10, 3)
+    found = sorted((d["node-name"], d["offset"], d["length"])
+                   for d in run_scrub(m, "scrub start rate=0"))
+    assert found == [(m.children[0], MiB + 3 * BLOCK, BLOCK),
+                     (m.children[1], 3 * MiB, 777)], found
+    assert qfs.read_file(m.child_file(0, "img")) != data
+    found = run_scrub(m, "scrub repair rate=0")
+    assert len(found) == 2 and all(d["repaired"] for d in found), found
+    for i in (0, 1):
+        assert qfs.read_file(m.child_file(i, "img")) == data
+    assert run_scrub(m, "scrub start rate=0") == []
+    check_witness(m, "img", wdir)
+
+
+def test_scrub_repairs_a_witness_whose_digests_or_size_are_wrong(tmpfs_dir,
+                                                                 quorum):
+    m, wdir = mount_with_witness(quorum, tmpfs_dir)
+    data = random.Random(9).randbytes(MiB + 5)
+    qfs.write_file(m.path("img"), data)
+    qfs.write_file(m.path("small"), b"abc")
+    wfile = os.path.join(wdir, "img")
+    with open(wfile, "r+b") as f:
+        f.seek(HEADER + 100 * DIGEST)
+        f.write(b"\x55" * DIGEST)
+    with open(os.path.join(wdir, "small"), "r+b") as f:
+        f.seek(8)
+        f.write(struct.pack("<Q", 9999))
+    found = sorted((d["node-name"], d["path"])
+                   for d in run_scrub(m, "scrub repair rate=0"))
+    assert (wdir, "img") in found and (wdir, "small") in found, found
+    check_witness(m, "img", wdir)
+    check_witness(m, "small", wdir)
+    assert run_scrub(m, "scrub start rate=0") == []
+
+
+def test_scrub_copies_a_missing_entry_to_the_witness_as_digests(tmpfs_dir,
+                                                                quorum):
+    m, wdir = mount_with_witness(quorum, tmpfs_dir)
+    os.makedirs(m.path("a/b"))
+    qfs.write_file(m.path("a/b/f"), random.Random(1).randbytes(70000))
+    qfs.write_file(m.path("a/g"), b"g" * 5)
+    shutil.rmtree(os.path.join(wdir, "a"))
+    found = run_scrub(m, "scrub repair rate=0")
+    assert [(d["node-name"], d["path"]) for d in found] == [(wdir, "a")], \
+        found
+    check_witness(m, "a/b/f", wdir)
+    check_witness(m, "a/g", wdir)
+    assert run_scrub(m, "scrub start rate=0") == []
+
+
+# -- (4) kill -9 and remount ---------------------------------------------
+
+def all_ok(doc):
+    return all(c["state"] == "ok" and c["votes"] for c in doc["children"])
+
+
+def names(root):
+    out = set()
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != ".quorumfs"]
+        rel = os.path.relpath(dirpath, root)
+        for n in dirs + files:
+            out.add(os.path.normpath(os.path.join(rel, n)))
+    return out
+
+
+def churn_one(m, rng):
+    k = rng.randrange(6)
+    path = m.path("f%d" % k)
+    op = rng.random()
+    if op < 0.1:
+        os.rename(path, m.path("f%d" % rng.randrange(6)))
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if op < 0.7:
+            os.pwrite(fd, rng.randbytes(rng.randrange(1, 90000)),
+                      rng.randrange(0, 2 * MiB))
+        elif op < 0.85:
+            os.ftruncate(fd, rng.randrange(0, 2 * MiB))
+        else:
+            qfs.fallocate(fd, qfs.FALLOC_FL_PUNCH_HOLE |
+                          qfs.FALLOC_FL_KEEP_SIZE,
+                          rng.randrange(0, 2 * MiB), rng.randrange(1, 100000))
+    finally:
+        os.close(fd)
+
+
+def churn(m, rng, stop, done):
+    """Random writes, truncates, holes, creations and renames, until
+    stop is set or the mount goes away; done[0] counts the calls."""
+    while not stop.is_set():
+        try:
+            churn_one(m, rng)
+        except FileNotFoundError:
+            pass  # a rename of a name not made yet
+        except OSError:
+            return  # the daemon was killed under the call
+        done[0] += 1
+
+
+def describe(m, wdir):
+    """Each copy's names and sizes, for a failure's message."""
+    out = []
+    for root in m.children + [wdir]:
+        for rel in sorted(names(root)):
+            p = os.path.join(root, rel)
+            size = (witness_file(p)[0] if root == wdir
+                    else os.stat(p).st_size)
+            out.append("%s %s %d" % (root[-2:], rel, size))
+    return "\n".join(out)
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_and_remount_settle_the_witness(backing, quorum):
+    m, wdir = mount_with_witness(quorum, backing)
+    rng = random.Random(21)
+    for rnd in range(6):
+        stop, done = threading.Event(), [0]
+        t = threading.Thread(target=churn, args=(m, random.Random(rnd),
+                                                 stop, done), daemon=True)
+        t.start()
+        # A seeded point to crash at: after some number of calls.
+        calls = rng.randrange(5, 60)
+        qfs.wait_for(lambda: done[0] >= calls, 30,
+                     "%d calls before the kill" % calls)
+        m.kill()
+        stop.set()
+        t.join(10)
+        m.start()
+        wait_status(m, all_ok, 60, "every child ok after kill %d" % rnd)
+        assert names(m.children[0]) == names(m.children[1]) == \
+            names(wdir), describe(m, wdir)
+        for rel in sorted(names(m.children[0])):
+            try:
+                data = qfs.read_file(m.path(rel))
+            except OSError as e:
+                pytest.fail("%s: %s\n%s" % (rel, e, describe(m, wdir)))
+            check_witness(m, rel, wdir)
+            assert qfs.read_file(m.child_file(0, rel)) == data, rel
+            assert qfs.read_file(m.child_file(1, rel)) == data, rel

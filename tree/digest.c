@@ -219,3 +219,25 @@ int witness_open(int pathfd)
 	fd = open(proc, O_RDWR | O_CLOEXEC);
 	return fd < 0 ? -errno : fd;
 }
+
+/* ---- the same for the jobs (tree.h) ---- */
+
+void tree_witness_digest(const void *block, unsigned char *out)
+{
+	witness_digest(block, out);
+}
+
+int tree_witness_get(int fd, uint64_t block, unsigned char *d, size_t n)
+{
+	return witness_get(fd, block, d, n);
+}
+
+int tree_witness_put(int fd, uint64_t block, const unsigned char *d, size_t n)
+{
+	return witness_put(fd, block, d, n);
+}
+
+int tree_witness_size(int fd, int64_t *size)
+{
+	return witness_size(fd, size);
+}
