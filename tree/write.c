@@ -132,21 +132,69 @@ static int write_witness(struct tree *tree, const struct child_view *view,
 	return *wret ? *wret : witness_write(fd, wc);
 }
 
+/* Every witness's part; ret[i] gets witness i's answer. */
+static void write_witnesses(struct tree *tree, const struct child_view *view,
+			    const struct write_op *op, int *ret)
+{
+	struct witness_change wc = {.end = 0};
+	int wret = 0;
+
+	for (int i = 0; i < view->n; i++)
+		if (view->witness[i])
+			ret[i] = write_witness(tree, view, op, i, &wc, &wret);
+	witness_change_free(&wc);
+}
+
+static bool at_once(void *arg, const struct child_io *io, int n)
+{
+	(void)arg;
+	(void)io;
+	(void)n;
+	return true;
+}
+
+/*
+ * The data children's parts on the ring, and the witnesses' digests. A
+ * write of whole blocks needs no old bytes, so its digests are computed
+ * while the data is written; a partial block's old bytes must be read
+ * before any child has the new ones.
+ */
+static void write_all(struct tree *tree, const struct child_view *view,
+		      const struct write_op *op, struct child_io *io, int *ret)
+{
+	struct child_io_wait w = {.enough = at_once};
+	bool whole =
+		op->off % WITNESS_BLOCK == 0 && op->size % WITNESS_BLOCK == 0;
+
+	if (!view->witnesses) {
+		child_io_run(tree->pool, io, view->n, tree->timeout_ms);
+		return;
+	}
+	if (!whole) {
+		write_witnesses(tree, view, op, ret);
+		child_io_run(tree->pool, io, view->n, tree->timeout_ms);
+		return;
+	}
+	if (child_io_start(tree->pool, io, view->n, tree->timeout_ms, &w)) {
+		write_witnesses(tree, view, op, ret);
+		child_io_finish(io, view->n, &w);
+		return;
+	}
+	write_witnesses(tree, view, op, ret);
+}
+
 /* Every child, voting or syncing, writes the range at once; ret[i] gets
  * child i's answer. */
 static void write_children(struct tree *tree, const struct child_view *view,
 			   const struct write_op *op, int *ret)
 {
-	struct witness_change wc = {.end = 0};
 	struct child_io io[CHILDREN_MAX];
-	int fd, wret = 0;
+	int fd;
 
 	for (int i = 0; i < view->n; i++) {
 		io[i] = (struct child_io){.fd = -1};
-		if (view->witness[i]) {
-			ret[i] = write_witness(tree, view, op, i, &wc, &wret);
+		if (view->witness[i])
 			continue;
-		}
 		ret[i] = file_view_fd(tree, op->file, view, i, &fd);
 		if (!ret[i])
 			io[i] = (struct child_io){
@@ -160,8 +208,7 @@ static void write_children(struct tree *tree, const struct child_view *view,
 					op->file, &op->file->no_inline_write,
 					child_slot(view->child[i]))};
 	}
-	witness_change_free(&wc);
-	child_io_run(tree->pool, io, view->n, tree->timeout_ms);
+	write_all(tree, view, op, io, ret);
 	for (int i = 0; i < view->n; i++)
 		if (io[i].fd >= 0)
 			ret[i] = write_rest(op, &io[i],
