@@ -135,10 +135,12 @@ int witness_write(int fd, const struct witness_change *wc)
 	int64_t size;
 	int ret = witness_size(fd, &size);
 
-	if (!ret && wc->n)
-		ret = witness_put(fd, wc->first, wc->digest, wc->n);
+	/* The size first: a crash in between leaves entries missing, which
+	 * a size vote cannot miss, not entries past the size, which it can. */
 	if (!ret && wc->end > size)
 		ret = put_size(fd, wc->end);
+	if (!ret && wc->n)
+		ret = witness_put(fd, wc->first, wc->digest, wc->n);
 	return ret;
 }
 
