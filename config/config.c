@@ -25,9 +25,10 @@
 /* Child i of cfg from path, once resolved: distinct from the others and
  * apart from the mountpoint. */
 static int add_child(struct config *cfg, const char *what, const char *path,
-		     struct stat *st, const struct stat *mnt,
-		     const char *mnt_path, char *err, size_t errlen)
+		     const struct config_args *a, struct stat *st,
+		     const struct stat *mnt, char *err, size_t errlen)
 {
+	const char *mnt_path = a->path[a->npaths - 1];
 	int i = cfg->children.n, ret;
 	char *real;
 
@@ -41,7 +42,7 @@ static int add_child(struct config *cfg, const char *what, const char *path,
 			return config_fail(err, errlen,
 					   "child '%s' is the same directory "
 					   "as child '%s'",
-					   path, cfg->children.path[j]);
+					   path, a->path[j]);
 	if (path_within(cfg->mountpoint, &st[i]))
 		return config_fail(err, errlen,
 				   "child '%s' contains the mountpoint '%s'",
@@ -71,8 +72,7 @@ static int check_witness(const struct config_args *a, struct config *cfg,
 				   "at most %d children are supported",
 				   CHILDREN_MAX);
 	cfg->children.kind[cfg->children.n] = CHILD_WITNESS;
-	return add_child(cfg, "witness", a->witness, st, mnt,
-			 a->path[a->npaths - 1], err, errlen);
+	return add_child(cfg, "witness", a->witness, a, st, mnt, err, errlen);
 }
 
 static int check_paths(const struct config_args *a, struct config *cfg,
@@ -99,8 +99,8 @@ static int check_paths(const struct config_args *a, struct config *cfg,
 	ret = resolve_dir("mountpoint", a->path[n], &cfg->mountpoint, &mnt, err,
 			  errlen);
 	for (int i = 0; i < n && !ret; i++)
-		ret = add_child(cfg, "child", a->path[i], st, &mnt, a->path[n],
-				err, errlen);
+		ret = add_child(cfg, "child", a->path[i], a, st, &mnt, err,
+				errlen);
 	if (!ret)
 		ret = check_witness(a, cfg, st, &mnt, err, errlen);
 	return ret;

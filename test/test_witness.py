@@ -431,3 +431,22 @@ def test_kill_9_and_remount_settle_the_witness(backing, quorum):
             check_witness(m, rel, wdir)
             assert qfs.read_file(m.child_file(0, rel)) == data, rel
             assert qfs.read_file(m.child_file(1, rel)) == data, rel
+
+
+def test_the_record_remembers_an_added_witness_across_a_remount(tmpfs_dir,
+                                                                 quorum):
+    m = quorum(n=2, threshold=2)
+    qfs.write_file(m.path("f"), b"data" * 3000)
+    wdir = tmpfs_dir / "w-added"
+    wdir.mkdir()
+    control(m, "add %s name=w mode=witness" % wdir)
+    wait_child_state(m, "w", "ok")
+    m.unmount()
+    # The command line names only the data children; the record the rest.
+    m.start()
+    doc = wait_status(m, all_ok, 60, "every child ok after the remount")
+    assert child_status(doc, "w")["kind"] == "witness"
+    with open(m.path("f"), "r+b") as f:
+        f.seek(5000)
+        f.write(b"new")
+    check_witness(m, "f", str(wdir))

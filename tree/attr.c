@@ -46,7 +46,7 @@ static int stat_body(struct child_request *rq, int i)
 /* A witness's regular file votes on the size its header keeps. */
 static int witness_stat(int pathfd, struct stat *st)
 {
-	int fd = witness_open(pathfd), ret;
+	int fd = witness_open(pathfd, O_RDONLY), ret;
 	int64_t size;
 
 	if (fd < 0)
@@ -65,6 +65,8 @@ static int witness_stat(int pathfd, struct stat *st)
 static int attr_source(const struct child_view *view, const int *index,
 		       const int *error, int nb, const struct vote_result *r)
 {
+	if (!view->witness[index[r->winner]])
+		return index[r->winner];
 	for (int k = 0; k < nb; k++)
 		if (!error[k] && !r->loser[k] && !view->witness[index[k]])
 			return index[k];
@@ -198,7 +200,7 @@ static int witness_resize(struct tree *tree, const struct setattr_op *op,
 			  int slot, int pathfd)
 {
 	int ffd = op->file ? file_fd(tree, op->file, slot) : -1;
-	int fd = ffd >= 0 ? ffd : witness_open(pathfd), ret;
+	int fd = ffd >= 0 ? ffd : witness_open(pathfd, O_RDWR), ret;
 
 	if (op->wret || fd < 0)
 		return op->wret ? op->wret : fd;

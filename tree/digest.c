@@ -38,13 +38,42 @@ static const char zero_block[WITNESS_BLOCK];
 static unsigned char zero_block_digest[WITNESS_DIGEST];
 static pthread_once_t zero_once = PTHREAD_ONCE_INIT;
 
+/* Each thread keeps one digest context, freed when the thread ends. */
+static pthread_key_t ctx_key;
+static pthread_once_t ctx_once = PTHREAD_ONCE_INIT;
+static bool ctx_keyless;
+
+static void ctx_free(void *ctx)
+{
+	EVP_MD_CTX_free(ctx);
+}
+
+static void ctx_key_create(void)
+{
+	ctx_keyless = pthread_key_create(&ctx_key, ctx_free) != 0;
+}
+
+static EVP_MD_CTX *thread_ctx(void)
+{
+	EVP_MD_CTX *ctx;
+
+	pthread_once(&ctx_once, ctx_key_create);
+	if (ctx_keyless)
+		return NULL;
+	ctx = pthread_getspecific(ctx_key);
+	if (!ctx && (ctx = EVP_MD_CTX_new()) &&
+	    pthread_setspecific(ctx_key, ctx)) {
+		EVP_MD_CTX_free(ctx);
+		ctx = NULL;
+	}
+	return ctx;
+}
+
 void witness_digest(const void *block, unsigned char *out)
 {
-	static _Thread_local EVP_MD_CTX *ctx;
+	EVP_MD_CTX *ctx = thread_ctx();
 	unsigned int len = WITNESS_DIGEST;
 
-	if (!ctx)
-		ctx = EVP_MD_CTX_new();
 	if (!ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) ||
 	    !EVP_DigestUpdate(ctx, block, WITNESS_BLOCK) ||
 	    !EVP_DigestFinal_ex(ctx, out, &len))
@@ -211,14 +240,14 @@ grow:
 	return ret;
 }
 
-/* The file of a node's O_PATH handle opened to read and write. */
-int witness_open(int pathfd)
+/* The file of a node's O_PATH handle opened with flags. */
+int witness_open(int pathfd, int flags)
 {
 	char proc[64];
 	int fd;
 
 	child_proc_path(pathfd, proc);
-	fd = open(proc, O_RDWR | O_CLOEXEC);
+	fd = open(proc, flags | O_CLOEXEC);
 	return fd < 0 ? -errno : fd;
 }
 

@@ -298,8 +298,8 @@ int witness_write(int fd, const struct witness_change *wc);
 int witness_truncate(int fd, int64_t size, const unsigned char *last);
 int witness_fallocate(int fd, const struct witness_change *wc, int mode,
 		      off_t off, off_t len);
-/* Open the file of an O_PATH handle to read and write; fd or -errno. */
-int witness_open(int pathfd);
+/* Open the file of an O_PATH handle with flags; fd or -errno. */
+int witness_open(int pathfd, int flags);
 /*
  * The digests a change needs, computed under the caller's range claim
  * covering the whole blocks it touches: a write's blocks, a zeroed
