@@ -982,19 +982,28 @@ static int count_blocks(const char *path, const struct stat *st, int flag,
 }
 
 /* "size-on-disk" of each witness: the blocks its whole tree takes, its
- * record included. witness[i] is member i's reference, or NULL. */
+ * record included, walked at most once a second (status is polled).
+ * witness[i] is member i's reference, or NULL. */
 static void add_witness_sizes(struct json_object *list, struct child **witness,
 			      int n)
 {
 	for (int i = 0; i < n; i++) {
-		if (!witness[i])
+		struct child *c = witness[i];
+		struct timespec now;
+
+		if (!c)
 			continue;
-		walk_bytes = 0;
-		nftw(witness[i]->path, count_blocks, 16, FTW_PHYS | FTW_MOUNT);
-		json_object_object_add(json_object_array_get_idx(list, i),
-				       "size-on-disk",
-				       json_object_new_int64(walk_bytes));
-		child_put(witness[i]);
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (atomic_load(&c->disk_walked) != (uint64_t)now.tv_sec) {
+			walk_bytes = 0;
+			nftw(c->path, count_blocks, 16, FTW_PHYS | FTW_MOUNT);
+			atomic_store(&c->disk_bytes, walk_bytes);
+			atomic_store(&c->disk_walked, (uint64_t)now.tv_sec);
+		}
+		json_object_object_add(
+			json_object_array_get_idx(list, i), "size-on-disk",
+			json_object_new_int64(atomic_load(&c->disk_bytes)));
+		child_put(c);
 	}
 }
 
