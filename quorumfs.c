@@ -976,7 +976,7 @@ struct cmdline {
 	char *children;	   /* what args.path[] points into once split */
 };
 
-enum { KEY_FSNAME = 1 };
+enum { KEY_FSNAME = 1, KEY_WITNESS };
 
 #define QFS_OPT(t, p)                                                          \
 	{                                                                      \
@@ -1007,6 +1007,7 @@ static const struct fuse_opt qfs_opts[] = {
 	QFS_OPT("blkverify", blkverify),
 	QFS_OPT("uring=%s", uring),
 	FUSE_OPT_KEY("fsname=", KEY_FSNAME),
+	FUSE_OPT_KEY("witness=", KEY_WITNESS),
 	FUSE_OPT_END,
 };
 
@@ -1019,6 +1020,12 @@ static int collect_path(void *data, const char *arg, int key,
 	(void)outargs;
 	if (key == KEY_FSNAME)
 		cl->fsname_given = true;
+	if (key == KEY_WITNESS) {
+		a->witness_twice |= a->witness != NULL;
+		if (!a->witness)
+			a->witness = strdup(arg + strlen("witness="));
+		return 0;
+	}
 	if (key != FUSE_OPT_KEY_NONOPT)
 		return 1; /* libfuse's own option: keep it */
 	if (a->npaths == CHILDREN_MAX + 2)
@@ -1041,6 +1048,8 @@ static void usage(const char *prog)
 	       "vote\n"
 	       "    -o blkverify           two children, threshold 2: stop on "
 	       "any difference\n"
+	       "    -o witness=PATH        a child holding the digests of the "
+	       "data, not the data\n"
 	       "    -o log=PATH            JSON event log (SIGHUP reopens "
 	       "it)\n"
 	       "    -o events=syslog       every event to syslog too\n"
@@ -1332,6 +1341,7 @@ static void release_args(struct config_args *raw)
 	free((char *)raw->scrub_rate);
 	free((char *)raw->control_socket);
 	free((char *)raw->sync_from);
+	free((char *)raw->witness);
 	free((char *)raw->replication);
 	free((char *)raw->active);
 	free((char *)raw->hidden);

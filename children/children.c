@@ -20,6 +20,7 @@
 #include "children/children_i.h"
 
 #include <errno.h>
+#include <ftw.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/vfs.h>
@@ -208,9 +209,16 @@ enum child_kind child_kind(const struct child *c)
 	return c->kind;
 }
 
+const char *child_kind_name(enum child_kind k)
+{
+	static const char *const names[] = {"data", "replication", "witness"};
+
+	return names[k];
+}
+
 bool child_votes(const struct child *c)
 {
-	return c->kind == CHILD_DATA && child_state(c) == CHILD_OK;
+	return c->kind != CHILD_REPLICATION && child_state(c) == CHILD_OK;
 }
 
 const char *child_state_name(enum child_state s)
@@ -411,6 +419,8 @@ static int publish_locked(struct child_set *set)
 		atomic_fetch_add(&c->views, 1);
 		h->view.votes[h->view.n] = child_votes(c);
 		h->view.voters += child_votes(c);
+		h->view.witness[h->view.n] = c->kind == CHILD_WITNESS;
+		h->view.witnesses += c->kind == CHILD_WITNESS;
 		h->view.child[h->view.n++] = c;
 	}
 	h->view.threshold = set->rules.threshold;
@@ -530,6 +540,20 @@ static int voting_members_locked(const struct child_set *set)
 	for (int i = 0; i < set->nmembers; i++)
 		n += child_votes(set->member[i]);
 	return n;
+}
+
+/* Whether some data child other than c votes: a set whose voters are
+ * witnesses only holds no data to serve. */
+static bool other_data_voter_locked(const struct child_set *set,
+				    const struct child *c)
+{
+	for (int i = 0; i < set->nmembers; i++) {
+		const struct child *m = set->member[i];
+
+		if (m != c && m->kind == CHILD_DATA && child_votes(m))
+			return true;
+	}
+	return false;
 }
 
 static struct json_object *child_event_data(const struct child *c)
@@ -723,6 +747,12 @@ int children_remove(struct child_set *set, struct child *c, int drain_ms,
 			   "removing '%s' would leave %d voting children, "
 			   "below the threshold %d of directory '%s'",
 			   c->name, voting, set->floor, set->floor_dir);
+	} else if (child_votes(c) && c->kind == CHILD_DATA &&
+		   !other_data_voter_locked(set, c)) {
+		ret = fail(err, errlen, -EINVAL,
+			   "removing '%s' would leave no data child voting: "
+			   "a witness holds digests, not data",
+			   c->name);
 	} else {
 		unlink_member_locked(set, c);
 		ret = publish_locked(set);
@@ -955,6 +985,12 @@ int children_begin_resync(struct child_set *set, struct child *c, char *err,
 			   "resyncing '%s' would leave %d voting children, "
 			   "below the threshold %d of directory '%s'",
 			   c->name, voting, set->floor, set->floor_dir);
+	else if (child_votes(c) && c->kind == CHILD_DATA &&
+		 !other_data_voter_locked(set, c))
+		ret = fail(err, errlen, -EINVAL,
+			   "resyncing '%s' would leave no data child voting: "
+			   "a witness holds digests, not data",
+			   c->name);
 	else
 		set_state_locked(set, c, CHILD_SYNCING, "resync requested");
 	pthread_mutex_unlock(&set->lock);
@@ -996,10 +1032,8 @@ static struct json_object *child_status_locked(const struct child *c)
 		o, "state",
 		json_object_new_string(child_state_name(child_state(c))));
 	json_object_object_add(o, "reason", json_object_new_string(c->reason));
-	json_object_object_add(o, "kind",
-			       json_object_new_string(c->kind == CHILD_DATA
-							      ? "data"
-							      : "replication"));
+	json_object_object_add(
+		o, "kind", json_object_new_string(child_kind_name(c->kind)));
 	json_object_object_add(o, "votes",
 			       json_object_new_boolean(child_votes(c)));
 	sync = json_object_new_object();
@@ -1035,12 +1069,52 @@ static struct json_object *child_status_locked(const struct child *c)
 	return o;
 }
 
+/* Bytes the walk has counted so far: nftw() takes no argument. */
+static _Thread_local uint64_t walk_bytes;
+
+static int count_blocks(const char *path, const struct stat *st, int flag,
+			struct FTW *ftw)
+{
+	(void)path;
+	(void)flag;
+	(void)ftw;
+	walk_bytes += (uint64_t)st->st_blocks * 512;
+	return 0;
+}
+
+/* "size-on-disk" of each witness: the blocks its whole tree takes, its
+ * record included, walked at most once a second (status is polled).
+ * witness[i] is member i's reference, or NULL. */
+static void add_witness_sizes(struct json_object *list, struct child **witness,
+			      int n)
+{
+	for (int i = 0; i < n; i++) {
+		struct child *c = witness[i];
+		struct timespec now;
+
+		if (!c)
+			continue;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (atomic_load(&c->disk_walked) != (uint64_t)now.tv_sec) {
+			walk_bytes = 0;
+			nftw(c->path, count_blocks, 16, FTW_PHYS | FTW_MOUNT);
+			atomic_store(&c->disk_bytes, walk_bytes);
+			atomic_store(&c->disk_walked, (uint64_t)now.tv_sec);
+		}
+		json_object_object_add(
+			json_object_array_get_idx(list, i), "size-on-disk",
+			json_object_new_int64(atomic_load(&c->disk_bytes)));
+		child_put(c);
+	}
+}
+
 struct json_object *children_status(struct child_set *set)
 {
 	struct json_object *o = json_object_new_object();
 	struct json_object *list = json_object_new_array();
+	struct child *witness[CHILDREN_MAX];
 	uint64_t total[3] = {0};
-	int voting;
+	int voting, nlist;
 
 	pthread_mutex_lock(&set->lock);
 	voting = voting_members_locked(set);
@@ -1062,7 +1136,13 @@ struct json_object *children_status(struct child_set *set)
 				      child_status_locked(set->member[i]));
 		for (int op = 0; op < 3; op++)
 			total[op] += child_errors(set->member[i], op);
+		witness[i] = NULL;
+		if (set->member[i]->kind == CHILD_WITNESS) {
+			witness[i] = set->member[i];
+			child_get(witness[i]);
+		}
 	}
+	nlist = set->nmembers;
 	json_object_object_add(o, "children", list);
 	list = json_object_new_object();
 	json_object_object_add(list, "children",
@@ -1076,5 +1156,8 @@ struct json_object *children_status(struct child_set *set)
 			       json_object_new_int64(total[CHILD_OP_FLUSH]));
 	json_object_object_add(o, "totals", list);
 	pthread_mutex_unlock(&set->lock);
+	/* A walk of the witness's tree, outside the set's lock. */
+	add_witness_sizes(json_object_object_get(o, "children"), witness,
+			  nlist);
 	return o;
 }

@@ -53,7 +53,18 @@ enum child_state {
 enum child_kind {
 	CHILD_DATA,
 	CHILD_REPLICATION,
+	CHILD_WITNESS,
 };
+
+/*
+ * A witness child holds the tree's names and metadata and, for each
+ * regular file, one SHA-256 digest per CHILD_WITNESS_BLOCK block instead
+ * of the data (tree/witness.c has the layout). It takes every change and
+ * votes like a data child once in step, but is never read for data and
+ * never a source: a read's ballot from it is the digest list of the
+ * range, asked for only when the data children disagree.
+ */
+#define CHILD_WITNESS_BLOCK 4096
 
 /* A replication child's stage: QEMU's ReplicationStage, with its names. */
 enum repl_stage {
@@ -91,6 +102,10 @@ struct child_view {
 	struct child *child[CHILDREN_MAX];
 	bool votes[CHILDREN_MAX]; /* child[i] is ok: it votes */
 	int voters;		  /* how many votes[] are true */
+	/* child[i] is a witness: it votes (when votes[i]) but holds digests,
+	 * so nothing reads data, sizes or free space from it. */
+	bool witness[CHILDREN_MAX];
+	int witnesses; /* how many witness[] are true */
 	int threshold;
 	enum read_pattern read_pattern;
 	bool rewrite_corrupted;
@@ -224,8 +239,16 @@ enum child_state child_state(const struct child *c);
 const char *child_state_name(enum child_state s);
 
 enum child_kind child_kind(const struct child *c);
-/* Whether c votes now: a data child in state ok. */
+/* "data", "replication" or "witness": status's and the record's word. */
+const char *child_kind_name(enum child_kind k);
+/* Whether c votes now: a data child or a witness in state ok. */
 bool child_votes(const struct child *c);
+
+/* Whether view index i is read for data: a voting child, not a witness. */
+static inline bool view_reads(const struct child_view *v, int i)
+{
+	return v->votes[i] && !v->witness[i];
+}
 
 /* Count an I/O error of the given kind against the child. Lock-free. */
 void child_count_error(struct child *c, enum child_op op);

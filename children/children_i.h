@@ -38,6 +38,10 @@ struct child {
 	atomic_int streak;		/* failed reads in a row */
 	atomic_int orphans;		/* timed-out parts still running */
 	atomic_uint_fast64_t bytes_done, bytes_total, files_done, files_total;
+	/* Witnesses only: the bytes the last walk of its tree counted, and
+	 * when (CLOCK_MONOTONIC seconds): status walks it at most once a
+	 * second. */
+	atomic_uint_fast64_t disk_bytes, disk_walked;
 	/* Replication children only (replica.c). */
 	atomic_uint_fast64_t forwarded_ops, forwarded_bytes;
 	struct child_latch *latch;

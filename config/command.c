@@ -80,15 +80,22 @@ static int split_words(char *buf, char **word, int *nwords, char *err,
 #define MODE_VALUE "The option mode's value should be primary or secondary"
 #define PRIMARY_TOP_ID "The primary side does not support option top-id"
 
-/* One NAME=VALUE option of add: name=, mode=primary, top=. */
+/* One NAME=VALUE option of add: name=, mode=primary|witness, top=. */
 static int parse_add_option(const char *word, struct config_command *cmd,
 			    bool *top, char *err, size_t errlen)
 {
 	if (strncmp(word, "name=", 5) == 0 && word[5] && !cmd->name) {
 		cmd->name = word + 5;
-	} else if (strncmp(word, "mode=", 5) == 0 && !cmd->replication) {
+	} else if (strncmp(word, "mode=", 5) == 0 &&
+		   (cmd->replication || cmd->witness)) {
+		return config_fail(err, errlen,
+				   "add takes mode= once, not '%s' again",
+				   word);
+	} else if (strncmp(word, "mode=", 5) == 0) {
 		if (strcmp(word + 5, "primary") == 0)
 			cmd->replication = true;
+		else if (strcmp(word + 5, "witness") == 0)
+			cmd->witness = true;
 		else if (strcmp(word + 5, "secondary") == 0)
 			return config_fail(
 				err, errlen,
@@ -99,11 +106,10 @@ static int parse_add_option(const char *word, struct config_command *cmd,
 	} else if (strncmp(word, "top=", 4) == 0) {
 		*top = true;
 	} else {
-		return config_fail(
-			err, errlen,
-			"add takes name=NAME and mode=primary after the "
-			"path, not '%s'",
-			word);
+		return config_fail(err, errlen,
+				   "add takes name=NAME and mode=primary or "
+				   "mode=witness after the path, not '%s'",
+				   word);
 	}
 	return 0;
 }
@@ -116,7 +122,7 @@ static int parse_add(char **word, int n, struct config_command *cmd, char *err,
 	if (n < 2)
 		return config_fail(
 			err, errlen,
-			"usage: add PATH [name=NAME] [mode=primary]");
+			"usage: add PATH [name=NAME] [mode=primary|witness]");
 	cmd->path = word[1];
 	if (cmd->path[0] != '/')
 		return config_fail(err, errlen,

@@ -22,6 +22,59 @@
 #include <unistd.h>
 
 #include "config/sinks_i.h"
+/* Child i of cfg from path, once resolved: distinct from the others and
+ * apart from the mountpoint. */
+static int add_child(struct config *cfg, const char *what, const char *path,
+		     const struct config_args *a, struct stat *st,
+		     const struct stat *mnt, char *err, size_t errlen)
+{
+	const char *mnt_path = a->path[a->npaths - 1];
+	int i = cfg->children.n, ret;
+	char *real;
+
+	ret = resolve_dir(what, path, &real, &st[i], err, errlen);
+	if (ret)
+		return ret;
+	cfg->children.path[i] = real;
+	cfg->children.n++;
+	for (int j = 0; j < i; j++)
+		if (same_inode(&st[i], &st[j]))
+			return config_fail(err, errlen,
+					   "child '%s' is the same directory "
+					   "as child '%s'",
+					   path, a->path[j]);
+	if (path_within(cfg->mountpoint, &st[i]))
+		return config_fail(err, errlen,
+				   "child '%s' contains the mountpoint '%s'",
+				   path, mnt_path);
+	if (path_within(real, mnt))
+		return config_fail(err, errlen,
+				   "child '%s' lies inside the mountpoint "
+				   "'%s'",
+				   path, mnt_path);
+	return 0;
+}
+
+/* -o witness=PATH: one more child, of kind witness, after the others. */
+static int check_witness(const struct config_args *a, struct config *cfg,
+			 struct stat *st, const struct stat *mnt, char *err,
+			 size_t errlen)
+{
+	if (a->witness_twice)
+		return config_fail(err, errlen,
+				   "witness= is given twice: a set takes one "
+				   "witness on the command line (add more "
+				   "with 'add PATH mode=witness')");
+	if (!a->witness)
+		return 0;
+	if (cfg->children.n == CHILDREN_MAX)
+		return config_fail(err, errlen,
+				   "at most %d children are supported",
+				   CHILDREN_MAX);
+	cfg->children.kind[cfg->children.n] = CHILD_WITNESS;
+	return add_child(cfg, "witness", a->witness, a, st, mnt, err, errlen);
+}
+
 static int check_paths(const struct config_args *a, struct config *cfg,
 		       char *err, size_t errlen)
 {
@@ -33,43 +86,24 @@ static int check_paths(const struct config_args *a, struct config *cfg,
 		return config_fail(err, errlen,
 				   "at most %d children are supported",
 				   CHILDREN_MAX);
+	if (a->witness && a->npaths == 1)
+		return config_fail(err, errlen,
+				   "the witness '%s' cannot be the only child: "
+				   "a witness holds digests, not data; give at "
+				   "least one data child",
+				   a->witness);
 	if (a->npaths < 2)
 		return config_fail(err, errlen,
 				   a->npaths ? "no child directories were given"
 					     : "no mountpoint was given");
 	ret = resolve_dir("mountpoint", a->path[n], &cfg->mountpoint, &mnt, err,
 			  errlen);
-	if (ret)
-		return ret;
-	for (int i = 0; i < n; i++) {
-		char *real;
-
-		ret = resolve_dir("child", a->path[i], &real, &st[i], err,
-				  errlen);
-		if (ret)
-			return ret;
-		cfg->children.path[i] = real;
-		cfg->children.n++;
-		for (int j = 0; j < i; j++)
-			if (same_inode(&st[i], &st[j]))
-				return config_fail(
-					err, errlen,
-					"child '%s' is the same directory "
-					"as child '%s'",
-					a->path[i], a->path[j]);
-		if (path_within(cfg->mountpoint, &st[i]))
-			return config_fail(
-				err, errlen,
-				"child '%s' contains the mountpoint '%s'",
-				a->path[i], a->path[n]);
-		if (path_within(real, &mnt))
-			return config_fail(
-				err, errlen,
-				"child '%s' lies inside the mountpoint "
-				"'%s'",
-				a->path[i], a->path[n]);
-	}
-	return 0;
+	for (int i = 0; i < n && !ret; i++)
+		ret = add_child(cfg, "child", a->path[i], a, st, &mnt, err,
+				errlen);
+	if (!ret)
+		ret = check_witness(a, cfg, st, &mnt, err, errlen);
+	return ret;
 }
 
 static int parse_uring(const char *word, enum config_uring *out)
@@ -266,6 +300,13 @@ static int check_sync_from(const struct config_args *a, struct config *cfg,
 		if (strcmp(real, cfg->children.path[i]) == 0)
 			cfg->sync_from = i;
 	free(real);
+	if (cfg->sync_from >= 0 &&
+	    cfg->children.kind[cfg->sync_from] == CHILD_WITNESS)
+		return config_fail(
+			err, errlen,
+			"sync-from=%s names the witness, which holds "
+			"digests, not data",
+			a->sync_from);
 	if (cfg->sync_from >= 0)
 		return 0;
 	return config_fail(

@@ -51,6 +51,10 @@ struct config_args {
 	const char *quarantine_limit;	   /* SIZE, 0: off */
 	int rewrite_corrupted;
 	int blkverify;
+	/* -o witness=PATH: a witness child after the others; given twice
+	 * is an error. */
+	const char *witness;
+	bool witness_twice;
 	int npaths; /* children then the mountpoint */
 	const char *path[CHILDREN_MAX + 2];
 	bool too_many_paths; /* more than fit in path[] were given */
@@ -242,8 +246,9 @@ struct config_command {
 	/* scrub start and repair: rate=N in MiB/s (0: unlimited), or -1
 	 * when not given (the mount's scrub-rate). */
 	int rate;
-	/* add: mode=primary makes a replication child. */
-	bool replication;
+	/* add: mode=primary makes a replication child, mode=witness a
+	 * witness. */
+	bool replication, witness;
 	/* replication: what to do; mode 0 primary, 1 secondary (QEMU's
 	 * numbers), -1 not given; failover; name (NULL: every replication
 	 * child, in order). */

@@ -39,6 +39,7 @@ static int cmd_add(struct control *ctl, const struct config_command *cmd,
 	if (!ret)
 		ret = children_add(ctl->set, real, cmd->name,
 				   cmd->replication ? CHILD_REPLICATION
+				   : cmd->witness   ? CHILD_WITNESS
 						    : CHILD_DATA,
 				   &c, err, errlen);
 	free(real);

@@ -150,6 +150,40 @@ static void read_collect(struct chunk *c, int k, size_t want,
 			.len = min_u64((uint64_t)got, c->len)};
 }
 
+/* Witness j's digests of the chunk's blocks (the chunk starts on a
+ * block). */
+static int read_witness(struct chunk *c, int j)
+{
+	int slot = child_slot(c->view->child[c->windex[j]]), fd, ret;
+	size_t n = (c->len + TREE_VOTE_BLOCK - 1) / TREE_VOTE_BLOCK;
+	bool direct;
+
+	if (!c->wdig[j])
+		c->wdig[j] = malloc(CHILD_IO_MAX / TREE_VOTE_BLOCK *
+				    TREE_WITNESS_DIGEST);
+	if (!c->wdig[j])
+		return -ENOMEM;
+	fd = copy_open(c->jobs, c->node, slot, O_RDWR, c->buffered, &direct);
+	if (fd < 0)
+		return fd;
+	ret = tree_witness_get(fd, (uint64_t)c->off / TREE_VOTE_BLOCK,
+			       c->wdig[j], n);
+	close(fd);
+	return ret;
+}
+
+static void read_witnesses(struct chunk *c)
+{
+	c->nw = 0;
+	for (int i = 0; i < c->view->n; i++) {
+		if (!c->view->votes[i] || !c->view->witness[i])
+			continue;
+		c->windex[c->nw] = i;
+		c->werr[c->nw] = read_witness(c, c->nw);
+		c->nw++;
+	}
+}
+
 void chunk_read(struct chunk *c)
 {
 	struct child_io io[CHILDREN_MAX];
@@ -160,7 +194,7 @@ void chunk_read(struct chunk *c)
 
 	c->n = 0;
 	for (int i = 0; i < c->view->n; i++) {
-		if (!c->view->votes[i])
+		if (!view_reads(c->view, i))
 			continue;
 		read_prepare(c, i, c->n, want, &io[c->n], &direct[c->n]);
 		c->n++;
@@ -169,6 +203,7 @@ void chunk_read(struct chunk *c)
 	for (int k = 0; k < c->n; k++)
 		if (io[k].fd >= 0)
 			read_collect(c, k, want, &io[k], direct[k]);
+	read_witnesses(c);
 }
 
 void chunk_release(struct chunk *c)
@@ -176,6 +211,8 @@ void chunk_release(struct chunk *c)
 	for (int k = 0; k < CHILDREN_MAX; k++) {
 		child_buf_put(c->buf[k], CHILD_IO_MAX);
 		c->buf[k] = NULL;
+		free(c->wdig[k]);
+		c->wdig[k] = NULL;
 	}
 }
 
@@ -231,7 +268,7 @@ static void block_marks(struct chunk *c, size_t b, int w,
 {
 	struct chunk_votes *v = &c->votes;
 
-	for (int k = 0; k < c->n; k++) {
+	for (int k = 0; k < c->n + c->nw; k++) {
 		if (r->bad[k])
 			v->bad[b] |= 1u << k;
 		if ((v->excluded[b] & (1u << k)) &&
@@ -239,6 +276,49 @@ static void block_marks(struct chunk *c, size_t b, int w,
 			v->fill[b] |= 1u << k;
 	}
 	v->dirty |= v->bad[b] || v->fill[b];
+}
+
+/*
+ * Block b voted by digest: each data ballot's block hashed (zero-padded
+ * past the end of file), each witness's ballot its stored digest. The
+ * winner is a data ballot whose digest reaches the threshold: a witness
+ * alone holds no bytes to give.
+ */
+static int digest_vote(const struct chunk *c, size_t b,
+		       const struct vote_ballot *bb, int *w,
+		       struct vote_blocks_result *r)
+{
+	unsigned char d[CHILDREN_MAX][TREE_WITNESS_DIGEST];
+	struct vote_ballot db[CHILDREN_MAX];
+	char block[TREE_VOTE_BLOCK];
+	int ret;
+
+	for (int k = 0; k < c->n; k++) {
+		db[k] = (struct vote_ballot){.error = bb[k].error};
+		if (bb[k].error)
+			continue;
+		memset(block, 0, sizeof(block));
+		memcpy(block, bb[k].data, bb[k].len);
+		tree_witness_digest(block, d[k]);
+		db[k] = (struct vote_ballot){.data = d[k],
+					     .len = TREE_WITNESS_DIGEST};
+	}
+	for (int j = 0; j < c->nw; j++)
+		db[c->n + j] =
+			c->werr[j] ? (struct vote_ballot){.error = c->werr[j]}
+				   : (struct vote_ballot){
+					     .data = c->wdig[j] +
+						     b * TREE_WITNESS_DIGEST,
+					     .len = TREE_WITNESS_DIGEST};
+	ret = vote_blocks(db, c->n + c->nw, c->threshold, TREE_WITNESS_DIGEST,
+			  w, r);
+	for (int k = 0; !ret && *w >= c->n && k < c->n; k++)
+		if (!db[k].error &&
+		    !memcmp(db[k].data, db[*w].data, TREE_WITNESS_DIGEST))
+			*w = k;
+	if (!ret && *w >= c->n)
+		*w = -1;
+	return ret;
 }
 
 /* Vote block b alone (vote_blocks() over the one block). */
@@ -259,11 +339,15 @@ static int block_vote(struct chunk *c, size_t b)
 			bb[k] = (struct vote_ballot){.error = -ENODATA};
 		}
 	}
-	ret = vote_blocks(bb, c->n, c->threshold, TREE_VOTE_BLOCK, &w, &r);
+	if (c->nw)
+		ret = digest_vote(c, b, bb, &w, &r);
+	else
+		ret = vote_blocks(bb, c->n, c->threshold, TREE_VOTE_BLOCK, &w,
+				  &r);
 	if (ret == -ENOMEM)
 		return ret;
 	/* Every voter is at end of file here: nothing to differ. */
-	for (int k = 0; !ret && w < 0 && k < c->n; k++)
+	for (int k = 0; !ret && !c->nw && w < 0 && k < c->n; k++)
 		w = bb[k].error ? -1 : k;
 	v->winner[b] = w;
 	if (ret || w < 0) {
@@ -281,7 +365,8 @@ int chunk_vote(struct chunk *c)
 	int ret = 0;
 
 	c->votes.dirty = false;
-	if (c->n == 0 || chunk_identical(c))
+	/* A witness's digests are checked even where the copies agree. */
+	if (c->n == 0 || (!c->nw && chunk_identical(c)))
 		return 0;
 	for (size_t b = 0; !ret && b < nblocks; b++)
 		ret = block_vote(c, b);
@@ -424,6 +509,39 @@ bool chunk_repair_copy(struct chunk *c, int k)
 		return false;
 	ok = write_runs(c, fd, k, c->votes.bad);
 	ok &= write_runs(c, fd, k, c->votes.fill);
+	ok &= fdatasync(fd) == 0;
+	close(fd);
+	if (!ok)
+		child_count_error(child, CHILD_OP_WRITE);
+	return ok;
+}
+
+bool chunk_repair_witness(struct chunk *c, int j)
+{
+	struct child *child = c->view->child[c->windex[j]];
+	uint32_t bit = 1u << (c->n + j);
+	char block[TREE_VOTE_BLOCK];
+	unsigned char d[TREE_WITNESS_DIGEST];
+	bool direct, ok = true;
+	int fd = copy_open(c->jobs, c->node, child_slot(child), O_RDWR,
+			   c->buffered, &direct);
+
+	if (fd < 0)
+		return false;
+	for (size_t b = 0; b < chunk_blocks(c); b++) {
+		struct vote_ballot w;
+
+		if (!(c->votes.bad[b] & bit))
+			continue;
+		w = block_of(c, c->votes.winner[b], b * TREE_VOTE_BLOCK,
+			     TREE_VOTE_BLOCK);
+		memset(block, 0, sizeof(block));
+		memcpy(block, w.data, w.len);
+		tree_witness_digest(block, d);
+		ok &= tree_witness_put(fd,
+				       (uint64_t)c->off / TREE_VOTE_BLOCK + b,
+				       d, 1) == 0;
+	}
 	ok &= fdatasync(fd) == 0;
 	close(fd);
 	if (!ok)

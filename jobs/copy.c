@@ -208,6 +208,90 @@ int copy_entry(int from, int to, const char *name)
 	return ret ? ret : copy_metadata(from, to, name, &st);
 }
 
+/* A copied file's data turned into its digest list, in place. */
+static int digest_file(int dfd, const char *name)
+{
+	int fd = openat(dfd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC), ret = 0;
+	char *buf = malloc(COPY_BUF);
+	unsigned char *d = NULL;
+	struct stat st;
+	uint64_t nblocks = 0;
+
+	if (fd < 0 || !buf || fstat(fd, &st)) {
+		ret = fd < 0 || !buf ? (fd < 0 ? -errno : -ENOMEM) : -errno;
+		goto out;
+	}
+	nblocks =
+		((uint64_t)st.st_size + TREE_VOTE_BLOCK - 1) / TREE_VOTE_BLOCK;
+	d = malloc(nblocks ? nblocks * TREE_WITNESS_DIGEST : 1);
+	if (!d) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (uint64_t b = 0; !ret && b < nblocks;
+	     b += COPY_BUF / TREE_VOTE_BLOCK) {
+		ssize_t got = child_rw_full(fd, false, false, buf, COPY_BUF,
+					    (off_t)(b * TREE_VOTE_BLOCK));
+
+		if (got < 0) {
+			ret = (int)got;
+			break;
+		}
+		memset(buf + got, 0, COPY_BUF - (size_t)got);
+		for (uint64_t k = 0; k * TREE_VOTE_BLOCK < (uint64_t)got; k++)
+			tree_witness_digest(buf + k * TREE_VOTE_BLOCK,
+					    d + (b + k) * TREE_WITNESS_DIGEST);
+	}
+	if (!ret)
+		ret = child_result(ftruncate(fd, 0));
+	if (!ret && nblocks)
+		ret = tree_witness_put(fd, 0, d, nblocks);
+	if (!ret)
+		ret = tree_witness_finish(fd, st.st_size);
+out:
+	free(d);
+	free(buf);
+	if (fd >= 0)
+		close(fd);
+	return ret;
+}
+
+/* Every regular file at or below name turned into its digest list. */
+static int digest_tree(int dfd, const char *name)
+{
+	struct dirent *de;
+	struct stat st;
+	DIR *dir;
+	int fd, ret = 0;
+
+	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW))
+		return -errno;
+	if (S_ISREG(st.st_mode))
+		return digest_file(dfd, name);
+	if (!S_ISDIR(st.st_mode))
+		return 0;
+	fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	dir = fd < 0 ? NULL : fdopendir(fd);
+	if (!dir) {
+		ret = -errno;
+		if (fd >= 0)
+			close(fd);
+		return ret;
+	}
+	while (!ret && (de = readdir(dir)))
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+			ret = digest_tree(dirfd(dir), de->d_name);
+	closedir(dir);
+	return ret;
+}
+
+int copy_entry_witness(int from, int to, const char *name)
+{
+	int ret = copy_entry(from, to, name);
+
+	return ret ? ret : digest_tree(to, name);
+}
+
 static int remove_contents(int fd)
 {
 	DIR *d = fdopendir(fd);

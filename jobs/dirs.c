@@ -413,7 +413,9 @@ static bool repair_entry(const struct dir_job *j, int k, int w,
 {
 	int ret = j->fd[k] < 0 ? j->fd[k] : remove_tree(j->fd[k], name);
 
-	if (!ret && present)
+	if (!ret && present && j->view->witness[j->index[k]])
+		ret = copy_entry_witness(j->fd[w], j->fd[k], name);
+	else if (!ret && present)
 		ret = copy_entry(j->fd[w], j->fd[k], name);
 	/* A repair a power cut of the child can undo is not one. */
 	if (!ret)
@@ -537,12 +539,25 @@ static void metadata_settle(struct dir_job *j, const char *name)
 	tree_forget(tree, e.ino, 1);
 }
 
+/* Copies come from a data voter of the winning version: a witness's
+ * files are digests. -1 when only witnesses have the entry. */
+static int data_source(const struct dir_job *j, const struct copy_of *c, int w,
+		       const bool *bad)
+{
+	if (w < 0 || c[w].error || !j->view->witness[j->index[w]])
+		return w;
+	for (int k = 0; k < j->n; k++)
+		if (!bad[k] && !c[k].error && !j->view->witness[j->index[k]])
+			return k;
+	return -1;
+}
+
 /* Both votes on one name; c are the voters' copies from the listing. */
 static void compare_name(struct dir_job *j, const char *name,
 			 const struct copy_of *c)
 {
 	bool bad[CHILDREN_MAX], mismatch;
-	int w = presence_vote(j, c, bad);
+	int w = data_source(j, c, presence_vote(j, c, bad), bad);
 
 	if (w < 0) {
 		report(j, name, -1, FINDING_NO_QUORUM, false);

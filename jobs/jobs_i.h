@@ -129,6 +129,8 @@ int dir_compare(struct jobs *jobs, struct tree_node *dir, const char *only,
 /* Copy name, whole and with its metadata, from one child's directory to
  * another's, where it must not exist yet. */
 int copy_entry(int from, int to, const char *name);
+/* The same into a witness: each regular file becomes its digest list. */
+int copy_entry_witness(int from, int to, const char *name);
 /* Make to's xattrs from's (both /proc paths of O_PATH handles). */
 int copy_child_xattrs(const char *from, const char *to);
 /* Remove name in directory dfd with everything below it; 0 when it is
@@ -181,7 +183,10 @@ struct chunk_votes {
  * fills jobs, node, own_end, buffered, view, threshold, why, off and len
  * (at most CHILD_IO_MAX); chunk_read() fills the ballots (ballot k is
  * view index index[k]), chunk_vote() the votes; chunk_release() gives
- * the buffers back (a chunk may be read again before).
+ * the buffers back (a chunk may be read again before). A voting witness
+ * is ballot n + j (view index windex[j]): its stored digests, with which
+ * every block is then voted by digest. More than 16 fields: the data
+ * ballots' and the witnesses' are kept side by side.
  */
 struct chunk {
 	struct jobs *jobs;
@@ -199,6 +204,10 @@ struct chunk {
 	struct vote_ballot ballot[CHILDREN_MAX];
 	size_t own_len[CHILDREN_MAX]; /* bytes of ballot k that vote */
 	struct chunk_votes votes;
+	int nw;
+	int windex[CHILDREN_MAX];
+	unsigned char *wdig[CHILDREN_MAX]; /* a digest per block (malloc) */
+	int werr[CHILDREN_MAX];		   /* why witness j has none */
 };
 
 /*
@@ -222,6 +231,8 @@ bool chunk_marked(const struct chunk *c, const uint32_t *mask, int k);
 /* Write the voted bytes over ballot k's lost and missing blocks and make
  * them durable; true when all of it reached the copy. */
 bool chunk_repair_copy(struct chunk *c, int k);
+/* Write the voted digests over witness j's (ballot n + j) lost blocks. */
+bool chunk_repair_witness(struct chunk *c, int j);
 
 /* ---- lost.c: what a scrub found no version could win, kept on disk ---- */
 

@@ -431,6 +431,44 @@ static int save_old(struct resync *rs, const struct child_view *view,
 	return ret;
 }
 
+static bool to_witness(const struct resync *rs)
+{
+	return child_kind(rs->child) == CHILD_WITNESS;
+}
+
+/*
+ * A witness takes the digests of the voted data of [off, end), in whole
+ * blocks and holes included (its list may hold old digests there), each
+ * chunk under an exclusive claim like a data chunk.
+ */
+static int witness_copy(struct resync *rs, struct tree_file *f, int out,
+			off_t off, off_t end)
+{
+	struct tree_node *n = tree_file_node(f);
+	const struct child_view *view;
+	struct range_claim claim;
+	ssize_t got = RESYNC_CHUNK;
+
+	off = off / CHILD_WITNESS_BLOCK * CHILD_WITNESS_BLOCK;
+	while (got == RESYNC_CHUNK && off < end && !stopping(rs)) {
+		view = children_view_get(rs->jobs->set);
+		range_lock(tree_node_ranges(n), &claim, off, off + RESYNC_CHUNK,
+			   true);
+		got = tree_witness_fill(rs->tree, view, f, out, off,
+					RESYNC_CHUNK);
+		range_unlock(tree_node_ranges(n), &claim);
+		children_view_put(view);
+		if (got > 0)
+			rs->copied += (uint64_t)got / 128;
+		off += RESYNC_CHUNK;
+		advance(rs, rs->file_base + off);
+		progress(rs, false);
+	}
+	if (got < 0)
+		return (int)got;
+	return stopping(rs) ? -ECANCELED : 0;
+}
+
 /* Copy one chunk of data at off (a data region of the voters). */
 static int copy_chunk(struct resync *rs, struct tree_file *f, int out,
 		      off_t off, off_t len)
@@ -466,7 +504,9 @@ static int finish_file(struct resync *rs, struct tree_file *f, int out)
 
 	range_lock(tree_node_ranges(n), &claim, 0, RANGE_END, true);
 	ret = tree_attr_vote(rs->tree, view, n, &st);
-	if (!ret)
+	if (!ret && to_witness(rs))
+		ret = tree_witness_finish(out, st.st_size);
+	else if (!ret)
 		ret = child_result(ftruncate(out, st.st_size));
 	range_unlock(tree_node_ranges(n), &claim);
 	children_view_put(view);
@@ -481,6 +521,8 @@ static int copy_data(struct resync *rs, struct tree_file *f, int out, off_t off,
 	off_t data, hole;
 	int ret = 0;
 
+	if (to_witness(rs))
+		return witness_copy(rs, f, out, off, end);
 	while (!ret && off < end && !stopping(rs)) {
 		view = children_view_get(rs->jobs->set);
 		data = tree_lseek_locked(rs->tree, view, f, off, SEEK_DATA);
@@ -515,7 +557,7 @@ static int copy_file(struct resync *rs, const struct tree_entry *e, int handle)
 	if (ret)
 		return ret;
 	child_proc_path(handle, proc);
-	out = open(proc, O_WRONLY | O_CLOEXEC);
+	out = open(proc, (to_witness(rs) ? O_RDWR : O_WRONLY) | O_CLOEXEC);
 	if (out < 0) {
 		ret = -errno;
 	} else {
@@ -836,7 +878,7 @@ static int copy_regions(struct resync *rs, const struct persist_file *pf,
 	if (ret)
 		return ret;
 	child_proc_path(handle, proc);
-	out = open(proc, O_WRONLY | O_CLOEXEC);
+	out = open(proc, (to_witness(rs) ? O_RDWR : O_WRONLY) | O_CLOEXEC);
 	rs->old_fd = open(proc, O_RDONLY | O_CLOEXEC);
 	ret = out < 0 || rs->old_fd < 0 ? -errno : 0;
 	for (int k = 0; !ret && k < pf->nregions; k++)

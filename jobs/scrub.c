@@ -422,6 +422,21 @@ static void settle_copy(struct scrub *s, struct scrub_file *f, struct chunk *c,
 		       c->off + start, end - start, ok);
 }
 
+/* Witness j's part: its lost blocks' digests rewritten when asked, each
+ * run recorded like a data copy's. */
+static void settle_witness(struct scrub *s, struct chunk *c, int j, bool repair)
+{
+	struct child *child = c->view->child[c->windex[j]];
+	bool lost = chunk_marked(c, c->votes.bad, c->n + j);
+	bool ok = lost && repair && chunk_repair_witness(c, j);
+	size_t b = 0, start, end;
+
+	while (chunk_next_run(c, c->votes.bad, 1u << (c->n + j), &b, &start,
+			      &end))
+		record(s, c->node, NULL, child_name(child), FINDING_DATA,
+		       c->off + start, end - start, ok);
+}
+
 /*
  * Record what the vote found, after repairing it when asked (the caller
  * then holds the chunk exclusively).
@@ -433,6 +448,8 @@ static void chunk_settle(struct scrub *s, struct scrub_file *f, struct chunk *c,
 
 	for (int k = 0; k < c->n; k++)
 		settle_copy(s, f, c, k, repair);
+	for (int j = 0; j < c->nw; j++)
+		settle_witness(s, c, j, repair);
 	while (chunk_next_run(c, c->votes.no_quorum, 1, &b, &start, &end))
 		record(s, c->node, NULL, NULL, FINDING_NO_QUORUM,
 		       c->off + start, end - start, false);
@@ -479,6 +496,11 @@ static int scrub_chunk(struct scrub *s, struct scrub_file *f, off_t off,
 }
 
 /* ---- sizes ---- */
+
+static bool is_witness(const struct child *child)
+{
+	return child_kind(child) == CHILD_WITNESS;
+}
 
 /* Read len bytes at off of fd (child's), bounded by io-timeout, into a
  * new buffer (*out, caller frees): how many, or -errno. */
@@ -562,17 +584,40 @@ static bool resize_copy(struct scrub *s, struct tree_node *n,
 	bool direct, ok;
 	int fd;
 
-	if (save_tail(s, n, v, i, size, have))
+	/* A witness's digest list follows its size: nothing to save. */
+	if (!is_witness(child) && save_tail(s, n, v, i, size, have))
 		return false;
-	fd = copy_open(s->jobs, n, child_slot(child), O_WRONLY, &s->buffered,
+	fd = copy_open(s->jobs, n, child_slot(child),
+		       is_witness(child) ? O_RDWR : O_WRONLY, &s->buffered,
 		       &direct);
 	if (fd < 0)
 		return false;
-	ok = ftruncate(fd, size) == 0 && fdatasync(fd) == 0;
+	if (is_witness(child))
+		ok = tree_witness_finish(fd, size) == 0 && fdatasync(fd) == 0;
+	else
+		ok = ftruncate(fd, size) == 0 && fdatasync(fd) == 0;
 	close(fd);
 	if (!ok)
 		child_count_error(child, CHILD_OP_WRITE);
 	return ok;
+}
+
+/* The size a witness's copy keeps in its header. */
+static int witness_size_of(struct scrub *s, struct tree_node *n,
+			   struct child *child, off_t *size)
+{
+	bool direct;
+	int64_t have = 0;
+	int fd = copy_open(s->jobs, n, child_slot(child), O_RDWR, &s->buffered,
+			   &direct),
+	    ret;
+
+	if (fd < 0)
+		return fd;
+	ret = tree_witness_size(fd, &have);
+	close(fd);
+	*size = (off_t)have;
+	return ret;
 }
 
 /* The size of view index i's copy in *size, or -errno. */
@@ -584,6 +629,8 @@ static int stat_copy(struct scrub *s, struct tree_node *n, struct child *child,
 
 	if (pfd < 0)
 		return pfd;
+	if (is_witness(child))
+		return witness_size_of(s, n, child, size);
 	if (fstatat(pfd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
 		return -errno;
 	*size = st.st_size;

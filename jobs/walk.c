@@ -59,7 +59,8 @@ int walk_lookup_path(struct tree *tree, const char *path, struct tree_entry *e)
 	uint64_t dir = TREE_ROOT_INO;
 	int ret = copy ? 0 : -ENOMEM;
 
-	e->ino = TREE_ROOT_INO;
+	/* The root's entry, for an empty path: no lookup fills it. */
+	*e = (struct tree_entry){.ino = TREE_ROOT_INO, .attr.st_mode = S_IFDIR};
 	for (name = copy ? strtok_r(copy, "/", &save) : NULL; name && !ret;
 	     name = strtok_r(NULL, "/", &save)) {
 		ret = tree_lookup(tree, dir, name, e);

@@ -200,6 +200,16 @@ static const char *get_str(struct json_object *o, const char *key)
 	return json_object_get_string(v);
 }
 
+/* A member's kind from its record word; none is a data child. */
+static enum child_kind kind_of(const char *word)
+{
+	if (word && !strcmp(word, "replication"))
+		return CHILD_REPLICATION;
+	if (word && !strcmp(word, "witness"))
+		return CHILD_WITNESS;
+	return CHILD_DATA;
+}
+
 static int parse_members(struct json_object *o, struct persist_state *st)
 {
 	struct json_object *list;
@@ -217,12 +227,9 @@ static int parse_members(struct json_object *o, struct persist_state *st)
 
 		if (!get_id(m, "child", id) || !name || !path ||
 		    (kind && strcmp(kind, "data") &&
-		     strcmp(kind, "replication")))
+		     strcmp(kind, "replication") && strcmp(kind, "witness")))
 			return -EINVAL;
-		if (persist_add_member(st, id, name, path,
-				       kind && !strcmp(kind, "replication")
-					       ? CHILD_REPLICATION
-					       : CHILD_DATA) ||
+		if (persist_add_member(st, id, name, path, kind_of(kind)) ||
 		    persist_set_failed(st, id, get_str(m, "failed")))
 			return -ENOMEM;
 	}
@@ -405,10 +412,11 @@ static struct json_object *state_json(const struct persist_state *st)
 			json_object_object_add(
 				m, "failed",
 				json_object_new_string(st->member[i].failed));
-		if (st->member[i].kind == CHILD_REPLICATION)
+		if (st->member[i].kind != CHILD_DATA)
 			json_object_object_add(
 				m, "kind",
-				json_object_new_string("replication"));
+				json_object_new_string(
+					child_kind_name(st->member[i].kind)));
 		json_object_array_add(list, m);
 	}
 	json_object_object_add(o, "members", list);

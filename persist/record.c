@@ -337,10 +337,23 @@ static int add_extras(struct record *r, struct children_config *cfg)
 static int first_mount(struct record *r, const struct children_config *cfg,
 		       int sync_from, char *err, size_t errlen)
 {
-	if (sync_from < 0)
-		return persist_first_check(cfg->path, cfg->n, err, errlen);
+	const char *data[CHILDREN_MAX];
+	int n = 0;
+
+	/* A witness holds digests: it is filled from the voted data. */
 	for (int i = 0; i < cfg->n; i++) {
-		if (i == sync_from)
+		if (cfg->kind[i] != CHILD_WITNESS) {
+			data[n++] = cfg->path[i];
+			continue;
+		}
+		r->behind[i] = r->tree[i] = true;
+		snprintf(r->why[i], sizeof(r->why[i]),
+			 "new witness: digests of the whole tree");
+	}
+	if (sync_from < 0)
+		return persist_first_check(data, n, err, errlen);
+	for (int i = 0; i < cfg->n; i++) {
+		if (i == sync_from || cfg->kind[i] == CHILD_WITNESS)
 			continue;
 		r->behind[i] = r->tree[i] = true;
 		snprintf(r->why[i], sizeof(r->why[i]),
@@ -620,7 +633,7 @@ static void mark_behind(struct record *r, struct child_set *set)
 		member_locked(r, m[i]);
 		/* A new child is a member from now on, behind everyone. */
 		if (r->behind[slot] && !r->gen[slot] &&
-		    child_kind(m[i]) == CHILD_DATA)
+		    child_kind(m[i]) != CHILD_REPLICATION)
 			save_child(r, m[i], 0, false);
 		child_put(m[i]);
 	}
@@ -727,7 +740,7 @@ void record_promoted(struct record *r, struct child_set *set, struct child *c)
 	r->tree[child_slot(c)] = false;
 	r->failed[child_slot(c)] = false;
 	persist_set_failed(&r->set, r->id[child_slot(c)], NULL);
-	if (child_kind(c) == CHILD_DATA)
+	if (child_kind(c) != CHILD_REPLICATION)
 		save_locked(r, v, c, r->set.generation, false);
 	else /* its membership is in the data children's records */
 		bump_locked(r, set);
@@ -747,7 +760,7 @@ int record_added(struct record *r, struct child_set *set, struct child *c)
 	/* Enrolled anew: an absent member that had its path is gone. */
 	forget_path(&r->set, child_path(c));
 	ret = member_locked(r, c);
-	if (!ret && child_kind(c) == CHILD_DATA) {
+	if (!ret && child_kind(c) != CHILD_REPLICATION) {
 		const struct child_view *v = children_view_get(set);
 
 		ret = save_locked(r, v, c, 0, false);

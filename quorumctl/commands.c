@@ -26,7 +26,7 @@ struct verb {
 
 static const struct verb verbs[] = {
 	{"add", 1, 3,
-	 "add MOUNTPOINT PATH [name=NAME] [mode=primary] [--wait]"},
+	 "add MOUNTPOINT PATH [name=NAME] [mode=primary|witness] [--wait]"},
 	{"remove", 1, 1, "remove MOUNTPOINT NAME"},
 	{"threshold", 1, 1, "threshold MOUNTPOINT N"},
 	{"read-pattern", 1, 1, "read-pattern MOUNTPOINT quorum|fifo"},

@@ -27,6 +27,8 @@ struct stat_op {
 	struct stat st[CHILDREN_MAX];
 };
 
+static int witness_stat(int pathfd, struct stat *st);
+
 static int stat_body(struct child_request *rq, int i)
 {
 	struct stat_op *op = rq->arg;
@@ -35,8 +37,40 @@ static int stat_body(struct child_request *rq, int i)
 
 	if (fd < 0)
 		return fd;
+	if (rq->view->witness[i] && S_ISREG(op->a.node->type))
+		return witness_stat(fd, &op->st[i]);
 	return child_result(fstatat(fd, "", &op->st[i],
 				    AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
+}
+
+/* A witness's regular file votes on the size its header keeps. */
+static int witness_stat(int pathfd, struct stat *st)
+{
+	int fd = witness_open(pathfd, O_RDONLY), ret;
+	int64_t size;
+
+	if (fd < 0)
+		return fd;
+	ret = child_result(fstat(fd, st));
+	if (!ret)
+		ret = witness_size(fd, &size);
+	if (!ret)
+		st->st_size = size;
+	close(fd);
+	return ret;
+}
+
+/* The attributes come from a data child of the winning version: a
+ * witness's blocks and times are its digest list's. */
+static int attr_source(const struct child_view *view, const int *index,
+		       const int *error, int nb, const struct vote_result *r)
+{
+	if (!view->witness[index[r->winner]])
+		return index[r->winner];
+	for (int k = 0; k < nb; k++)
+		if (!error[k] && !r->loser[k] && !view->witness[index[k]])
+			return index[k];
+	return index[r->winner];
 }
 
 /*
@@ -92,7 +126,7 @@ static int attr_from_stats(struct tree *tree, const struct child_request *rq,
 	if (r.error || !r.unanimous || r.successes < nb)
 		attr_report(tree, view, n, error, index, nb, &r);
 	if (!r.error)
-		*out = st[index[r.winner]];
+		*out = st[attr_source(view, index, error, nb, &r)];
 	return r.error;
 }
 
@@ -154,7 +188,28 @@ struct setattr_op {
 	struct tree_file *file;
 	struct stat attr; /* the caller's, copied */
 	int to_set;
+	/* A witness's new last partial block, when the size changes; wret:
+	 * why it could not be computed. */
+	unsigned char last[WITNESS_DIGEST];
+	bool has_last;
+	int wret;
 };
+
+/* A size change on a witness: its digest list follows. */
+static int witness_resize(struct tree *tree, const struct setattr_op *op,
+			  int slot, int pathfd)
+{
+	int ffd = op->file ? file_fd(tree, op->file, slot) : -1;
+	int fd = ffd >= 0 ? ffd : witness_open(pathfd, O_RDWR), ret;
+
+	if (op->wret || fd < 0)
+		return op->wret ? op->wret : fd;
+	ret = witness_truncate(fd, op->attr.st_size,
+			       op->has_last ? op->last : NULL);
+	if (fd != ffd)
+		close(fd);
+	return ret;
+}
 
 static int set_times(int fd, const struct setattr_op *op)
 {
@@ -192,7 +247,10 @@ static int set_one(struct tree *tree, const struct setattr_op *op, int slot)
 				 (op->to_set & TREE_SET_GID) ? op->attr.st_gid
 							     : (gid_t)-1,
 				 AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
-	if (!r && (op->to_set & TREE_SET_SIZE)) {
+	if (!r && (op->to_set & TREE_SET_SIZE) &&
+	    tree_slot_is_witness(tree, slot)) {
+		r = witness_resize(tree, op, slot, fd);
+	} else if (!r && (op->to_set & TREE_SET_SIZE)) {
 		int ffd = op->file ? file_fd(tree, op->file, slot) : -1;
 
 		r = child_result(ffd >= 0 ? ftruncate(ffd, op->attr.st_size)
@@ -237,6 +295,10 @@ static int setattr_children(struct tree *tree, const struct child_view *view,
 	op->to_set = to_set;
 	if (f)
 		file_get(f);
+	op->has_last = attr->st_size % WITNESS_BLOCK != 0;
+	if ((to_set & TREE_SET_SIZE) && view->witnesses && op->has_last)
+		op->wret = witness_prepare_truncate(tree, view, n,
+						    attr->st_size, op->last);
 	tree_fanout(tree, rq, setattr_body);
 	ret = tree_outcome(tree, view, rq->ret, false, "write", n,
 			   (to_set & TREE_SET_SIZE) ? attr->st_size : 0, 0);
@@ -500,7 +562,7 @@ static int least_free(const struct child_request *rq,
 	int best = -1;
 
 	for (int i = 0; i < rq->view->n; i++) {
-		if (!rq->view->votes[i] || rq->ret[i])
+		if (!view_reads(rq->view, i) || rq->ret[i])
 			continue;
 		if (best < 0 ||
 		    (uint64_t)op->st[i].f_bavail * op->st[i].f_frsize <

@@ -27,6 +27,10 @@ static int file_open_slot(struct tree *tree, struct tree_file *f, int slot,
 	if (pfd < 0)
 		return pfd;
 	child_proc_path(pfd, proc);
+	/* A witness's file is digests: read and written in small pieces,
+	 * whatever the caller's mode. */
+	if (tree_slot_is_witness(tree, slot))
+		flags = (flags & ~(O_ACCMODE | O_DIRECT)) | O_RDWR;
 	fd = open(proc, flags);
 	if (fd < 0)
 		return -errno;
@@ -155,6 +159,11 @@ static struct tree_file *file_new(struct tree *tree, struct tree_node *n,
 			      O_NOFOLLOW)) |
 		   O_CLOEXEC;
 	return f;
+}
+
+struct tree_file *file_reader(struct tree *tree, struct tree_node *n)
+{
+	return file_new(tree, n, O_RDONLY);
 }
 
 /* Open every child's handle of f; the outcome of it (fanout.c). */

@@ -172,7 +172,7 @@ static void read_voters(struct read_op *op)
 	for (int i = 0; i < op->view->n; i++) {
 		io[i] = (struct child_io){.fd = -1};
 		op->len[i] = 0;
-		op->ret[i] = op->view->votes[i]
+		op->ret[i] = view_reads(op->view, i)
 				     ? read_part(op, op->view, i, &io[i])
 				     : 0;
 	}
@@ -233,6 +233,7 @@ struct read_answer {
 	struct read_late *late;	 /* voters still reading, or NULL */
 	size_t size;		 /* of each buffer */
 	char *buf[CHILDREN_MAX]; /* every buffer the answer may point into */
+	char *own;		 /* a witness vote's answer (malloc) */
 	struct iovec iov[];
 };
 
@@ -245,6 +246,7 @@ static int answer_new(struct tree_answer *r, struct read_op *op, int iovcnt)
 		return -ENOMEM;
 	a->tree = op->tree;
 	a->late = NULL;
+	a->own = NULL;
 	a->size = op->size;
 	for (int i = 0; i < CHILDREN_MAX; i++) {
 		a->buf[i] = op->late[i] ? NULL : op->buf[i];
@@ -280,6 +282,7 @@ void tree_answer_release(struct tree_answer *r)
 		read_late_end(a->late, r);
 	for (int i = 0; i < CHILDREN_MAX; i++)
 		child_buf_put(a->buf[i], a->size);
+	free(a->own);
 	free(a);
 	r->owner = NULL;
 }
@@ -344,7 +347,7 @@ static int read_ballots(struct read_op *op, struct vote_ballot *b, int *map)
 	int n = 0;
 
 	for (int i = 0; i < op->view->n; i++) {
-		if (!op->view->votes[i] || op->late[i])
+		if (!view_reads(op->view, i) || op->late[i])
 			continue;
 		map[n] = i;
 		b[n++] = (struct vote_ballot){.error = op->ret[i],
@@ -463,6 +466,215 @@ out:
 	return ret;
 }
 
+/* ---- the witness's vote, when the data children disagree ---- */
+
+/*
+ * The blocks a read touches, whole, as each voter sees them: a data
+ * voter's bytes read again and hashed (zero-padded past its end of file),
+ * a witness's digest list. By view index; err[i] is why voter i has none.
+ */
+struct wvote {
+	off_t start; /* the first block's offset */
+	size_t nblocks;
+	char *buf[CHILDREN_MAX];
+	size_t len[CHILDREN_MAX];
+	unsigned char *dig[CHILDREN_MAX];
+	int err[CHILDREN_MAX];
+	off_t bad_start[CHILDREN_MAX], bad_end[CHILDREN_MAX];
+};
+
+static bool witness_votes(const struct child_view *v)
+{
+	for (int i = 0; i < v->n; i++)
+		if (v->votes[i] && v->witness[i])
+			return true;
+	return false;
+}
+
+static int wvote_read(struct read_op *op, struct wvote *w, int i)
+{
+	size_t bytes = w->nblocks * TREE_VOTE_BLOCK;
+	int fd, ret = file_view_fd(op->tree, op->file, op->view, i, &fd);
+	ssize_t got;
+
+	if (ret)
+		return ret;
+	w->dig[i] = malloc(w->nblocks * WITNESS_DIGEST);
+	if (!w->dig[i])
+		return -ENOMEM;
+	if (op->view->witness[i])
+		return witness_get(fd, (uint64_t)w->start / WITNESS_BLOCK,
+				   w->dig[i], w->nblocks);
+	w->buf[i] = child_buf_alloc(bytes);
+	if (!w->buf[i])
+		return -ENOMEM;
+	got = child_rw_full(fd, false, op->file->direct, w->buf[i], bytes,
+			    w->start);
+	if (got < 0)
+		return (int)got;
+	w->len[i] = (size_t)got;
+	memset(w->buf[i] + got, 0, bytes - (size_t)got);
+	for (size_t b = 0; b < w->nblocks; b++)
+		witness_digest(w->buf[i] + b * WITNESS_BLOCK,
+			       w->dig[i] + b * WITNESS_DIGEST);
+	return 0;
+}
+
+static bool wvote_same(const struct wvote *w, int i, int j, size_t b)
+{
+	return !w->err[i] && !w->err[j] &&
+	       !memcmp(w->dig[i] + b * WITNESS_DIGEST,
+		       w->dig[j] + b * WITNESS_DIGEST, WITNESS_DIGEST);
+}
+
+/* Block b's winner: the data voter whose digest the most voters share,
+ * if they reach the threshold; else -1. A witness alone never wins. */
+static int wvote_block(const struct read_op *op, const struct wvote *w,
+		       size_t b)
+{
+	int best = -1, best_n = 0;
+
+	for (int i = 0; i < op->view->n; i++) {
+		int count = 0;
+
+		if (!view_reads(op->view, i) || w->err[i])
+			continue;
+		for (int j = 0; j < op->view->n; j++)
+			count += op->view->votes[j] && wvote_same(w, i, j, b);
+		if (count > best_n) {
+			best = i;
+			best_n = count;
+		}
+	}
+	return best_n >= op->view->threshold ? best : -1;
+}
+
+/* Bytes of voter j's block b that its answer holds (its old bytes). */
+static size_t wvote_left(const struct wvote *w, int j, size_t b)
+{
+	size_t at = b * WITNESS_BLOCK;
+
+	return w->len[j] > at ? min_size(w->len[j] - at, WITNESS_BLOCK) : 0;
+}
+
+/* Voters whose block b is not the winner's: their bad range grows, and
+ * under rewrite-corrupted they get the winner's block (a data voter) or
+ * its digest (a witness). */
+static void wvote_losers(struct read_op *op, struct wvote *w, size_t b, int k)
+{
+	off_t at = w->start + (off_t)(b * WITNESS_BLOCK);
+	size_t have = w->len[k] > b * WITNESS_BLOCK
+			      ? w->len[k] - b * WITNESS_BLOCK
+			      : 0;
+	int fd;
+
+	for (int j = 0; j < op->view->n; j++) {
+		if (!op->view->votes[j] || w->err[j] || wvote_same(w, k, j, b))
+			continue;
+		if (w->bad_end[j] == 0)
+			w->bad_start[j] = at;
+		w->bad_end[j] = at + WITNESS_BLOCK;
+		if (!op->view->rewrite_corrupted)
+			continue;
+		if (!op->view->witness[j])
+			rewrite_child(op, op->view, j,
+				      w->buf[k] + b * WITNESS_BLOCK,
+				      min_size(have, WITNESS_BLOCK), at,
+				      w->buf[j] + b * WITNESS_BLOCK,
+				      wvote_left(w, j, b));
+		else if (!file_view_fd(op->tree, op->file, op->view, j, &fd))
+			witness_put(fd, (uint64_t)at / WITNESS_BLOCK,
+				    w->dig[k] + b * WITNESS_DIGEST, 1);
+	}
+}
+
+/* The winner's bytes of block b inside the read; false at its end of
+ * file. */
+static bool wvote_take(const struct read_op *op, const struct wvote *w,
+		       size_t b, int k, char *out, size_t *pos)
+{
+	off_t bs = w->start + (off_t)(b * WITNESS_BLOCK);
+	off_t end = op->off + (off_t)op->size,
+	      from = op->off > bs ? op->off : bs;
+	off_t to = bs + WITNESS_BLOCK < end ? bs + WITNESS_BLOCK : end;
+	off_t eof = w->start + (off_t)w->len[k];
+
+	if (eof < to) {
+		if (eof > from) {
+			memcpy(out + *pos, w->buf[k] + (from - w->start),
+			       eof - from);
+			*pos += eof - from;
+		}
+		return false;
+	}
+	memcpy(out + *pos, w->buf[k] + (from - w->start), to - from);
+	*pos += to - from;
+	return true;
+}
+
+static void wvote_free(struct wvote *w)
+{
+	for (int i = 0; i < CHILDREN_MAX; i++) {
+		free(w->buf[i]);
+		free(w->dig[i]);
+	}
+}
+
+/* Each voter that lost a block is reported once, for its bad range. */
+static void wvote_report(struct read_op *op, const struct wvote *w,
+			 const char *path)
+{
+	for (int j = 0; j < op->view->n; j++)
+		if (w->bad_end[j])
+			report_read(op->tree, op->view, j, path,
+				    w->bad_start[j],
+				    w->bad_end[j] - w->bad_start[j], 0);
+}
+
+/*
+ * Beyond the data vote: the data children disagree, so each block of the
+ * read is voted by digest, the witness's ballot its stored digest, and
+ * the winner is the data version whose digest reaches the threshold.
+ */
+static int answer_witness(struct read_op *op, const char *path,
+			  struct tree_answer *r)
+{
+	off_t end = op->off + (off_t)op->size;
+	struct wvote w = {.start = op->off / WITNESS_BLOCK * WITNESS_BLOCK};
+	char *out = malloc(op->size ? op->size : 1);
+	size_t pos = 0;
+	int ret = out ? 0 : -ENOMEM;
+
+	w.nblocks =
+		(size_t)((end - w.start + WITNESS_BLOCK - 1) / WITNESS_BLOCK);
+	for (int i = 0; !ret && i < op->view->n; i++)
+		if (op->view->votes[i] && (w.err[i] = wvote_read(op, &w, i)) &&
+		    op->view->witness[i])
+			report_read(op->tree, op->view, i, path, op->off,
+				    op->size, w.err[i]);
+	for (size_t b = 0; !ret && b < w.nblocks; b++) {
+		int k = wvote_block(op, &w, b);
+
+		if (k < 0) {
+			ret = -EIO;
+			break;
+		}
+		wvote_losers(op, &w, b, k);
+		if (!wvote_take(op, &w, b, k, out, &pos))
+			break;
+	}
+	if (!ret)
+		wvote_report(op, &w, path);
+	if (!ret && !(ret = answer_new(r, op, 1))) {
+		((struct read_answer *)r->owner)->own = out;
+		answer_add(r, out, pos);
+		out = NULL;
+	}
+	free(out);
+	wvote_free(&w);
+	return ret;
+}
+
 static int read_quorum(struct read_op *op, struct tree_answer *r)
 {
 	struct vote_ballot b[CHILDREN_MAX];
@@ -485,6 +697,8 @@ static int read_quorum(struct read_op *op, struct tree_answer *r)
 				    op->size, b[k].error);
 	if (!ret)
 		ret = answer_whole(op, &vr, map, path, r);
+	else if (witness_votes(op->view))
+		ret = answer_witness(op, path, r);
 	else if (vr.successes >= op->view->threshold && op->view->blkverify)
 		ret = blkverify_mismatch(op->tree, op, b);
 	else if (vr.successes >= op->view->threshold)
@@ -504,7 +718,7 @@ static int read_fifo(struct read_op *op, struct tree_answer *r)
 	for (int i = 0; i < op->view->n; i++) {
 		char *path;
 
-		if (!op->view->votes[i])
+		if (!view_reads(op->view, i))
 			continue;
 		ret = read_child(op, op->view, i);
 		if (!ret) {

@@ -29,6 +29,20 @@ static int init_barrier(pthread_rwlock_t *lock)
 	return ret;
 }
 
+/* The witnesses the set starts with. */
+static void note_witnesses(struct tree *tree)
+{
+	struct child *m[CHILDREN_MAX];
+	int n = children_members(tree->set, m);
+
+	for (int i = 0; i < n; i++) {
+		if (child_kind(m[i]) == CHILD_WITNESS)
+			atomic_fetch_or(&tree->witness_slots,
+					1u << child_slot(m[i]));
+		child_put(m[i]);
+	}
+}
+
 int tree_new(struct child_set *set, struct pool *pool, struct watchdog *wd,
 	     struct event_log *log, struct record *record, struct tree **out)
 {
@@ -56,6 +70,8 @@ int tree_new(struct child_set *set, struct pool *pool, struct watchdog *wd,
 	ret = nodes_init(tree);
 	if (!ret)
 		watchdog_set_late(wd, health_late, tree);
+	if (!ret)
+		note_witnesses(tree);
 	if (ret) {
 		tree_free(tree);
 		return ret;
@@ -95,8 +111,11 @@ bool tree_fatal(const struct tree *tree)
 
 int tree_child_added(struct tree *tree, struct child *c)
 {
-	int fd = dup(child_root_fd(c));
+	int fd;
 
+	if (child_kind(c) == CHILD_WITNESS)
+		atomic_fetch_or(&tree->witness_slots, 1u << child_slot(c));
+	fd = dup(child_root_fd(c));
 	/* Until the root handle is in place the child simply misses
 	 * entries, which its resync copies anyway. */
 	if (fd < 0)
@@ -109,6 +128,7 @@ void tree_child_removed(struct tree *tree, int slot)
 {
 	node_forget_slot(tree, slot);
 	files_forget_slot(tree, slot);
+	atomic_fetch_and(&tree->witness_slots, ~(1u << slot));
 }
 
 int tree_child_reopen(struct tree *tree, struct child *c)

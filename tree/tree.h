@@ -286,6 +286,30 @@ int tree_attr_vote(struct tree *tree, const struct child_view *view,
 		   struct tree_node *n, struct stat *st);
 
 /*
+ * A witness child's file (tree/witness.c has the layout), for its resync
+ * and scrub: with a claim held exclusively on [off, off + len) (whole
+ * 4 KiB blocks, len a multiple of them), tree_witness_fill() writes the
+ * digests of the voted bytes there into the witness file out (open to
+ * read and write) and returns how many bytes the vote had (short at the
+ * end of file), or -errno; tree_witness_finish() gives it the voted size,
+ * under a claim of the whole file.
+ */
+ssize_t tree_witness_fill(struct tree *tree, const struct child_view *view,
+			  struct tree_file *f, int out, off_t off, size_t len);
+int tree_witness_finish(int out, int64_t size);
+/*
+ * The layout itself, for a scrub that checks a witness file fd (open to
+ * read and write) against the voted data: the digest of one 4 KiB block
+ * (TREE_WITNESS_DIGEST bytes), n entries from block on (read: an entry of
+ * zeros, or one past the list, is a block of zeros), the logical size.
+ */
+#define TREE_WITNESS_DIGEST 32
+void tree_witness_digest(const void *block, unsigned char *out);
+int tree_witness_get(int fd, uint64_t block, unsigned char *d, size_t n);
+int tree_witness_put(int fd, uint64_t block, const unsigned char *d, size_t n);
+int tree_witness_size(int fd, int64_t *size);
+
+/*
  * Directories a namespace change could not complete on a syncing child
  * (its copy had not reached them): the child's resync takes them, one at
  * a time, with a node reference the taker drops (tree_node_unref), and

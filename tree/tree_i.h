@@ -156,6 +156,9 @@ struct tree {
 	struct open_files files;
 	struct node_table table;
 	struct policies policies;
+	/* Bit per slot: that child is a witness (witness.c), kept so that
+	 * opening a handle and claiming a range need no view. */
+	atomic_uint witness_slots;
 };
 
 int nodes_init(struct tree *tree);
@@ -191,6 +194,9 @@ bool file_inline_worthwhile(const struct tree_file *f, atomic_uint *refused,
 			    int slot);
 void file_note_refused(atomic_uint *refused, const struct child_io *io,
 		       int slot);
+/* A private read-only file of n, for reads a change makes under its own
+ * claim (a witness's old blocks); file_put() closes it. NULL: no memory. */
+struct tree_file *file_reader(struct tree *tree, struct tree_node *n);
 /* Take another reference to f, or drop one (the last closes it). */
 void file_get(struct tree_file *f);
 void file_put(struct tree *tree, struct tree_file *f);
@@ -285,4 +291,61 @@ void incomplete_destroy(struct tree *tree);
 int node_attr(struct tree *tree, const struct child_view *view,
 	      struct tree_node *n, struct stat *st);
 
+/* ---- witness children: the layout (digest.c), the changes (witness.c) */
+#define WITNESS_BLOCK CHILD_WITNESS_BLOCK
+#define WITNESS_DIGEST 32
+#define WITNESS_HEADER 32
+/*
+ * What a change does to a witness's digest list: n digests from block
+ * first on (a write; fallocate: n edge blocks, their numbers in edge[]),
+ * and the end of the change (a write grows the file to it).
+ */
+struct witness_change {
+	uint64_t first;
+	size_t n;
+	unsigned char *digest; /* n * WITNESS_DIGEST bytes */
+	int64_t end;
+	uint64_t edge[2];
+};
+/* SHA-256 of one WITNESS_BLOCK-byte block. */
+void witness_digest(const void *block, unsigned char *out);
+/* A witness file's logical size; 0 or -errno. fd is readable. */
+int witness_size(int fd, int64_t *size);
+/* n digests from block on; entries past the list are blocks of zeros. */
+int witness_get(int fd, uint64_t block, unsigned char *d, size_t n);
+int witness_put(int fd, uint64_t block, const unsigned char *d, size_t n);
+/* Apply a change to a witness file, open to read and write. */
+int witness_write(int fd, const struct witness_change *wc);
+int witness_truncate(int fd, int64_t size, const unsigned char *last);
+int witness_fallocate(int fd, const struct witness_change *wc, int mode,
+		      off_t off, off_t len);
+/* Open the file of an O_PATH handle with flags; fd or -errno. */
+int witness_open(int pathfd, int flags);
+/*
+ * The digests a change needs, computed under the caller's range claim
+ * covering the whole blocks it touches: a write's blocks, a zeroed
+ * range's partial edges, a truncate's new last block. The old bytes of a
+ * partial block are the voted ones (witness_old_block: a block read
+ * zero-padded past the end of file). witness_change_free() frees wc.
+ */
+int witness_old_block(struct tree *tree, const struct child_view *view,
+		      struct tree_node *n, uint64_t block, char *out);
+int witness_prepare_write(struct tree *tree, const struct child_view *view,
+			  struct tree_node *n, const char *buf, size_t size,
+			  off_t off, struct witness_change *wc);
+int witness_prepare_zero(struct tree *tree, const struct child_view *view,
+			 struct tree_node *n, off_t off, off_t len,
+			 struct witness_change *wc);
+int witness_prepare_truncate(struct tree *tree, const struct child_view *view,
+			     struct tree_node *n, int64_t size,
+			     unsigned char *last);
+void witness_change_free(struct witness_change *wc);
+static inline bool tree_has_witness(struct tree *tree)
+{
+	return atomic_load(&tree->witness_slots) != 0;
+}
+static inline bool tree_slot_is_witness(struct tree *tree, int slot)
+{
+	return atomic_load(&tree->witness_slots) & (1u << slot);
+}
 #endif

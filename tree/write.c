@@ -52,6 +52,19 @@ static void lock_for_change(struct tree_node *n, struct range_claim *c,
 	}
 }
 
+/* While the set has a witness, a change claims whole blocks: a partial
+ * block's digest needs its other bytes, which no other change may touch
+ * meanwhile. */
+static void lock_blocks(struct tree *tree, struct tree_node *n,
+			struct range_claim *c, off_t off, off_t end)
+{
+	if (tree_has_witness(tree)) {
+		off = off / WITNESS_BLOCK * WITNESS_BLOCK;
+		end = (end + WITNESS_BLOCK - 1) / WITNESS_BLOCK * WITNESS_BLOCK;
+	}
+	lock_for_change(n, c, off, end);
+}
+
 static void grow_hint(struct tree_node *n, off_t end)
 {
 	int64_t hint = atomic_load(&n->size_hint);
@@ -103,6 +116,73 @@ static int write_rest(const struct write_op *op, const struct child_io *io,
 			  op->size - done, op->off + done);
 }
 
+/* A witness's part: the digests, computed once for every witness
+ * (wret: why they could not be). */
+static int write_witness(struct tree *tree, const struct child_view *view,
+			 const struct write_op *op, int i,
+			 struct witness_change *wc, int *wret)
+{
+	int fd, ret = file_view_fd(tree, op->file, view, i, &fd);
+
+	if (ret)
+		return ret;
+	if (!*wret && !wc->end)
+		*wret = witness_prepare_write(tree, view, op->file->node,
+					      op->buf, op->size, op->off, wc);
+	return *wret ? *wret : witness_write(fd, wc);
+}
+
+/* Every witness's part; ret[i] gets witness i's answer. */
+static void write_witnesses(struct tree *tree, const struct child_view *view,
+			    const struct write_op *op, int *ret)
+{
+	struct witness_change wc = {.end = 0};
+	int wret = 0;
+
+	for (int i = 0; i < view->n; i++)
+		if (view->witness[i])
+			ret[i] = write_witness(tree, view, op, i, &wc, &wret);
+	witness_change_free(&wc);
+}
+
+static bool at_once(void *arg, const struct child_io *io, int n)
+{
+	(void)arg;
+	(void)io;
+	(void)n;
+	return true;
+}
+
+/*
+ * The data children's parts on the ring, and the witnesses' digests. A
+ * write of whole blocks needs no old bytes, so its digests are computed
+ * while the data is written; a partial block's old bytes must be read
+ * before any child has the new ones.
+ */
+static void write_all(struct tree *tree, const struct child_view *view,
+		      const struct write_op *op, struct child_io *io, int *ret)
+{
+	struct child_io_wait w = {.enough = at_once};
+	bool whole =
+		op->off % WITNESS_BLOCK == 0 && op->size % WITNESS_BLOCK == 0;
+
+	if (!view->witnesses) {
+		child_io_run(tree->pool, io, view->n, tree->timeout_ms);
+		return;
+	}
+	if (!whole) {
+		write_witnesses(tree, view, op, ret);
+		child_io_run(tree->pool, io, view->n, tree->timeout_ms);
+		return;
+	}
+	if (child_io_start(tree->pool, io, view->n, tree->timeout_ms, &w)) {
+		write_witnesses(tree, view, op, ret);
+		child_io_finish(io, view->n, &w);
+		return;
+	}
+	write_witnesses(tree, view, op, ret);
+}
+
 /* Every child, voting or syncing, writes the range at once; ret[i] gets
  * child i's answer. */
 static void write_children(struct tree *tree, const struct child_view *view,
@@ -113,6 +193,8 @@ static void write_children(struct tree *tree, const struct child_view *view,
 
 	for (int i = 0; i < view->n; i++) {
 		io[i] = (struct child_io){.fd = -1};
+		if (view->witness[i])
+			continue;
 		ret[i] = file_view_fd(tree, op->file, view, i, &fd);
 		if (!ret[i])
 			io[i] = (struct child_io){
@@ -126,7 +208,7 @@ static void write_children(struct tree *tree, const struct child_view *view,
 					op->file, &op->file->no_inline_write,
 					child_slot(view->child[i]))};
 	}
-	child_io_run(tree->pool, io, view->n, tree->timeout_ms);
+	write_all(tree, view, op, io, ret);
 	for (int i = 0; i < view->n; i++)
 		if (io[i].fd >= 0)
 			ret[i] = write_rest(op, &io[i],
@@ -196,7 +278,7 @@ ssize_t tree_write(struct tree *tree, struct tree_file *f, const void *buf,
 		memcpy(copy, buf, size);
 		op.buf = copy;
 	}
-	lock_for_change(f->node, &claim, off, off + size);
+	lock_blocks(tree, f->node, &claim, off, off + size);
 	intent_write(tree, f->node, off, size);
 	/* The view after the announcement: a child that could not take it
 	 * in io-timeout has been failed, and this write leaves it out. */
@@ -224,8 +306,12 @@ struct fd_op {
 	struct tree *tree;
 	struct tree_file *file;
 	int (*call)(int fd, const struct fd_op *op);
+	/* A witness's part, when not call (wret: why it cannot be done). */
+	int (*witness_call)(int fd, const struct fd_op *op);
 	int mode;
 	off_t off, len;
+	struct witness_change wc;
+	int wret;
 };
 
 static int fd_body(struct child_request *rq, int i)
@@ -233,14 +319,29 @@ static int fd_body(struct child_request *rq, int i)
 	struct fd_op *op = rq->arg;
 	int fd, ret = file_view_fd(op->tree, op->file, rq->view, i, &fd);
 
-	return ret ? ret : op->call(fd, op);
+	if (ret)
+		return ret;
+	if (rq->view->witness[i] && op->witness_call)
+		return op->wret ? op->wret : op->witness_call(fd, op);
+	return op->call(fd, op);
 }
 
 static void fd_release(struct child_request *rq)
 {
 	struct fd_op *op = rq->arg;
 
+	witness_change_free(&op->wc);
 	file_put(op->tree, op->file);
+}
+
+/* The digests a zeroing fallocate needs, before any child changes. */
+static int fallocate_digests(struct tree *tree, const struct child_view *view,
+			     struct fd_op *op)
+{
+	if (!(op->mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)))
+		return 0;
+	return witness_prepare_zero(tree, view, op->file->node, op->off,
+				    op->len, &op->wc);
 }
 
 static int fd_run(struct tree *tree, const struct fd_op *how, const char *type)
@@ -258,6 +359,8 @@ static int fd_run(struct tree *tree, const struct fd_op *how, const char *type)
 		*op = *how;
 		op->tree = tree;
 		file_get(op->file);
+		if (view->witnesses && how->witness_call)
+			op->wret = fallocate_digests(tree, view, op);
 		tree_fanout(tree, rq, fd_body);
 		ret = tree_outcome(tree, view, rq->ret, probe, type,
 				   op->file->node, op->off, op->len);
@@ -272,21 +375,32 @@ static int call_fallocate(int fd, const struct fd_op *op)
 	return child_result(fallocate(fd, op->mode, op->off, op->len));
 }
 
+static int witness_fallocate_call(int fd, const struct fd_op *op)
+{
+	return witness_fallocate(fd, &op->wc, op->mode, op->off, op->len);
+}
+
+/* Modes that move data: a witness's list would have to move too. */
+#define FALLOC_MOVES (FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE)
+
 int tree_fallocate(struct tree *tree, struct tree_file *f, int mode, off_t off,
 		   off_t len)
 {
 	struct fd_op op = {.file = f,
 			   .call = call_fallocate,
+			   .witness_call = witness_fallocate_call,
 			   .mode = mode,
 			   .off = off,
 			   .len = len};
 	struct range_claim claim;
 	int ret;
 
-	if (mode & FALLOC_FL_KEEP_SIZE)
+	if ((mode & FALLOC_MOVES) && tree_has_witness(tree))
+		return -EOPNOTSUPP;
+	if ((mode & FALLOC_FL_KEEP_SIZE) && !tree_has_witness(tree))
 		range_lock(&f->node->ranges, &claim, off, off + len, true);
 	else
-		lock_for_change(f->node, &claim, off, off + len);
+		lock_blocks(tree, f->node, &claim, off, off + len);
 	intent_write(tree, f->node, off, len);
 	ret = fd_run(tree, &op, "write");
 	if (!ret && !(mode & FALLOC_FL_KEEP_SIZE))
@@ -357,7 +471,7 @@ static off_t seek_voters(struct tree *tree, const struct tree_file *f,
 		off_t r;
 		int fd;
 
-		if (!v->votes[i] || file_view_fd(tree, f, v, i, &fd))
+		if (!view_reads(v, i) || file_view_fd(tree, f, v, i, &fd))
 			continue;
 		r = lseek(fd, off, whence);
 		if (r < 0)

@@ -127,6 +127,22 @@ static void test_add_mode_primary_makes_a_replication_child(void)
 	CHECK(!c.replication);
 }
 
+static void test_add_mode_witness_makes_a_witness_once(void)
+{
+	struct config_command c;
+
+	CHECK_EQ(parse("add /w name=w mode=witness", &c), 0);
+	CHECK_EQ(c.verb, CMD_ADD);
+	CHECK(c.witness);
+	CHECK(!c.replication);
+	CHECK_EQ(parse("add /w mode=witness mode=witness", &c), -EINVAL);
+	CHECK(strcmp(err, "add takes mode= once, not 'mode=witness' again") ==
+	      0);
+	CHECK_EQ(parse("add /w mode=primary mode=witness", &c), -EINVAL);
+	CHECK_EQ(parse("add /w", &c), 0);
+	CHECK(!c.witness);
+}
+
 static void test_add_refuses_top_and_bad_modes_in_qemus_words(void)
 {
 	struct config_command c;
@@ -271,6 +287,7 @@ int main(void)
 	RUN(test_blanks_between_words_may_be_tabs_and_repeated);
 	RUN(test_too_many_words_are_refused);
 	RUN(test_add_mode_primary_makes_a_replication_child);
+	RUN(test_add_mode_witness_makes_a_witness_once);
 	RUN(test_add_refuses_top_and_bad_modes_in_qemus_words);
 	RUN(test_replication_takes_an_action_a_mode_failover_and_a_name);
 	RUN(test_replication_refuses_failover_outside_stop);
