@@ -201,8 +201,11 @@ static void slot_commit(struct slot *s, size_t payload)
 	current = NULL;
 	if (!slot_cmd(s, URING_CMD_COMMIT_AND_FETCH, id) ||
 	    io_uring_submit(&s->ring) < 0) {
+		/* Cannot happen on a ring of 4 entries that only this
+		 * worker uses now; were it to, the request would stay
+		 * unanswered until the mount ends, and the slot unused. */
 		fail("commit", EIO);
-		return; /* the slot is lost; the kernel ends the request */
+		return;
 	}
 	slot_release(s);
 }
