@@ -97,6 +97,7 @@ static const char *const verb_words[] = {
 	[CMD_RESYNC] = "resync",
 	[CMD_SCRUB] = "scrub",
 	[CMD_REPLICATION] = "replication",
+	[CMD_POLICY] = "policy",
 	[CMD_QUARANTINE] = "quarantine",
 	[CMD_REPAIR] = "repair",
 };
@@ -193,6 +194,19 @@ static void check_fields(const struct config_command *cmd, const char *buf)
 					cmd->name[0] != '\0'),
 			 "replication's name is absent or a non-empty word");
 		break;
+	case CMD_POLICY:
+		contract(cmd->path && in_buffer(cmd->path, buf) &&
+				 cmd->path[0] != '\0' && cmd->path[0] != '/',
+			 "policy names a relative directory in the buffer");
+		contract(cmd->clear || (cmd->number >= 1 &&
+					cmd->number <= CHILDREN_MAX),
+			 "a policy is cleared or has a threshold in range");
+		contract(cmd->policy_pattern >= -1 &&
+				 cmd->policy_pattern <= 1 &&
+				 cmd->policy_rewrite >= -1 &&
+				 cmd->policy_rewrite <= 1,
+			 "a policy's rules are given or -1");
+		break;
 	case CMD_QUARANTINE:
 		contract(cmd->quarantine <= CONFIG_QUARANTINE_PURGE &&
 				 (cmd->id > 0 ||
@@ -232,6 +246,25 @@ static int format_quarantine(const struct config_command *cmd, char *out,
 			(unsigned long long)cmd->id);
 }
 
+/* policy DIR clear, or policy DIR threshold=N [rules], as an operator
+ * writes it. */
+static int format_policy(const struct config_command *cmd, char *out,
+			 size_t len)
+{
+	if (cmd->clear)
+		return snprintf(out, len, "policy %s clear",
+				escaped(cmd->path, 0));
+	return snprintf(out, len, "policy %s threshold=%d%s%s",
+			escaped(cmd->path, 0), cmd->number,
+			cmd->policy_pattern < 0 ? ""
+			: cmd->policy_pattern == READ_PATTERN_FIFO
+				? " read-pattern=fifo"
+				: " read-pattern=quorum",
+			cmd->policy_rewrite < 0 ? ""
+			: cmd->policy_rewrite	? " rewrite-corrupted=on"
+						: " rewrite-corrupted=off");
+}
+
 /* replication ACTION [MODE] [failover] [NAME] as an operator writes it. */
 static int format_replication(const struct config_command *cmd, char *out,
 			      size_t len)
@@ -256,7 +289,9 @@ static int format_command(const struct config_command *cmd, char *out,
 				escaped(cmd->path, 0),
 				cmd->name ? " name=" : "",
 				cmd->name ? escaped(cmd->name, 1) : "",
-				cmd->replication ? " mode=primary" : "");
+				cmd->replication ? " mode=primary"
+				: cmd->witness	 ? " mode=witness"
+						 : "");
 	case CMD_REMOVE:
 	case CMD_RESYNC:
 		return snprintf(out, len, "%s %s", verb, escaped(cmd->name, 0));
@@ -278,6 +313,8 @@ static int format_command(const struct config_command *cmd, char *out,
 				scrub_words[cmd->scrub], cmd->rate);
 	case CMD_REPLICATION:
 		return format_replication(cmd, out, len);
+	case CMD_POLICY:
+		return format_policy(cmd, out, len);
 	case CMD_QUARANTINE:
 	case CMD_REPAIR:
 		return format_quarantine(cmd, out, len);
@@ -318,6 +355,10 @@ static void check_round_trip(const struct config_command *cmd)
 			 again.on == cmd->on && again.scrub == cmd->scrub &&
 			 again.rate == cmd->rate &&
 			 again.replication == cmd->replication &&
+			 again.witness == cmd->witness &&
+			 again.clear == cmd->clear &&
+			 again.policy_pattern == cmd->policy_pattern &&
+			 again.policy_rewrite == cmd->policy_rewrite &&
 			 again.repl == cmd->repl && again.mode == cmd->mode &&
 			 again.failover == cmd->failover &&
 			 again.quarantine == cmd->quarantine &&
