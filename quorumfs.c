@@ -1075,9 +1075,10 @@ static void usage(const char *prog)
 	       "none\n"
 	       "                           (default "
 	       "/run/quorumfs/MOUNT.sock)\n"
-	       "    -o uring=auto|on|off   FUSE requests through io_uring "
-	       "when the kernel\n"
-	       "                           offers it (default auto)\n\n",
+	       "    -o uring=off|auto|on   FUSE requests through io_uring: "
+	       "never (default),\n"
+	       "                           when the kernel offers it, or "
+	       "always\n\n",
 	       prog, CONFIG_DEFAULT_EVENT_PROGRAM_TIMEOUT,
 	       CONFIG_DEFAULT_THREADS, CONFIG_DEFAULT_IO_TIMEOUT,
 	       CONFIG_DEFAULT_SCRUB_RATE);

@@ -108,7 +108,11 @@ static int check_paths(const struct config_args *a, struct config *cfg,
 
 static int parse_uring(const char *word, enum config_uring *out)
 {
-	static const char *const names[] = {"auto", "on", "off"};
+	static const char *const names[] = {
+		[CONFIG_URING_OFF] = "off",
+		[CONFIG_URING_AUTO] = "auto",
+		[CONFIG_URING_ON] = "on",
+	};
 
 	for (int i = 0; i < 3; i++)
 		if (strcmp(word, names[i]) == 0) {

@@ -75,8 +75,9 @@ struct config_secondary {
 
 #define CONFIG_DEFAULT_CLUSTER 65536
 
-/* uring=: FUSE requests through io_uring when offered, always, never. */
-enum config_uring { CONFIG_URING_AUTO, CONFIG_URING_ON, CONFIG_URING_OFF };
+/* uring=: FUSE requests through io_uring never (the default: it measured
+ * slower here, docs/PERFORMANCE.md), when offered, always. */
+enum config_uring { CONFIG_URING_OFF, CONFIG_URING_AUTO, CONFIG_URING_ON };
 
 /* One group of fields per concern of the command line, which is why
  * there are more than 16 fields. */

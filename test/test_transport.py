@@ -152,9 +152,11 @@ def test_uring_many_threads(kernel_uring, quorum):
         assert qfs.read_file(m.child_file(i, "img")) == mount_bytes
 
 
-def test_uring_off_stays_on_dev_fuse(kernel_uring, quorum):
+@pytest.mark.parametrize("opts", ["uring=off", ""], ids=["off", "default"])
+def test_uring_off_stays_on_dev_fuse(kernel_uring, quorum, opts):
+    """off, and the default, keep /dev/fuse where io_uring is offered."""
     kernel_uring(True)
-    m = quorum(opts="uring=off")
+    m = quorum(opts=opts)
     qfs.write_file(m.path("f"), b"x" * 8192)
     assert qfs.read_file(m.path("f")) == b"x" * 8192
     assert status(m)["transport"] == {"kind": "/dev/fuse", "queues": 0,
@@ -164,7 +166,7 @@ def test_uring_off_stays_on_dev_fuse(kernel_uring, quorum):
 
 def test_uring_auto_falls_back_when_kernel_says_no(kernel_uring, quorum):
     kernel_uring(False)
-    m = quorum()  # uring=auto is the default
+    m = quorum(opts="uring=auto")
     qfs.write_file(m.path("f"), b"y" * 8192)
     assert qfs.read_file(m.path("f")) == b"y" * 8192
     assert status(m)["transport"]["kind"] == "/dev/fuse"
@@ -173,7 +175,7 @@ def test_uring_auto_falls_back_when_kernel_says_no(kernel_uring, quorum):
 
 def test_uring_auto_takes_it_when_offered(kernel_uring, quorum):
     kernel_uring(True)
-    m = quorum()
+    m = quorum(opts="uring=auto")
     qfs.write_file(m.path("f"), b"z" * 8192)
     assert status(m)["transport"]["kind"] == "io_uring"
     assert status(m)["requests"]["write"]["ring"] >= 1
