@@ -911,11 +911,15 @@ static void scrub_finish(struct scrub *s, int ret)
 			: scrub_lost_text(&s->run.lost, state_names[state],
 					  s->run.repair, s->run.finished,
 					  s->run.unrecoverable);
+	pthread_mutex_unlock(&s->lock);
+	/* Saved before anyone hears the run ended: heal-info, which an
+	 * event program may run at SCRUB_COMPLETED, reads what was saved. */
+	scrub_lost_save(s->jobs, lost);
+	free(lost);
+	pthread_mutex_lock(&s->lock);
 	s->state = state;
 	pthread_mutex_unlock(&s->lock);
 	event_log_emit(s->jobs->log, "SCRUB_COMPLETED", d);
-	scrub_lost_save(s->jobs, lost);
-	free(lost);
 }
 
 static void *scrub_thread(void *arg)
