@@ -3,6 +3,7 @@
  */
 #define _GNU_SOURCE
 #include "persist/persist.h"
+#include "persist/persist_i.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -178,7 +179,8 @@ static bool get_id(struct json_object *o, const char *key, char *id)
 	return true;
 }
 
-static bool get_u64(struct json_object *o, const char *key, uint64_t *out)
+/* Shared with qfile.c (persist_i.h). */
+bool persist_get_u64(struct json_object *o, const char *key, uint64_t *out)
 {
 	struct json_object *v;
 
@@ -190,7 +192,7 @@ static bool get_u64(struct json_object *o, const char *key, uint64_t *out)
 	return true;
 }
 
-static const char *get_str(struct json_object *o, const char *key)
+const char *persist_get_str(struct json_object *o, const char *key)
 {
 	struct json_object *v;
 
@@ -220,9 +222,9 @@ static int parse_members(struct json_object *o, struct persist_state *st)
 		return -EINVAL;
 	for (size_t i = 0; i < json_object_array_length(list); i++) {
 		struct json_object *m = json_object_array_get_idx(list, i);
-		const char *name = get_str(m, "name"),
-			   *path = get_str(m, "path"),
-			   *kind = get_str(m, "kind");
+		const char *name = persist_get_str(m, "name"),
+			   *path = persist_get_str(m, "path"),
+			   *kind = persist_get_str(m, "kind");
 		char id[PERSIST_ID_LEN + 1];
 
 		if (!get_id(m, "child", id) || !name || !path ||
@@ -230,7 +232,7 @@ static int parse_members(struct json_object *o, struct persist_state *st)
 		     strcmp(kind, "replication") && strcmp(kind, "witness")))
 			return -EINVAL;
 		if (persist_add_member(st, id, name, path, kind_of(kind)) ||
-		    persist_set_failed(st, id, get_str(m, "failed")))
+		    persist_set_failed(st, id, persist_get_str(m, "failed")))
 			return -ENOMEM;
 	}
 	return 0;
@@ -244,10 +246,10 @@ static void parse_rules(struct json_object *o, struct persist_rules *r)
 	uint64_t threshold = 0;
 
 	if (!json_object_object_get_ex(o, "rules", &rules) ||
-	    !get_u64(rules, "threshold", &threshold) || threshold < 1 ||
+	    !persist_get_u64(rules, "threshold", &threshold) || threshold < 1 ||
 	    threshold > CHILDREN_MAX)
 		return;
-	pattern = get_str(rules, "read-pattern");
+	pattern = persist_get_str(rules, "read-pattern");
 	r->threshold = (int)threshold;
 	r->read_pattern = pattern && strcmp(pattern, "fifo") == 0
 				  ? READ_PATTERN_FIFO
@@ -284,12 +286,12 @@ static void parse_policies(struct json_object *o, struct persist_state *st)
 	for (size_t i = 0; i < n && st->npolicies < PERSIST_POLICY_MAX; i++) {
 		struct json_object *p = json_object_array_get_idx(list, i);
 		struct persist_policy *out = &st->policy[st->npolicies];
-		const char *dir = get_str(p, "dir");
+		const char *dir = persist_get_str(p, "dir");
 		uint64_t threshold = 0;
 
 		if (!dir || !*dir || strlen(dir) > PERSIST_POLICY_DIR_MAX ||
-		    !get_u64(p, "threshold", &threshold) || threshold < 1 ||
-		    threshold > CHILDREN_MAX)
+		    !persist_get_u64(p, "threshold", &threshold) ||
+		    threshold < 1 || threshold > CHILDREN_MAX)
 			continue;
 		snprintf(out->dir, sizeof(out->dir), "%s", dir);
 		out->threshold = (int)threshold;
@@ -305,11 +307,11 @@ static int parse_state(struct json_object *o, struct persist_state *st)
 	struct json_object *v;
 	uint64_t format = 0;
 
-	if (!get_u64(o, "format", &format) || format != 1)
+	if (!persist_get_u64(o, "format", &format) || format != 1)
 		return -EINVAL;
 	if (!get_id(o, "set", st->set) || !get_id(o, "child", st->child) ||
-	    !get_u64(o, "generation", &st->generation) ||
-	    !get_u64(o, "log-since", &st->log_since) ||
+	    !persist_get_u64(o, "generation", &st->generation) ||
+	    !persist_get_u64(o, "log-since", &st->log_since) ||
 	    !json_object_object_get_ex(o, "clean", &v) ||
 	    !json_object_is_type(v, json_type_boolean))
 		return -EINVAL;
@@ -702,7 +704,7 @@ static int missed_line(struct persist_missed *m, const char *line,
 	uint64_t g, region;
 	int ret = 0;
 
-	if (!o || !get_u64(o, "g", &g)) {
+	if (!o || !persist_get_u64(o, "g", &g)) {
 		ret = -EINVAL;
 		goto out;
 	}
@@ -712,19 +714,21 @@ static int missed_line(struct persist_missed *m, const char *line,
 		m->tree = true; /* the files are still collected: settle() */
 		goto out;
 	}
-	if ((path = get_str(o, "mv"))) {
-		ret = get_str(o, "to") ? missed_move(m, path, get_str(o, "to"),
-						     json_object_object_get_ex(
-							     o, "x", &v))
-				       : -EINVAL;
+	if ((path = persist_get_str(o, "mv"))) {
+		ret = persist_get_str(o, "to")
+			      ? missed_move(
+					m, path, persist_get_str(o, "to"),
+					json_object_object_get_ex(o, "x", &v))
+			      : -EINVAL;
 		goto out;
 	}
-	if ((path = get_str(o, "d")) || (path = get_str(o, "e"))) {
-		ret = missed_entry(m, path, get_str(o, "d") != NULL);
+	if ((path = persist_get_str(o, "d")) ||
+	    (path = persist_get_str(o, "e"))) {
+		ret = missed_entry(m, path, persist_get_str(o, "d") != NULL);
 		goto out;
 	}
-	path = get_str(o, "p");
-	if (!path || !get_u64(o, "r", &region))
+	path = persist_get_str(o, "p");
+	if (!path || !persist_get_u64(o, "r", &region))
 		ret = -EINVAL;
 	else
 		ret = missed_region(m, path, (int64_t)region);

@@ -183,8 +183,6 @@ struct persist_missed {
 int persist_log_missed(int root_fd, uint64_t since, struct persist_missed *m);
 void persist_missed_free(struct persist_missed *m);
 
-#endif
-
 /* ---- the set's record at runtime (record.c) ---- */
 
 /*
@@ -379,3 +377,5 @@ int quarantine_fetch(struct quarantine *q, struct child_set *set, uint64_t id,
 /* Remove entry id (0: every entry): 0, or -ENOENT with the reason. */
 int quarantine_purge(struct quarantine *q, struct child_set *set, uint64_t id,
 		     char *err, size_t errlen);
+
+#endif

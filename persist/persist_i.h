@@ -42,4 +42,10 @@ int qfile_scan(int root_fd, struct qfile_entry **out, size_t *n);
 /* Entry id's header and its bytes (caller frees *bytes). */
 int qfile_read(int root_fd, uint64_t id, struct qfile_entry *e, void **bytes);
 
+struct json_object;
+/* A record's JSON member: a non-negative integer, or a string; false or
+ * NULL when absent or of another type (persist.c). */
+bool persist_get_u64(struct json_object *o, const char *key, uint64_t *out);
+const char *persist_get_str(struct json_object *o, const char *key);
+
 #endif

@@ -148,28 +148,6 @@ int qfile_remove(int root_fd, const uint64_t *ids, size_t n)
 
 /* ---- reading ---- */
 
-static bool get_u64(struct json_object *o, const char *key, uint64_t *out)
-{
-	struct json_object *v;
-
-	if (!json_object_object_get_ex(o, key, &v) ||
-	    !json_object_is_type(v, json_type_int) ||
-	    json_object_get_int64(v) < 0)
-		return false;
-	*out = (uint64_t)json_object_get_int64(v);
-	return true;
-}
-
-static const char *get_str(struct json_object *o, const char *key)
-{
-	struct json_object *v;
-
-	if (!json_object_object_get_ex(o, key, &v) ||
-	    !json_object_is_type(v, json_type_string))
-		return NULL;
-	return json_object_get_string(v);
-}
-
 static int why_of(const char *s)
 {
 	for (size_t i = 0; s && i < sizeof(why_names) / sizeof(why_names[0]);
@@ -183,16 +161,18 @@ static int why_of(const char *s)
 static int parse_header(const char *text, struct qfile_entry *e)
 {
 	struct json_object *o = json_tokener_parse(text);
-	const char *path = o ? get_str(o, "file") : NULL;
-	const char *child = o ? get_str(o, "child") : NULL;
-	const char *digest = o ? get_str(o, "digest") : NULL;
+	const char *path = o ? persist_get_str(o, "file") : NULL;
+	const char *child = o ? persist_get_str(o, "child") : NULL;
+	const char *digest = o ? persist_get_str(o, "digest") : NULL;
 	uint64_t t = 0;
-	int why = o ? why_of(get_str(o, "why")) : -1, ret = -EINVAL;
+	int why = o ? why_of(persist_get_str(o, "why")) : -1, ret = -EINVAL;
 
 	memset(e, 0, sizeof(*e));
 	if (!path || !child || !digest || strlen(digest) != 64 || why < 0 ||
-	    !get_u64(o, "id", &e->id) || !get_u64(o, "offset", &e->off) ||
-	    !get_u64(o, "length", &e->len) || !get_u64(o, "time", &t))
+	    !persist_get_u64(o, "id", &e->id) ||
+	    !persist_get_u64(o, "offset", &e->off) ||
+	    !persist_get_u64(o, "length", &e->len) ||
+	    !persist_get_u64(o, "time", &t))
 		goto out;
 	e->path = strdup(path);
 	e->child = strdup(child);
